@@ -1,0 +1,149 @@
+"""Object-store and feature-shard throughput: local directory vs a real SeaweedFS on loopback.
+
+Prints put/get MB/s for 1 MiB and 256 MiB objects on both backends, then writes and reads a
+feature shard of N x D float32 vectors (default 1,000,000 x 256) beside a raw numpy.save /
+numpy.load of the same array, with the shard's speed as a ratio of numpy's (1.0 = as fast).
+Figures depend on the disk and page cache: compare ratios, not absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from glassfinder import layout
+from glassfinder.store import LocalStore, ObjectStore, S3Config, S3Store
+from glassfinder.store.seaweed import running_seaweedfs
+from glassfinder.store.shards import ViewColumns, embeddings_of, feature_table, read_shard, write_shard
+
+MIB = 1024 * 1024
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_objects(name: str, store: ObjectStore, sizes: list[tuple[int, int]]) -> None:
+    for size, repeats in sizes:
+        data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+        key = f"bench/{size}"
+        put_s = timed(lambda d=data, k=key: store.put(k, io.BytesIO(d)), repeats)  # type: ignore[misc]
+        get_s = timed(lambda k=key: store.get(k), repeats)  # type: ignore[misc]
+        mb = size / MIB
+        print(
+            f"  {name:<10} {mb:>6.0f} MiB  put {mb / put_s:8.1f} MiB/s   get {mb / get_s:8.1f} MiB/s"
+            f"   (median of {repeats})"
+        )
+        store.delete(key)
+
+
+def views_for(n: int) -> ViewColumns:
+    asset, spec = "a" * 64, "b" * 16
+    faces = [f"head-{i:04d}" for i in range(1000)]
+    return ViewColumns(
+        view_key=[f"{asset}/{spec}/{faces[i % 1000]}/{i}" for i in range(n)],
+        product_id=[f"p{i // 24:06d}" for i in range(n)],
+        asset_sha256=[asset] * n,
+        spec_hash=[spec] * n,
+        face_id=[faces[i % 1000] for i in range(n)],
+        view_index=np.arange(n, dtype=np.int32),
+        pose_deg=np.zeros((n, 3), np.float32),
+        lens_rgba=np.full((n, 4), 0.5, np.float32),
+        lens_style=["tinted"] * n,
+    )
+
+
+def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) -> None:
+    emb = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+    views = views_for(n)
+    model = "c" * 16
+    key = layout.feature_shard_key(model, "b" * 16, "a" * 64)
+    vec_mib = emb.nbytes / MIB
+    npy = workdir / "raw.npy"
+
+    def np_save_durable() -> None:
+        # The store fsyncs before it commits; give numpy the same durability to be fair.
+        with open(npy, "wb") as fh:
+            np.save(fh, emb)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    np_write = timed(np_save_durable, 2)
+    np_read = timed(lambda: np.load(npy), 2)
+    size = 0
+
+    def write() -> None:
+        nonlocal size
+        size = write_shard(store, key, feature_table(views, model_sha=model, embeddings=emb), "feature")
+
+    shard_write = timed(write, 2)
+    got: list[np.ndarray] = []
+    shard_read = timed(lambda: got.append(embeddings_of(read_shard(store, key, "feature", dim=dim))), 2)
+    assert np.array_equal(got[-1], emb)
+    print(
+        f"  {name:<10} {n:,} x {dim} float32 ({vec_mib:.0f} MiB of vectors, shard {size / MIB:.0f} MiB)\n"
+        f"             write: shard {vec_mib / shard_write:8.1f} MiB/s"
+        f"  numpy.save+fsync {vec_mib / np_write:8.1f} MiB/s  ratio {np_write / shard_write:.2f}\n"
+        f"             read:  shard {vec_mib / shard_read:8.1f} MiB/s"
+        f"  numpy.load {vec_mib / np_read:8.1f} MiB/s  ratio {np_read / shard_read:.2f}"
+    )
+    store.delete(key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--big-mib", type=int, default=256, help="size of the large object")
+    parser.add_argument("--no-s3", action="store_true", help="skip SeaweedFS")
+    parser.add_argument("--s3-shard", action="store_true", help="also run the shard bench on SeaweedFS")
+    args = parser.parse_args()
+    sizes = [(1 * MIB, 20), (args.big_mib * MIB, 3)]
+
+    with tempfile.TemporaryDirectory(prefix="gf-bench-") as tmp:
+        work = Path(tmp)
+        local = LocalStore(work / "local")
+        print("object put/get throughput")
+        bench_objects("local", local, sizes)
+        s3: S3Store | None = None
+        if not args.no_s3:
+            with running_seaweedfs(
+                work / "seaweedfs", access_key="bench", secret_key=secrets.token_hex(16)
+            ) as server:
+                s3 = S3Store(
+                    "gf-bench",
+                    config=S3Config(
+                        endpoint_url=server.endpoint_url,
+                        region="us-east-1",
+                        access_key_id=server.access_key,
+                        secret_access_key=server.secret_key,
+                    ),
+                )
+                s3.create_bucket()
+                bench_objects("seaweedfs", s3, sizes)
+                print("feature shard vs raw numpy (ratio = numpy time / shard time; 1.0 = as fast)")
+                bench_shard(local, "local", args.vectors, args.dim, work)
+                if args.s3_shard:
+                    bench_shard(s3, "seaweedfs", args.vectors, args.dim, work)
+        else:
+            print("feature shard vs raw numpy (ratio = numpy time / shard time; 1.0 = as fast)")
+            bench_shard(local, "local", args.vectors, args.dim, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The `glassfinder` command: parses arguments, calls the library, formats what comes back.
+
+Every expected failure is a GlassFinderError, printed as one line with exit status 1; tracebacks
+only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from glassfinder import settings
+from glassfinder.errors import GlassFinderError
+from glassfinder.store.base import ObjectStore
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=None,
+        help=f"store URI (s3://bucket/prefix, file:///path or a path); default $GLASSFINDER_STORE_URI "
+        f"or {settings.DEFAULT_STORE_URI}",
+    )
+
+
+def _open(args: argparse.Namespace) -> ObjectStore:
+    from glassfinder.store import open_store
+
+    return open_store(args.store or settings.store_uri())
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from glassfinder.demo import run_demo
+
+    report = run_demo(args.store or settings.store_uri())
+    print(f"store {report.store_uri}")
+    for what, seconds in report.store_check.steps:
+        print(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
+    print(f"  ok  feature shard round trip: {report.shard_rows} rows, {report.shard_bytes} bytes")
+    print("stages still to come:")
+    for stage, what in report.pending:
+        print(f"  --  {stage}: {what}")
+    return 0
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    from glassfinder.store.check import check_store
+
+    report = check_store(_open(args))
+    print(f"store {report.uri}: every check passed")
+    for what, seconds in report.steps:
+        print(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
+    return 0
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
+    for info in _open(args).list(args.prefix):
+        print(f"{info.size:>14}  {info.etag:<36}  {info.key}")
+    return 0
+
+
+def cmd_store_head(args: argparse.Namespace) -> int:
+    info = _open(args).head(args.key)
+    print(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
+    return 0
+
+
+def cmd_store_get(args: argparse.Namespace) -> int:
+    store = _open(args)
+    with store.open_read(args.key) as src:
+        out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer  # noqa: SIM115
+        try:
+            while chunk := src.read(8 * 1024 * 1024):
+                out.write(chunk)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+    return 0
+
+
+def cmd_store_put(args: argparse.Namespace) -> int:
+    store = _open(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise GlassFinderError(f"file to upload not found: {path}")
+    info = store.put_file(args.key, path, create_only=args.create_only, if_match=args.if_match)
+    print(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
+    return 0
+
+
+def cmd_store_rm(args: argparse.Namespace) -> int:
+    _open(args).delete(args.key)
+    return 0
+
+
+def cmd_shard_show(args: argparse.Namespace) -> int:
+    from glassfinder.store.shards import read_shard
+
+    table = read_shard(_open(args), args.key, args.kind)
+    print(f"{args.kind} shard {args.key}: {table.num_rows} rows")
+    for f in table.schema:
+        print(f"  {f.name}: {f.type}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glassfinder", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(
+        group: argparse._SubParsersAction, name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help, description=help)
+        p.set_defaults(func=fn)
+        _store_arg(p)
+        return p
+
+    add(sub, "demo", cmd_demo, "run the main job on embedded defaults and show the result")
+
+    store = sub.add_parser("store", help="inspect and test an object store").add_subparsers(
+        dest="store_command", required=True
+    )
+    add(store, "check", cmd_store_check, "prove put/get/list/create-only/compare-and-swap/delete work")
+    p = add(store, "ls", cmd_store_ls, "list objects by key prefix")
+    p.add_argument("prefix", nargs="?", default="")
+    p = add(store, "head", cmd_store_head, "size and etag of an object")
+    p.add_argument("key")
+    p = add(store, "get", cmd_store_get, "download an object (streamed)")
+    p.add_argument("key")
+    p.add_argument("-o", "--out", default="-", help="output file ('-' for stdout)")
+    p = add(store, "put", cmd_store_put, "upload a file (multipart when large)")
+    p.add_argument("key")
+    p.add_argument("file")
+    p.add_argument("--create-only", action="store_true", help="fail if the key exists")
+    p.add_argument("--if-match", default=None, metavar="ETAG", help="replace only this version")
+    p = add(store, "rm", cmd_store_rm, "delete an object")
+    p.add_argument("key")
+
+    shard = sub.add_parser("shard", help="inspect Parquet shards").add_subparsers(
+        dest="shard_command", required=True
+    )
+    p = add(shard, "show", cmd_shard_show, "validate a shard and print its schema and row count")
+    p.add_argument("key")
+    p.add_argument("--kind", choices=("feature", "image"), required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except GlassFinderError as exc:
+        if args.debug:
+            raise
+        print(f"glassfinder: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glassfinder: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

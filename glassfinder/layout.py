@@ -1,0 +1,70 @@
+"""Where every artefact lives in the object store: the one source of truth for key layout.
+
+Render and feature shards are content-addressed (by spec hash, asset sha256 and model sha), so a
+re-run finds finished work by key and nightly runs only do what changed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from glassfinder.errors import GlassFinderError
+
+_HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _hex(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _HEX_RE.match(value):
+        raise GlassFinderError(f"{field} must be 8-64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def _name(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise GlassFinderError(
+            f"{field} must be 1-64 lowercase letters, digits, '_', '.' or '-', got {value!r}"
+        )
+    return value
+
+
+def view_key(asset_sha256: str, spec_hash: str, face_id: str, view_index: int) -> str:
+    """The identity of one rendered view: what makes its pixels, and nothing else."""
+    if view_index < 0:
+        raise GlassFinderError(f"view_index must be >= 0, got {view_index}")
+    return f"{_hex('asset_sha256', asset_sha256)}/{_hex('spec_hash', spec_hash)}/{face_id}/{view_index}"
+
+
+def render_shard_key(spec_hash: str, asset_sha256: str) -> str:
+    """Image shard of one asset rendered under one spec."""
+    return f"renders/{_hex('spec_hash', spec_hash)}/{_hex('asset_sha256', asset_sha256)}.parquet"
+
+
+def feature_shard_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
+    """Feature shard of one asset's views under one spec, embedded by one model."""
+    return (
+        f"features/{_hex('model_sha', model_sha)}/{_hex('spec_hash', spec_hash)}/"
+        f"{_hex('asset_sha256', asset_sha256)}.parquet"
+    )
+
+
+def index_version_prefix(name: str, version: int) -> str:
+    """Folder of one immutable index version."""
+    if version < 1:
+        raise GlassFinderError(f"index version must be >= 1, got {version}")
+    return f"indexes/{_name('index name', name)}/v{version}/"
+
+
+def index_current_key(name: str) -> str:
+    """Pointer to the live version of an index; moved only by compare-and-swap."""
+    return f"indexes/{_name('index name', name)}/CURRENT"
+
+
+def model_prefix(name: str, model_sha: str) -> str:
+    """Folder of one published model (weights + card)."""
+    return f"models/{_name('model name', name)}/{_hex('model_sha', model_sha)}/"
+
+
+def model_current_key(name: str) -> str:
+    """Pointer to the model version the pipeline embeds with."""
+    return f"models/{_name('model name', name)}/CURRENT"
