@@ -37,11 +37,16 @@ def _open(args: argparse.Namespace) -> ObjectStore:
 def cmd_demo(args: argparse.Namespace) -> int:
     from glassfinder.demo import run_demo
 
-    report = run_demo(args.store or settings.store_uri())
+    store_uri = args.store or settings.store_uri()
+    report = run_demo(store_uri, sheet_path=Path(args.sheet))
     print(f"store {report.store_uri}")
     for what, seconds in report.store_check.steps:
         print(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
-    print(f"  ok  feature shard round trip: {report.shard_rows} rows, {report.shard_bytes} bytes")
+    g, i = report.generated, report.ingested.summary()
+    print(f"catalog: generated {g.products} products ({g.families} colourway families) in {g.seconds:.1f} s")
+    accepted = f"ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined)"
+    print(f"catalog: {accepted} in {i['seconds']} s")
+    print(f"catalog: contact sheet {report.sheet_path}")
     print("stages still to come:")
     for stage, what in report.pending:
         print(f"  --  {stage}: {what}")
@@ -108,6 +113,69 @@ def cmd_shard_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog_generate(args: argparse.Namespace) -> int:
+    from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.store import open_store
+
+    report = generate_catalog(
+        open_store(args.out), args.count, args.seed, workers=args.workers, progress=sys.stderr.isatty()
+    )
+    print(
+        f"wrote {report.products} products in {report.families} colourway families "
+        f"({report.bytes_written / 1e6:.1f} MB) to {args.out} in {report.seconds:.1f} s "
+        f"({report.products / report.seconds:.1f} assets/s); "
+        f"manifest {args.out.rstrip('/')}/{report.manifest_key}"
+    )
+    return 0
+
+
+def cmd_catalog_sheet(args: argparse.Namespace) -> int:
+    from glassfinder.catalog.ingest import split_uri
+    from glassfinder.catalog.sheet import contact_sheet
+
+    store, key = split_uri(args.manifest)
+    sheet = contact_sheet(store, key, limit=args.limit, columns=args.columns, tile_px=args.tile_px)
+    sheet.save(args.out)
+    print(f"wrote {args.out} ({sheet.width}x{sheet.height} px, {min(args.limit, sheet.height)} products max)")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, *, write: bool) -> int:
+    from glassfinder.catalog.ingest import QUARANTINE_KEY, ingest_manifest, split_uri
+
+    dest = _open(args) if write else None
+    report = ingest_manifest(
+        args.manifest, dest=dest, max_triangles=args.max_triangles, progress=sys.stderr.isatty()
+    )
+    summary = report.summary()
+    print(
+        f"{summary['rows']} rows: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
+        f"in {summary['seconds']} s"
+    )
+    for reason, n in sorted(summary["reasons"].items()):
+        print(f"  {n:>6}  {reason}")
+    if args.report:
+        Path(args.report).write_text(report.to_json())
+        print(f"report: {args.report}")
+    elif write and dest is not None:
+        dest.put(QUARANTINE_KEY, report.to_json().encode())
+        print(f"report: {dest.uri}/{QUARANTINE_KEY}")
+    else:
+        store, key = split_uri(args.manifest)
+        report_key = key.rsplit(".", 1)[0] + ".quarantine.json"
+        store.put(report_key, report.to_json().encode())
+        print(f"report: {store.uri}/{report_key}")
+    return 0
+
+
+def cmd_catalog_validate(args: argparse.Namespace) -> int:
+    return _ingest(args, write=False)
+
+
+def cmd_catalog_ingest(args: argparse.Namespace) -> int:
+    return _ingest(args, write=True)
+
+
 # --- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glassfinder", description=__doc__.splitlines()[0])
@@ -122,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         _store_arg(p)
         return p
 
-    add(sub, "demo", cmd_demo, "run the main job on embedded defaults and show the result")
+    p = add(sub, "demo", cmd_demo, "run the main job on embedded defaults and show the result")
+    p.add_argument(
+        "--sheet", default=".glassfinder/contact-sheet.png", help="where to write the contact sheet"
+    )
 
     store = sub.add_parser("store", help="inspect and test an object store").add_subparsers(
         dest="store_command", required=True
@@ -142,6 +213,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-match", default=None, metavar="ETAG", help="replace only this version")
     p = add(store, "rm", cmd_store_rm, "delete an object")
     p.add_argument("key")
+
+    catalog = sub.add_parser("catalog", help="sample catalogues and asset ingestion").add_subparsers(
+        dest="catalog_command", required=True
+    )
+    p = catalog.add_parser("generate", help="write a procedural sample catalogue (GLB assets + manifest)")
+    p.set_defaults(func=cmd_catalog_generate)
+    p.add_argument("--count", type=int, required=True, help="number of products")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same catalogue")
+    p.add_argument("--out", required=True, help="store URI to write to (path or s3://bucket/prefix)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    p = catalog.add_parser("sheet", help="render a contact sheet of a catalogue")
+    p.set_defaults(func=cmd_catalog_sheet)
+    p.add_argument("manifest", help="manifest URI (e.g. out/manifest.parquet)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--tile-px", type=int, default=256)
+    for name, fn, text in (
+        (
+            "validate",
+            cmd_catalog_validate,
+            "check every row and asset of a manifest; write the quarantine report",
+        ),
+        ("ingest", cmd_catalog_ingest, "validate, normalise and store a manifest's assets in the catalogue"),
+    ):
+        p = add(catalog, name, fn, text)
+        p.add_argument("manifest", help="manifest URI: .parquet, .csv or .json")
+        p.add_argument("--max-triangles", type=int, default=300_000)
+        p.add_argument("--report", default=None, help="write the JSON report to this local file")
 
     shard = sub.add_parser("shard", help="inspect Parquet shards").add_subparsers(
         dest="shard_command", required=True

@@ -1,0 +1,1 @@
+"""The eyewear catalogue: asset convention, procedural sample frames, manifests, ingestion."""

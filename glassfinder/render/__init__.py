@@ -1,0 +1,1 @@
+"""Rendering: offscreen pyrender set-up, asset previews and (later) virtual try-on."""
