@@ -214,3 +214,15 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path) -> None:
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(ManifestError, match="cannot be parsed"):
         ingest_manifest(str(tmp_path / "m.json"))
+
+
+def test_gltf_with_embedded_buffers_loads_and_external_buffers_are_named(family) -> None:
+    from trimesh.exchange.gltf import export_gltf
+
+    _, glb = family[0]
+    embedded = export_gltf(import_glb(glb), embed_buffers=True)["model.gltf"]
+    assert load_asset(embedded, "a.gltf").sha256 == load_asset(glb, "a.glb").sha256
+    external = export_gltf(import_glb(glb), embed_buffers=False)["model.gltf"]
+    with pytest.raises(AssetError, match=r"glTF references external file 'gltf_buffer_0\.bin'") as info:
+        load_asset(external, "b.gltf")
+    assert info.value.reason == "external_file"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ def _parse(data: bytes, name: str) -> trimesh.Scene:
     fmt = _format_of(name)
     if not data:
         raise AssetError(name, "unparseable", f"file is empty, expected {fmt.upper()} data")
+    if fmt == "gltf":
+        _check_gltf_buffers(data, name)
     try:
         loaded = trimesh.load(io.BytesIO(data), file_type=fmt, force="scene", process=False)
     except Exception as exc:
@@ -69,6 +72,23 @@ def _parse(data: bytes, name: str) -> trimesh.Scene:
     if not isinstance(loaded, trimesh.Scene):
         raise AssetError(name, "unparseable", f"parsed as {type(loaded).__name__}, expected a mesh scene")
     return loaded
+
+
+def _check_gltf_buffers(data: bytes, name: str) -> None:
+    """A manifest row points at one file: glTF buffers and images must be embedded in it."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AssetError(name, "unparseable", f"cannot be parsed as GLTF: not JSON ({exc})") from exc
+    for kind in ("buffers", "images"):
+        for item in doc.get(kind, []) if isinstance(doc, dict) else []:
+            uri = item.get("uri") if isinstance(item, dict) else None
+            if uri and not str(uri).startswith("data:"):
+                raise AssetError(
+                    name,
+                    "external_file",
+                    f"glTF references external file {uri!r}; embed its {kind} as data URIs or convert to GLB",
+                )
 
 
 _ROLE_WORDS = (
