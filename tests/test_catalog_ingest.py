@@ -13,7 +13,7 @@ import trimesh
 from glassfinder.catalog.build import export_glb, import_glb
 from glassfinder.catalog.convention import REQUIRED_PARTS, part_of
 from glassfinder.catalog.generate import build_family
-from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest, resolve_asset
 from glassfinder.catalog.loader import AssetError, load_asset
 from glassfinder.catalog.manifest import ManifestError
 from glassfinder.store import LocalStore, ObjectStore
@@ -179,6 +179,8 @@ def test_manifest_ingestion_quarantines_bad_rows_and_keeps_the_rest(family, tmp_
     assert [r["product_id"] for r in table] == [r["product_id"] for r, _ in family]
     for r in table:
         assert dest.exists(catalog_asset_key(r["asset_sha256"]))
+        store, key = resolve_asset(dest, CATALOG_MANIFEST_KEY, r["asset_uri"])  # relative to the manifest
+        assert key == catalog_asset_key(r["asset_sha256"]) and store is dest
     summary = json.loads(report.to_json())
     assert summary["reasons"] == {
         "duplicate_id": 1,

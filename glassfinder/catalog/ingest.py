@@ -28,12 +28,23 @@ from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-CATALOG_MANIFEST_KEY = "catalog/manifest.parquet"
+CATALOG_DIR = "catalog/"
+CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
 QUARANTINE_KEY = "catalog/quarantine.json"
 
 
 def catalog_asset_key(sha256: str) -> str:
-    return f"catalog/assets/{sha256}.glb"
+    """Store key of a normalised asset; manifests name it relative to their own folder."""
+    return f"{CATALOG_DIR}assets/{sha256}.glb"
+
+
+def resolve_asset(manifest_store: ObjectStore, manifest_key: str, asset_uri: str) -> tuple[ObjectStore, str]:
+    """(store, key) of a manifest row's asset: absolute URIs as they are, relative ones against
+    the manifest's folder (the one rule every manifest reader follows)."""
+    if "://" in asset_uri or asset_uri.startswith("/"):
+        return split_uri(asset_uri)
+    folder = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
+    return manifest_store, folder + asset_uri
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,6 @@ def split_uri(uri: str) -> tuple[ObjectStore, str]:
     return open_store(head or "/"), key
 
 
-def _resolve_asset(base: ObjectStore, asset_uri: str) -> tuple[ObjectStore, str]:
-    if "://" in asset_uri or asset_uri.startswith("/"):
-        return split_uri(asset_uri)
-    return base, asset_uri
-
-
 def ingest_manifest(
     manifest_uri: str,
     *,
@@ -129,7 +134,7 @@ def ingest_manifest(
             quarantine("bad_field", f"kind must be one of {KINDS}, got {kind!r}")
             continue
         try:
-            store, asset_key = _resolve_asset(base, asset_uri)
+            store, asset_key = resolve_asset(base, key, asset_uri)
             data = store.get(asset_key)
         except ObjectNotFoundError:
             quarantine("missing_asset", f"asset {asset_uri!r} not found")
@@ -152,7 +157,7 @@ def ingest_manifest(
             kind=kind,
             lens_policy=policy,
             asset_sha256=asset.sha256,
-            asset_uri=catalog_asset_key(asset.sha256),
+            asset_uri=catalog_asset_key(asset.sha256).removeprefix(CATALOG_DIR),  # relative to the manifest
             lens_style=str(row.get("lens_style") or ("tinted" if kind == "sunglasses" else "clear")),
             lens_rgba=_rgba(row.get("lens_rgba"), kind),
             display_name=str(row.get("display_name") or pid),

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.store.base import ObjectStore
 
@@ -21,7 +22,6 @@ def contact_sheet(
     from glassfinder.render.preview import FRONT, THREE_QUARTER, PreviewRenderer
 
     rows = read_manifest_rows(store, manifest_key)[:limit]
-    base = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
     renderer = PreviewRenderer(tile_px)
     label_h = 18
     cell_w, cell_h = 2 * tile_px, tile_px + label_h
@@ -30,9 +30,8 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     try:
         for i, row in enumerate(rows):
-            asset_uri = str(row["asset_uri"])
-            key = asset_uri if asset_uri.startswith("catalog/") else base + asset_uri
-            scene = import_glb(store.get(key))
+            asset_store, key = resolve_asset(store, manifest_key, str(row["asset_uri"]))
+            scene = import_glb(asset_store.get(key))
             tiles = np.hstack([renderer.render(scene, FRONT), renderer.render(scene, THREE_QUARTER)])
             x, y = (i % columns) * cell_w, (i // columns) * cell_h
             sheet.paste(Image.fromarray(tiles), (x, y))
