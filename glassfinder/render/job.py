@@ -1,0 +1,218 @@
+"""Render a catalogue into per-asset image shards, in a spawn-based process pool.
+
+Each asset becomes one shard at `renders/<spec_hash>/<asset_sha256>.parquet`, written
+create-only and all at once, so a shard that exists is complete and is skipped on re-runs.
+A broken asset is quarantined with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from glassfinder import layout
+from glassfinder.catalog.ingest import resolve_asset, split_uri
+from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.errors import GlassFinderError, ObjectExistsError
+from glassfinder.store.base import ObjectStore
+from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderReport:
+    spec_hash: str
+    assets: int = 0
+    rendered: int = 0
+    skipped: int = 0
+    views: int = 0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class AssetTask:
+    product_id: str
+    asset_sha256: str
+    asset_store: ObjectStore
+    asset_key: str
+    fixed_lens: tuple[str, tuple[float, ...]] | None
+
+
+def quarantine_key(spec_hash: str) -> str:
+    return f"renders/{spec_hash}/quarantine.json"
+
+
+def spec_key(spec_hash: str) -> str:
+    return f"renders/{spec_hash}/spec.json"
+
+
+# --- worker side -------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec_json: str, out: ObjectStore) -> None:
+    from glassfinder.render.spec import RenderSpec
+    from glassfinder.render.tryon import TryOnRenderer
+
+    spec = RenderSpec.from_json(spec_json)
+    _WORKER.update(spec=spec, out=out, renderer=TryOnRenderer(spec.image_px), heads={})
+
+
+def render_asset_views(task: AssetTask, spec: Any, renderer: Any, heads: dict[str, Any]) -> Any:
+    """The image table of every view of one asset (raises on a broken asset)."""
+    from glassfinder.catalog.build import import_glb
+    from glassfinder.faces.procedural import build_head
+    from glassfinder.render.spec import plan_view, split_of
+    from glassfinder.render.tryon import AssetMeshes
+
+    data = task.asset_store.get(task.asset_key)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != task.asset_sha256:
+        raise GlassFinderError(
+            f"asset {task.asset_key}: sha256 {digest} differs from the manifest's {task.asset_sha256}"
+        )
+    asset = AssetMeshes(import_glb(data))
+    missing = [p for p in ("frame", "lens_left", "lens_right") if p not in asset.parts]
+    if missing:
+        raise GlassFinderError(f"asset {task.asset_key} has no {missing} part(s): ingest it first")
+    n = spec.views_per_asset
+    images, eyes, landmarks, boxes, views = [], [], [], [], []
+    for i in range(n):
+        view = plan_view(spec, task.asset_sha256, i, fixed_lens=task.fixed_lens)
+        head = heads.get(view.face_id)
+        if head is None:
+            head = heads[view.face_id] = build_head(view.face_index)
+            if len(heads) > 256:
+                heads.pop(next(iter(heads)))
+        out = renderer.render(asset, head, view)
+        images.append(out.encode(spec.image_format, spec.jpeg_quality))
+        eyes.append(out.eyes_xy)
+        landmarks.append(out.landmarks_xy)
+        boxes.append(out.glasses_box_xyxy)
+        views.append(view)
+    split = split_of(spec, task.product_id)
+    cols = ViewColumns(
+        view_key=[layout.view_key(task.asset_sha256, spec.spec_hash, v.face_id, v.view_index) for v in views],
+        product_id=[task.product_id] * n,
+        asset_sha256=[task.asset_sha256] * n,
+        spec_hash=[spec.spec_hash] * n,
+        face_id=[v.face_id for v in views],
+        view_index=[v.view_index for v in views],
+        pose_deg=np.array([[v.yaw_deg, v.pitch_deg, v.roll_deg] for v in views]),
+        lens_rgba=np.array([v.lens_rgba for v in views]),
+        lens_style=[v.lens_style for v in views],
+    )
+    return image_table(
+        cols,
+        ImageColumns(
+            image=images,
+            image_format=[spec.image_format] * n,
+            width=[spec.image_px] * n,
+            height=[spec.image_px] * n,
+            eyes_xy=np.stack(eyes),
+            landmarks_xy=landmarks,
+            glasses_box_xyxy=np.stack(boxes),
+            split=[split] * n,
+        ),
+    )
+
+
+def _render_task(task: AssetTask) -> dict[str, Any]:
+    spec, out = _WORKER["spec"], _WORKER["out"]
+    key = layout.render_shard_key(spec.spec_hash, task.asset_sha256)
+    try:
+        table = render_asset_views(task, spec, _WORKER["renderer"], _WORKER["heads"])
+    except Exception as exc:
+        return {
+            "status": "quarantined",
+            "product_id": task.product_id,
+            "asset": task.asset_key,
+            "reason": type(exc).__name__,
+            "message": str(exc),
+        }
+    try:
+        write_shard(out, key, table, "image", create_only=True)
+    except ObjectExistsError:
+        return {"status": "skipped", "key": key}
+    return {"status": "rendered", "key": key, "views": table.num_rows}
+
+
+# --- driver -------------------------------------------------------------------------------------
+def render_catalogue(
+    manifest_uri: str,
+    spec: Any,
+    out: ObjectStore,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    limit: int | None = None,
+) -> RenderReport:
+    """Render every asset of the manifest that has no shard yet for this spec."""
+    start = time.perf_counter()
+    report = RenderReport(spec_hash=spec.spec_hash)
+    mstore, mkey = split_uri(manifest_uri)
+    rows = read_manifest_rows(mstore, mkey)[:limit]
+    with contextlib.suppress(ObjectExistsError):  # the spec is content-addressed: same bytes
+        out.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
+    existing = {i.key for i in out.list(f"renders/{spec.spec_hash}/")}
+    tasks = []
+    for row in rows:
+        report.assets += 1
+        sha = str(row.get("asset_sha256") or "")
+        if len(sha) != 64:
+            report.quarantined.append(
+                {
+                    "product_id": row.get("product_id"),
+                    "asset": row.get("asset_uri"),
+                    "reason": "missing_sha256",
+                    "message": "manifest row has no asset_sha256: ingest the catalogue first",
+                }
+            )
+            continue
+        if layout.render_shard_key(spec.spec_hash, sha) in existing:
+            report.skipped += 1
+            continue
+        asset_store, asset_key = resolve_asset(mstore, mkey, str(row["asset_uri"]))
+        fixed = (
+            (str(row["lens_style"]), tuple(row["lens_rgba"])) if row.get("lens_policy") == "fixed" else None
+        )
+        tasks.append(AssetTask(str(row["product_id"]), sha, asset_store, asset_key, fixed))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    bar = None
+    if progress and tasks:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {spec.spec_hash}")
+    if tasks:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec.canonical_json(), out)) as pool:
+            for result in pool.imap_unordered(_render_task, tasks):
+                status = result.pop("status")
+                if status == "rendered":
+                    report.rendered += 1
+                    report.views += int(result["views"])
+                elif status == "skipped":
+                    report.skipped += 1
+                else:
+                    report.quarantined.append(result)
+                    log.warning(
+                        "quarantined %s (%s): %s", result["product_id"], result["asset"], result["message"]
+                    )
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    out.put(quarantine_key(spec.spec_hash), json.dumps(report.quarantined, indent=2).encode())
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,218 @@
+"""The render spec: every knob that changes pixels, in one versioned object with a digest.
+
+A view is fully determined by (asset sha256, spec hash, face id, view index): its random draws
+come from a generator seeded with (spec seed, asset sha256, view index), so re-rendering gives
+the same bytes, in any process, in any order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from glassfinder.errors import GlassFinderError
+
+SPEC_VERSION = 1
+BACKGROUNDS = ("gradient", "noise", "texture")
+
+#: Lens colours for optical frames whose lenses the renderer chooses (linear RGB + opacity).
+#: Gradient and patterned lenses come from the asset's own lens material, not from here.
+DEFAULT_LENS_PALETTE: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
+    ("clear", (0.9, 0.95, 1.0, 0.08)),
+    ("clear", (0.95, 0.95, 0.9, 0.12)),
+    ("tinted", (0.05, 0.05, 0.055, 0.8)),
+    ("tinted", (0.12, 0.05, 0.02, 0.75)),
+    ("tinted", (0.05, 0.09, 0.05, 0.8)),
+    ("tinted", (0.55, 0.4, 0.03, 0.45)),
+    ("mirrored", (0.12, 0.25, 0.7, 0.88)),
+)
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything that decides a render's pixels. Ranges are (low, high), degrees or units."""
+
+    image_px: int = 256
+    views_per_asset: int = 8
+    face_source: str = "procedural"
+    face_first: int = 0  # identities face_first .. face_first + face_count - 1
+    face_count: int = 1000
+    yaw_deg: tuple[float, float] = (-35.0, 35.0)
+    pitch_deg: tuple[float, float] = (-12.0, 12.0)
+    roll_deg: tuple[float, float] = (-8.0, 8.0)
+    pose_grid_deg: tuple[tuple[float, float, float], ...] = ()  # explicit (yaw, pitch, roll) per view
+    lens_palette: tuple[tuple[str, tuple[float, float, float, float]], ...] = DEFAULT_LENS_PALETTE
+    yfov_deg: tuple[float, float] = (16.0, 28.0)
+    framing_m: tuple[float, float] = (0.24, 0.30)  # height of the scene the camera frames
+    key_light: tuple[float, float] = (2.0, 4.5)
+    fill_light: tuple[float, float] = (0.4, 1.4)
+    ambient: tuple[float, float] = (0.15, 0.4)
+    colour_temp_k: tuple[float, float] = (3500.0, 7500.0)
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    fit_jitter: float = 0.0  # 0: textbook fit; 1: up to 6 mm down the nose and 4 degrees of tilt
+    image_format: str = "png"
+    jpeg_quality: int = 92
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    version: int = SPEC_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image_px < 32 or self.image_px > 2048:
+            raise GlassFinderError(f"render spec image_px must be 32..2048, got {self.image_px}")
+        if self.views_per_asset < 1:
+            raise GlassFinderError(f"render spec views_per_asset must be >= 1, got {self.views_per_asset}")
+        if self.face_source != "procedural":
+            raise GlassFinderError(f"render spec face_source must be 'procedural', got {self.face_source!r}")
+        bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
+        if bad or not self.backgrounds:
+            raise GlassFinderError(
+                f"render spec backgrounds must be a non-empty subset of {BACKGROUNDS}, got {bad}"
+            )
+        if self.image_format not in ("png", "jpeg"):
+            raise GlassFinderError(
+                f"render spec image_format must be 'png' or 'jpeg', got {self.image_format!r}"
+            )
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise GlassFinderError(f"render spec split_fractions must sum to 1, got {self.split_fractions}")
+        if not 0.0 <= self.fit_jitter <= 1.0:
+            raise GlassFinderError(f"render spec fit_jitter must be within 0..1, got {self.fit_jitter}")
+
+    def canonical_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def spec_hash(self) -> str:
+        """16 hex digits of sha256 over the canonical JSON: the spec's identity in store keys."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "render spec") -> RenderSpec:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GlassFinderError(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise GlassFinderError(f"{where} must be a JSON object, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise GlassFinderError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: _tuples(v) for k, v in raw.items()})
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """The random draws of one view (all derived from the spec, the asset and the index)."""
+
+    view_index: int
+    face_index: int
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+    lens_style: str
+    lens_rgba: tuple[float, float, float, float]
+    yfov_deg: float
+    framing_m: float
+    key_light: float
+    fill_light: float
+    ambient: float
+    colour_temp_k: float
+    key_dir: tuple[float, float, float]
+    background: str
+    background_seed: int
+    slide_m: float
+    tilt_deg: float
+    aim_offset: tuple[float, float]
+
+    @property
+    def face_id(self) -> str:
+        return f"head-{self.face_index}"
+
+
+def view_rng(spec: RenderSpec, asset_sha256: str, view_index: int) -> np.random.Generator:
+    return np.random.default_rng(
+        [spec.seed, int(asset_sha256[:16], 16), int(asset_sha256[16:32], 16), view_index]
+    )
+
+
+def plan_view(
+    spec: RenderSpec, asset_sha256: str, view_index: int, *, fixed_lens: tuple[str, tuple[float, ...]] | None
+) -> ViewParams:
+    """The draws of view `view_index` of an asset; `fixed_lens` for products that keep theirs."""
+    rng = view_rng(spec, asset_sha256, view_index)
+
+    def u(r: tuple[float, float]) -> float:
+        return float(rng.uniform(r[0], r[1]))
+
+    if spec.pose_grid_deg:
+        yaw, pitch, roll = spec.pose_grid_deg[view_index % len(spec.pose_grid_deg)]
+        _ = rng.random(3)
+    else:
+        yaw, pitch, roll = u(spec.yaw_deg), u(spec.pitch_deg), u(spec.roll_deg)
+    face_index = spec.face_first + int(rng.integers(spec.face_count))
+    palette_pick = spec.lens_palette[int(rng.integers(len(spec.lens_palette)))]
+    style, rgba = fixed_lens if fixed_lens is not None else palette_pick
+    key_az, key_el = u((-60, 60)), u((10, 50))
+    key_dir = (
+        float(np.sin(np.radians(key_az)) * np.cos(np.radians(key_el))),
+        float(np.sin(np.radians(key_el))),
+        float(np.cos(np.radians(key_az)) * np.cos(np.radians(key_el))),
+    )
+    return ViewParams(
+        view_index=view_index,
+        face_index=face_index,
+        yaw_deg=float(yaw),
+        pitch_deg=float(pitch),
+        roll_deg=float(roll),
+        lens_style=str(style),
+        lens_rgba=(float(rgba[0]), float(rgba[1]), float(rgba[2]), float(rgba[3])),
+        yfov_deg=u(spec.yfov_deg),
+        framing_m=u(spec.framing_m),
+        key_light=u(spec.key_light),
+        fill_light=u(spec.fill_light),
+        ambient=u(spec.ambient),
+        colour_temp_k=u(spec.colour_temp_k),
+        key_dir=key_dir,
+        background=str(spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]),
+        background_seed=int(rng.integers(2**31)),
+        slide_m=u((0, 0.006)) * spec.fit_jitter,
+        tilt_deg=u((-4, 4)) * spec.fit_jitter,
+        aim_offset=(u((-0.01, 0.01)), u((-0.01, 0.01))),
+    )
+
+
+def split_of(spec: RenderSpec, product_id: str) -> str:
+    """train / val / test for a product: fixed per product, so evaluation sees unseen frames."""
+    h = int(hashlib.sha256(f"{spec.seed}:{product_id}".encode()).hexdigest()[:8], 16) / 2**32
+    train, val, _ = spec.split_fractions
+    return "train" if h < train else "val" if h < train + val else "test"
+
+
+def load_spec(arg: str) -> RenderSpec:
+    """A spec from 'default', a local JSON file, or a JSON object in a store (URI)."""
+    from pathlib import Path
+
+    if arg == "default":
+        return RenderSpec()
+    path = Path(arg)
+    if path.is_file():
+        return RenderSpec.from_json(path.read_text(), where=f"render spec {arg}")
+    if "://" not in arg:
+        raise GlassFinderError(
+            f"render spec {arg!r} not found: expected 'default', a JSON file or a store URI"
+        )
+    from glassfinder.catalog.ingest import split_uri
+
+    store, key = split_uri(arg)
+    return RenderSpec.from_json(store.get(key).decode(), where=f"render spec {arg}")

@@ -1,0 +1,256 @@
+"""The virtual try-on renderer: an eyewear asset fitted on a face, rendered offscreen by pyrender.
+
+One reusable OffscreenRenderer per process (a pyrender mesh binds to one GL context). Output is
+premultiplied RGBA (pyrender's blending is fixed so a lens over nothing keeps alpha a, not a^2,
+and a lens in front of the frame does not make the frame see-through), composited "over" the
+background. Lenses tint what is behind them: clear lenses show the eyes, sunglasses darken them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from glassfinder.render.gl import select_platform
+
+select_platform()
+import pyrender  # noqa: E402
+import pyrender.renderer  # noqa: E402
+from OpenGL import GL  # noqa: E402
+
+from glassfinder.catalog.convention import part_of  # noqa: E402
+from glassfinder.faces.base import Head  # noqa: E402
+from glassfinder.render.backgrounds import background  # noqa: E402
+from glassfinder.render.fit import Fit, fit_frame, part_vertices  # noqa: E402
+from glassfinder.render.preview import _look_at, _pyrender_material  # noqa: E402
+from glassfinder.render.spec import RenderSpec, ViewParams  # noqa: E402
+
+
+def _premultiplied_blend(src: int, dst: int) -> None:
+    """pyrender's glBlendFunc, but with alpha accumulated as coverage (premultiplied RGBA)."""
+    if src == GL.GL_SRC_ALPHA and dst == GL.GL_ONE_MINUS_SRC_ALPHA:
+        GL.glBlendFuncSeparate(
+            GL.GL_SRC_ALPHA, GL.GL_ONE_MINUS_SRC_ALPHA, GL.GL_ONE, GL.GL_ONE_MINUS_SRC_ALPHA
+        )
+    else:
+        GL.glBlendFunc(src, dst)
+
+
+pyrender.renderer.glBlendFunc = _premultiplied_blend
+
+
+class _OrderedSet(dict):
+    """A set that iterates in insertion order (pyrender iterates its node sets when it binds
+    lights and sorts meshes; with plain sets that order follows memory addresses)."""
+
+    def add(self, item: object) -> None:
+        self[item] = None
+
+    def remove(self, item: object) -> None:
+        del self[item]
+
+    def __or__(self, other: object) -> _OrderedSet:
+        out = _OrderedSet(self)
+        for item in other:  # type: ignore[attr-defined]
+            out.add(item)
+        return out
+
+
+class DeterministicScene(pyrender.Scene):
+    """A pyrender Scene whose lights and meshes are visited in the order they were added, so the
+    same scene renders the same bytes in every process."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in (
+            "_nodes",
+            "_mesh_nodes",
+            "_point_light_nodes",
+            "_spot_light_nodes",
+            "_directional_light_nodes",
+            "_camera_nodes",
+        ):
+            setattr(self, name, _OrderedSet())
+
+
+def kelvin_to_rgb(kelvin: float) -> np.ndarray:
+    """Approximate light colour of a black body at `kelvin`, normalised to max 1 (linear)."""
+    t = kelvin / 100.0
+    r = 1.0 if t <= 66 else np.clip(1.2929 * (t - 60) ** -0.1332, 0, 1)
+    g = np.clip(0.3901 * np.log(t) - 0.6318, 0, 1) if t <= 66 else np.clip(1.1299 * (t - 60) ** -0.0755, 0, 1)
+    b = 1.0 if t >= 66 else (0.0 if t <= 19 else np.clip(0.5432 * np.log(t - 10) - 1.1963, 0, 1))
+    rgb = np.array([r, g, b], float) ** 2.2
+    return rgb / rgb.max()
+
+
+@dataclass
+class RenderedView:
+    rgb: np.ndarray  # (h, w, 3) uint8
+    eyes_xy: np.ndarray  # (2, 2) subject's left eye, right eye, pixels
+    landmarks_xy: np.ndarray  # (k, 2) pixels, in `landmark_names` order
+    landmark_names: list[str]
+    glasses_box_xyxy: np.ndarray  # (4,) pixels
+    alpha: np.ndarray  # (h, w) float coverage of head + glasses (before the background)
+
+    def encode(self, fmt: str = "png", quality: int = 92) -> bytes:
+        buf = io.BytesIO()
+        img = Image.fromarray(self.rgb)
+        if fmt == "png":
+            img.save(buf, format="PNG", optimize=False, compress_level=6)
+        else:
+            img.save(buf, format="JPEG", quality=quality, subsampling=0)
+        return buf.getvalue()
+
+
+class AssetMeshes:
+    """pyrender meshes of one asset, grouped by role, plus its part vertices for fitting."""
+
+    def __init__(self, scene: trimesh.Scene) -> None:
+        self.parts = part_vertices(scene)
+        self.meshes: list[tuple[str, pyrender.Mesh, np.ndarray]] = []
+        self.lens_materials: list[pyrender.MetallicRoughnessMaterial] = []
+        for node in scene.graph.nodes_geometry:
+            pose, geom_name = scene.graph[node]
+            geom = scene.geometry[geom_name]
+            material = getattr(geom.visual, "material", None)
+            pmat = (
+                _pyrender_material(material)
+                if isinstance(material, trimesh.visual.material.PBRMaterial)
+                else None
+            )
+            role = part_of(node) or "frame"
+            if role.startswith("lens") and pmat is not None:
+                pmat.alphaMode = "BLEND"
+            mesh = pyrender.Mesh.from_trimesh(geom, material=pmat, smooth=True)
+            if role.startswith("lens"):  # pyrender copies materials: keep its copies to recolour
+                self.lens_materials.extend(p.material for p in mesh.primitives)
+            self.meshes.append((role, mesh, pose))
+
+    def set_lens(self, rgba: tuple[float, float, float, float], style: str) -> None:
+        for mat in self.lens_materials:
+            mat.baseColorFactor = np.asarray(rgba, float)
+            mat.metallicFactor = 0.85 if style == "mirrored" else 0.0
+            mat.roughnessFactor = 0.08 if style == "mirrored" else 0.04
+
+
+class TryOnRenderer:
+    """Renders views; caches heads and assets it has built (LRU)."""
+
+    def __init__(self, size_px: int, *, head_cache: int = 64) -> None:
+        self.size_px = size_px
+        self._renderer = pyrender.OffscreenRenderer(size_px, size_px)
+        self._heads: OrderedDict[str, list[pyrender.Mesh]] = OrderedDict()
+        self._head_cache = head_cache
+
+    def close(self) -> None:
+        self._renderer.delete()
+
+    def set_size(self, size_px: int) -> None:
+        """Render at another size with the same GL context (one context per process: EGL
+        terminates the shared display when a renderer is deleted)."""
+        self.size_px = size_px
+        self._renderer.viewport_width = self._renderer.viewport_height = size_px
+
+    def gl_renderer(self) -> str:
+        return GL.glGetString(GL.GL_RENDERER).decode()
+
+    def _head_meshes(self, head: Head) -> list[pyrender.Mesh]:
+        meshes = self._heads.get(head.face_id)
+        if meshes is None:
+            meshes = [pyrender.Mesh.from_trimesh(m, smooth=True) for _, m in head.meshes]
+            self._heads[head.face_id] = meshes
+            if len(self._heads) > self._head_cache:
+                self._heads.popitem(last=False)
+        else:
+            self._heads.move_to_end(head.face_id)
+        return meshes
+
+    def render(
+        self,
+        asset: AssetMeshes | None,
+        head: Head,
+        view: ViewParams,
+        *,
+        with_head: bool = True,
+        skip_roles: frozenset[str] = frozenset(),
+    ) -> RenderedView:
+        """One view of `asset` (None: the bare face) on `head`; `skip_roles` leaves parts out."""
+        size = self.size_px
+        head_pose = np.eye(4)
+        head_pose[:3, :3] = trimesh.transformations.euler_matrix(
+            np.radians(view.pitch_deg), np.radians(view.yaw_deg), np.radians(view.roll_deg), "sxyz"
+        )[:3, :3]
+        scene = DeterministicScene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[view.ambient] * 3)
+        if with_head:
+            for mesh in self._head_meshes(head):
+                scene.add(mesh, pose=head_pose)
+        fit: Fit | None = None
+        if asset is not None:
+            fit = fit_frame(asset.parts, head.anchors, slide_m=view.slide_m, tilt_deg=view.tilt_deg)
+            asset.set_lens(view.lens_rgba, view.lens_style)
+            for role, mesh, pose in asset.meshes:
+                if role in skip_roles:
+                    continue
+                side = role.removeprefix("temple_") if role.startswith("temple_") else None
+                local = fit.temple_poses.get(side, fit.front_pose) if side else fit.front_pose
+                scene.add(mesh, pose=head_pose @ local @ pose)
+        pupils = (head.anchors.pupil_left + head.anchors.pupil_right) / 2
+        target = head_pose[:3, :3] @ pupils + np.array([view.aim_offset[0], view.aim_offset[1] - 0.02, 0.0])
+        distance = view.framing_m / (2 * np.tan(np.radians(view.yfov_deg) / 2))
+        cam_pose = _look_at(target + np.array([0.0, 0.0, distance]), target)
+        scene.add(
+            pyrender.PerspectiveCamera(yfov=np.radians(view.yfov_deg), znear=0.05, zfar=5.0), pose=cam_pose
+        )
+        light_rgb = kelvin_to_rgb(view.colour_temp_k)
+        scene.add(
+            pyrender.DirectionalLight(color=light_rgb, intensity=view.key_light),
+            pose=_look_at(np.asarray(view.key_dir), np.zeros(3)),
+        )
+        fill_dir = np.array([-view.key_dir[0], 0.2, 1.0])
+        scene.add(
+            pyrender.DirectionalLight(color=np.ones(3), intensity=view.fill_light),
+            pose=_look_at(fill_dir, np.zeros(3)),
+        )
+        rgba, _ = self._renderer.render(scene, flags=pyrender.RenderFlags.RGBA)
+        premult = rgba[..., :3].astype(np.float32) / 255.0
+        alpha = rgba[..., 3].astype(np.float32) / 255.0
+        bg = background(view.background, size, view.background_seed)
+        out = premult + (1.0 - alpha[..., None]) * bg
+        rgb = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+        project = _projector(cam_pose, view.yfov_deg, size)
+        names, pts = head.landmark_array()
+        landmarks = project((head_pose[:3, :3] @ pts.T).T)
+        eyes = project(
+            (head_pose[:3, :3] @ np.stack([head.anchors.pupil_left, head.anchors.pupil_right]).T).T
+        )
+        box = np.zeros(4, np.float32)
+        if asset is not None and fit is not None:
+            front = np.vstack([asset.parts["frame"], asset.parts["lens_left"], asset.parts["lens_right"]])
+            front = front[front[:, 2] > front[:, 2].max() - 0.03]
+            world = (head_pose[:3, :3] @ (fit.front_pose[:3, :3] @ front.T + fit.front_pose[:3, 3:4])).T
+            px = project(world)
+            box = np.array([px[:, 0].min(), px[:, 1].min(), px[:, 0].max(), px[:, 1].max()], np.float32)
+        return RenderedView(rgb, eyes.astype(np.float32), landmarks.astype(np.float32), names, box, alpha)
+
+
+def _projector(cam_pose: np.ndarray, yfov_deg: float, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    view = np.linalg.inv(cam_pose)
+    f = (size / 2) / np.tan(np.radians(yfov_deg) / 2)
+
+    def project(points: np.ndarray) -> np.ndarray:
+        cam = points @ view[:3, :3].T + view[:3, 3]
+        z = -cam[:, 2]
+        return np.stack([size / 2 + f * cam[:, 0] / z, size / 2 - f * cam[:, 1] / z], axis=1)
+
+    return project
+
+
+def spec_view_image(spec: RenderSpec, view: RenderedView) -> bytes:
+    return view.encode(spec.image_format, spec.jpeg_quality)

@@ -1,0 +1,175 @@
+"""The try-on renderer with the real pyrender (EGL on Mesa): fit, occlusion, lens alpha, landmarks,
+determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+
+from glassfinder.catalog.build import build_frame, export_glb, import_glb
+from glassfinder.catalog.design import sample_colourways, sample_design
+from glassfinder.faces.procedural import build_head
+from glassfinder.render.spec import RenderSpec, plan_view
+from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = RenderSpec(image_px=192, backgrounds=("gradient",))
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Iterator[TryOnRenderer]:
+    r = TryOnRenderer(SPEC.image_px)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def glb() -> bytes:
+    rng = np.random.default_rng([3, 2])
+    design = sample_design(rng, "rectangle")
+    design = dataclasses.replace(design, rim="full", material="acetate", kind="optical")
+    return export_glb(build_frame(design, sample_colourways(rng, design, 1)[0]))
+
+
+def _view(
+    yaw: float = 0.0, lens: tuple[str, tuple[float, ...]] = ("clear", (0.9, 0.95, 1.0, 0.08)), face: int = 7
+):
+    base = plan_view(SPEC, "ab" * 32, 0, fixed_lens=lens)
+    return dataclasses.replace(
+        base, face_index=face, yaw_deg=yaw, pitch_deg=0.0, roll_deg=0.0, aim_offset=(0.0, 0.0)
+    )
+
+
+def test_same_view_same_bytes_in_process_and_across_processes(
+    renderer: TryOnRenderer, glb: bytes, tmp_path: Path
+) -> None:
+    view = _view(yaw=20)
+    head = build_head(view.face_index)
+    a = renderer.render(AssetMeshes(import_glb(glb)), head, view).encode()
+    b = renderer.render(AssetMeshes(import_glb(glb)), build_head(view.face_index), view).encode()
+    assert a == b
+    (tmp_path / "a.glb").write_bytes(glb)
+    child = f"""
+import dataclasses, hashlib, sys
+sys.path.insert(0, {str(REPO)!r})
+from tests.test_render import SPEC, _view
+from glassfinder.catalog.build import import_glb
+from glassfinder.faces.procedural import build_head
+from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
+view = _view(yaw=20)
+r = TryOnRenderer(SPEC.image_px)
+asset = AssetMeshes(import_glb(open({str(tmp_path / "a.glb")!r}, 'rb').read()))
+img = r.render(asset, build_head(view.face_index), view).encode()
+print(hashlib.sha256(img).hexdigest())
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == hashlib.sha256(a).hexdigest()
+
+
+def test_far_temple_is_hidden_behind_the_head_at_yaw_45(renderer: TryOnRenderer, glb: bytes) -> None:
+    asset = AssetMeshes(import_glb(glb))
+    view = _view(yaw=45)
+    head = build_head(view.face_index)
+    far = "temple_left"  # turning the head +45 degrees about Y sends the subject's left backwards
+
+    def changed(with_head: bool) -> float:
+        full = renderer.render(asset, head, view, with_head=with_head).alpha
+        without = renderer.render(asset, head, view, with_head=with_head, skip_roles=frozenset({far})).alpha
+        alone = renderer.render(
+            asset,
+            head,
+            view,
+            with_head=False,
+            skip_roles=frozenset({"frame", "lens_left", "lens_right", "temple_right", "nose_pads"}),
+        ).alpha
+        temple_px = alone > 0.5
+        assert temple_px.sum() > 100  # the temple is in the picture
+        if with_head:
+            rgb_full = renderer.render(asset, head, view).rgb.astype(int)
+            rgb_without = renderer.render(asset, head, view, skip_roles=frozenset({far})).rgb.astype(int)
+            return float((np.abs(rgb_full - rgb_without).sum(axis=2)[temple_px] > 30).mean())
+        return float((np.abs(full - without)[temple_px] > 0.3).mean())
+
+    assert changed(with_head=False) > 0.8  # without a head, the whole temple shows
+    assert changed(with_head=True) < 0.3  # with the head, all but the part by the hinge is hidden
+
+
+def _eye_box(out, side: int, r: int = 5) -> tuple[slice, slice]:
+    x, y = out.eyes_xy[side].round().astype(int)
+    return slice(y - r, y + r + 1), slice(x - 3 * r, x + 3 * r + 1)
+
+
+def test_lens_alpha_is_coverage_not_squared(renderer: TryOnRenderer, glb: bytes) -> None:
+    asset = AssetMeshes(import_glb(glb))
+    lens_alpha = 0.6
+    view = _view(lens=("tinted", (0.1, 0.1, 0.1, lens_alpha)))
+    out = renderer.render(
+        asset,
+        build_head(view.face_index),
+        view,
+        with_head=False,
+        skip_roles=frozenset({"temple_left", "temple_right"}),
+    )
+    ys, xs = _eye_box(out, 0, r=3)
+    np.testing.assert_allclose(np.median(out.alpha[ys, xs]), lens_alpha, atol=0.03)
+
+
+def test_clear_lenses_show_the_eyes_and_sunglasses_darken_them(renderer: TryOnRenderer, glb: bytes) -> None:
+    """What shows of an eye (its contrast: pupil, iris, sclera) is scaled by the lens's (1 - alpha)."""
+    bare_view = _view()
+    head = build_head(bare_view.face_index)
+    bare = renderer.render(None, head, bare_view)
+    clear = renderer.render(AssetMeshes(import_glb(glb)), head, bare_view)
+    sun = renderer.render(
+        AssetMeshes(import_glb(glb)), head, _view(lens=("tinted", (0.03, 0.03, 0.03, 0.85)))
+    )
+    for side in (0, 1):
+        ys, xs = _eye_box(bare, side)
+        detail = bare.rgb[ys, xs].astype(float).std()
+        assert detail > 20  # there is an eye to see
+        assert clear.rgb[ys, xs].astype(float).std() > 0.8 * detail
+        assert sun.rgb[ys, xs].astype(float).std() < 0.3 * detail
+
+
+def test_landmarks_land_on_the_rendered_eyes(renderer: TryOnRenderer) -> None:
+    big = renderer
+    big.set_size(384)  # ~1.4 px per mm: the pupil is a few pixels wide
+    try:
+        for face, yaw in ((7, 0.0), (123, 25.0), (500, -20.0)):
+            view = dataclasses.replace(_view(yaw=yaw, face=face), framing_m=0.26)
+            out = big.render(None, build_head(face), view)
+            for side in (0, 1):
+                x, y = out.eyes_xy[side].round().astype(int)
+                pupil = out.rgb[y - 1 : y + 2, x - 1 : x + 2].astype(float).mean()
+                sclera = (
+                    np.concatenate([out.rgb[y, x - 13 : x - 9], out.rgb[y, x + 9 : x + 13]])
+                    .astype(float)
+                    .max()
+                )
+                assert pupil < 50, (face, side, pupil)  # the dark pupil is under the landmark
+                assert sclera > pupil + 60, (face, side, sclera, pupil)  # the white of the eye beside it
+            nose = out.landmarks_xy[out.landmark_names.index("nose_tip")]
+            assert out.eyes_xy[:, 1].max() < nose[1]  # the nose tip is below the eyes
+    finally:
+        big.set_size(SPEC.image_px)
+
+
+def test_heads_vary_across_seeds() -> None:
+    heads = [build_head(s) for s in range(40)]
+    shapes = {(round(h.anchors.head_width_m, 4), round(float(h.anchors.pupil_left[0]), 4)) for h in heads}
+    assert len(shapes) == 40
+    assert {h.traits["hair_style"] for h in heads} >= {"bald", "short", "medium", "long"}
+    tones = [sum(cast(list[float], h.traits["skin_srgb"])) for h in heads]
+    assert max(tones) - min(tones) > 1.2  # light to dark skin
+    a = build_head(5)
+    b = build_head(5)
+    np.testing.assert_array_equal(a.meshes[0][1].vertices, b.meshes[0][1].vertices)
