@@ -173,3 +173,42 @@ def test_heads_vary_across_seeds() -> None:
     a = build_head(5)
     b = build_head(5)
     np.testing.assert_array_equal(a.meshes[0][1].vertices, b.meshes[0][1].vertices)
+
+
+def test_osmesa_fallback_renders_premultiplied_rgba_without_leaking(glb: bytes, tmp_path: Path) -> None:
+    """OSMesa with pyrender's two faults fixed: RGBA output (FBOs) and a shader cache that hits."""
+    (tmp_path / "a.glb").write_bytes(glb)
+    child = f"""
+import sys
+import numpy as np
+sys.path.insert(0, {str(REPO)!r})
+from tests.test_render import SPEC, _view
+from glassfinder.catalog.build import import_glb
+from glassfinder.faces.procedural import build_head
+from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
+from glassfinder.render.pyrender_fixes import PLATFORM, pyrender
+assert PLATFORM == "osmesa", PLATFORM
+r = TryOnRenderer(SPEC.image_px)
+asset = AssetMeshes(import_glb(open({str(tmp_path / "a.glb")!r}, "rb").read()))
+view = _view(lens=("tinted", (0.1, 0.1, 0.1, 0.6)))
+head = build_head(view.face_index)
+no_temples = frozenset({{"temple_left", "temple_right"}})
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
+for _ in range(5):
+    out = r.render(asset, head, view, with_head=False, skip_roles=no_temples)
+before = rss()
+for _ in range(40):
+    out = r.render(asset, head, view, with_head=False, skip_roles=no_temples)
+x, y = out.eyes_xy[0].round().astype(int)
+print(float(np.median(out.alpha[y - 3 : y + 4, x - 9 : x + 10])), rss() - before, r.gl_renderer())
+"""
+    env = {**__import__("os").environ, "GLASSFINDER_GL_PLATFORM": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
+    out = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    alpha, growth_mib, gl_name = out.stdout.split(maxsplit=2)
+    assert "llvmpipe" in gl_name or "softpipe" in gl_name or gl_name.strip()
+    assert abs(float(alpha) - 0.6) < 0.03  # coverage, not 0.36: FBO + blending fix work on OSMesa
+    assert float(growth_mib) < 30, growth_mib  # no per-frame shader recompilation

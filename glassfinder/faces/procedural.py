@@ -54,7 +54,7 @@ _HAIR_SRGB = (
 HAIR_STYLES = ("bald", "buzz", "short", "medium", "long", "bun")
 
 # Grid resolution: denser in front and around eye level, where the glasses sit.
-_N_THETA, _N_PHI = 168, 116
+_N_THETA, _N_PHI = 136, 100
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -229,7 +229,9 @@ def build_head(seed: int) -> Head:
     faces = np.vstack([faces, cap])
     del bottom_ring
     skin_mesh = trimesh.Trimesh(verts, faces, process=False)
-    if skin_mesh.volume < 0:
+    # The grid's winding is fixed by construction: check one face at the front, not the volume.
+    probe = int(np.argmax(skin_mesh.triangles_center[:, 2]))
+    if skin_mesh.face_normals[probe, 2] < 0:
         skin_mesh.invert()
 
     # Skin colours: tone, subtle mottling, warmer cheeks/nose/lips, brows and scalp hair.

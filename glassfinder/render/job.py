@@ -61,7 +61,11 @@ def spec_key(spec_hash: str) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec_json: str, out: ObjectStore) -> None:
+def _init_worker(spec_json: str, out: ObjectStore, workers: int) -> None:
+    if workers > 1:
+        # Mesa's llvmpipe spreads one process over every core; with a pool, one thread per
+        # worker lets the Python side of one worker overlap another's rasterising.
+        os.environ.setdefault("LP_NUM_THREADS", "1")
     from glassfinder.render.spec import RenderSpec
     from glassfinder.render.tryon import TryOnRenderer
 
@@ -196,7 +200,9 @@ def render_catalogue(
         bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {spec.spec_hash}")
     if tasks:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec.canonical_json(), out)) as pool:
+        with ctx.Pool(
+            workers, initializer=_init_worker, initargs=(spec.canonical_json(), out, workers)
+        ) as pool:
             for result in pool.imap_unordered(_render_task, tasks):
                 status = result.pop("status")
                 if status == "rendered":

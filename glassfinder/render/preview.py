@@ -11,10 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from glassfinder.render.gl import select_platform
-
-select_platform()
-import pyrender  # noqa: E402  (platform must be chosen first)
+from glassfinder.render.pyrender_fixes import pyrender
 
 
 @dataclass(frozen=True)
