@@ -47,6 +47,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     accepted = f"ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined)"
     print(f"catalog: {accepted} in {i['seconds']} s")
     print(f"catalog: contact sheet {report.sheet_path}")
+    r = report.rendered
+    print(
+        f"render: spec {r.spec_hash}: {r.rendered} assets rendered ({r.views} views), "
+        f"{r.skipped} already there, "
+        f"{len(r.quarantined)} quarantined in {r.seconds:.1f} s"
+    )
+    print(f"render: try-on sheet {report.tryon_sheet_path}")
     print("stages still to come:")
     for stage, what in report.pending:
         print(f"  --  {stage}: {what}")

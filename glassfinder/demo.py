@@ -12,12 +12,14 @@ from pathlib import Path
 from glassfinder.catalog.generate import GenerateReport, generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, IngestReport, ingest_manifest
 from glassfinder.catalog.sheet import contact_sheet
+from glassfinder.render.job import RenderReport, render_catalogue
+from glassfinder.render.sheet import tryon_sheet
+from glassfinder.render.spec import RenderSpec
 from glassfinder.store import open_store
 from glassfinder.store.check import StoreCheckReport, check_store
 
 #: Stages of the pipeline not built yet, with the issue that brings each.
 PENDING_STAGES = (
-    ("render", "virtual try-on renders (#4)"),
     ("embed", "alignment, metric-learned embedding (#5)"),
     ("index", "versioned FAISS index publish (#6)"),
     ("dags", "Airflow DAGs on embedded defaults (#7)"),
@@ -26,6 +28,8 @@ PENDING_STAGES = (
 SAMPLE_PREFIX = "sample-catalog"
 DEMO_PRODUCTS = 24
 DEMO_SEED = 0
+#: A light spec for the demo: enough views to see the pipeline work in seconds on two cores.
+DEMO_SPEC = RenderSpec(image_px=192, views_per_asset=4)
 
 
 @dataclass
@@ -35,6 +39,8 @@ class DemoReport:
     generated: GenerateReport
     ingested: IngestReport
     sheet_path: Path
+    rendered: RenderReport
+    tryon_sheet_path: Path
     pending: tuple[tuple[str, str], ...] = field(default=PENDING_STAGES)
 
 
@@ -49,4 +55,9 @@ def run_demo(
     ingested = ingest_manifest(f"{sample_uri}/{generated.manifest_key}", dest=store)
     sheet_path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(store, CATALOG_MANIFEST_KEY, limit=products, columns=4, tile_px=192).save(sheet_path)
-    return DemoReport(store.uri, check, generated, ingested, sheet_path)
+    manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
+    rendered = render_catalogue(manifest_uri, DEMO_SPEC, store, progress=True)
+    tryon_path = sheet_path.with_name("tryon-sheet.png")
+    first = str(ingested.accepted[0]["product_id"])
+    tryon_sheet(manifest_uri, first, DEMO_SPEC, views=8).save(tryon_path)
+    return DemoReport(store.uri, check, generated, ingested, sheet_path, rendered, tryon_path)

@@ -94,3 +94,14 @@ def test_spec_hash_follows_every_knob(tmp_path: Path) -> None:
         load_spec(str(path))
     with pytest.raises(GlassFinderError, match=r"image_px must be 32\.\.2048, got 8"):
         RenderSpec(image_px=8)
+
+
+def test_a_worker_that_cannot_start_fails_the_run_instead_of_hanging(
+    catalogue, tmp_path: Path, monkeypatch
+) -> None:
+    store, _ = catalogue
+    monkeypatch.setenv("GLASSFINDER_GL_PLATFORM", "vulkan")  # read by the spawned workers only
+    with pytest.raises(GlassFinderError, match=r"render worker could not start: .*must be one of"):
+        render_catalogue(
+            f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=1, limit=1
+        )

@@ -336,6 +336,7 @@ def build_head(seed: int) -> Head:
     landmarks.update(
         nose_bridge=bridge,
         nose_tip=_front_xyz(p, 0.0, tip_y + 0.002),
+        subnasale=_front_xyz(p, 0.0, tip_y - 0.007),
         mouth_left=_front_xyz(p, p.mouth_w, my),
         mouth_right=_front_xyz(p, -p.mouth_w, my),
         chin=_front_xyz(p, 0.0, my - 0.04),

@@ -61,7 +61,16 @@ def spec_key(spec_hash: str) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec_json: str, out: ObjectStore, workers: int) -> None:
+def _init_worker(spec_json: str, out: ObjectStore, workers: int, photos: list[Any] | None) -> None:
+    # A pool whose initializer raises respawns its workers forever and never returns: record
+    # the failure instead and let every task report it.
+    try:
+        _start_worker(spec_json, out, workers, photos)
+    except Exception as exc:
+        _WORKER["init_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _start_worker(spec_json: str, out: ObjectStore, workers: int, photos: list[Any] | None) -> None:
     if workers > 1:
         # Mesa's llvmpipe spreads one process over every core; with a pool, one thread per
         # worker lets the Python side of one worker overlap another's rasterising.
@@ -70,15 +79,42 @@ def _init_worker(spec_json: str, out: ObjectStore, workers: int) -> None:
     from glassfinder.render.tryon import TryOnRenderer
 
     spec = RenderSpec.from_json(spec_json)
-    _WORKER.update(spec=spec, out=out, renderer=TryOnRenderer(spec.image_px), heads={})
+    renderer = TryOnRenderer(spec.image_px)
+    photo_renderer = None
+    if photos:
+        from glassfinder.render.tryon import PhotoRenderer
+
+        photo_renderer = PhotoRenderer(renderer)
+    _WORKER.update(
+        spec=spec,
+        out=out,
+        renderer=renderer,
+        heads={},
+        photos=photos,
+        crops={},
+        photo_renderer=photo_renderer,
+    )
 
 
-def render_asset_views(task: AssetTask, spec: Any, renderer: Any, heads: dict[str, Any]) -> Any:
-    """The image table of every view of one asset (raises on a broken asset)."""
+def render_asset_views(
+    task: AssetTask,
+    spec: Any,
+    renderer: Any,
+    heads: dict[str, Any],
+    *,
+    photos: list[Any] | None = None,
+    crops: dict[str, Any] | None = None,
+    crop_store: ObjectStore | None = None,
+    photo_renderer: Any = None,
+) -> Any:
+    """The image table of every view of one asset (raises on a broken asset).
+
+    photos: the usable (PhotoFace, crop key) of a photo bank when the spec renders onto photos.
+    """
     from glassfinder.catalog.build import import_glb
     from glassfinder.faces.procedural import build_head
     from glassfinder.render.spec import plan_view, split_of
-    from glassfinder.render.tryon import AssetMeshes
+    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer
 
     data = task.asset_store.get(task.asset_key)
     digest = hashlib.sha256(data).hexdigest()
@@ -91,15 +127,29 @@ def render_asset_views(task: AssetTask, spec: Any, renderer: Any, heads: dict[st
     if missing:
         raise GlassFinderError(f"asset {task.asset_key} has no {missing} part(s): ingest it first")
     n = spec.views_per_asset
-    images, eyes, landmarks, boxes, views = [], [], [], [], []
+    images, eyes, landmarks, boxes, views, face_ids, poses = [], [], [], [], [], [], []
+    if photos and photo_renderer is None:
+        photo_renderer = PhotoRenderer(renderer)
     for i in range(n):
         view = plan_view(spec, task.asset_sha256, i, fixed_lens=task.fixed_lens)
-        head = heads.get(view.face_id)
-        if head is None:
-            head = heads[view.face_id] = build_head(view.face_index)
-            if len(heads) > 256:
-                heads.pop(next(iter(heads)))
-        out = renderer.render(asset, head, view)
+        if photos and photo_renderer is not None and crops is not None and crop_store is not None:
+            face, crop_key = photos[view.face_index % len(photos)]
+            if crop_key not in crops:
+                from glassfinder.faces.photos import PhotoBank
+
+                crops[crop_key] = PhotoBank(crop_store, "", crop_store).crop(crop_key)
+            out = photo_renderer.render(asset, face, crops[crop_key], view)
+            face_ids.append(face.face_id)
+            poses.append((face.yaw_deg, face.pitch_deg, face.roll_deg))
+        else:
+            head = heads.get(view.face_id)
+            if head is None:
+                head = heads[view.face_id] = build_head(view.face_index)
+                if len(heads) > 256:
+                    heads.pop(next(iter(heads)))
+            out = renderer.render(asset, head, view)
+            face_ids.append(view.face_id)
+            poses.append((view.yaw_deg, view.pitch_deg, view.roll_deg))
         images.append(out.encode(spec.image_format, spec.jpeg_quality))
         eyes.append(out.eyes_xy)
         landmarks.append(out.landmarks_xy)
@@ -107,13 +157,16 @@ def render_asset_views(task: AssetTask, spec: Any, renderer: Any, heads: dict[st
         views.append(view)
     split = split_of(spec, task.product_id)
     cols = ViewColumns(
-        view_key=[layout.view_key(task.asset_sha256, spec.spec_hash, v.face_id, v.view_index) for v in views],
+        view_key=[
+            layout.view_key(task.asset_sha256, spec.spec_hash, fid, v.view_index)
+            for fid, v in zip(face_ids, views, strict=True)
+        ],
         product_id=[task.product_id] * n,
         asset_sha256=[task.asset_sha256] * n,
         spec_hash=[spec.spec_hash] * n,
-        face_id=[v.face_id for v in views],
+        face_id=face_ids,
         view_index=[v.view_index for v in views],
-        pose_deg=np.array([[v.yaw_deg, v.pitch_deg, v.roll_deg] for v in views]),
+        pose_deg=np.array(poses),
         lens_rgba=np.array([v.lens_rgba for v in views]),
         lens_style=[v.lens_style for v in views],
     )
@@ -133,10 +186,21 @@ def render_asset_views(task: AssetTask, spec: Any, renderer: Any, heads: dict[st
 
 
 def _render_task(task: AssetTask) -> dict[str, Any]:
+    if "init_error" in _WORKER:
+        return {"status": "worker_failed", "message": _WORKER["init_error"]}
     spec, out = _WORKER["spec"], _WORKER["out"]
     key = layout.render_shard_key(spec.spec_hash, task.asset_sha256)
     try:
-        table = render_asset_views(task, spec, _WORKER["renderer"], _WORKER["heads"])
+        table = render_asset_views(
+            task,
+            spec,
+            _WORKER["renderer"],
+            _WORKER["heads"],
+            photos=_WORKER["photos"],
+            crops=_WORKER["crops"],
+            crop_store=out,
+            photo_renderer=_WORKER["photo_renderer"],
+        )
     except Exception as exc:
         return {
             "status": "quarantined",
@@ -170,6 +234,18 @@ def render_catalogue(
     with contextlib.suppress(ObjectExistsError):  # the spec is content-addressed: same bytes
         out.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
     existing = {i.key for i in out.list(f"renders/{spec.spec_hash}/")}
+    photos = None
+    if spec.face_source.startswith("photos:"):
+        from glassfinder.faces.photos import PhotoBank
+        from glassfinder.store import open_store
+
+        # Analysed once per photo and cached in the output store; the crops travel by key.
+        photos, bad_photos = PhotoBank(open_store(spec.face_source.removeprefix("photos:")), "", out).scan()
+        report.quarantined.extend(bad_photos)
+        if not photos:
+            raise GlassFinderError(
+                f"photo bank {spec.face_source.removeprefix('photos:')} has no usable face photo"
+            )
     tasks = []
     for row in rows:
         report.assets += 1
@@ -201,10 +277,12 @@ def render_catalogue(
     if tasks:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(
-            workers, initializer=_init_worker, initargs=(spec.canonical_json(), out, workers)
+            workers, initializer=_init_worker, initargs=(spec.canonical_json(), out, workers, photos)
         ) as pool:
             for result in pool.imap_unordered(_render_task, tasks):
                 status = result.pop("status")
+                if status == "worker_failed":
+                    raise GlassFinderError(f"render worker could not start: {result['message']}")
                 if status == "rendered":
                     report.rendered += 1
                     report.views += int(result["views"])

@@ -38,7 +38,7 @@ class RenderSpec:
 
     image_px: int = 256
     views_per_asset: int = 8
-    face_source: str = "procedural"
+    face_source: str = "procedural"  # or "photos:<store URI of a folder of photos>"
     face_first: int = 0  # identities face_first .. face_first + face_count - 1
     face_count: int = 1000
     yaw_deg: tuple[float, float] = (-35.0, 35.0)
@@ -66,8 +66,13 @@ class RenderSpec:
             raise GlassFinderError(f"render spec image_px must be 32..2048, got {self.image_px}")
         if self.views_per_asset < 1:
             raise GlassFinderError(f"render spec views_per_asset must be >= 1, got {self.views_per_asset}")
-        if self.face_source != "procedural":
-            raise GlassFinderError(f"render spec face_source must be 'procedural', got {self.face_source!r}")
+        if self.face_source != "procedural" and not (
+            self.face_source.startswith("photos:") and len(self.face_source) > len("photos:")
+        ):
+            raise GlassFinderError(
+                "render spec face_source must be 'procedural' or 'photos:<store URI>', "
+                f"got {self.face_source!r}"
+            )
         bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
         if bad or not self.backgrounds:
             raise GlassFinderError(

@@ -19,6 +19,7 @@ from PIL import Image
 
 from glassfinder.catalog.convention import part_of
 from glassfinder.faces.base import Head
+from glassfinder.faces.photos import PhotoFace
 from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
 from glassfinder.render.preview import _look_at, _pyrender_material
@@ -221,6 +222,21 @@ class TryOnRenderer:
         return RenderedView(rgb, eyes.astype(np.float32), landmarks.astype(np.float32), names, box, alpha)
 
 
+def _occluder_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
+    """A mesh that draws nothing (RGBA 0,0,0,0 = the cleared background) but writes depth, so
+    the glasses behind it vanish with anti-aliased edges (built raw: Mesh.from_trimesh would
+    drop the vertex colours)."""
+    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[0.0, 0.0, 0.0, 0.0], alphaMode="OPAQUE")
+    prim = pyrender.Primitive(
+        positions=np.asarray(mesh.vertices, np.float32),
+        normals=np.asarray(mesh.vertex_normals, np.float32),
+        indices=np.asarray(mesh.faces, np.uint32),
+        color_0=np.zeros((len(mesh.vertices), 4), np.float32),
+        material=material,
+    )
+    return pyrender.Mesh([prim])
+
+
 def _projector(cam_pose: np.ndarray, yfov_deg: float, size: int) -> Callable[[np.ndarray], np.ndarray]:
     view = np.linalg.inv(cam_pose)
     f = (size / 2) / np.tan(np.radians(yfov_deg) / 2)
@@ -231,6 +247,71 @@ def _projector(cam_pose: np.ndarray, yfov_deg: float, size: int) -> Callable[[np
         return np.stack([size / 2 + f * cam[:, 0] / z, size / 2 - f * cam[:, 1] / z], axis=1)
 
     return project
+
+
+class PhotoRenderer:
+    """Glasses on photo-bank faces: the generic head, posed by the photo's solvePnP, occludes."""
+
+    def __init__(self, renderer: TryOnRenderer) -> None:
+        from glassfinder.faces.photos import generic_head
+
+        self.renderer = renderer
+        self.head = generic_head()
+        self.occluders = [
+            _occluder_mesh(m) for name, m in self.head.meshes if name == "skin" or name.startswith("ear")
+        ]
+
+    def render(
+        self, asset: AssetMeshes, face: PhotoFace, crop_rgb: np.ndarray, view: ViewParams
+    ) -> RenderedView:
+        from glassfinder.faces.photos import CROP_PX, head_pose_matrix
+
+        size = self.renderer.size_px
+        s = size / CROP_PX
+        head_pose = head_pose_matrix(face)
+        scene = DeterministicScene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[view.ambient] * 3)
+        for mesh in self.occluders:
+            scene.add(mesh, pose=head_pose)
+        fit = fit_frame(asset.parts, self.head.anchors, slide_m=view.slide_m, tilt_deg=view.tilt_deg)
+        asset.set_lens(view.lens_rgba, view.lens_style)
+        for role, mesh, pose in asset.meshes:
+            side = role.removeprefix("temple_") if role.startswith("temple_") else None
+            local = fit.temple_poses.get(side, fit.front_pose) if side else fit.front_pose
+            scene.add(mesh, pose=head_pose @ local @ pose)
+        f = face.focal_px * s
+        scene.add(
+            pyrender.IntrinsicsCamera(fx=f, fy=f, cx=size / 2, cy=size / 2, znear=0.05, zfar=5.0),
+            pose=np.eye(4),
+        )
+        scene.add(
+            pyrender.DirectionalLight(color=kelvin_to_rgb(view.colour_temp_k), intensity=view.key_light),
+            pose=_look_at(np.asarray(view.key_dir), np.zeros(3)),
+        )
+        scene.add(
+            pyrender.DirectionalLight(intensity=view.fill_light),
+            pose=_look_at(np.array([0.0, 0.2, 1.0]), np.zeros(3)),
+        )
+        rgba, _ = self.renderer._renderer.render(scene, flags=pyrender.RenderFlags.RGBA)
+        premult = rgba[..., :3].astype(np.float32) / 255.0
+        alpha = rgba[..., 3].astype(np.float32) / 255.0
+        photo = (
+            np.asarray(Image.fromarray(crop_rgb).resize((size, size), Image.Resampling.LANCZOS), np.float32)
+            / 255.0
+        )
+        rgb = np.clip((premult + (1.0 - alpha[..., None]) * photo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        front = np.vstack([asset.parts["frame"], asset.parts["lens_left"], asset.parts["lens_right"]])
+        front = front[front[:, 2] > front[:, 2].max() - 0.03]
+        world = (
+            head_pose[:3, :3] @ (fit.front_pose[:3, :3] @ front.T + fit.front_pose[:3, 3:4])
+        ).T + head_pose[:3, 3]
+        px = np.stack(
+            [size / 2 + f * world[:, 0] / -world[:, 2], size / 2 - f * world[:, 1] / -world[:, 2]], 1
+        )
+        box = np.array([px[:, 0].min(), px[:, 1].min(), px[:, 0].max(), px[:, 1].max()], np.float32)
+        eyes = np.array([face.eye_left_xy, face.eye_right_xy], np.float32) * s
+        landmarks = np.asarray(face.landmarks5_xy, np.float32) * s
+        names = ["eye_left_outer", "eye_left_inner", "eye_right_outer", "eye_right_inner", "subnasale"]
+        return RenderedView(rgb, eyes, landmarks, names, box, alpha)
 
 
 def spec_view_image(spec: RenderSpec, view: RenderedView) -> bytes:

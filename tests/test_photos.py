@@ -1,0 +1,143 @@
+"""The photo bank on public-domain photos shipped in scikit-image and matplotlib: detection,
+landmarks, pose, caching, quarantine, and glasses rendered onto the photos."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from glassfinder import layout
+from glassfinder.catalog.generate import generate_catalog
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+from glassfinder.faces import photos as photos_mod
+from glassfinder.faces.photos import PhotoBank, PhotoError, analyse_photo
+from glassfinder.render.job import quarantine_key, render_catalogue
+from glassfinder.render.spec import RenderSpec, plan_view
+from glassfinder.store import LocalStore
+from glassfinder.store.shards import read_shard
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ASTRONAUT = _png(skimage.data.astronaut())
+HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def bank_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+    store = LocalStore(tmp_path_factory.mktemp("photos"))
+    store.put("astronaut.png", ASTRONAUT)
+    store.put("grace_hopper.jpg", HOPPER)
+    store.put("coffee.png", _png(skimage.data.coffee()))
+    store.put("cat.png", _png(skimage.data.chelsea()))
+    store.put("corrupt.jpg", HOPPER[:2000])
+    store.put("tiny.png", _png(np.full((30, 30, 3), 128, np.uint8)))
+    store.put("notes.txt", b"not a photo, ignored")
+    return store
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "grace_hopper.jpg"])
+def test_public_domain_faces_are_found_with_plausible_pose(name: str) -> None:
+    data = ASTRONAUT if name.startswith("astronaut") else HOPPER
+    face, crop = analyse_photo(data, name)
+    assert crop.shape == (512, 512, 3)
+    left, right = np.array(face.eye_left_xy), np.array(face.eye_right_xy)
+    assert left[0] > right[0]  # the subject's left eye is on the image's right
+    assert 60 < np.linalg.norm(left - right) < 160  # eyes a plausible distance apart in the crop
+    assert abs(left[1] - right[1]) < 20
+    assert abs(face.yaw_deg) < 20 and abs(face.roll_deg) < 15 and abs(face.pitch_deg) < 30
+    assert face.detection_score >= 0.5
+    assert face.face_id.startswith("photo-")
+
+
+def test_bank_analyses_once_and_quarantines_unusable_photos(
+    bank_store: LocalStore, tmp_path: Path, monkeypatch
+) -> None:
+    cache = LocalStore(tmp_path / "cache")
+    usable, bad = PhotoBank(bank_store, "", cache).scan()
+    assert [f.source for f, _ in usable] == ["astronaut.png", "grace_hopper.jpg"]
+    assert {b["photo"]: b["reason"] for b in bad} == {
+        "cat.png": "no_face",
+        "coffee.png": "no_face",
+        "corrupt.jpg": "unreadable",
+        "tiny.png": "too_small",
+    }
+    assert all(b["message"].startswith(f"photo {b['photo']}:") for b in bad)
+
+    def no_more_analysis(*args, **kwargs):
+        raise AssertionError("photo analysed twice")
+
+    monkeypatch.setattr(photos_mod, "analyse_photo", no_more_analysis)
+    again, bad_again = PhotoBank(bank_store, "", cache).scan()  # everything comes from the cache
+    assert [f for f, _ in again] == [f for f, _ in usable] and bad_again == bad
+
+
+def test_unreadable_photo_error() -> None:
+    with pytest.raises(PhotoError, match=r"photo x\.jpg: is not a readable image") as info:
+        analyse_photo(b"\xff\xd8garbage", "x.jpg")
+    assert info.value.reason == "unreadable"
+
+
+def test_glasses_render_onto_photos_over_the_eyes(bank_store: LocalStore, tmp_path: Path) -> None:
+    from glassfinder.catalog.build import import_glb
+    from glassfinder.catalog.generate import build_family
+    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
+
+    _, glb = build_family(2, 5, 1)[0]
+    usable, _ = PhotoBank(bank_store, "", LocalStore(tmp_path)).scan()
+    renderer = TryOnRenderer(256)
+    try:
+        pr = PhotoRenderer(renderer)
+        for face, crop_key in usable:
+            crop = PhotoBank(bank_store, "", LocalStore(tmp_path)).crop(crop_key)
+            view = dataclasses.replace(
+                plan_view(
+                    RenderSpec(image_px=256), "ab" * 32, 0, fixed_lens=("tinted", (0.03, 0.03, 0.03, 0.8))
+                ),
+                slide_m=0.0,
+                tilt_deg=0.0,
+            )
+            out = pr.render(AssetMeshes(import_glb(glb)), face, crop, view)
+            x0, y0, x1, y1 = out.glasses_box_xyxy
+            for ex, ey in out.eyes_xy:
+                assert x0 < ex < x1 and y0 < ey < y1  # the frame sits over both eyes
+                cov = out.alpha[int(ey) - 2 : int(ey) + 3, int(ex) - 2 : int(ex) + 3]
+                assert abs(float(np.median(cov)) - 0.8) < 0.05  # the lens covers the eye
+            bare = np.asarray(Image.fromarray(crop).resize((256, 256), Image.Resampling.LANCZOS), float)
+            ex, ey = out.eyes_xy[0].astype(int)
+            eye = (slice(ey - 4, ey + 5), slice(ex - 8, ex + 9))
+            assert out.rgb[eye].astype(float).std() < 0.45 * bare[eye].std()  # sunglasses hide the eye
+    finally:
+        renderer.close()
+
+
+def test_render_job_on_a_photo_bank(bank_store: LocalStore, tmp_path: Path) -> None:
+    generate_catalog(LocalStore(tmp_path / "sample"), 2, seed=5, workers=1)
+    out = LocalStore(tmp_path / "pipeline")
+    ingest_manifest(str(tmp_path / "sample" / "manifest.parquet"), dest=out)
+    spec = RenderSpec(image_px=96, views_per_asset=2, face_source=f"photos:{bank_store.uri}")
+    report = render_catalogue(f"{out.uri}/{CATALOG_MANIFEST_KEY}", spec, out, workers=1)
+    assert (report.rendered, report.views) == (2, 4)
+    assert sorted(q["reason"] for q in report.quarantined) == [
+        "no_face",
+        "no_face",
+        "too_small",
+        "unreadable",
+    ]
+    assert len(json.loads(out.get(quarantine_key(spec.spec_hash)))) == 4
+    shard_keys = [i.key for i in out.list(f"renders/{spec.spec_hash}/") if i.key.endswith(".parquet")]
+    table = read_shard(out, shard_keys[0], "image")
+    assert all(f.startswith("photo-") for f in table.column("face_id").to_pylist())
+    assert layout.render_shard_key(spec.spec_hash, table.column("asset_sha256")[0].as_py()) == shard_keys[0]
