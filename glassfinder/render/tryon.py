@@ -22,7 +22,7 @@ from glassfinder.faces.base import Head
 from glassfinder.faces.photos import PhotoFace
 from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
-from glassfinder.render.preview import _look_at, _pyrender_material
+from glassfinder.render.preview import _look_at, asset_meshes
 from glassfinder.render.pyrender_fixes import GL, pyrender
 from glassfinder.render.spec import RenderSpec, ViewParams
 
@@ -97,21 +97,12 @@ class AssetMeshes:
         self.parts = part_vertices(scene)
         self.meshes: list[tuple[str, pyrender.Mesh, np.ndarray]] = []
         self.lens_materials: list[pyrender.MetallicRoughnessMaterial] = []
-        for node in scene.graph.nodes_geometry:
-            pose, geom_name = scene.graph[node]
-            geom = scene.geometry[geom_name]
-            material = getattr(geom.visual, "material", None)
-            pmat = (
-                _pyrender_material(material)
-                if isinstance(material, trimesh.visual.material.PBRMaterial)
-                else None
-            )
+        for node, mesh, pose in asset_meshes(scene):
             role = part_of(node) or "frame"
-            if role.startswith("lens") and pmat is not None:
-                pmat.alphaMode = "BLEND"
-            mesh = pyrender.Mesh.from_trimesh(geom, material=pmat, smooth=True)
             if role.startswith("lens"):  # pyrender copies materials: keep its copies to recolour
-                self.lens_materials.extend(p.material for p in mesh.primitives)
+                for prim in mesh.primitives:
+                    prim.material.alphaMode = "BLEND"
+                    self.lens_materials.append(prim.material)
             self.meshes.append((role, mesh, pose))
 
     def set_lens(self, rgba: tuple[float, float, float, float], style: str) -> None:
