@@ -16,7 +16,7 @@ from PIL import Image
 from glassfinder.catalog.convention import REQUIRED_PARTS, bridge_centre
 from glassfinder.catalog.design import Colourway, FrameDesign
 from glassfinder.catalog.shapes import lens_outline, offset_outline, outward_normals
-from glassfinder.catalog.sweep import fix_winding_to_normals, frame_axes, profile_superellipse, sweep
+from glassfinder.catalog.sweep import frame_axes, profile_superellipse, sweep
 
 PBR = trimesh.visual.material.PBRMaterial
 
@@ -409,4 +409,4 @@ def export_glb(scene: trimesh.Scene) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["build_frame", "export_glb", "fix_winding_to_normals", "import_glb"]
+__all__ = ["build_frame", "export_glb", "import_glb"]

@@ -24,7 +24,7 @@ from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
 from glassfinder.render.preview import _look_at, asset_meshes
 from glassfinder.render.pyrender_fixes import GL, pyrender
-from glassfinder.render.spec import RenderSpec, ViewParams
+from glassfinder.render.spec import ViewParams
 
 
 class _OrderedSet(dict):
@@ -303,7 +303,3 @@ class PhotoRenderer:
         landmarks = np.asarray(face.landmarks5_xy, np.float32) * s
         names = ["eye_left_outer", "eye_left_inner", "eye_right_outer", "eye_right_inner", "subnasale"]
         return RenderedView(rgb, eyes, landmarks, names, box, alpha)
-
-
-def spec_view_image(spec: RenderSpec, view: RenderedView) -> bytes:
-    return view.encode(spec.image_format, spec.jpeg_quality)
