@@ -1,0 +1,112 @@
+"""Augmentations aimed at the synthetic-to-real gap, and the fixed damage applied to eval queries.
+
+Renders are clean: sharp, noiseless, perfectly exposed, losslessly stored, unoccluded and
+perfectly aligned. Shoppers' photos are none of those. Each function takes an explicit
+generator, so a batch is reproducible from the training seed and step.
+
+Hue is left alone on purpose: colourways of one shape differ *only* in colour, so the model
+must keep colour as evidence. Brightness, contrast, saturation and white balance move a little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from glassfinder.embed.align import CropGeometry, align_matrix, jitter_eyes
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strengths and probabilities; the defaults are what training uses."""
+
+    eye_sigma_frac: float = 0.03  # detector noise on each eye, as a fraction of eye distance
+    flip_p: float = 0.5
+    brightness: float = 0.25  # multiplicative, +-
+    contrast: float = 0.25
+    saturation: float = 0.25
+    white_balance: float = 0.06  # per-channel gain, +-
+    blur_p: float = 0.35
+    blur_sigma: tuple[float, float] = (0.4, 1.6)
+    noise_p: float = 0.5
+    noise_sigma: tuple[float, float] = (0.005, 0.04)
+    jpeg_p: float = 0.5
+    jpeg_quality: tuple[int, int] = (25, 90)
+    occlude_p: float = 0.25
+    occlude_area: tuple[float, float] = (0.05, 0.2)
+
+
+#: What eval queries get: every damage at once, moderate, so eval measures the gap it aims at.
+QUERY_DAMAGE = AugmentConfig(
+    eye_sigma_frac=0.03,
+    flip_p=0.0,
+    brightness=0.2,
+    contrast=0.2,
+    saturation=0.15,
+    white_balance=0.04,
+    blur_p=0.7,
+    blur_sigma=(0.3, 1.2),
+    noise_p=0.7,
+    noise_sigma=(0.005, 0.025),
+    jpeg_p=0.8,
+    jpeg_quality=(40, 90),
+    occlude_p=0.0,
+)
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """(h, w, 3) uint8 -> (h, w, 3) uint8: colour, occlusion, blur, noise, then JPEG."""
+    x = image.astype(np.float32) / 255.0
+    x = x * (1.0 + rng.uniform(-cfg.brightness, cfg.brightness))
+    mean = x.mean()
+    x = (x - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
+    grey = x.mean(axis=2, keepdims=True)
+    x = (x - grey) * (1.0 + rng.uniform(-cfg.saturation, cfg.saturation)) + grey
+    x = x * (1.0 + rng.uniform(-cfg.white_balance, cfg.white_balance, size=3)).astype(np.float32)
+    h, w = x.shape[:2]
+    if rng.random() < cfg.occlude_p:
+        area = rng.uniform(*cfg.occlude_area) * h * w
+        aspect = np.exp(rng.uniform(-0.8, 0.8))
+        oh = int(min(h, max(2, np.sqrt(area / aspect))))
+        ow = int(min(w, max(2, np.sqrt(area * aspect))))
+        y0, x0 = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
+        x[y0 : y0 + oh, x0 : x0 + ow] = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    if rng.random() < cfg.blur_p:
+        x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(*cfg.blur_sigma)))
+    if rng.random() < cfg.noise_p:
+        x = x + rng.normal(0.0, rng.uniform(*cfg.noise_sigma), size=x.shape).astype(np.float32)
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < cfg.jpeg_p:
+        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if decoded is not None:
+            out = decoded[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def augment_crop(
+    loose: np.ndarray,
+    loose_geometry: CropGeometry,
+    geometry: CropGeometry,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+) -> np.ndarray:
+    """A training crop from a loosely aligned one: alignment jitter, flip, then photometric damage.
+
+    loose: (H, W, 3) uint8 aligned with `loose_geometry` (same eyes, a wider field), so the jitter
+    can move the band without running out of picture.
+    """
+    if rng.random() < cfg.flip_p:
+        loose = loose[:, ::-1]  # the canonical eyes are mirror-symmetric about the centre
+    eyes = jitter_eyes(loose_geometry.eyes(), rng, cfg.eye_sigma_frac)
+    crop = cv2.warpAffine(
+        np.ascontiguousarray(loose),
+        align_matrix(eyes, geometry),
+        (geometry.width, geometry.height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+    return photometric(crop, rng, cfg)

@@ -1,0 +1,150 @@
+"""Embed a rendered catalogue: image shards in, feature shards out, skipping what exists.
+
+Feature shards are content-addressed by (model sha, spec hash, asset sha256) and written
+create-only, so a re-run or a retried task embeds only what is missing and never leaves half a
+shard. Decoding and aligning the next shards runs in a thread while the model works on the
+current batch (PIL, cv2 and torch all release the GIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from glassfinder import layout
+from glassfinder.embed.data import iter_shard_crops, shard_keys, view_columns
+from glassfinder.embed.infer import Embedder
+from glassfinder.errors import GlassFinderError, ObjectExistsError
+from glassfinder.store.base import ObjectStore
+from glassfinder.store.shards import feature_table, write_shard
+
+log = logging.getLogger(__name__)
+LOOKAHEAD_SHARDS = 4
+
+
+@dataclass
+class EmbedReport:
+    model_sha: str
+    spec_hash: str
+    shards: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    views: int = 0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def feature_prefix(model_sha: str, spec_hash: str) -> str:
+    return f"features/{model_sha}/{spec_hash}/"
+
+
+def _load_one(store: ObjectStore, key: str, embedder: Embedder) -> tuple[str, pa.Table, np.ndarray]:
+    for item in iter_shard_crops(store, [key], embedder.geometry):
+        return item
+    raise GlassFinderError(f"image shard {store.uri}/{key} has no rows")
+
+
+def prefetched_shards(
+    store: ObjectStore, keys: Sequence[str], embedder: Embedder
+) -> Iterator[tuple[str, tuple[str, pa.Table, np.ndarray] | Exception]]:
+    """(key, (key, meta, crops) or the error) per shard, decoded a few shards ahead in a thread."""
+    with ThreadPoolExecutor(1) as pool:
+        window: deque[tuple[str, Future[tuple[str, pa.Table, np.ndarray]]]] = deque()
+        todo = iter(keys)
+        for key in todo:
+            window.append((key, pool.submit(_load_one, store, key, embedder)))
+            if len(window) >= LOOKAHEAD_SHARDS:
+                break
+        while window:
+            key, fut = window.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(_load_one, store, nxt, embedder)))
+            try:
+                yield key, fut.result()
+            except Exception as exc:
+                yield key, exc
+
+
+def embed_catalogue(
+    store: ObjectStore,
+    spec_hash: str,
+    embedder: Embedder,
+    model_sha: str,
+    *,
+    out: ObjectStore | None = None,
+    progress: bool = False,
+) -> EmbedReport:
+    """Write a feature shard for every image shard of `spec_hash` that has none for this model."""
+    start = time.perf_counter()
+    out = out or store
+    report = EmbedReport(model_sha=model_sha, spec_hash=spec_hash)
+    keys = shard_keys(store, spec_hash)
+    report.shards = len(keys)
+    existing = {i.key for i in out.list(feature_prefix(model_sha, spec_hash))}
+    todo = []
+    for key in keys:
+        asset = key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if layout.feature_shard_key(model_sha, spec_hash, asset) in existing:
+            report.skipped += 1
+        else:
+            todo.append(key)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="shard", desc=f"embedding {spec_hash} with {model_sha}")
+    pending: list[tuple[str, pa.Table, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        embeddings = embedder.embed(np.concatenate([c for _, _, c in pending]))
+        row = 0
+        for _key, meta, crops in pending:
+            emb = embeddings[row : row + len(crops)]
+            row += len(crops)
+            asset = str(meta.column("asset_sha256")[0])
+            table = feature_table(view_columns(meta), model_sha=model_sha, embeddings=emb)
+            try:
+                write_shard(
+                    out,
+                    layout.feature_shard_key(model_sha, spec_hash, asset),
+                    table,
+                    "feature",
+                    create_only=True,
+                )
+                report.embedded += 1
+                report.views += len(crops)
+            except ObjectExistsError:
+                report.skipped += 1  # another worker finished it first: same model, same bytes
+            if bar is not None:
+                bar.update(1)
+        pending.clear()
+
+    queued = 0
+    for key, item in prefetched_shards(store, todo, embedder):
+        if isinstance(item, Exception):
+            report.quarantined.append({"shard": key, "reason": type(item).__name__, "message": str(item)})
+            log.warning("skipped image shard %s/%s: %s", store.uri, key, item)
+            if bar is not None:
+                bar.update(1)
+            continue
+        pending.append(item)
+        queued += len(item[2])
+        if queued >= embedder.batch_size:
+            flush()
+            queued = 0
+    flush()
+    if bar is not None:
+        bar.close()
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,122 @@
+"""Published models: weights + card under `models/<name>/<sha>/`, and the name's CURRENT pointer.
+
+A version's files are written create-only, so a published model never changes; CURRENT moves by
+compare-and-swap, so two trainers publishing at once cannot lose each other's move silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from glassfinder import layout
+from glassfinder.embed.model import EmbeddingNet, ModelConfig, load_weights, model_sha, weights_bytes
+from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError, StaleWriteError
+from glassfinder.store.base import ObjectStore
+
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "card.json"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    sha: str
+    model: EmbeddingNet
+    card: dict[str, Any]
+
+
+def publish_model(
+    store: ObjectStore, name: str, model: EmbeddingNet, card: dict[str, Any], *, make_current: bool = True
+) -> str:
+    """Write weights and card (create-only) and, by default, move CURRENT to them. Returns the sha."""
+    weights = weights_bytes(model)
+    sha = model_sha(weights)
+    prefix = layout.model_prefix(name, sha)
+    full_card = {
+        **card,
+        "name": name,
+        "model_sha": sha,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_bytes": len(weights),
+        "config": model.config.to_dict(),
+    }
+    try:
+        store.put(prefix + WEIGHTS_FILE, weights, create_only=True)
+    except ObjectExistsError:
+        existing = store.get(prefix + WEIGHTS_FILE)
+        if existing != weights:  # a sha prefix collision: never overwrite a published model
+            raise GlassFinderError(f"model {name}@{sha} exists with different weights") from None
+    # The same weights published before keep their first card.
+    with contextlib.suppress(ObjectExistsError):
+        store.put(
+            prefix + CARD_FILE, json.dumps(full_card, indent=2, sort_keys=True).encode(), create_only=True
+        )
+    if make_current:
+        set_current(store, name, sha)
+    return sha
+
+
+def current_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
+    """(sha, etag) of the name's CURRENT, or (None, None) when nothing is published."""
+    key = layout.model_current_key(name)
+    try:
+        info = store.head(key)
+        raw = json.loads(store.get(key))
+    except ObjectNotFoundError:
+        return None, None
+    except json.JSONDecodeError as exc:
+        raise GlassFinderError(f"{store.uri}/{key} is not JSON: {exc}") from exc
+    return str(raw["model_sha"]), info.etag
+
+
+def set_current(store: ObjectStore, name: str, sha: str) -> None:
+    """Point the name's CURRENT at `sha` by compare-and-swap."""
+    key = layout.model_current_key(name)
+    if not store.exists(layout.model_prefix(name, sha) + WEIGHTS_FILE):
+        raise GlassFinderError(f"model {name}@{sha} is not published under {store.uri}/models/{name}/")
+    previous, etag = current_sha(store, name)
+    body = json.dumps({"model_sha": sha, "previous": previous}).encode()
+    try:
+        if etag is None:
+            store.put(key, body, create_only=True)
+        else:
+            store.put(key, body, if_match=etag)
+    except (ObjectExistsError, StaleWriteError) as exc:
+        raise GlassFinderError(
+            f"model {name} CURRENT moved while publishing {sha} (another publisher?): re-read and retry"
+        ) from exc
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """'name' or 'name@sha'."""
+    name, _, sha = ref.partition("@")
+    return name, sha or None
+
+
+def load_model(store: ObjectStore, ref: str) -> LoadedModel:
+    """Load 'name' (its CURRENT) or 'name@sha', verifying the weights against the card."""
+    name, sha = parse_model_ref(ref)
+    if sha is None:
+        sha, _ = current_sha(store, name)
+        if sha is None:
+            raise GlassFinderError(
+                f"no model named {name!r} is published in {store.uri}: run `glassfinder train` first"
+            )
+    prefix = layout.model_prefix(name, sha)
+    try:
+        card = json.loads(store.get(prefix + CARD_FILE))
+        weights = store.get(prefix + WEIGHTS_FILE)
+    except ObjectNotFoundError as exc:
+        raise GlassFinderError(f"model {name}@{sha} is incomplete in {store.uri}: {exc}") from exc
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != card.get("weights_sha256") or model_sha(weights) != sha:
+        raise GlassFinderError(
+            f"model {name}@{sha}: weights sha256 {digest} does not match its card "
+            f"({card.get('weights_sha256')}); refusing a corrupted model"
+        )
+    config = ModelConfig.from_dict(card["config"])
+    return LoadedModel(name, sha, load_weights(config, weights, f"{store.uri}/{prefix}{WEIGHTS_FILE}"), card)

@@ -1,0 +1,381 @@
+"""Metric-learning training from image shards, with checkpoints, resume and a seeded data order.
+
+Products are the classes. Batches hold m views of each of batch_size/m products
+(pytorch-metric-learning's MPerClassSampler), and a margin loss from the same library pulls a
+product's views together and pushes other products (including its own colourways) apart.
+Model selection uses the validation products, which training never sees, so the chosen epoch
+is the one that generalises to new products.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glassfinder.embed.align import CropGeometry, align_matrix
+from glassfinder.embed.augment import AugmentConfig, augment_crop
+from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
+from glassfinder.embed.infer import Embedder
+from glassfinder.embed.model import EmbeddingNet, ModelConfig, build_model, pick_device, to_input
+from glassfinder.errors import GlassFinderError
+from glassfinder.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("arcface", "subcenter", "proxyanchor")
+CHECKPOINT = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run; recorded in checkpoints and the model card."""
+
+    spec_hashes: tuple[str, ...]
+    loss: str = "arcface"
+    epochs: int = 20
+    batch_size: int = 128
+    m_per_class: int = 4
+    lr: float = 2e-3
+    loss_lr: float = 2e-2
+    weight_decay: float = 5e-4
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise GlassFinderError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not self.spec_hashes:
+            raise GlassFinderError("training needs at least one render spec hash")
+        if self.batch_size % self.m_per_class:
+            raise GlassFinderError(
+                f"batch_size ({self.batch_size}) must be a multiple of m_per_class ({self.m_per_class})"
+            )
+        if self.epochs < 1:
+            raise GlassFinderError(f"epochs must be >= 1, got {self.epochs}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class TrainResult:
+    model: EmbeddingNet
+    config: TrainConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val: dict[str, float]
+    train_products: int
+    val_products: int
+    train_views: int
+    seconds: float
+
+    def card(self) -> dict[str, Any]:
+        """What the model card says about how this model was made."""
+        return {
+            "training": json.loads(self.config.to_json()),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "validation": self.best_val,
+            "train_products": self.train_products,
+            "val_products": self.val_products,
+            "train_views": self.train_views,
+            "train_seconds": round(self.seconds, 1),
+            "input": {
+                "crop": asdict(self.config.model.crop),
+                "normalisation": "rgb/255, ImageNet mean/std",
+                "alignment": "similarity transform from the two eye centres (glassfinder.embed.align)",
+            },
+            "torch": torch.__version__,
+        }
+
+
+def make_loss(name: str, num_classes: int, dim: int) -> torch.nn.Module:
+    from pytorch_metric_learning import losses
+
+    if name == "arcface":
+        return losses.ArcFaceLoss(num_classes, dim, margin=28.6, scale=32)
+    if name == "subcenter":
+        return losses.SubCenterArcFaceLoss(
+            num_classes=num_classes, embedding_size=dim, margin=28.6, scale=32, sub_centers=3
+        )
+    if name == "proxyanchor":
+        return losses.ProxyAnchorLoss(num_classes, dim, margin=0.1, alpha=32)
+    raise GlassFinderError(f"loss must be one of {LOSSES}, got {name!r}")
+
+
+def canonical_crops(views: ViewSet, geometry: CropGeometry) -> np.ndarray:
+    """The un-jittered model-input crops of loosely aligned views."""
+    import cv2
+
+    matrix = align_matrix(views.geometry.eyes(), geometry)
+    return np.stack(
+        [
+            cv2.warpAffine(c, matrix, (geometry.width, geometry.height), flags=cv2.INTER_LINEAR)
+            for c in views.crops
+        ]
+    )
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """precision@1 and MAP@R of every view against the others (leave-one-out)."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count")
+    acc = calc.get_accuracy(embeddings, labels, embeddings, labels, ref_includes_query=True)
+    return {k: round(float(v), 4) for k, v in acc.items()}
+
+
+def _batches(
+    views: ViewSet,
+    labels: np.ndarray,
+    config: TrainConfig,
+    epoch: int,
+    steps: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of augmented batches, prepared one ahead in a thread (cv2 and numpy drop the GIL)."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+    from pytorch_metric_learning.utils import common_functions
+
+    # The sampler draws from the library's module-level numpy RandomState: seed it per epoch so
+    # a resumed run sees exactly the batches an uninterrupted one would.
+    common_functions.NUMPY_RANDOM = np.random.RandomState([config.seed, epoch])
+    sampler = MPerClassSampler(
+        labels,
+        config.m_per_class,
+        batch_size=config.batch_size,
+        length_before_new_iter=steps * config.batch_size,
+    )
+    order = np.fromiter(iter(sampler), dtype=np.int64)
+    geometry = config.model.crop
+
+    def make(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        rng = np.random.default_rng([config.seed, epoch, step])
+        crops = np.stack(
+            [augment_crop(views.crops[i], views.geometry, geometry, rng, config.augment) for i in idx]
+        )
+        return to_input(crops), torch.from_numpy(labels[idx])
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(make, 0)
+        for step in range(steps):
+            batch = pending.result()
+            if step + 1 < steps:
+                pending = pool.submit(make, step + 1)
+            yield batch
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_model(
+    store: ObjectStore,
+    config: TrainConfig,
+    *,
+    work_dir: Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    views: tuple[ViewSet, ViewSet] | None = None,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train on the 'train' products of the given render specs; select the epoch on 'val'.
+
+    work_dir holds `last.pt` (everything needed to resume) and `best.pt` (the selected weights).
+    views: pre-loaded (train, val) loose view sets, for callers that train several times.
+    stop_after_epochs: end this call after so many epochs (a time-boxed task); resume later.
+    """
+    start = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work_dir / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise GlassFinderError(
+            f"{ckpt_path} exists from an earlier run: pass --resume to continue it or use another --work-dir"
+        )
+    dev = pick_device(device)
+    torch.manual_seed(config.seed)
+    train_views, val_views = views if views is not None else load_training_views(store, config, progress)
+    labels, classes = train_views.labels()
+    if len(classes) * config.m_per_class < config.batch_size:
+        raise GlassFinderError(
+            f"{len(classes)} training products x m_per_class {config.m_per_class} is fewer than batch_size "
+            f"{config.batch_size}: lower --batch-size or render more products"
+        )
+    model = build_model(config.model, seed=config.seed).to(dev)
+    loss_fn = make_loss(config.loss, len(classes), config.model.dim).to(dev)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.parameters(), "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": loss_fn.parameters(), "lr": config.loss_lr, "weight_decay": 0.0},
+        ]
+    )
+    steps = max(1, len(train_views) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[config.lr, config.loss_lr], total_steps=config.epochs * steps, pct_start=0.15
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=config.amp and dev.type == "cuda")
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"epoch": 0, "score": -1.0, "val": {}}
+    first_epoch = 1
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        if ckpt["config"] != config.to_json():
+            raise GlassFinderError(
+                f"{ckpt_path} was made with a different training config; resume needs the same one "
+                f"(checkpoint: {ckpt['config']})"
+            )
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history = json.loads(ckpt["history"])
+        best = json.loads(ckpt["best"])
+        first_epoch = int(ckpt["epoch"]) + 1
+        log.info("resuming %s at epoch %d of %d", ckpt_path, first_epoch, config.epochs)
+    val_labels = val_views.labels()[0] if len(val_views) else None
+    val_crops = canonical_crops(val_views, config.model.crop) if len(val_views) else None
+    last_epoch = config.epochs
+    if stop_after_epochs is not None:
+        last_epoch = min(last_epoch, first_epoch + stop_after_epochs - 1)
+    for epoch in range(first_epoch, last_epoch + 1):
+        model.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        batches = _batches(train_views, labels, config, epoch, steps)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(
+                batches, total=steps, unit="batch", desc=f"epoch {epoch}/{config.epochs}", leave=False
+            )
+        for x, y in batches:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+                emb = model(x)
+            loss = loss_fn(emb.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += float(loss.detach())
+        seconds = time.perf_counter() - t0
+        row: dict[str, float] = {
+            "epoch": epoch,
+            "loss": round(total / steps, 4),
+            "train_img_per_s": round(steps * config.batch_size / seconds, 1),
+            "seconds": round(seconds, 1),
+        }
+        if val_crops is not None and val_labels is not None:
+            emb_val = Embedder(model, device=str(dev), amp=config.amp).embed(val_crops)
+            model.train()
+            row.update({f"val_{k}": v for k, v in retrieval_metrics(emb_val, val_labels).items()})
+            score = row["val_mean_average_precision_at_r"]
+        else:
+            score = float(epoch)  # no validation products: the last epoch is the choice
+        history.append(row)
+        log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
+        if score > best["score"]:
+            best = {
+                "epoch": epoch,
+                "score": score,
+                "val": {k: v for k, v in row.items() if k.startswith("val_")},
+            }
+            _save({k: v.detach().cpu() for k, v in model.state_dict().items()}, work_dir / BEST)
+        _save(
+            {
+                "epoch": epoch,
+                "config": config.to_json(),
+                "model": model.state_dict(),
+                "loss": loss_fn.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": json.dumps(history),
+                "best": json.dumps(best),
+            },
+            ckpt_path,
+        )
+    final = build_model(config.model, seed=config.seed)
+    final.load_state_dict(torch.load(work_dir / BEST, map_location="cpu", weights_only=True))
+    return TrainResult(
+        model=final.eval(),
+        config=config,
+        history=history,
+        best_epoch=int(best["epoch"]),
+        best_val=dict(best["val"]),
+        train_products=len(classes),
+        val_products=len(set(val_views.product_ids.tolist())) if len(val_views) else 0,
+        train_views=len(train_views),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_training_views(
+    store: ObjectStore, config: TrainConfig, progress: bool = False
+) -> tuple[ViewSet, ViewSet]:
+    """(train, val) loose view sets of every spec in the config."""
+    loose = config.model.crop.widened(LOOSE_FACTOR)
+    sets = [
+        load_views(store, h, loose, splits=("train", "val"), progress=progress) for h in config.spec_hashes
+    ]
+    crops = np.concatenate([s.crops for s in sets])
+    import pyarrow as pa
+
+    meta = pa.concat_tables([s.meta for s in sets])
+    views = ViewSet(crops, meta, loose)
+    split = np.asarray(meta.column("split").to_pylist())
+    train, val = views.subset(split == "train"), views.subset(split == "val")
+    if not len(train):
+        raise GlassFinderError(f"render specs {list(config.spec_hashes)} have no 'train' split views")
+    return train, val
+
+
+def parse_specs(value: str | Sequence[str]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(s.strip() for s in items if s.strip())
+
+
+def train_and_publish(
+    store: ObjectStore,
+    config: TrainConfig,
+    *,
+    name: str,
+    work_dir: Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    publish: bool = True,
+) -> tuple[TrainResult, str | None]:
+    """Train, then publish weights + card and move the name's CURRENT (unless publish=False)."""
+    from glassfinder import layout
+    from glassfinder.embed.registry import publish_model
+
+    layout.model_current_key(name)  # reject a bad name before hours of training, not after
+    result = train_model(store, config, work_dir=work_dir, resume=resume, device=device, progress=progress)
+    if not publish:
+        return result, None
+    card = result.card()
+    card["render_specs"] = {}
+    for spec_hash in config.spec_hashes:
+        from glassfinder.render.job import spec_key
+
+        if store.exists(spec_key(spec_hash)):
+            card["render_specs"][spec_hash] = json.loads(store.get(spec_key(spec_hash)))
+    sha = publish_model(store, name, result.model, card)
+    return result, sha
