@@ -59,3 +59,20 @@ class ShardSchemaError(ShardError):
 
 class ShardCorruptError(ShardError):
     """A shard's bytes are not a readable Parquet file (truncated, overwritten, not Parquet)."""
+
+
+# --- index --------------------------------------------------------------------------------------
+class IndexStoreError(GlassFinderError):
+    """An index cannot be built, published, promoted or read."""
+
+
+class PublishConflictError(IndexStoreError):
+    """Another publisher took the version number or moved CURRENT first."""
+
+
+class GateRefusedError(IndexStoreError):
+    """The quality gate refused to promote a candidate that evaluates worse than CURRENT."""
+
+
+class IndexCorruptError(IndexStoreError):
+    """A version's file does not match the sha256 or size its manifest records."""

@@ -47,8 +47,13 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert len(list((store / "catalog" / "assets").glob("*.glb"))) == 24
     assert (store / "catalog" / "manifest.parquet").is_file()
     assert (tmp_path / ".glassfinder" / "contact-sheet.png").stat().st_size > 10_000
-    assert "24 assets rendered (96 views)" in proc.stdout
-    assert len(list((store / "renders").rglob("*.parquet"))) == 24
+    assert "24 assets rendered (144 views)" in proc.stdout
+    assert len(list((store / "renders").rglob("*.parquet"))) == 48  # catalogue + query views
+    assert "train: model glasses@" in proc.stdout
+    assert "embed: 24 feature shards (144 views)" in proc.stdout
+    assert len(list((store / "features").rglob("*.parquet"))) == 24
+    assert "closed-set top-1" in proc.stdout and "untrained" in proc.stdout
+    assert (store / "models" / "glasses" / "CURRENT").is_file()
     assert (tmp_path / ".glassfinder" / "tryon-sheet.png").stat().st_size > 10_000
     assert not any(p.is_file() for p in (store / "tmp").rglob("*"))  # store check cleaned up
 

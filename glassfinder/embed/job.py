@@ -2,13 +2,14 @@
 
 Feature shards are content-addressed by (model sha, spec hash, asset sha256) and written
 create-only, so a re-run or a retried task embeds only what is missing and never leaves half a
-shard. Decoding and aligning the next shards runs in a thread while the model works on the
-current batch (PIL, cv2 and torch all release the GIL).
+shard. Reading, decoding and aligning the next shards runs in a thread pool while the model
+works on the current batch (cv2, pyarrow and torch all release the GIL).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,6 @@ from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import feature_table, write_shard
 
 log = logging.getLogger(__name__)
-LOOKAHEAD_SHARDS = 4
 
 
 @dataclass
@@ -52,16 +52,24 @@ def _load_one(store: ObjectStore, key: str, embedder: Embedder) -> tuple[str, pa
     raise GlassFinderError(f"image shard {store.uri}/{key} has no rows")
 
 
+def default_decode_workers() -> int:
+    """Threads that read and decode shards: every core but the one feeding the model."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def prefetched_shards(
-    store: ObjectStore, keys: Sequence[str], embedder: Embedder
+    store: ObjectStore, keys: Sequence[str], embedder: Embedder, *, decode_workers: int = 1
 ) -> Iterator[tuple[str, tuple[str, pa.Table, np.ndarray] | Exception]]:
-    """(key, (key, meta, crops) or the error) per shard, decoded a few shards ahead in a thread."""
-    with ThreadPoolExecutor(1) as pool:
+    """(key, (key, meta, crops) or the error) per shard, in order, decoded ahead by a thread pool.
+
+    At most 2 x decode_workers shards are in flight, so memory stays bounded on any catalogue.
+    """
+    with ThreadPoolExecutor(decode_workers) as pool:
         window: deque[tuple[str, Future[tuple[str, pa.Table, np.ndarray]]]] = deque()
         todo = iter(keys)
         for key in todo:
             window.append((key, pool.submit(_load_one, store, key, embedder)))
-            if len(window) >= LOOKAHEAD_SHARDS:
+            if len(window) >= 2 * decode_workers:
                 break
         while window:
             key, fut = window.popleft()
@@ -82,6 +90,7 @@ def embed_catalogue(
     *,
     out: ObjectStore | None = None,
     progress: bool = False,
+    decode_workers: int | None = None,
 ) -> EmbedReport:
     """Write a feature shard for every image shard of `spec_hash` that has none for this model."""
     start = time.perf_counter()
@@ -131,7 +140,9 @@ def embed_catalogue(
         pending.clear()
 
     queued = 0
-    for key, item in prefetched_shards(store, todo, embedder):
+    for key, item in prefetched_shards(
+        store, todo, embedder, decode_workers=decode_workers or default_decode_workers()
+    ):
         if isinstance(item, Exception):
             report.quarantined.append({"shard": key, "reason": type(item).__name__, "message": str(item)})
             log.warning("skipped image shard %s/%s: %s", store.uri, key, item)

@@ -115,7 +115,7 @@ class AssetMeshes:
 class TryOnRenderer:
     """Renders views; caches heads and assets it has built (LRU)."""
 
-    def __init__(self, size_px: int, *, head_cache: int = 64) -> None:
+    def __init__(self, size_px: int, *, head_cache: int = 16) -> None:
         self.size_px = size_px
         self._renderer = pyrender.OffscreenRenderer(size_px, size_px)
         self._heads: OrderedDict[str, list[pyrender.Mesh]] = OrderedDict()

@@ -1,0 +1,172 @@
+"""Retrieval accuracy of the embedding on a generated catalogue, beside the untrained baseline.
+
+The benchmark of record for the embedding issue. It generates a catalogue (default 3,200
+products), renders it under a catalogue spec (faces 0-799) and a query spec (held-out faces
+900-999, other poses and lens colours, another seed), then:
+
+1. compares the margin losses on a subset of products (--compare-products, short training);
+2. trains the best loss on every training product, publishes it, and
+3. evaluates it against the whole catalogue: closed-set (training products) and open-set
+   (test products, never seen), with damaged queries, beside the same network untrained.
+
+Everything lands under --work (default .glassfinder/embed-bench), and every stage skips what
+exists, so a re-run after an interruption picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+CATALOGUE_SPEC = {
+    "image_px": 160,
+    "views_per_asset": 6,
+    "face_first": 0,
+    "face_count": 800,
+    "fit_jitter": 0.5,
+}
+QUERY_SPEC = {**CATALOGUE_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
+
+
+def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
+    """Generate, ingest and render (skipping what exists); (store uri, catalogue spec, query spec)."""
+    from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+    from glassfinder.render.job import render_catalogue
+    from glassfinder.render.spec import RenderSpec
+    from glassfinder.store.local import LocalStore
+
+    store = LocalStore(work / "store")
+    if not store.exists(CATALOG_MANIFEST_KEY):
+        t0 = time.perf_counter()
+        generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
+        ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
+        print(f"catalogue: {products} products generated and ingested in {time.perf_counter() - t0:.0f} s")
+    manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
+    hashes = []
+    for name, raw in (("catalogue", CATALOGUE_SPEC), ("query", QUERY_SPEC)):
+        spec = RenderSpec.from_json(json.dumps(raw))
+        limit = query_products if name == "query" else None
+        report = render_catalogue(manifest, spec, store, progress=True, limit=limit)
+        print(
+            f"render {name} spec {spec.spec_hash}: {report.rendered} rendered ({report.views} views) "
+            f"{report.skipped} already there in {report.seconds:.0f} s"
+        )
+        hashes.append(spec.spec_hash)
+    return store.uri, hashes[0], hashes[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=".glassfinder/embed-bench")
+    parser.add_argument("--products", type=int, default=3200)
+    parser.add_argument("--seed", type=int, default=7, help="catalogue seed")
+    parser.add_argument(
+        "--query-products",
+        type=int,
+        default=None,
+        help="render queries for the first N products only (rendering is most of the time on CPU)",
+    )
+    parser.add_argument("--losses", default="arcface,subcenter,proxyanchor")
+    parser.add_argument("--compare-products", type=int, default=800, help="products in the loss comparison")
+    parser.add_argument("--compare-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("PML").setLevel(logging.WARNING)
+
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+    from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.embed.data import ViewSet
+    from glassfinder.embed.evaluate import EvalSets, evaluate_models, load_eval_sets, write_report
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.model import build_model
+    from glassfinder.embed.registry import publish_model
+    from glassfinder.embed.train import TrainConfig, load_training_views, train_model
+    from glassfinder.store import open_store
+
+    work = Path(args.work)
+    store_uri, cat_spec, query_spec = prepare(work, args.products, args.seed, args.query_products)
+    store = open_store(store_uri)
+    manifest = {str(r["product_id"]): r for r in read_manifest_rows(store, CATALOG_MANIFEST_KEY)}
+    base = TrainConfig(spec_hashes=(cat_spec,), epochs=args.epochs)
+    train_views, val_views = load_training_views(store, base, progress=True)
+    probe = Embedder(build_model(base.model, seed=base.seed).eval(), device=args.device)
+    sets = load_eval_sets(store, cat_spec, query_spec, probe, progress=True)
+
+    def subset(views: ViewSet, keep: set[str]) -> ViewSet:
+        return views.subset(np.array([p in keep for p in views.product_ids]))
+
+    def run(loss: str, epochs: int, keep: set[str] | None, tag: str) -> dict:
+        config = TrainConfig(spec_hashes=(cat_spec,), epochs=epochs, loss=loss)
+        tv, vv, es = train_views, val_views, sets
+        if keep is not None:
+            tv, vv = subset(train_views, keep), subset(val_views, keep)
+            es = EvalSets(subset(sets.gallery, keep), subset(sets.queries, keep), sets.split_of)
+        work_dir = work / "train" / tag
+        result = train_model(
+            store, config, work_dir=work_dir, views=(tv, vv), device=args.device, resume=work_dir.exists()
+        )
+        trained = Embedder(result.model, device=args.device)
+        baseline = Embedder(build_model(config.model, seed=config.seed).eval(), device=args.device)
+        report = evaluate_models(es, {loss: trained, "untrained-baseline": baseline}, manifest=manifest)
+        report["training"] = result.card()
+        write_report(report, work / "eval" / tag)
+        return {"report": report, "result": result}
+
+    losses = [x for x in args.losses.split(",") if x]
+    best_loss = losses[0]
+    if len(losses) > 1:
+        keep = sorted(set(sets.gallery.product_ids.tolist()))[: args.compare_products]
+        scores = {}
+        print(f"\nloss comparison on {len(keep)} products, {args.compare_epochs} epochs:")
+        for loss in losses:
+            out = run(loss, args.compare_epochs, set(keep), f"compare-{loss}")
+            m = out["report"]["models"][loss]
+            scores[loss] = m["open_set"].get("mAP", 0.0) + m["closed_set"].get("mAP", 0.0)
+            print(
+                f"  {loss:<12} closed top1 {m['closed_set'].get('top1')} top10 {m['closed_set'].get('top10')}"
+                f" | open top1 {m['open_set'].get('top1')} top10 {m['open_set'].get('top10')}"
+                f" | {out['result'].history[-1]['train_img_per_s']} img/s"
+            )
+        best_loss = max(scores, key=lambda k: scores[k])
+        print(f"  kept {best_loss} (best closed + open mAP)")
+    full = run(best_loss, args.epochs, None, f"full-{best_loss}")
+    sha = publish_model(store, "glasses", full["result"].model, full["result"].card())
+    report = full["report"]
+    views, prods = report["query_views"], report["query_products"]
+    print(
+        f"\n{report['gallery_products']} products, {report['gallery_views']} catalogue views; queries "
+        f"closed-set {views['closed_set']} ({prods['closed_set']} products), "
+        f"open-set {views['open_set']} ({prods['open_set']} products)"
+    )
+    print(f"model glasses@{sha} ({best_loss}, {args.epochs} epochs, {full['result'].seconds:.0f} s training)")
+    print(
+        f"{'model':<20} {'setting':<11} {'top1':>6} {'top5':>6} {'top10':>6} {'mAP':>6}  mean-agg top1/top10"
+    )
+    for label, entry in report["models"].items():
+        for setting in ("closed_set", "open_set"):
+            f = entry[setting]
+            mean = f.get("mean_aggregation", {})
+            print(
+                f"{label:<20} {setting:<11} {f['top1']:>6.3f} {f['top5']:>6.3f} {f['top10']:>6.3f} "
+                f"{f['mAP']:>6.3f}  {mean.get('top1')}/{mean.get('top10')}"
+            )
+    conf = report["models"][best_loss]["open_set"].get("confusions", {})
+    print(
+        f"open-set top-1 misses: {conf.get('misses')}, of which same shape other colourway: "
+        f"{conf.get('same_shape_other_colourway')}"
+    )
+    print(f"missed by shape family: {conf.get('missed_by_shape_family')}")
+    print(f"most confused: {conf.get('top_confused_pairs')}")
+    print(f"report: {work / 'eval' / f'full-{best_loss}' / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()

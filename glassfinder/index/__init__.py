@@ -1,0 +1,1 @@
+"""FAISS index: build from feature shards, versioned publish with a quality gate, readers."""

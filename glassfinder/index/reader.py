@@ -1,0 +1,81 @@
+"""The serving side's view of an index: CURRENT resolved once, verified, hot-reloaded when it moves.
+
+A reader never serves a version whose files do not match their manifest; if CURRENT moves to a
+corrupted version, `maybe_reload` raises and the reader keeps serving the version it had.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from glassfinder import layout
+from glassfinder.errors import IndexStoreError
+from glassfinder.index.build import apply_search_params
+from glassfinder.index.search import ProductHit, ProductSearcher
+from glassfinder.index.versions import fetch_verified, load_files, read_current
+from glassfinder.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: int
+    etag: str
+    manifest: dict[str, Any]
+    searcher: ProductSearcher
+
+
+class IndexReader:
+    """Search the CURRENT version of one index; safe to share between threads."""
+
+    def __init__(self, store: ObjectStore, name: str, *, version: int | None = None) -> None:
+        self.store = store
+        self.name = name
+        self._pinned = version
+        self._lock = threading.Lock()
+        self._loaded = self._load()
+
+    def _load(self) -> LoadedVersion:
+        current, etag = read_current(self.store, self.name)
+        if self._pinned is None and current is None:
+            raise IndexStoreError(f"index {self.name} has no CURRENT version in {self.store.uri}")
+        version = self._pinned if self._pinned is not None else int(current["version"])  # type: ignore[index]
+        manifest, files = fetch_verified(self.store, self.name, version)
+        index, ids, vectors = load_files(files)
+        apply_search_params(index, manifest.get("search_params", {}))
+        searcher = ProductSearcher(index, ids, vectors, manifest.get("aggregation", "max"))
+        log.info("index %s: serving v%d (%d vectors)", self.name, version, index.ntotal)
+        return LoadedVersion(version, etag or "", manifest, searcher)
+
+    @property
+    def version(self) -> int:
+        return self._loaded.version
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._loaded.manifest
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[ProductHit]]:
+        loaded = self._loaded  # one version for the whole call, even if a reload lands meanwhile
+        return loaded.searcher.search(queries, k)
+
+    def maybe_reload(self) -> bool:
+        """Load CURRENT again if it moved; True when the served version changed."""
+        if self._pinned is not None:
+            return False
+        info = self.store.head(layout.index_current_key(self.name))
+        if info.etag == self._loaded.etag:
+            return False
+        with self._lock:
+            if info.etag == self._loaded.etag:
+                return False
+            fresh = self._load()  # raises on a corrupted version: keep serving the old one
+            changed = fresh.version != self._loaded.version
+            self._loaded = fresh
+            return changed

@@ -1,0 +1,103 @@
+"""Per-product search over a view index: a product's score aggregates its views' similarities.
+
+`max` (a product is as close as its closest view) is exact with an over-fetch of k x the most
+views any product has; `mean` re-scores the fetched candidate products over all of their views
+from the stored vectors. The evaluation of each published version says which is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from glassfinder.errors import GlassFinderError
+
+AGGREGATIONS = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class ProductHit:
+    product_id: str
+    score: float
+    view_key: str  # the product's closest view
+
+
+class ProductSearcher:
+    """Search an index whose ids are described by an id table (id, view_key, product_id, ...).
+
+    vectors: (n, d) float32 rows aligned with the id table (used by `mean`).
+    """
+
+    def __init__(self, index: object, ids: pa.Table, vectors: np.ndarray, aggregation: str = "max") -> None:
+        if aggregation not in AGGREGATIONS:
+            raise GlassFinderError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.index = index
+        self.aggregation = aggregation
+        self.vectors = vectors
+        id_col = np.asarray(ids.column("id"), dtype=np.int64)
+        order = np.argsort(id_col, kind="stable")
+        self._sorted_ids = id_col[order]
+        self._row_of_sorted = order
+        self._product = np.asarray(ids.column("product_id").to_pylist(), dtype=object)
+        self._view_key = np.asarray(ids.column("view_key").to_pylist(), dtype=object)
+        products, inverse, counts = np.unique(
+            self._product.astype(str), return_inverse=True, return_counts=True
+        )
+        self._rows_of_product = {p: np.flatnonzero(inverse == i) for i, p in enumerate(products)}
+        self.max_views = int(counts.max()) if len(counts) else 1
+        self.products = len(products)
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self._sorted_ids, ids)
+        return self._row_of_sorted[np.clip(pos, 0, len(self._sorted_ids) - 1)]
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[ProductHit]]:
+        """The top-k products of each query. queries: (q, d) float32 unit vectors."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.vectors.shape[1]:
+            raise GlassFinderError(f"queries must have shape (q, {self.vectors.shape[1]}), got {q.shape}")
+        fetch = min(int(self.index.ntotal), max(k * self.max_views, 10))  # type: ignore[attr-defined]
+        scores, ids = self.index.search(q, fetch)  # type: ignore[attr-defined]
+        out: list[list[ProductHit]] = []
+        for qi in range(len(q)):
+            valid = ids[qi] >= 0
+            rows = self._rows(ids[qi][valid])
+            best: dict[str, tuple[float, str]] = {}
+            for row, score in zip(rows, scores[qi][valid], strict=True):
+                pid = str(self._product[row])
+                if pid not in best:  # results come best first
+                    best[pid] = (float(score), str(self._view_key[row]))
+            if self.aggregation == "mean":
+                rescored = {
+                    pid: (float((self.vectors[self._rows_of_product[pid]] @ q[qi]).mean()), view)
+                    for pid, (_, view) in best.items()
+                }
+                best = rescored
+            ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+            out.append([ProductHit(pid, score, view) for pid, (score, view) in ranked])
+        return out
+
+
+def evaluate_searcher(
+    searcher: ProductSearcher, queries: np.ndarray, query_products: np.ndarray, *, k: int = 10
+) -> dict[str, float | int]:
+    """top-1/5/10 and mAP@k (reciprocal rank within k) of queries whose product is indexed."""
+    indexed = set(searcher._rows_of_product)
+    keep = np.array([str(p) in indexed for p in query_products])
+    if not keep.any():
+        raise GlassFinderError("no evaluation query belongs to an indexed product")
+    results = searcher.search(queries[keep], k)
+    ranks = []
+    for hits, truth in zip(results, query_products[keep], strict=True):
+        found = [h.product_id for h in hits]
+        ranks.append(found.index(str(truth)) + 1 if str(truth) in found else 0)
+    r = np.array(ranks)
+    return {
+        "queries": len(r),
+        "top1": round(float((r == 1).mean()), 4),
+        "top5": round(float(((r >= 1) & (r <= 5)).mean()), 4),
+        "top10": round(float(((r >= 1) & (r <= 10)).mean()), 4),
+        "mAP@10": round(float(np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0).mean()), 4),
+    }

@@ -1,0 +1,387 @@
+"""Versioned index publishing: immutable version folders, a verified manifest, CURRENT by CAS.
+
+Publishing a version:
+1. read CURRENT (its version is the parent, its etag the swap condition);
+2. apply the quality gate against CURRENT's evaluation (refuse, or record a forced reason);
+3. write every file of `indexes/<name>/v<N>/` create-only, the manifest last, so a version with
+   a manifest is complete, and a version number two publishers both picked is won by one;
+4. read every file back and check its sha256 and size against the manifest;
+5. move CURRENT by compare-and-swap on the etag read in step 1.
+
+A crash at any step leaves CURRENT, and every reader of it, where it was. A later publish takes
+the next free number; `gc` removes abandoned partial versions along with old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from glassfinder import layout
+from glassfinder.errors import (
+    GateRefusedError,
+    GlassFinderError,
+    IndexCorruptError,
+    IndexStoreError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PublishConflictError,
+    StaleWriteError,
+)
+from glassfinder.index.build import ID_SCHEMA, BuiltIndex
+from glassfinder.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+VECTORS_FILE = "vectors.parquet"
+MANIFEST_FILE = "manifest.json"
+_VERSION_RE = re.compile(r"^v(\d+)/")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Largest drops below CURRENT's figures that still promote (absolute, 0..1)."""
+
+    max_top1_drop: float = 0.01
+    max_top10_drop: float = 0.01
+
+
+@dataclass
+class PublishResult:
+    name: str
+    version: int
+    parent: int | None
+    manifest: dict[str, Any]
+    promoted: bool
+    seconds: float = 0.0
+    gate: dict[str, Any] = field(default_factory=dict)
+
+
+# --- (de)serialising ------------------------------------------------------------------------------
+def vectors_table(ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.table(
+        {"id": pa.array(ids, pa.int64()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
+    )
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def version_files(built: BuiltIndex) -> dict[str, bytes]:
+    """The bytes of every data file of a version (the manifest comes on top)."""
+    ids = np.asarray(built.ids.column("id"), dtype=np.int64)
+    return {
+        INDEX_FILE: faiss.serialize_index(built.index).tobytes(),
+        IDS_FILE: _parquet_bytes(built.ids.cast(ID_SCHEMA)),
+        VECTORS_FILE: _parquet_bytes(vectors_table(ids, built.vectors)),
+    }
+
+
+def load_files(files: dict[str, bytes]) -> tuple[Any, pa.Table, np.ndarray]:
+    """(faiss index, id table, (n, d) vectors aligned with the id table) from a version's files."""
+    index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
+    ids = pq.read_table(io.BytesIO(files[IDS_FILE]))
+    vt = pq.read_table(io.BytesIO(files[VECTORS_FILE]))
+    dim = vt.column("embedding").type.list_size
+    vectors = np.asarray(vt.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(-1, dim)
+    if not np.array_equal(np.asarray(vt.column("id")), np.asarray(ids.column("id"))):
+        raise IndexCorruptError("vectors table and id table list different ids")
+    return index, ids, vectors
+
+
+# --- reading the index folder ---------------------------------------------------------------------
+def index_root(name: str) -> str:
+    return layout.index_current_key(name).rsplit("/", 1)[0] + "/"
+
+
+def list_versions(store: ObjectStore, name: str) -> dict[int, bool]:
+    """Every version number present -> whether it is complete (has its manifest)."""
+    root = index_root(name)
+    found: dict[int, bool] = {}
+    for info in store.list(root):
+        m = _VERSION_RE.match(info.key[len(root) :])
+        if m:
+            n = int(m.group(1))
+            found[n] = found.get(n, False) or info.key.endswith("/" + MANIFEST_FILE)
+    return dict(sorted(found.items()))
+
+
+def read_current(store: ObjectStore, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(CURRENT's body, etag), or (None, None) when nothing was promoted yet."""
+    key = layout.index_current_key(name)
+    try:
+        info = store.head(key)
+        body = json.loads(store.get(key))
+    except ObjectNotFoundError:
+        return None, None
+    except json.JSONDecodeError as exc:
+        raise IndexCorruptError(f"{store.uri}/{key} is not JSON: {exc}") from exc
+    return body, info.etag
+
+
+def read_manifest(store: ObjectStore, name: str, version: int) -> dict[str, Any]:
+    key = layout.index_version_prefix(name, version) + MANIFEST_FILE
+    try:
+        return dict(json.loads(store.get(key)))
+    except ObjectNotFoundError:
+        raise IndexStoreError(
+            f"index {name} v{version} has no manifest in {store.uri} (never published, or partial)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise IndexCorruptError(f"{store.uri}/{key} is not JSON: {exc}") from exc
+
+
+def fetch_verified(store: ObjectStore, name: str, version: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, files) of a version, every file checked against the manifest's sha256 and size."""
+    manifest = read_manifest(store, name, version)
+    prefix = layout.index_version_prefix(name, version)
+    files: dict[str, bytes] = {}
+    for fname, expected in manifest["files"].items():
+        try:
+            data = store.get(prefix + fname)
+        except ObjectNotFoundError:
+            raise IndexCorruptError(f"index {name} v{version}: {fname} is missing from {store.uri}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != expected["size"] or digest != expected["sha256"]:
+            raise IndexCorruptError(
+                f"index {name} v{version}: {fname} has {len(data)} bytes sha256 {digest[:16]}, manifest "
+                f"expects {expected['size']} bytes sha256 {expected['sha256'][:16]}; "
+                "refusing a corrupted version"
+            )
+        files[fname] = data
+    return manifest, files
+
+
+# --- gate -----------------------------------------------------------------------------------------
+def gate_check(
+    candidate: dict[str, Any] | None, current: dict[str, Any] | None, gate: GateConfig
+) -> tuple[bool, str]:
+    """(passes, why) comparing a candidate's evaluation with CURRENT's."""
+    if current is None:
+        return True, "no CURRENT version to compare with"
+    if candidate is None:
+        return False, "candidate has no evaluation while CURRENT has one"
+    same_queries = {k: candidate.get(k) for k in ("query_spec", "damage_seed")} == {
+        k: current.get(k) for k in ("query_spec", "damage_seed")
+    }
+    if not same_queries:
+        cand = f"{candidate.get('query_spec')}/{candidate.get('damage_seed')}"
+        cur = f"{current.get('query_spec')}/{current.get('damage_seed')}"
+        return (
+            False,
+            f"evaluation query sets differ (candidate {cand}, CURRENT {cur}): figures are not comparable",
+        )
+    drops = {
+        "top1": current["top1"] - candidate["top1"],
+        "top10": current["top10"] - candidate["top10"],
+    }
+    limits = {"top1": gate.max_top1_drop, "top10": gate.max_top10_drop}
+    failed = [k for k in drops if drops[k] > limits[k] + 1e-9]
+    figures = ", ".join(
+        f"{k} {candidate[k]:.4f} vs CURRENT {current[k]:.4f} (drop {drops[k]:+.4f}, allowed {limits[k]:.4f})"
+        for k in drops
+    )
+    return (not failed), figures
+
+
+# --- publishing -----------------------------------------------------------------------------------
+def publish_version(
+    store: ObjectStore,
+    name: str,
+    built: BuiltIndex,
+    info: dict[str, Any],
+    *,
+    evaluation: dict[str, Any] | None,
+    gate: GateConfig | None = None,
+    force_reason: str | None = None,
+    promote: bool = True,
+    parent: int | None = None,
+) -> PublishResult:
+    """Publish `built` as the next version of `name` and (by default) make it CURRENT.
+
+    info: provenance for the manifest (model_sha, spec_hash, catalog_digest, aggregation, ...).
+    parent: the version this one derives from (incremental); default CURRENT's.
+    """
+    start = time.perf_counter()
+    gate = gate or GateConfig()
+    current, etag = read_current(store, name)
+    current_version = int(current["version"]) if current else None
+    current_eval = read_manifest(store, name, current_version).get("evaluation") if current_version else None
+    passed, why = gate_check(evaluation, current_eval, gate)
+    gate_record: dict[str, Any] = {"passed": passed, "figures": why, "config": gate.__dict__}
+    if promote and not passed:
+        if not force_reason:
+            raise GateRefusedError(
+                f"quality gate refused index {name} (CURRENT v{current_version}): {why}; "
+                "pass --force with --reason to override"
+            )
+        gate_record["forced"] = force_reason
+        log.warning("quality gate overridden for %s: %s (reason: %s)", name, why, force_reason)
+    versions = list_versions(store, name)
+    version = max(versions, default=0) + 1
+    files = version_files(built)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "parent": parent if parent is not None else current_version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+        "counts": {
+            "vectors": len(built),
+            "products": len(set(built.ids.column("product_id").to_pylist())),
+            "dim": built.dim,
+        },
+        "factory": built.factory,
+        "search_params": built.search_params,
+        "recall_at_10_vs_exact": built.recall_at_10,
+        "evaluation": evaluation,
+        "gate": gate_record,
+        "files": {f: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for f, b in files.items()},
+    }
+    prefix = layout.index_version_prefix(name, version)
+    try:
+        for fname, data in files.items():
+            store.put(prefix + fname, data, create_only=True)
+        store.put(
+            prefix + MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode(), create_only=True
+        )
+    except ObjectExistsError as exc:
+        raise PublishConflictError(
+            f"index {name} v{version} is being written by another publisher ({exc}); nothing of ours "
+            "was promoted: run again to publish as the next version"
+        ) from exc
+    fetch_verified(store, name, version)
+    result = PublishResult(name, version, manifest["parent"], manifest, False, gate=gate_record)
+    if promote:
+        _move_current(store, name, version, etag, reason=force_reason or "publish", manifest=manifest)
+        result.promoted = True
+    result.seconds = time.perf_counter() - start
+    log.info(
+        "published index %s v%d (%d vectors, %s)%s in %.1f s",
+        name,
+        version,
+        len(built),
+        built.factory,
+        " and made it CURRENT" if promote else "",
+        result.seconds,
+    )
+    return result
+
+
+def _move_current(
+    store: ObjectStore, name: str, version: int, etag: str | None, *, reason: str, manifest: dict[str, Any]
+) -> None:
+    key = layout.index_current_key(name)
+    body = {
+        "version": version,
+        "manifest_sha256": hashlib.sha256(
+            json.dumps(manifest, indent=2, sort_keys=True).encode()
+        ).hexdigest(),
+        "reason": reason,
+        "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    data = json.dumps(body, sort_keys=True).encode()
+    try:
+        if etag is None:
+            store.put(key, data, create_only=True)
+        else:
+            store.put(key, data, if_match=etag)
+    except (ObjectExistsError, StaleWriteError) as exc:
+        raise PublishConflictError(
+            f"index {name} CURRENT moved while v{version} was being promoted (another publisher won); "
+            f"v{version} stays published but not CURRENT"
+        ) from exc
+
+
+def promote(
+    store: ObjectStore,
+    name: str,
+    version: int,
+    *,
+    gate: GateConfig | None = None,
+    force_reason: str | None = None,
+) -> dict[str, Any]:
+    """Make an existing, verified version CURRENT (through the gate unless forced)."""
+    manifest, _ = fetch_verified(store, name, version)
+    current, etag = read_current(store, name)
+    if current and int(current["version"]) == version:
+        return manifest
+    current_eval = read_manifest(store, name, int(current["version"])).get("evaluation") if current else None
+    passed, why = gate_check(manifest.get("evaluation"), current_eval, gate or GateConfig())
+    if not passed and not force_reason:
+        raise GateRefusedError(
+            f"quality gate refused promoting index {name} v{version}: {why}; pass --force with --reason"
+        )
+    _move_current(store, name, version, etag, reason=force_reason or "promote", manifest=manifest)
+    return manifest
+
+
+def rollback(store: ObjectStore, name: str, *, to: int | None = None, reason: str) -> int:
+    """Move CURRENT back to `to` (default: CURRENT's parent). No gate: this is the way back."""
+    current, etag = read_current(store, name)
+    if current is None:
+        raise IndexStoreError(f"index {name} has no CURRENT version to roll back in {store.uri}")
+    target = to if to is not None else read_manifest(store, name, int(current["version"])).get("parent")
+    if target is None:
+        raise IndexStoreError(
+            f"index {name} v{current['version']} has no parent: name the version to roll back to"
+        )
+    manifest, _ = fetch_verified(store, name, int(target))
+    _move_current(store, name, int(target), etag, reason=f"rollback: {reason}", manifest=manifest)
+    return int(target)
+
+
+def pin_key(name: str, version: int) -> str:
+    return f"{index_root(name)}pins/v{version}"
+
+
+def pin(store: ObjectStore, name: str, version: int, reason: str) -> None:
+    read_manifest(store, name, version)
+    store.put(pin_key(name, version), json.dumps({"reason": reason}).encode())
+
+
+def gc(store: ObjectStore, name: str, *, keep: int, dry_run: bool = False) -> list[int]:
+    """Delete all but the newest `keep` complete versions, never CURRENT or a pinned one.
+
+    Partial versions (no manifest) older than the newest complete one are abandoned publishes
+    and go too. Returns the versions deleted.
+    """
+    if keep < 1:
+        raise GlassFinderError(f"gc keep must be >= 1, got {keep}")
+    versions = list_versions(store, name)
+    current, _ = read_current(store, name)
+    protected = {int(current["version"])} if current else set()
+    pins_prefix = f"{index_root(name)}pins/"
+    protected |= {int(i.key.rsplit("/v", 1)[1]) for i in store.list(pins_prefix)}
+    complete = [v for v, ok in versions.items() if ok]
+    protected |= set(complete[-keep:])
+    newest = max(complete, default=0)
+    doomed = [v for v, ok in versions.items() if v not in protected and (ok or v < newest)]
+    if not dry_run:
+        for v in doomed:
+            prefix = layout.index_version_prefix(name, v)
+            keys = [i.key for i in store.list(prefix)]
+            # The manifest goes first: a half-deleted version must never look complete.
+            for key in sorted(keys, key=lambda k: not k.endswith(MANIFEST_FILE)):
+                store.delete(key)
+    return doomed
