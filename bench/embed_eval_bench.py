@@ -31,6 +31,14 @@ CATALOGUE_SPEC = {
     "fit_jitter": 0.5,
 }
 QUERY_SPEC = {**CATALOGUE_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
+#: Training set-ups compared on a subset before the full run (TrainConfig fields).
+CANDIDATES: dict[str, dict] = {
+    "arcface-m28.6-s32": {"loss": "arcface", "margin": 28.6, "scale": 32.0, "lr": 2e-3},
+    "arcface-m10-s16": {"loss": "arcface", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
+    "arcface-m20-s30": {"loss": "arcface", "margin": 20.0, "scale": 30.0, "lr": 4e-3},
+    "subcenter-m10-s16": {"loss": "subcenter", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
+    "proxyanchor-a32": {"loss": "proxyanchor", "margin": 0.1, "scale": 32.0, "loss_lr": 1e-1, "lr": 4e-3},
+}
 
 
 def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
@@ -72,7 +80,11 @@ def main() -> None:
         default=None,
         help="render queries for the first N products only (rendering is most of the time on CPU)",
     )
-    parser.add_argument("--losses", default="arcface,subcenter,proxyanchor")
+    parser.add_argument(
+        "--candidates",
+        default=",".join(CANDIDATES),
+        help=f"training set-ups to compare: {', '.join(CANDIDATES)}",
+    )
     parser.add_argument("--compare-products", type=int, default=800, help="products in the loss comparison")
     parser.add_argument("--compare-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=20)
@@ -103,8 +115,8 @@ def main() -> None:
     def subset(views: ViewSet, keep: set[str]) -> ViewSet:
         return views.subset(np.array([p in keep for p in views.product_ids]))
 
-    def run(loss: str, epochs: int, keep: set[str] | None, tag: str) -> dict:
-        config = TrainConfig(spec_hashes=(cat_spec,), epochs=epochs, loss=loss)
+    def run(candidate: str, epochs: int, keep: set[str] | None, tag: str) -> dict:
+        config = TrainConfig(spec_hashes=(cat_spec,), epochs=epochs, **CANDIDATES[candidate])
         tv, vv, es = train_views, val_views, sets
         if keep is not None:
             tv, vv = subset(train_views, keep), subset(val_views, keep)
@@ -115,12 +127,15 @@ def main() -> None:
         )
         trained = Embedder(result.model, device=args.device)
         baseline = Embedder(build_model(config.model, seed=config.seed).eval(), device=args.device)
-        report = evaluate_models(es, {loss: trained, "untrained-baseline": baseline}, manifest=manifest)
+        report = evaluate_models(es, {candidate: trained, "untrained-baseline": baseline}, manifest=manifest)
         report["training"] = result.card()
         write_report(report, work / "eval" / tag)
         return {"report": report, "result": result}
 
-    losses = [x for x in args.losses.split(",") if x]
+    losses = [x for x in args.candidates.split(",") if x]
+    unknown = sorted(set(losses) - set(CANDIDATES))
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; known: {list(CANDIDATES)}")
     best_loss = losses[0]
     if len(losses) > 1:
         keep = sorted(set(sets.gallery.product_ids.tolist()))[: args.compare_products]

@@ -393,7 +393,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             m = versions.read_manifest(store, args.name, version)
             ev = m.get("evaluation") or {}
             print(
-                f"{'*' if version == cur else ' '} v{version:<5} {m['created_at']}  {m.get('kind', '-'):<11} parent "
+                f"{'*' if version == cur else ' '} v{version:<5} {m['created_at']}  "
+                f"{m.get('kind', '-'):<11} parent "
                 f"{m.get('parent')!s:<5} {m['counts']['products']:>6} products {m['counts']['vectors']:>8} "
                 f"vectors  {m['factory']:<14} top1 {ev.get('top1', '-')} top10 {ev.get('top10', '-')}"
             )

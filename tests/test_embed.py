@@ -181,9 +181,10 @@ def test_tiny_training_beats_the_untrained_baseline(rendered: LocalStore, tmp_pa
     report = evaluate_models(sets, {"trained": trained, "baseline": baseline})
     t, b = report["models"]["trained"]["closed_set"], report["models"]["baseline"]["closed_set"]
     assert t["queries"] == b["queries"] > 20
-    # Measured over training seeds 0-2: top-1 0.25-0.43 trained vs 0.08-0.15 untrained.
-    assert t["top1"] > b["top1"] + 0.05, (t, b)
-    assert t["mAP"] > b["mAP"] + 0.08, (t, b)
+    # Measured over training seeds 0-3: top-1 0.35-0.50 trained vs 0.08-0.15 untrained,
+    # mAP 0.52-0.62 vs 0.23-0.30.
+    assert t["top1"] > b["top1"] + 0.15, (t, b)
+    assert t["mAP"] > b["mAP"] + 0.15, (t, b)
 
 
 def test_resume_continues_to_the_same_weights(rendered: LocalStore, tmp_path: Path) -> None:
@@ -277,3 +278,16 @@ def test_cli_train_embed_eval(
         assert len(entry["closed_set"]["curve"]) == 20
         assert "confusions" in entry["closed_set"]
     assert (eval_dir / "topn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The index of those features, evaluated on the same held-out queries, published as v1.
+    args = ["index", "publish", "--store", store, "--manifest", f"{store}/{CATALOG_MANIFEST_KEY}"]
+    args += ["--model", "cli-model", "--spec", spec_hash, "--query-spec", QUERY_SPEC.spec_hash]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"index catalog: 192 vectors of cli-model@{sha}" in out and "published catalog v1" in out
+    from glassfinder.index.reader import IndexReader
+
+    reader = IndexReader(rendered, "catalog")
+    evaluation = reader.manifest["evaluation"]
+    assert evaluation["queries"] == 48 and evaluation["aggregation"] in ("max", "mean")
+    assert reader.manifest["model_sha"] == sha and reader.manifest["counts"]["products"] == 24
