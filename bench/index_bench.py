@@ -19,8 +19,13 @@ import pyarrow as pa
 
 
 def clustered(n_products: int, views: int, dim: int, seed: int) -> tuple[np.ndarray, pa.Table]:
+    # Products cluster in families (like colourways and shapes of real frames), so a query's
+    # neighbours beyond its own product's views are meaningful, not random.
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_products, dim)).astype(np.float32)
+    families = rng.normal(size=(max(1, n_products // 50), dim)).astype(np.float32)
+    families /= np.linalg.norm(families, axis=1, keepdims=True)
+    offsets = rng.normal(0, 0.6 / np.sqrt(dim), size=(n_products, dim)).astype(np.float32)
+    centres = families[rng.integers(len(families), size=n_products)] + offsets
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     v = np.repeat(centres, views, axis=0) + rng.normal(
         0, 0.6 / np.sqrt(dim), size=(n_products * views, dim)

@@ -155,7 +155,9 @@ def tune_nprobe(built: BuiltIndex, params: IndexParams) -> None:
     rng = np.random.default_rng(params.seed + 1)
     n = len(built.vectors)
     rows = rng.choice(n, size=min(n, params.tune_queries), replace=False)
-    queries = built.vectors[rows] + rng.normal(0, 0.05, size=(len(rows), built.dim)).astype(np.float32)
+    # Perturbed catalogue vectors (noise of norm ~0.2, whatever the dimension) stand in for queries.
+    noise = rng.normal(0, 0.2 / np.sqrt(built.dim), size=(len(rows), built.dim)).astype(np.float32)
+    queries = built.vectors[rows] + noise
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     ids = np.asarray(built.ids.column("id"), dtype=np.int64)
     truth = ids[exact_top(built.vectors, queries, 10)]
