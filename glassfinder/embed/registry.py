@@ -16,6 +16,7 @@ from glassfinder import layout
 from glassfinder.embed.model import EmbeddingNet, ModelConfig, load_weights, model_sha, weights_bytes
 from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError, StaleWriteError
 from glassfinder.store.base import ObjectStore
+from glassfinder.store.pointer import read_pointer, swap_pointer
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "card.json"
@@ -62,15 +63,10 @@ def publish_model(
 
 def current_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
     """(sha, etag) of the name's CURRENT, or (None, None) when nothing is published."""
-    key = layout.model_current_key(name)
-    try:
-        info = store.head(key)
-        raw = json.loads(store.get(key))
-    except ObjectNotFoundError:
+    raw, etag = read_pointer(store, layout.model_current_key(name))
+    if raw is None:
         return None, None
-    except json.JSONDecodeError as exc:
-        raise GlassFinderError(f"{store.uri}/{key} is not JSON: {exc}") from exc
-    return str(raw["model_sha"]), info.etag
+    return str(raw["model_sha"]), etag
 
 
 def set_current(store: ObjectStore, name: str, sha: str) -> None:
@@ -79,13 +75,9 @@ def set_current(store: ObjectStore, name: str, sha: str) -> None:
     if not store.exists(layout.model_prefix(name, sha) + WEIGHTS_FILE):
         raise GlassFinderError(f"model {name}@{sha} is not published under {store.uri}/models/{name}/")
     previous, etag = current_sha(store, name)
-    body = json.dumps({"model_sha": sha, "previous": previous}).encode()
     try:
-        if etag is None:
-            store.put(key, body, create_only=True)
-        else:
-            store.put(key, body, if_match=etag)
-    except (ObjectExistsError, StaleWriteError) as exc:
+        swap_pointer(store, key, {"model_sha": sha, "previous": previous}, etag)
+    except StaleWriteError as exc:
         raise GlassFinderError(
             f"model {name} CURRENT moved while publishing {sha} (another publisher?): re-read and retry"
         ) from exc

@@ -41,6 +41,7 @@ from glassfinder.errors import (
 )
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex
 from glassfinder.store.base import ObjectStore
+from glassfinder.store.pointer import read_pointer, swap_pointer
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +128,7 @@ def list_versions(store: ObjectStore, name: str) -> dict[int, bool]:
 
 def read_current(store: ObjectStore, name: str) -> tuple[dict[str, Any] | None, str | None]:
     """(CURRENT's body, etag), or (None, None) when nothing was promoted yet."""
-    key = layout.index_current_key(name)
-    try:
-        info = store.head(key)
-        body = json.loads(store.get(key))
-    except ObjectNotFoundError:
-        return None, None
-    except json.JSONDecodeError as exc:
-        raise IndexCorruptError(f"{store.uri}/{key} is not JSON: {exc}") from exc
-    return body, info.etag
+    return read_pointer(store, layout.index_current_key(name), corrupt=IndexCorruptError)
 
 
 def read_manifest(store: ObjectStore, name: str, version: int) -> dict[str, Any]:
@@ -203,6 +196,11 @@ def gate_check(
     return (not failed), figures
 
 
+def _evaluation_of(store: ObjectStore, name: str, version: int | None) -> dict[str, Any] | None:
+    """The recorded evaluation of a version (None for no version): what the gate compares with."""
+    return read_manifest(store, name, version).get("evaluation") if version is not None else None
+
+
 # --- publishing -----------------------------------------------------------------------------------
 def publish_version(
     store: ObjectStore,
@@ -225,7 +223,7 @@ def publish_version(
     gate = gate or GateConfig()
     current, etag = read_current(store, name)
     current_version = int(current["version"]) if current else None
-    current_eval = read_manifest(store, name, current_version).get("evaluation") if current_version else None
+    current_eval = _evaluation_of(store, name, current_version)
     passed, why = gate_check(evaluation, current_eval, gate)
     gate_record: dict[str, Any] = {"passed": passed, "figures": why, "config": gate.__dict__}
     if promote and not passed:
@@ -300,13 +298,9 @@ def _move_current(
         "reason": reason,
         "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    data = json.dumps(body, sort_keys=True).encode()
     try:
-        if etag is None:
-            store.put(key, data, create_only=True)
-        else:
-            store.put(key, data, if_match=etag)
-    except (ObjectExistsError, StaleWriteError) as exc:
+        swap_pointer(store, key, body, etag)
+    except StaleWriteError as exc:
         raise PublishConflictError(
             f"index {name} CURRENT moved while v{version} was being promoted (another publisher won); "
             f"v{version} stays published but not CURRENT"
@@ -326,7 +320,7 @@ def promote(
     current, etag = read_current(store, name)
     if current and int(current["version"]) == version:
         return manifest
-    current_eval = read_manifest(store, name, int(current["version"])).get("evaluation") if current else None
+    current_eval = _evaluation_of(store, name, int(current["version"]) if current else None)
     passed, why = gate_check(manifest.get("evaluation"), current_eval, gate or GateConfig())
     if not passed and not force_reason:
         raise GateRefusedError(
