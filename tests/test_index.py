@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,16 @@ def test_server_killed_mid_publish_leaves_current_and_next_publish_completes(
         with pytest.raises(StoreError):
             publish(KillAfter(store, server, 1), built)  # type: ignore[arg-type]
         server.start()  # same data dir and ports: the restarted server holds what landed
+        # Its S3 API answers before its volumes are back (InternalError on reads): wait for data.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                store.get(layout.index_current_key("catalog"))
+                break
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         assert current_field(store, "version") == 1
         assert list_versions(store, "catalog") == {1: True, 2: False}
         reader = IndexReader(store, "catalog")
