@@ -68,3 +68,13 @@ def model_prefix(name: str, model_sha: str) -> str:
 def model_current_key(name: str) -> str:
     """Pointer to the model version the pipeline embeds with."""
     return f"models/{_name('model name', name)}/CURRENT"
+
+
+def run_record_key(dag_id: str, run_id: str, name: str) -> str:
+    """A record of one pipeline run (its summary, its metrics), for operators and the plugin's pages."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+    return f"runs/{_name('dag id', dag_id)}/{safe}/{_name('record name', name)}"
+
+
+def run_records_prefix(dag_id: str) -> str:
+    return f"runs/{_name('dag id', dag_id)}/"

@@ -1,6 +1,6 @@
 """Defaults that more than one module needs, each read from one environment variable.
 
-Every default lives here so that the CLI, the DAGs and the tests agree on them.
+Every default lives here so that the CLI, the DAGs, the plugin and the tests agree on them.
 """
 
 from __future__ import annotations
@@ -9,8 +9,33 @@ import os
 
 #: Where artefacts go when no store URI is given: a directory beside the working dir.
 DEFAULT_STORE_URI = ".glassfinder/store"
+#: Where the shop's full catalogue export (the nightly's input) lands inside the store.
+DEFAULT_SOURCE_MANIFEST_KEY = "incoming/manifest.parquet"
+#: The embedding model the pipeline embeds with (models/<name>/CURRENT).
+DEFAULT_MODEL_NAME = "glasses"
+#: The index the pipeline publishes (indexes/<name>/CURRENT).
+DEFAULT_INDEX_NAME = "catalog"
+#: Celery queue and Airflow pool of the tasks that want a GPU (embedding, training).
+GPU_QUEUE = "gpu"
+GPU_POOL = "gpu"
 
 
 def store_uri() -> str:
     """The store URI to use: $GLASSFINDER_STORE_URI, else the local default."""
     return os.environ.get("GLASSFINDER_STORE_URI") or DEFAULT_STORE_URI
+
+
+def source_manifest_uri(store: str | None = None) -> str:
+    """The shop's catalogue export: $GLASSFINDER_SOURCE_MANIFEST_URI, else incoming/ in the store."""
+    explicit = os.environ.get("GLASSFINDER_SOURCE_MANIFEST_URI")
+    if explicit:
+        return explicit
+    return f"{(store or store_uri()).rstrip('/')}/{DEFAULT_SOURCE_MANIFEST_KEY}"
+
+
+def model_name() -> str:
+    return os.environ.get("GLASSFINDER_MODEL_NAME") or DEFAULT_MODEL_NAME
+
+
+def index_name() -> str:
+    return os.environ.get("GLASSFINDER_INDEX_NAME") or DEFAULT_INDEX_NAME

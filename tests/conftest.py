@@ -67,3 +67,26 @@ def small_part_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectSt
     return make_store(
         request.param, request, tmp_path, multipart_threshold_bytes=mib5, multipart_part_bytes=mib5
     )
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded Airflow (SQLite, the repository's dags/ and plugins/) for this test session.
+
+    Sets AIRFLOW_* for the rest of the session: Airflow reads its configuration once, on import.
+    """
+    from glassfinder import airflow_local
+
+    return airflow_local.configure(tmp_path_factory.mktemp("airflow"))
+
+
+@pytest.fixture
+def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> S3Store:
+    """A fresh bucket, reachable through boto3's own environment (as DAG tasks reach it)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = new_bucket_store(seaweed)
+    monkeypatch.setenv("GLASSFINDER_STORE_URI", store.uri)
+    return store

@@ -24,6 +24,8 @@ from glassfinder.errors import GlassFinderError
 
 FORMATS = {"glb": "glb", "gltf": "gltf", "obj": "obj"}
 DEFAULT_MAX_TRIANGLES = 300_000
+#: Bump when normalisation changes what it writes: ingestion's cache of results is keyed on it.
+NORMALISER_VERSION = 1
 #: Frame width ranges (along its widest axis) by unit: what a pair of glasses measures.
 UNIT_WIDTH_RANGES = (("m", 1.0, 0.08, 0.30), ("cm", 0.01, 8.0, 30.0), ("mm", 0.001, 80.0, 300.0))
 

@@ -49,11 +49,16 @@ class ManifestError(GlassFinderError):
     """The manifest file as a whole cannot be read (a bad row is quarantined instead)."""
 
 
+def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """Parquet bytes of rows (dicts with MANIFEST_SCHEMA's fields): the same rows, the same bytes."""
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), buf, compression="zstd")
+    return buf.getvalue()
+
+
 def write_manifest(store: ObjectStore, key: str, rows: list[dict[str, Any]]) -> None:
     """Write rows (dicts with MANIFEST_SCHEMA's fields) as a Parquet manifest."""
-    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    with store.writer(key) as fh:
-        pq.write_table(table, fh, compression="zstd")
+    store.put(key, manifest_bytes(rows))
 
 
 def read_manifest_rows(store: ObjectStore, key: str) -> list[dict[str, Any]]:

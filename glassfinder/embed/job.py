@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,12 +91,19 @@ def embed_catalogue(
     out: ObjectStore | None = None,
     progress: bool = False,
     decode_workers: int | None = None,
+    assets: Collection[str] | None = None,
 ) -> EmbedReport:
-    """Write a feature shard for every image shard of `spec_hash` that has none for this model."""
+    """Write a feature shard for every image shard of `spec_hash` that has none for this model.
+
+    assets: only the image shards of these asset sha256s (a batch of a mapped task).
+    """
     start = time.perf_counter()
     out = out or store
     report = EmbedReport(model_sha=model_sha, spec_hash=spec_hash)
     keys = shard_keys(store, spec_hash)
+    if assets is not None:
+        wanted = {layout.render_shard_key(spec_hash, a) for a in assets}
+        keys = [k for k in keys if k in wanted]
     report.shards = len(keys)
     existing = {i.key for i in out.list(feature_prefix(model_sha, spec_hash))}
     todo = []

@@ -54,6 +54,23 @@ class QuerySet:
     damage_seed: int
 
 
+def content_digest(pairs: set[tuple[str, str]], model_sha: str, spec_hash: str) -> str:
+    """What an index holds, as one digest: its (product id, asset sha256) pairs, model and spec.
+
+    Two versions with the same digest answer every query alike (same vectors under the same
+    ids), so a nightly run whose catalogue would give CURRENT's digest has nothing to publish.
+    """
+    h = hashlib.sha256(f"{model_sha}\n{spec_hash}\n".encode())
+    for pid, sha in sorted(pairs):
+        h.update(f"{pid}\t{sha}\n".encode())
+    return h.hexdigest()
+
+
+def pairs_of(ids: pa.Table) -> set[tuple[str, str]]:
+    """The (product id, asset sha256) pairs of an id table."""
+    return set(zip(ids.column("product_id").to_pylist(), ids.column("asset_sha256").to_pylist(), strict=True))
+
+
 def catalogue_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
     """(manifest rows, sha256 of the manifest's bytes: the catalogue digest)."""
     mstore, mkey = split_uri(manifest_uri)
@@ -185,6 +202,7 @@ def build_and_publish(
         "aggregation": evaluation["aggregation"] if evaluation else "max",
         "kind": "full",
         "not_indexed": len(features.missing),
+        "content_digest": content_digest(pairs_of(features.meta), model_sha, spec_hash),
     }
     result = None
     if publish:
@@ -215,6 +233,7 @@ def update_and_publish(
     *,
     manifest_uri: str | None,
     remove_products: list[str] | None = None,
+    only_products: list[str] | None = None,
     query_spec: str | None = None,
     gate: GateConfig | None = None,
     force_reason: str | None = None,
@@ -222,11 +241,15 @@ def update_and_publish(
 ) -> tuple[PublishResult, dict[str, int]]:
     """A child of CURRENT: new (or changed) products of `manifest_uri` added, `remove_products` removed.
 
+    only_products: take just these products of `manifest_uri` (the catalogue's changed ones).
     The copy keeps CURRENT's model, spec and trained quantiser; only the named products change.
     """
     version, parent, built = load_current(store, name)
     model_sha, spec_hash = parent["model_sha"], parent["spec_hash"]
     rows, digest = catalogue_rows(manifest_uri) if manifest_uri else ([], parent["catalog_digest"])
+    if only_products is not None:
+        wanted = set(only_products)
+        rows = [r for r in rows if str(r.get("product_id")) in wanted]
     added = collect_features(store, rows, model_sha, spec_hash) if rows else None
     replace = set(remove_products or [])
     if added is not None:
@@ -263,6 +286,8 @@ def update_and_publish(
         "aggregation": evaluation["aggregation"] if evaluation else parent.get("aggregation", "max"),
         "kind": "incremental",
         "changes": counts | {"removed_products": sorted(set(remove_products or []))},
+        "content_digest": content_digest(pairs_of(keep_ids), model_sha, spec_hash),
+        "not_indexed": len(added.missing) if added is not None else 0,
     }
     result = publish_version(
         store, name, child, info, evaluation=evaluation, gate=gate, force_reason=force_reason, parent=version

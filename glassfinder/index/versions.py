@@ -164,6 +164,23 @@ def fetch_verified(store: ObjectStore, name: str, version: int) -> tuple[dict[st
     return manifest, files
 
 
+def read_ids(store: ObjectStore, name: str, version: int) -> pa.Table:
+    """Just the id table of a version (view key, product, asset per vector), checksum verified.
+
+    For questions about what a version holds without fetching its index and vectors.
+    """
+    manifest = read_manifest(store, name, version)
+    key = layout.index_version_prefix(name, version) + IDS_FILE
+    try:
+        data = store.get(key)
+    except ObjectNotFoundError:
+        raise IndexCorruptError(f"index {name} v{version}: {IDS_FILE} is missing from {store.uri}") from None
+    expected = manifest["files"][IDS_FILE]
+    if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise IndexCorruptError(f"index {name} v{version}: {IDS_FILE} does not match its manifest")
+    return pq.read_table(io.BytesIO(data))
+
+
 # --- gate -----------------------------------------------------------------------------------------
 def gate_check(
     candidate: dict[str, Any] | None, current: dict[str, Any] | None, gate: GateConfig

@@ -3,6 +3,12 @@
 Each asset becomes one shard at `renders/<spec_hash>/<asset_sha256>.parquet`, written
 create-only and all at once, so a shard that exists is complete and is skipped on re-runs.
 A broken asset is quarantined with its reason and the others go on.
+
+Each quarantined asset also gets a record at `renders/<spec_hash>/quarantine/<asset_sha256>.json`.
+When the failure follows from the asset's bytes and the spec (both content-addressed), the
+record is final and later runs skip the asset instead of failing on it again every night; when
+the asset could not be fetched or did not match its checksum (the store's state, not the
+content), the record says so and the next run tries again.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +58,38 @@ class AssetTask:
     asset_store: ObjectStore
     asset_key: str
     fixed_lens: tuple[str, tuple[float, ...]] | None
+    spec_hash: str = ""  # which of the pool's specs to render under
+
+
+class AssetUnavailableError(GlassFinderError):
+    """The asset's bytes could not be fetched or do not match the manifest: worth a retry later."""
 
 
 def quarantine_key(spec_hash: str) -> str:
+    """The quarantine report of the last whole-catalogue render under a spec."""
     return f"renders/{spec_hash}/quarantine.json"
+
+
+def asset_quarantine_prefix(spec_hash: str) -> str:
+    return f"renders/{spec_hash}/quarantine/"
+
+
+def asset_quarantine_key(spec_hash: str, asset_sha256: str) -> str:
+    """The record of why one asset could not be rendered under a spec."""
+    return f"{asset_quarantine_prefix(spec_hash)}{asset_sha256}.json"
+
+
+def known_quarantine(store: ObjectStore, spec_hash: str) -> dict[str, dict[str, Any]]:
+    """asset sha256 -> record, for the assets whose failure under this spec is final."""
+    records = {}
+    for info in store.list(asset_quarantine_prefix(spec_hash)):
+        try:
+            record = json.loads(store.get(info.key))
+        except (GlassFinderError, json.JSONDecodeError):
+            continue  # an unreadable record only costs a retry
+        if isinstance(record, dict) and not record.get("retry", True):
+            records[info.key.rsplit("/", 1)[-1].removesuffix(".json")] = record
+    return records
 
 
 def spec_key(spec_hash: str) -> str:
@@ -65,16 +100,20 @@ def spec_key(spec_hash: str) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec_json: str, out: ObjectStore, workers: int, photos: list[Any] | None) -> None:
+def _init_worker(
+    spec_jsons: list[str], out: ObjectStore, workers: int, photos: dict[str, list[Any] | None]
+) -> None:
     # A pool whose initializer raises respawns its workers forever and never returns: record
     # the failure instead and let every task report it.
     try:
-        _start_worker(spec_json, out, workers, photos)
+        _start_worker(spec_jsons, out, workers, photos)
     except Exception as exc:
         _WORKER["init_error"] = f"{type(exc).__name__}: {exc}"
 
 
-def _start_worker(spec_json: str, out: ObjectStore, workers: int, photos: list[Any] | None) -> None:
+def _start_worker(
+    spec_jsons: list[str], out: ObjectStore, workers: int, photos: dict[str, list[Any] | None]
+) -> None:
     if workers > 1:
         # Mesa's llvmpipe spreads one process over every core; with a pool, one thread per
         # worker lets the Python side of one worker overlap another's rasterising.
@@ -82,15 +121,16 @@ def _start_worker(spec_json: str, out: ObjectStore, workers: int, photos: list[A
     from glassfinder.render.spec import RenderSpec
     from glassfinder.render.tryon import TryOnRenderer
 
-    spec = RenderSpec.from_json(spec_json)
-    renderer = TryOnRenderer(spec.image_px)
+    specs = [RenderSpec.from_json(j) for j in spec_jsons]
+    # One GL context per process, resized per spec (see TryOnRenderer.set_size).
+    renderer = TryOnRenderer(specs[0].image_px)
     photo_renderer = None
-    if photos:
+    if any(photos.values()):
         from glassfinder.render.tryon import PhotoRenderer
 
         photo_renderer = PhotoRenderer(renderer)
     _WORKER.update(
-        spec=spec,
+        specs={s.spec_hash: s for s in specs},
         out=out,
         renderer=renderer,
         heads={},
@@ -120,10 +160,13 @@ def render_asset_views(
     from glassfinder.render.spec import plan_view, split_of
     from glassfinder.render.tryon import AssetMeshes, PhotoRenderer
 
-    data = task.asset_store.get(task.asset_key)
+    try:
+        data = task.asset_store.get(task.asset_key)
+    except GlassFinderError as exc:
+        raise AssetUnavailableError(f"asset {task.asset_key} cannot be read: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != task.asset_sha256:
-        raise GlassFinderError(
+        raise AssetUnavailableError(
             f"asset {task.asset_key}: sha256 {digest} differs from the manifest's {task.asset_sha256}"
         )
     asset = AssetMeshes(import_glb(data))
@@ -192,32 +235,37 @@ def render_asset_views(
 def _render_task(task: AssetTask) -> dict[str, Any]:
     if "init_error" in _WORKER:
         return {"status": "worker_failed", "message": _WORKER["init_error"]}
-    spec, out = _WORKER["spec"], _WORKER["out"]
+    spec, out, renderer = _WORKER["specs"][task.spec_hash], _WORKER["out"], _WORKER["renderer"]
+    if renderer.size_px != spec.image_px:
+        renderer.set_size(spec.image_px)
     key = layout.render_shard_key(spec.spec_hash, task.asset_sha256)
     try:
         table = render_asset_views(
             task,
             spec,
-            _WORKER["renderer"],
+            renderer,
             _WORKER["heads"],
-            photos=_WORKER["photos"],
+            photos=_WORKER["photos"].get(spec.spec_hash),
             crops=_WORKER["crops"],
             crop_store=out,
             photo_renderer=_WORKER["photo_renderer"],
         )
     except Exception as exc:
-        return {
-            "status": "quarantined",
+        record = {
             "product_id": task.product_id,
             "asset": task.asset_key,
+            "asset_sha256": task.asset_sha256,
             "reason": type(exc).__name__,
             "message": str(exc),
+            "retry": isinstance(exc, AssetUnavailableError),
         }
+        out.put(asset_quarantine_key(spec.spec_hash, task.asset_sha256), json.dumps(record).encode())
+        return {"status": "quarantined", "spec_hash": spec.spec_hash, **record}
     try:
         write_shard(out, key, table, "image", create_only=True)
     except ObjectExistsError:
-        return {"status": "skipped", "key": key}
-    return {"status": "rendered", "key": key, "views": table.num_rows}
+        return {"status": "skipped", "spec_hash": spec.spec_hash, "key": key}
+    return {"status": "rendered", "spec_hash": spec.spec_hash, "key": key, "views": table.num_rows}
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -229,27 +277,46 @@ def render_catalogue(
     workers: int | None = None,
     progress: bool = False,
     limit: int | None = None,
+    assets: Collection[str] | None = None,
 ) -> RenderReport:
-    """Render every asset of the manifest that has no shard yet for this spec."""
-    start = time.perf_counter()
-    report = RenderReport(spec_hash=spec.spec_hash)
-    mstore, mkey = split_uri(manifest_uri)
-    rows = read_manifest_rows(mstore, mkey)[:limit]
-    with contextlib.suppress(ObjectExistsError):  # the spec is content-addressed: same bytes
-        out.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
-    existing = {i.key for i in out.list(f"renders/{spec.spec_hash}/")}
-    photos = None
-    if spec.face_source.startswith("photos:"):
-        from glassfinder.faces.photos import PhotoBank
-        from glassfinder.store import open_store
+    """Render every asset of the manifest that has no shard yet for this spec.
 
-        # Analysed once per photo and cached in the output store; the crops travel by key.
-        photos, bad_photos = PhotoBank(open_store(spec.face_source.removeprefix("photos:")), "", out).scan()
-        report.quarantined.extend(bad_photos)
-        if not photos:
-            raise GlassFinderError(
-                f"photo bank {spec.face_source.removeprefix('photos:')} has no usable face photo"
-            )
+    assets: render only the rows with these asset sha256s (a batch of a mapped task); the
+    catalogue-wide quarantine report is then left to whoever planned the batches.
+    """
+    (report,) = render_catalogue_specs(
+        manifest_uri, [spec], out, workers=workers, progress=progress, limit=limit, assets=assets
+    )
+    return report
+
+
+def _photo_bank(spec: Any, out: ObjectStore, report: RenderReport) -> list[Any] | None:
+    """The usable photos of a spec that renders onto a photo bank (None for procedural faces)."""
+    if not spec.face_source.startswith("photos:"):
+        return None
+    from glassfinder.faces.photos import PhotoBank
+    from glassfinder.store import open_store
+
+    # Analysed once per photo and cached in the output store; the crops travel by key.
+    bank = spec.face_source.removeprefix("photos:")
+    photos, bad_photos = PhotoBank(open_store(bank), "", out).scan()
+    report.quarantined.extend(bad_photos)
+    if not photos:
+        raise GlassFinderError(f"photo bank {bank} has no usable face photo")
+    return photos
+
+
+def _tasks_for(
+    rows: list[dict[str, Any]],
+    spec: Any,
+    out: ObjectStore,
+    report: RenderReport,
+    mstore: ObjectStore,
+    mkey: str,
+) -> list[AssetTask]:
+    """The assets still to render under `spec`; the others are counted in the report."""
+    existing = {i.key for i in out.list(f"renders/{spec.spec_hash}/")}
+    final = known_quarantine(out, spec.spec_hash)
     tasks = []
     for row in rows:
         report.assets += 1
@@ -267,26 +334,59 @@ def render_catalogue(
         if layout.render_shard_key(spec.spec_hash, sha) in existing:
             report.skipped += 1
             continue
+        if sha in final:
+            report.quarantined.append({**final[sha], "product_id": row.get("product_id"), "known": True})
+            continue
         asset_store, asset_key = resolve_asset(mstore, mkey, str(row["asset_uri"]))
         fixed = (
             (str(row["lens_style"]), tuple(row["lens_rgba"])) if row.get("lens_policy") == "fixed" else None
         )
-        tasks.append(AssetTask(str(row["product_id"]), sha, asset_store, asset_key, fixed))
+        tasks.append(AssetTask(str(row["product_id"]), sha, asset_store, asset_key, fixed, spec.spec_hash))
+    return tasks
+
+
+def render_catalogue_specs(
+    manifest_uri: str,
+    specs: list[Any],
+    out: ObjectStore,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    limit: int | None = None,
+    assets: Collection[str] | None = None,
+) -> list[RenderReport]:
+    """`render_catalogue` for several specs at once, in one pool: workers start once, not per spec."""
+    start = time.perf_counter()
+    reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
+    mstore, mkey = split_uri(manifest_uri)
+    rows = read_manifest_rows(mstore, mkey)[:limit]
+    if assets is not None:
+        wanted = set(assets)
+        rows = [r for r in rows if r.get("asset_sha256") in wanted]
+    tasks: list[AssetTask] = []
+    photos: dict[str, list[Any] | None] = {}
+    for spec in specs:
+        with contextlib.suppress(ObjectExistsError):  # the spec is content-addressed: same bytes
+            out.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
+        report = reports[spec.spec_hash]
+        photos[spec.spec_hash] = _photo_bank(spec, out, report)
+        tasks += _tasks_for(rows, spec, out, report, mstore, mkey)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = None
     if progress and tasks:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {spec.spec_hash}")
+        names = ", ".join(s.spec_hash for s in specs)
+        bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {names}")
     if tasks:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(
-            workers, initializer=_init_worker, initargs=(spec.canonical_json(), out, workers, photos)
-        ) as pool:
+        spec_jsons = [s.canonical_json() for s in specs]
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec_jsons, out, workers, photos)) as pool:
             for result in pool.imap_unordered(_render_task, tasks):
                 status = result.pop("status")
                 if status == "worker_failed":
                     raise GlassFinderError(f"render worker could not start: {result['message']}")
+                report = reports[result.pop("spec_hash")]
                 if status == "rendered":
                     report.rendered += 1
                     report.views += int(result["views"])
@@ -301,6 +401,9 @@ def render_catalogue(
                     bar.update(1)
     if bar is not None:
         bar.close()
-    out.put(quarantine_key(spec.spec_hash), json.dumps(report.quarantined, indent=2).encode())
-    report.seconds = time.perf_counter() - start
-    return report
+    seconds = time.perf_counter() - start
+    for report in reports.values():
+        if assets is None:
+            out.put(quarantine_key(report.spec_hash), json.dumps(report.quarantined, indent=2).encode())
+        report.seconds = seconds
+    return list(reports.values())

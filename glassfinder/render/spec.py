@@ -204,18 +204,33 @@ def split_of(spec: RenderSpec, product_id: str) -> str:
     return "train" if h < train else "val" if h < train + val else "test"
 
 
+#: Named specs. 'catalog' renders the catalogue the index is built from; 'queries' renders the
+#: held-out evaluation views (faces 900-999, never in the catalogue's range, and another seed, so
+#: other poses and lens colours); 'default' is every knob at its default.
+PRESETS: dict[str, RenderSpec] = {
+    "default": RenderSpec(),
+    "catalog": RenderSpec(image_px=192, views_per_asset=6, fit_jitter=0.5),
+    "queries": RenderSpec(
+        image_px=192, views_per_asset=1, face_first=900, face_count=100, fit_jitter=0.5, seed=1
+    ),
+}
+
+
 def load_spec(arg: str) -> RenderSpec:
-    """A spec from 'default', a local JSON file, or a JSON object in a store (URI)."""
+    """A spec from a preset name (see PRESETS), inline JSON, a local JSON file, or a store URI."""
     from pathlib import Path
 
-    if arg == "default":
-        return RenderSpec()
+    if arg in PRESETS:
+        return PRESETS[arg]
+    if arg.lstrip().startswith("{"):
+        return RenderSpec.from_json(arg, where="inline render spec")
     path = Path(arg)
     if path.is_file():
         return RenderSpec.from_json(path.read_text(), where=f"render spec {arg}")
     if "://" not in arg:
         raise GlassFinderError(
-            f"render spec {arg!r} not found: expected 'default', a JSON file or a store URI"
+            f"render spec {arg!r} not found: expected a preset {sorted(PRESETS)}, inline JSON, "
+            "a JSON file or a store URI"
         )
     from glassfinder.catalog.ingest import split_uri
 

@@ -1,0 +1,88 @@
+"""Nightly catalogue re-index.
+
+Ingests the shop's full catalogue export (bad rows are quarantined with their reason), works out
+which assets lack renders or feature shards (both content-addressed), renders and embeds only
+those in mapped batches (embedding on the `gpu` queue), then rebuilds the index, evaluates it on
+held-out query views and publishes it through the quality gate. A night without changes renders
+and embeds nothing and publishes no duplicate version. Runs at 02:00 UTC, and whenever a new
+embedding model is published (by `glassfinder_training_data`). The last task writes the run's
+record to `runs/glassfinder_catalog_reindex/<run_id>/summary.json` in the store.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
+
+from glassfinder import settings
+from glassfinder.pipeline import tasks
+from glassfinder.pipeline.assets import model_asset
+from glassfinder.pipeline.config import TASK_DEFAULTS, param_specs
+
+NEW_MODEL = Asset(*model_asset(settings.model_name()))
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[NEW_MODEL]
+    ),
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=TASK_DEFAULTS,
+    params={name: Param(**spec) for name, spec in param_specs("reindex").items()},
+    tags=["glassfinder"],
+)
+def glassfinder_catalog_reindex() -> None:
+    @task
+    def sync_catalogue(params=None):
+        return tasks.sync_catalogue(params)
+
+    @task
+    def plan(catalogue, params=None):
+        return tasks.plan_reindex(params, catalogue)
+
+    @task
+    def batches(plan):
+        return tasks.batches_of(plan)
+
+    @task
+    def render(batch):
+        return tasks.render(batch)
+
+    @task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL)
+    def embed(batch):
+        return tasks.embed(batch)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def publish(plan, params=None):
+        return tasks.publish_reindex(params, plan)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def summary(catalogue, plan, rendered, embedded, published, params=None, dag=None, run_id=None):
+        return tasks.summary(
+            dag.dag_id,
+            run_id,
+            params,
+            stages=("catalogue", "plan", "render", "embed", "publish"),
+            catalogue=catalogue,
+            plan=plan,
+            rendered=rendered,
+            embedded=embedded,
+            published=published,
+        )
+
+    catalogue = sync_catalogue()
+    planned = plan(catalogue)
+    rendered = render.expand(batch=batches(planned))
+    embedded = embed.expand(batch=rendered)
+    published = publish(planned)
+    embedded >> published
+    summary(catalogue, planned, rendered, embedded, published)
+
+
+glassfinder_catalog_reindex()

@@ -1,0 +1,77 @@
+"""Training data for the embedding model: render the catalogue under a render spec from the params.
+
+The params describe the spec (image size, views, faces, pose ranges, lens palette, seed, any
+other field in `spec_overrides`); its hash names the image shards, so asking again for the same
+spec renders nothing. With `train=true` a model is trained on the new shards (on the `gpu`
+queue), published under its sha and made CURRENT; that announces the model's Asset, which
+starts `glassfinder_catalog_reindex` with the new model.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
+
+from glassfinder import settings
+from glassfinder.pipeline import tasks
+from glassfinder.pipeline.assets import model_asset
+from glassfinder.pipeline.config import TASK_DEFAULTS, param_specs
+
+NEW_MODEL = Asset(*model_asset(settings.model_name()))
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=TASK_DEFAULTS,
+    params={name: Param(**spec) for name, spec in param_specs("training").items()},
+    tags=["glassfinder"],
+)
+def glassfinder_training_data() -> None:
+    @task
+    def plan(params=None):
+        return tasks.plan_training(params)
+
+    @task
+    def batches(plan):
+        return tasks.batches_of(plan)
+
+    @task
+    def render(batch):
+        return tasks.render(batch)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def train_requested(params=None):
+        return tasks.should_train(params)
+
+    @task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL, outlets=[NEW_MODEL])
+    def train(plan, params=None):
+        return tasks.train(params, plan)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def summary(plan, rendered, trained, params=None, dag=None, run_id=None):
+        return tasks.summary(
+            dag.dag_id,
+            run_id,
+            params,
+            stages=("plan", "render", "train"),
+            skipped=() if tasks.should_train(params) else ("train",),
+            plan=plan,
+            rendered=rendered,
+            trained=trained,
+        )
+
+    planned = plan()
+    rendered = render.expand(batch=batches(planned))
+    trained = train(planned)
+    rendered >> train_requested() >> trained
+    summary(planned, rendered, trained)
+
+
+glassfinder_training_data()

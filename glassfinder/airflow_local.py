@@ -1,0 +1,117 @@
+"""Run the DAGs in this process on embedded defaults: a SQLite Airflow under .glassfinder/airflow.
+
+What the demo, the tests and the pipeline benchmark use instead of a scheduler: the repository's
+`dags/` and `plugins/`, a migrated metadata database, and `dag.test()`, which runs every task of
+one DAG run here, in dependency order, with the same params, mapping and trigger rules as a
+deployed Airflow. Airflow reads its configuration when first imported, so `configure` must run
+before anything imports `airflow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glassfinder import layout
+from glassfinder.errors import GlassFinderError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS_DIR = REPO_ROOT / "dags"
+PLUGINS_DIR = REPO_ROOT / "plugins"
+DEFAULT_HOME = Path(".glassfinder/airflow")
+#: Pools the DAGs use; a scheduler needs them to exist (`airflow pools set`), dag.test() does not.
+POOLS = ("default_pool", "gpu")
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    """The environment of an embedded Airflow rooted at `home` (SQLite, no examples)."""
+    home = home.resolve()
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+
+
+def configure(home: Path = DEFAULT_HOME) -> Path:
+    """Point this process's (not yet imported) Airflow at `home` and migrate its database once."""
+    if not DAGS_DIR.is_dir():
+        raise GlassFinderError(f"DAG folder {DAGS_DIR} not found: run from a checkout of the repository")
+    if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(home.resolve()):
+        raise GlassFinderError(
+            "Airflow was imported before glassfinder.airflow_local.configure(): call it first"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    env = airflow_env(home)
+    os.environ.update(env)
+    stamp = home / ".migrated"
+    if not stamp.exists():
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise GlassFinderError(f"airflow db migrate failed in {home}: {proc.stderr.strip()[-2000:]}")
+        stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return home.resolve()
+
+
+@dataclass
+class DagRunResult:
+    dag_id: str
+    run_id: str
+    state: str
+    seconds: float
+    task_states: dict[str, str]
+    summary: dict[str, Any] | None
+
+
+def load_dags(path: Path = DAGS_DIR) -> Any:
+    """The DagBag of the repository's DAG folder, or of one DAG file (raises on import errors)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(path), known_pools=set(POOLS))
+    if bag.import_errors:
+        raise GlassFinderError(f"DAG import errors: {bag.import_errors}")
+    return bag
+
+
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
+    """Run one DAG run to the end in this process; its summary record is read back from the store.
+
+    The DAG is parsed afresh for every run: in-process runs leave the run conf in the task
+    objects' params, which a second run of the same objects would inherit.
+    """
+    from glassfinder.pipeline.config import PipelineConfig
+    from glassfinder.pipeline.summary import SUMMARY_RECORD
+    from glassfinder.store import open_store
+
+    path = DAGS_DIR / f"{dag_id}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in DAGS_DIR.glob("*.py"))
+        raise GlassFinderError(f"no DAG file {path}: the DAGs are {known}")
+    dag = load_dags(path).get_dag(dag_id)
+    start = time.perf_counter()
+    run = dag.test(run_conf=conf or {})
+    seconds = time.perf_counter() - start
+    states = {
+        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
+        for ti in run.get_task_instances()
+    }
+    store = open_store(PipelineConfig.from_params(conf or {}).store)
+    try:
+        summary = json.loads(store.get(layout.run_record_key(dag_id, run.run_id, SUMMARY_RECORD)))
+    except GlassFinderError:
+        summary = None
+    return DagRunResult(dag_id, run.run_id, str(run.state), seconds, states, summary)

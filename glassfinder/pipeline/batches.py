@@ -1,0 +1,104 @@
+"""The mapped stages: render one batch of assets, embed one batch of assets.
+
+A batch (from glassfinder.pipeline.plan) names its store, manifest, specs and pinned model, so
+these run anywhere: a CPU worker renders, a GPU worker embeds. Both skip what already exists
+and write create-only, so a retried task redoes only what the failed attempt did not finish.
+A broken asset is quarantined (with its reason) and the batch goes on; only a failure of the
+store or the worker itself fails the task, for Airflow to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.render.job import render_catalogue_specs, spec_key
+from glassfinder.render.spec import RenderSpec
+from glassfinder.store import open_store
+from glassfinder.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def load_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec:
+    """The spec a plan saved under its hash; checked against the hash it is stored under."""
+    try:
+        text = store.get(spec_key(spec_hash)).decode()
+    except ObjectNotFoundError:
+        raise GlassFinderError(
+            f"render spec {spec_hash} is not in {store.uri}/{spec_key(spec_hash)}"
+        ) from None
+    spec = RenderSpec.from_json(text, where=f"{store.uri}/{spec_key(spec_hash)}")
+    if spec.spec_hash != spec_hash:
+        raise GlassFinderError(
+            f"{store.uri}/{spec_key(spec_hash)} holds spec {spec.spec_hash}, not {spec_hash}"
+        )
+    return spec
+
+
+def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Render the batch's assets under every spec of the plan; returns the batch with the figures."""
+    store = open_store(batch["store"])
+    figures: dict[str, Any] = {"rendered": 0, "views": 0, "skipped": 0, "seconds": 0.0, "quarantined": []}
+    reports = render_catalogue_specs(
+        batch["manifest"],
+        [load_saved_spec(store, h) for h in batch["render_specs"]],
+        store,
+        workers=batch.get("render_workers"),
+        assets=batch["assets"],
+    )
+    for report in reports:
+        figures["rendered"] += report.rendered
+        figures["views"] += report.views
+        figures["skipped"] += report.skipped
+        figures["seconds"] = report.seconds
+        figures["quarantined"] += [{**q, "spec_hash": report.spec_hash} for q in report.quarantined]
+    log.info(
+        "batch %d: %d assets, %d renders made (%d views), %d already there, %d quarantined in %.1f s",
+        batch["batch"],
+        len(batch["assets"]),
+        figures["rendered"],
+        figures["views"],
+        figures["skipped"],
+        len(figures["quarantined"]),
+        figures["seconds"],
+    )
+    return {**batch, "render": figures}
+
+
+def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Embed the batch's rendered assets with the plan's pinned model; returns the figures."""
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.registry import load_model
+
+    if not batch.get("embed"):
+        raise GlassFinderError(f"batch {batch.get('batch')} has no model to embed with (a render-only plan)")
+    store = open_store(batch["store"])
+    loaded = load_model(store, batch["embed"]["model"])
+    embedder = Embedder(loaded.model, device=batch.get("device"))
+    report = embed_catalogue(
+        store, batch["embed"]["spec_hash"], embedder, loaded.sha, assets=batch["assets"], decode_workers=None
+    )
+    log.info(
+        "batch %d: %d feature shards written (%d views), %d already there, %d unreadable in %.1f s on %s",
+        batch["batch"],
+        report.embedded,
+        report.views,
+        report.skipped,
+        len(report.quarantined),
+        report.seconds,
+        embedder.device,
+    )
+    return {
+        "batch": batch["batch"],
+        "assets": len(batch["assets"]),
+        "embedded": report.embedded,
+        "views": report.views,
+        "skipped": report.skipped,
+        "quarantined": report.quarantined,
+        "seconds": report.seconds,
+        "device": str(embedder.device),
+        "render": batch.get("render"),
+    }

@@ -1,0 +1,127 @@
+"""The last stage of every run: one record of what the run did, kept in the store, and one log line.
+
+The record (`runs/<dag_id>/<run_id>/summary.json`) gives the counts an operator asks first
+(rendered, reused, quarantined and why, the version published or why not, its evaluation). A
+run whose stage failed still gets its record, and then fails itself, so the run is marked
+failed even though this task runs after everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from glassfinder import layout
+from glassfinder.errors import GlassFinderError
+from glassfinder.store import open_store
+
+log = logging.getLogger(__name__)
+SUMMARY_RECORD = "summary.json"
+
+
+class PipelineStageError(GlassFinderError):
+    """A stage of the run failed (its own log says why); the summary names which."""
+
+
+def _sum(items: Sequence[dict[str, Any]], key: str) -> int:
+    return int(sum(int(i.get(key) or 0) for i in items))
+
+
+def summarise(
+    dag_id: str,
+    run_id: str,
+    *,
+    store_uri: str,
+    catalogue: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
+    rendered: Sequence[dict[str, Any]] | None = None,
+    embedded: Sequence[dict[str, Any]] | None = None,
+    published: dict[str, Any] | None = None,
+    trained: dict[str, Any] | None = None,
+    stages: Sequence[str] = ("catalogue", "plan", "render", "embed", "publish"),
+    skipped: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Write the run's record and return it; raise PipelineStageError if a stage did not finish.
+
+    stages: the stages this DAG has; skipped: those that were skipped on purpose (no training).
+    """
+    renders = [r["render"] for r in (rendered or []) if r and r.get("render")]
+    embeds = [e for e in (embedded or []) if e]
+    batches = len(plan["batches"]) if plan else 0
+    results: dict[str, Any] = {"catalogue": catalogue, "plan": plan, "publish": published, "train": trained}
+    failed = [s for s in stages if s in results and results[s] is None and s not in skipped]
+    if plan is not None:
+        if "render" in stages and len(renders) < batches:
+            failed.append(f"render ({batches - len(renders)} of {batches} batches)")
+        if "embed" in stages and len(embeds) < batches:
+            failed.append(f"embed ({batches - len(embeds)} of {batches} batches)")
+    quarantined: list[dict[str, Any]] = []
+    for q in (catalogue or {}).get("quarantined", []):
+        quarantined.append({"stage": "ingest", **q})
+    for q in (plan or {}).get("known_quarantined", []):
+        quarantined.append({"stage": "render", "known": True, **q})
+    for r in renders:
+        quarantined += [{"stage": "render", **q} for q in r["quarantined"] if not q.get("known")]
+    for e in embeds:
+        quarantined += [{"stage": "embed", **q} for q in e.get("quarantined", [])]
+    record: dict[str, Any] = {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ok": not failed,
+        "failed_stages": failed,
+        "catalogue": {
+            k: catalogue.get(k) for k in ("manifest", "products", "changed", "removed") if k in catalogue
+        }
+        if catalogue
+        else None,
+        "assets": plan["assets"] if plan else None,
+        "reused": plan["reused"] if plan else None,
+        "rendered": _sum(renders, "rendered"),
+        "views_rendered": _sum(renders, "views"),
+        "embedded": _sum(embeds, "embedded"),
+        "views_embedded": _sum(embeds, "views"),
+        "quarantined": len(quarantined),
+        "quarantine": quarantined,
+        "index": published,
+        "model": trained,
+    }
+    store = open_store(store_uri)
+    key = layout.run_record_key(dag_id, run_id, SUMMARY_RECORD)
+    store.put(key, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
+    index = published or {}
+    outcome = (
+        f"published v{index['version']}"
+        if index.get("published")
+        else f"not published ({index['reason']}, CURRENT v{index.get('version')})"
+        if index.get("reason")
+        else "no index step"
+    )
+    evaluation = index.get("evaluation") or {}
+    log.info(
+        "%s %s: %s renders made, %s reused, %s embedded, %d quarantined; index %s%s; record %s/%s",
+        dag_id,
+        run_id,
+        record["rendered"],
+        record["reused"],
+        record["embedded"],
+        len(quarantined),
+        outcome,
+        f" (top-1 {evaluation['top1']}, top-10 {evaluation['top10']})" if "top1" in evaluation else "",
+        store.uri,
+        key,
+    )
+    for q in quarantined:
+        log.warning(
+            "quarantined at %s: %s %s: %s",
+            q["stage"],
+            q.get("product_id") or q.get("products") or q.get("shard"),
+            q.get("reason"),
+            q.get("message"),
+        )
+    if failed:
+        raise PipelineStageError(f"{dag_id} {run_id}: stage(s) failed: {', '.join(failed)}; see their logs")
+    return record

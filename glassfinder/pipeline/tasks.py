@@ -1,0 +1,195 @@
+"""What each Airflow task calls: one function per task, params and upstream results in, JSON out.
+
+The DAG files only wire these together. Errors that another attempt cannot fix (bad params, a
+bad manifest, a refused gate) fail the task at once instead of burning its retries; store
+outages, lost compare-and-swap races and unexpected errors are left to Airflow's retries.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from glassfinder.errors import GlassFinderError, PublishConflictError, StaleWriteError, StoreUnavailableError
+from glassfinder.pipeline import catalogue as catalogue_stage
+from glassfinder.pipeline import publish as publish_stage
+from glassfinder.pipeline.batches import embed_batch, render_batch
+from glassfinder.pipeline.config import PipelineConfig
+from glassfinder.pipeline.plan import plan_work
+from glassfinder.pipeline.summary import summarise
+from glassfinder.pipeline.training import train_and_register, training_spec
+from glassfinder.store import open_store
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+#: Failures another attempt may not meet: left to the task's retries.
+RETRYABLE = (StoreUnavailableError, StaleWriteError, PublishConflictError)
+
+
+def _fail_fast(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RETRYABLE:
+            raise
+        except GlassFinderError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
+    from glassfinder.embed.registry import current_sha
+
+    sha, _ = current_sha(open_store(cfg.store), cfg.model)
+    if sha is None:
+        raise GlassFinderError(
+            f"no model named {cfg.model!r} is published in {cfg.store}: run the glassfinder_training_data "
+            "DAG with train=true (or `glassfinder train`) first"
+        )
+    return cfg.model, sha, cfg.catalog_spec.spec_hash
+
+
+# --- catalogue ----------------------------------------------------------------------------------
+@_fail_fast
+def sync_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
+    return catalogue_stage.sync_catalogue(PipelineConfig.from_params(params))
+
+
+@_fail_fast
+def onboard_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
+    return catalogue_stage.onboard_products(
+        PipelineConfig.from_params(params),
+        products=list(params.get("products") or []),
+        manifest_delta=params.get("manifest_delta"),
+        remove_products=list(params.get("remove_products") or []),
+    )
+
+
+# --- planning -----------------------------------------------------------------------------------
+@_fail_fast
+def plan_reindex(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
+    """Every catalogue product, embedded with the models' CURRENT under the catalogue spec."""
+    cfg = PipelineConfig.from_params(params)
+    return plan_work(
+        open_store(cfg.store),
+        catalogue["manifest"],
+        cfg.specs,
+        embed=_model_target(cfg),
+        assets_per_batch=cfg.assets_per_batch,
+        max_batches=cfg.max_batches,
+        render_workers=cfg.render_workers,
+        device=cfg.device,
+    )
+
+
+@_fail_fast
+def plan_onboarding(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the changed products, embedded exactly as the CURRENT index's own vectors were."""
+    from glassfinder.pipeline.batches import load_saved_spec
+
+    cfg = PipelineConfig.from_params(params)
+    store = open_store(cfg.store)
+    target = publish_stage.index_embed_target(store, cfg) or _model_target(cfg)
+    specs = [
+        load_saved_spec(store, target[2]) if target[2] != cfg.catalog_spec.spec_hash else cfg.catalog_spec
+    ]
+    if cfg.query_spec:
+        specs.append(cfg.query_spec)
+    return plan_work(
+        store,
+        catalogue["manifest"],
+        specs,
+        embed=target,
+        product_ids=list(catalogue["changed"]),
+        assets_per_batch=cfg.assets_per_batch,
+        max_batches=cfg.max_batches,
+        render_workers=cfg.render_workers,
+        device=cfg.device,
+    )
+
+
+@_fail_fast
+def plan_training(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The catalogue's products under the spec the params describe, render only."""
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+
+    spec = training_spec(params)
+    cfg = PipelineConfig.from_params(params)
+    store = open_store(cfg.store)
+    if not store.exists(CATALOG_MANIFEST_KEY):
+        raise GlassFinderError(
+            f"no catalogue in {store.uri} ({CATALOG_MANIFEST_KEY}): run glassfinder_catalog_reindex "
+            "or `glassfinder catalog ingest` first"
+        )
+    return plan_work(
+        store,
+        f"{store.uri}/{CATALOG_MANIFEST_KEY}",
+        [spec],
+        limit=params.get("limit_products"),
+        assets_per_batch=cfg.assets_per_batch,
+        max_batches=cfg.max_batches,
+        render_workers=cfg.render_workers,
+    )
+
+
+def batches_of(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The batches to map the render and embed tasks over."""
+    return list(plan["batches"])
+
+
+# --- mapped stages ------------------------------------------------------------------------------
+@_fail_fast
+def render(batch: dict[str, Any]) -> dict[str, Any]:
+    return render_batch(batch)
+
+
+@_fail_fast
+def embed(batch: dict[str, Any]) -> dict[str, Any]:
+    return embed_batch(batch)
+
+
+# --- publishing and training --------------------------------------------------------------------
+@_fail_fast
+def publish_reindex(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
+    return publish_stage.publish_full(PipelineConfig.from_params(params), dict(plan))
+
+
+@_fail_fast
+def publish_onboarding(
+    params: Mapping[str, Any], plan: Mapping[str, Any], catalogue: Mapping[str, Any]
+) -> dict[str, Any]:
+    return publish_stage.publish_incremental(PipelineConfig.from_params(params), dict(plan), dict(catalogue))
+
+
+def should_train(params: Mapping[str, Any]) -> bool:
+    return bool(params.get("train", False))
+
+
+@_fail_fast
+def train(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
+    return train_and_register(PipelineConfig.from_params(params), params, dict(plan))
+
+
+# --- summary ------------------------------------------------------------------------------------
+@_fail_fast
+def summary(
+    dag_id: str,
+    run_id: str,
+    params: Mapping[str, Any],
+    *,
+    stages: Sequence[str],
+    skipped: Sequence[str] = (),
+    **results: Any,
+) -> dict[str, Any]:
+    store = PipelineConfig.from_params(params).store
+    # Mapped results arrive as lazy sequences: read each in one request (a slice), as plain lists.
+    mapped: dict[str, Any] = {
+        k: list(v[:]) if v is not None and k in ("rendered", "embedded") else v for k, v in results.items()
+    }
+    return summarise(dag_id, run_id, store_uri=store, stages=stages, skipped=skipped, **mapped)
