@@ -77,8 +77,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_store_check(args: argparse.Namespace) -> int:
     from glassfinder.store.check import check_store
+    from glassfinder.store.s3 import S3Store
 
-    report = check_store(_open(args))
+    store = _open(args)
+    if args.create_bucket and isinstance(store, S3Store):
+        store.create_bucket()
+    report = check_store(store)
     print(f"store {report.uri}: every check passed")
     for what, seconds in report.steps:
         print(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
@@ -450,7 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="inspect and test an object store").add_subparsers(
         dest="store_command", required=True
     )
-    add(store, "check", cmd_store_check, "prove put/get/list/create-only/compare-and-swap/delete work")
+    p = add(store, "check", cmd_store_check, "prove put/get/list/create-only/compare-and-swap/delete work")
+    p.add_argument(
+        "--create-bucket",
+        action="store_true",
+        help="create the S3 bucket first if it is missing (new deployments)",
+    )
     p = add(store, "ls", cmd_store_ls, "list objects by key prefix")
     p.add_argument("prefix", nargs="?", default="")
     p = add(store, "head", cmd_store_head, "size and etag of an object")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +72,29 @@ def small_part_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectSt
     )
 
 
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An embedded Airflow (SQLite, the repository's dags/ and plugins/) for this test session.
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session its own Airflow home before anything imports airflow.
 
-    Sets AIRFLOW_* for the rest of the session: Airflow reads its configuration once, on import.
+    Airflow reads its configuration once, on import (and would otherwise write ~/airflow).
     """
     from glassfinder import airflow_local
 
-    return airflow_local.configure(tmp_path_factory.mktemp("airflow"))
+    home = Path(tempfile.mkdtemp(prefix="gf-airflow-"))
+    os.environ.update(airflow_local.airflow_env(home))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = os.environ.get("AIRFLOW_HOME", "")
+    if Path(home).name.startswith("gf-airflow-"):
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    """The session's embedded Airflow (SQLite, the repository's dags/ and plugins/), migrated."""
+    from glassfinder import airflow_local
+
+    return airflow_local.configure(Path(os.environ["AIRFLOW_HOME"]))
 
 
 @pytest.fixture
