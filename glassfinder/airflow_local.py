@@ -29,10 +29,11 @@ DEFAULT_HOME = Path(".glassfinder/airflow")
 POOLS = ("default_pool", "gpu")
 
 
-def airflow_env(home: Path) -> dict[str, str]:
+def airflow_env(home: Path, *, log_level: str = "INFO") -> dict[str, str]:
     """The environment of an embedded Airflow rooted at `home` (SQLite, no examples)."""
     home = home.resolve()
     return {
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),
@@ -41,8 +42,12 @@ def airflow_env(home: Path) -> dict[str, str]:
     }
 
 
-def configure(home: Path = DEFAULT_HOME) -> Path:
-    """Point this process's (not yet imported) Airflow at `home` and migrate its database once."""
+def configure(home: Path = DEFAULT_HOME, *, log_level: str = "INFO") -> Path:
+    """Point this process's (not yet imported) Airflow at `home` and migrate its database once.
+
+    log_level: of Airflow and the task logs it prints (WARNING keeps a CLI's output readable;
+    each run's figures are in its records in the store either way).
+    """
     if not DAGS_DIR.is_dir():
         raise GlassFinderError(f"DAG folder {DAGS_DIR} not found: run from a checkout of the repository")
     if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(home.resolve()):
@@ -50,7 +55,7 @@ def configure(home: Path = DEFAULT_HOME) -> Path:
             "Airflow was imported before glassfinder.airflow_local.configure(): call it first"
         )
     home.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(home)
+    env = airflow_env(home, log_level=log_level)
     os.environ.update(env)
     stamp = home / ".migrated"
     if not stamp.exists():
@@ -74,7 +79,7 @@ class DagRunResult:
     state: str
     seconds: float
     task_states: dict[str, str]
-    summary: dict[str, Any] | None
+    summary: dict[str, Any]  # the run's summary record ({} if the run wrote none)
 
 
 def load_dags(path: Path = DAGS_DIR) -> Any:
@@ -87,9 +92,10 @@ def load_dags(path: Path = DAGS_DIR) -> Any:
     return bag
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = False) -> DagRunResult:
     """Run one DAG run to the end in this process; its summary record is read back from the store.
 
+    check: raise GlassFinderError, naming the failed tasks, unless the run succeeded.
     The DAG is parsed afresh for every run: in-process runs leave the run conf in the task
     objects' params, which a second run of the same objects would inherit.
     """
@@ -113,5 +119,12 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> DagRunResult:
     try:
         summary = json.loads(store.get(layout.run_record_key(dag_id, run.run_id, SUMMARY_RECORD)))
     except GlassFinderError:
-        summary = None
-    return DagRunResult(dag_id, run.run_id, str(run.state), seconds, states, summary)
+        summary = {}
+    result = DagRunResult(dag_id, run.run_id, str(run.state), seconds, states, summary)
+    if check and (result.state != "success" or not summary):
+        failed = sorted(t for t, state in states.items() if state not in ("success", "skipped"))
+        raise GlassFinderError(
+            f"{dag_id} {run.run_id} ended {result.state}; tasks not successful: {failed}; "
+            f"their logs are under {os.environ.get('AIRFLOW_HOME')}/logs"
+        )
+    return result

@@ -41,37 +41,11 @@ def _open(args: argparse.Namespace) -> ObjectStore:
 def cmd_demo(args: argparse.Namespace) -> int:
     from glassfinder.demo import run_demo
 
-    store_uri = args.store or settings.store_uri()
-    report = run_demo(store_uri, sheet_path=Path(args.sheet))
-    print(f"store {report.store_uri}")
-    for what, seconds in report.store_check.steps:
-        print(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
-    g, i = report.generated, report.ingested.summary()
-    print(f"catalog: generated {g.products} products ({g.families} colourway families) in {g.seconds:.1f} s")
-    accepted = f"ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined)"
-    print(f"catalog: {accepted} in {i['seconds']} s")
-    print(f"catalog: contact sheet {report.sheet_path}")
-    r = report.rendered
-    print(
-        f"render: spec {r.spec_hash}: {r.rendered} assets rendered ({r.views} views), "
-        f"{r.skipped} already there, "
-        f"{len(r.quarantined)} quarantined in {r.seconds:.1f} s"
+    run_demo(
+        args.store or settings.store_uri(),
+        sheet_path=Path(args.sheet),
+        say=lambda line: print(line, flush=True),
     )
-    print(f"render: try-on sheet {report.tryon_sheet_path}")
-    e = report.embedded
-    print(f"train: model {report.model_ref} in {report.train_seconds:.0f} s")
-    print(f"embed: {e.embedded} feature shards ({e.views} views), {e.skipped} already there")
-    ev = report.evaluation
-    print(
-        f"eval: {ev['query_views']['closed_set'] + ev['query_views']['open_set']} queries on other faces "
-        f"against {ev['gallery_products']} products:"
-    )
-    for label, entry in ev["models"].items():
-        closed = entry["closed_set"]
-        print(f"  {label:<10} closed-set top-1 {closed.get('top1')}  top-5 {closed.get('top5')}")
-    print("stages still to come:")
-    for stage, what in report.pending:
-        print(f"  --  {stage}: {what}")
     return 0
 
 

@@ -1,46 +1,41 @@
 """The main job on embedded defaults: what `glassfinder demo` (the README's first command) runs.
 
-It runs every pipeline stage that exists, end to end, on the local store by default, and says
-plainly which stages are still to come. It grows as the pipeline does.
+Everything goes through the Airflow DAGs, run in this process with `dag.test()` on a SQLite
+Airflow under .glassfinder/airflow, against the local store: a generated sample catalogue is
+exported to `incoming/`, the training-data DAG renders it and trains the first model, the
+nightly re-index renders the held-out query views, embeds, evaluates and publishes index v1, a
+search runs against the published index, and a second night shows that nothing is redone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glassfinder import settings
 from glassfinder.catalog.generate import GenerateReport, generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, IngestReport, ingest_manifest
 from glassfinder.catalog.sheet import contact_sheet
-from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
-from glassfinder.embed.infer import Embedder
-from glassfinder.embed.job import EmbedReport, embed_catalogue
-from glassfinder.embed.model import build_model
-from glassfinder.embed.train import TrainConfig, train_and_publish
-from glassfinder.render.job import RenderReport, render_catalogue
-from glassfinder.render.sheet import tryon_sheet
-from glassfinder.render.spec import RenderSpec
 from glassfinder.store import open_store
 from glassfinder.store.check import StoreCheckReport, check_store
 
-#: Stages of the pipeline not built yet, with the issue that brings each.
-PENDING_STAGES = (
-    ("index", "versioned FAISS index publish (#6)"),
-    ("dags", "Airflow DAGs on embedded defaults (#7)"),
-    ("search", "query side (#8)"),
-)
-SAMPLE_PREFIX = "sample-catalog"
+#: Stages of the product not built yet, with the issue that brings each.
+PENDING_STAGES = (("search", "photo search CLI, HTTP service and evaluation page (#8)"),)
 DEMO_PRODUCTS = 24
 DEMO_SEED = 0
-#: A light spec for the demo: enough views to see the pipeline work in seconds on two cores.
-DEMO_SPEC = RenderSpec(image_px=192, views_per_asset=6, fit_jitter=0.5)
-#: Queries: other faces (900-999), poses and lens colours than the catalogue's.
-DEMO_QUERY_SPEC = RenderSpec(
-    image_px=192, views_per_asset=1, face_first=900, face_count=100, fit_jitter=0.5, seed=1
-)
-DEMO_MODEL = "glasses"
-DEMO_EPOCHS = 30
+#: Training on the demo's 19 training products: small batches, a few dozen epochs (CPU: ~1 min).
+DEMO_TRAINING = {"train": True, "epochs": 30, "batch_size": 32, "lr": 5e-3}
+SHOWN_QUERIES = 3
+
+
+@dataclass
+class SearchShown:
+    product_id: str
+    face_id: str
+    rank: int | None  # 1-based rank of the true product in the top 5, None if absent
+    hits: list[tuple[str, float]]
 
 
 @dataclass
@@ -50,52 +45,178 @@ class DemoReport:
     generated: GenerateReport
     ingested: IngestReport
     sheet_path: Path
-    rendered: RenderReport
     tryon_sheet_path: Path
-    model_ref: str
-    train_seconds: float
-    embedded: EmbedReport
-    evaluation: dict[str, Any]
+    training: Any  # airflow_local.DagRunResult
+    nightly: Any
+    quiet_night: Any
+    model_vs_untrained: dict[str, Any]
+    searches: list[SearchShown]
+    search_top1: float
+    search_top5: float
     pending: tuple[tuple[str, str], ...] = field(default=PENDING_STAGES)
 
 
+def _search(store_uri: str, index_name: str, query_spec: str) -> tuple[list[SearchShown], float, float]:
+    """Held-out query views (other faces, damaged like photos) searched against CURRENT."""
+    import numpy as np
+
+    from glassfinder.embed.augment import QUERY_DAMAGE
+    from glassfinder.embed.data import load_views
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.registry import load_model
+    from glassfinder.index.reader import IndexReader
+
+    store = open_store(store_uri)
+    reader = IndexReader(store, index_name)
+    embedder = Embedder(load_model(store, f"{reader.manifest['model']}@{reader.manifest['model_sha']}").model)
+    views = load_views(store, query_spec, embedder.geometry, damage=QUERY_DAMAGE, seed=0)
+    results = reader.search(embedder.embed(views.crops), k=5)
+    truth = views.product_ids.astype(str)
+    faces = views.meta.column("face_id").to_pylist()
+    ranks = [
+        next((i + 1 for i, h in enumerate(hits) if h.product_id == t), None)
+        for hits, t in zip(results, truth, strict=True)
+    ]
+    shown = [
+        SearchShown(str(truth[i]), str(faces[i]), ranks[i], [(h.product_id, h.score) for h in results[i]])
+        for i in range(min(SHOWN_QUERIES, len(truth)))
+    ]
+    found = np.array([r or 0 for r in ranks])
+    return shown, float((found == 1).mean()), float(((found >= 1) & (found <= 5)).mean())
+
+
+def _model_vs_untrained(store_uri: str, gallery_spec: str, query_spec: str, model_ref: str) -> dict[str, Any]:
+    from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.model import build_model
+    from glassfinder.embed.registry import load_model
+
+    store = open_store(store_uri)
+    loaded = load_model(store, model_ref)
+    embedder = Embedder(loaded.model)
+    sets = load_eval_sets(store, gallery_spec, query_spec, embedder)
+    untrained = Embedder(build_model(loaded.model.config, seed=int(loaded.card["training"]["seed"])).eval())
+    return evaluate_models(sets, {"trained": embedder, "untrained": untrained})
+
+
+def run_line(label: str, run: Any) -> str:
+    """One line on a DAG run, from its summary record."""
+    s = run.summary
+    index = s.get("index") or {}
+    published = (
+        f"; published index v{index['version']}"
+        if index.get("published")
+        else f"; index not published ({index['reason']}; CURRENT v{index['version']})"
+        if index
+        else ""
+    )
+    return (
+        f"{label}: {run.dag_id} {run.state} in {run.seconds:.0f} s: {s['rendered']} renders made "
+        f"({s['views_rendered']} views), {s['reused']} assets reused, {s['embedded']} embedded, "
+        f"{s['quarantined']} quarantined{published}"
+    )
+
+
 def run_demo(
-    store_uri: str, *, sheet_path: Path, products: int = DEMO_PRODUCTS, seed: int = DEMO_SEED
+    store_uri: str,
+    *,
+    sheet_path: Path,
+    products: int = DEMO_PRODUCTS,
+    seed: int = DEMO_SEED,
+    say: Callable[[str], None] = print,
 ) -> DemoReport:
-    """Prove the store, generate a sample catalogue, ingest it and draw its contact sheet."""
+    """Generate a shop's catalogue, then run the training-data and nightly DAGs and search the index.
+
+    say: receives a line on each stage as it ends.
+    """
+    from glassfinder import airflow_local
+    from glassfinder.render.sheet import tryon_sheet
+    from glassfinder.render.spec import load_spec
+
+    # Task logs stay in Airflow's log folder; what matters is said here and kept in each run's records.
+    airflow_local.configure(sheet_path.parent / "airflow", log_level="ERROR")
     store = open_store(store_uri)
     check = check_store(store)
-    sample_uri = f"{store_uri.rstrip('/')}/{SAMPLE_PREFIX}"
-    generated = generate_catalog(open_store(sample_uri), products, seed, progress=True)
-    ingested = ingest_manifest(f"{sample_uri}/{generated.manifest_key}", dest=store)
+    say(f"store {store.uri}")
+    for what, seconds in check.steps:
+        say(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
+    source = settings.source_manifest_uri(store.uri)
+    generated = generate_catalog(open_store(source.rsplit("/", 1)[0]), products, seed, progress=True)
+    say(
+        f"catalog: generated {generated.products} products ({generated.families} colourway families) "
+        f"as the shop's export {source} in {generated.seconds:.1f} s"
+    )
+    # The training DAG renders the catalogue, so the catalogue comes in before the first night.
+    ingested = ingest_manifest(source, dest=store)
+    i = ingested.summary()
+    say(
+        f"catalog: ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined) "
+        f"in {i['seconds']} s"
+    )
     sheet_path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(store, CATALOG_MANIFEST_KEY, limit=products, columns=4, tile_px=192).save(sheet_path)
-    manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
-    rendered = render_catalogue(manifest_uri, DEMO_SPEC, store, progress=True)
+    say(f"catalog: contact sheet {sheet_path}")
+    common = {"store": store.uri}
+    say("airflow: running glassfinder_training_data (render the catalogue, train the first model)...")
+    training = airflow_local.run_dag("glassfinder_training_data", {**common, **DEMO_TRAINING}, check=True)
+    model = training.summary["model"]
+    say(run_line("airflow", training))
+    say(
+        f"  model {model['model']} trained in {model['seconds']:.0f} s "
+        f"(best epoch {model['best_epoch']}): now CURRENT"
+    )
+    say("airflow: running glassfinder_catalog_reindex (render query views, embed, evaluate, publish)...")
+    nightly = airflow_local.run_dag(
+        "glassfinder_catalog_reindex", {**common, "source_manifest": source}, check=True
+    )
+    say(run_line("airflow", nightly))
+    ev = nightly.summary["index"].get("evaluation") or {}
+    if ev:
+        say(
+            f"  evaluation of v{nightly.summary['index']['version']} on {ev['queries']} held-out query "
+            f"views: "
+            f"top-1 {ev['top1']:.3f}  top-5 {ev['top5']:.3f}  top-10 {ev['top10']:.3f} "
+            f"({ev['aggregation']} over each product's views)"
+        )
+    catalog_spec, query_spec = load_spec("catalog"), load_spec("queries")
+    comparison = _model_vs_untrained(store.uri, catalog_spec.spec_hash, query_spec.spec_hash, model["model"])
+    for label, entry in comparison["models"].items():
+        closed = entry["closed_set"]
+        say(f"  {label:<10} model, closed-set top-1 {closed.get('top1')}  top-5 {closed.get('top5')}")
+    quiet = airflow_local.run_dag(
+        "glassfinder_catalog_reindex", {**common, "source_manifest": source}, check=True
+    )
+    say(run_line("airflow (the next night)", quiet))
     tryon_path = sheet_path.with_name("tryon-sheet.png")
     first = str(ingested.accepted[0]["product_id"])
-    tryon_sheet(manifest_uri, first, DEMO_SPEC, views=8).save(tryon_path)
-    render_catalogue(manifest_uri, DEMO_QUERY_SPEC, store)
-    # Training resumes from the work dir: a second demo run reuses the finished model.
-    config = TrainConfig(spec_hashes=(DEMO_SPEC.spec_hash,), epochs=DEMO_EPOCHS, batch_size=32, lr=5e-3)
-    result, sha = train_and_publish(
-        store, config, name=DEMO_MODEL, work_dir=sheet_path.parent / "demo-train", resume=True, progress=True
+    tryon_sheet(f"{store.uri}/{CATALOG_MANIFEST_KEY}", first, catalog_spec, views=8).save(tryon_path)
+    say(f"render: try-on sheet {tryon_path}")
+    searches, top1, top5 = _search(store.uri, settings.index_name(), query_spec.spec_hash)
+    say(
+        f"search: index v{nightly.summary['index']['version']}, held-out views on other faces, damaged like "
+        f"photos: top-1 {top1:.3f}, top-5 {top5:.3f}; the first {len(searches)}:"
     )
-    embedder = Embedder(result.model)
-    embedded = embed_catalogue(store, DEMO_SPEC.spec_hash, embedder, str(sha), progress=True)
-    sets = load_eval_sets(store, DEMO_SPEC.spec_hash, DEMO_QUERY_SPEC.spec_hash, embedder)
-    baseline = Embedder(build_model(config.model, seed=config.seed).eval())
-    evaluation = evaluate_models(sets, {"trained": embedder, "untrained": baseline})
+    for q in searches:
+        found = f"found at rank {q.rank}" if q.rank else "not in the top 5"
+        say(
+            f"  {q.product_id} on {q.face_id}: {found}; top 5: "
+            + ", ".join(f"{p} {v:.3f}" for p, v in q.hits)
+        )
+    say("stages still to come:")
+    for stage, what in PENDING_STAGES:
+        say(f"  --  {stage}: {what}")
     return DemoReport(
         store.uri,
         check,
         generated,
         ingested,
         sheet_path,
-        rendered,
         tryon_path,
-        f"{DEMO_MODEL}@{sha}",
-        result.seconds,
-        embedded,
-        evaluation,
+        training,
+        nightly,
+        quiet,
+        comparison,
+        searches,
+        top1,
+        top5,
     )
