@@ -20,6 +20,7 @@ from glassfinder import settings
 from glassfinder.pipeline import tasks
 from glassfinder.pipeline.assets import model_asset
 from glassfinder.pipeline.config import TASK_DEFAULTS, param_specs
+from glassfinder.pipeline.dag_tasks import render_and_embed, summary
 
 NEW_MODEL = Asset(*model_asset(settings.model_name()))
 
@@ -46,43 +47,23 @@ def glassfinder_catalog_reindex() -> None:
     def plan(catalogue, params=None):
         return tasks.plan_reindex(params, catalogue)
 
-    @task
-    def batches(plan):
-        return tasks.batches_of(plan)
-
-    @task
-    def render(batch):
-        return tasks.render(batch)
-
-    @task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL)
-    def embed(batch):
-        return tasks.embed(batch)
-
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(plan, params=None):
         return tasks.publish_reindex(params, plan)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def summary(catalogue, plan, rendered, embedded, published, params=None, dag=None, run_id=None):
-        return tasks.summary(
-            dag.dag_id,
-            run_id,
-            params,
-            stages=("catalogue", "plan", "render", "embed", "publish"),
-            catalogue=catalogue,
-            plan=plan,
-            rendered=rendered,
-            embedded=embedded,
-            published=published,
-        )
-
     catalogue = sync_catalogue()
     planned = plan(catalogue)
-    rendered = render.expand(batch=batches(planned))
-    embedded = embed.expand(batch=rendered)
+    rendered, embedded = render_and_embed(planned)
     published = publish(planned)
     embedded >> published
-    summary(catalogue, planned, rendered, embedded, published)
+    summary(
+        ["catalogue", "plan", "render", "embed", "publish"],
+        catalogue=catalogue,
+        plan=planned,
+        rendered=rendered,
+        embedded=embedded,
+        published=published,
+    )
 
 
 glassfinder_catalog_reindex()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Asset, Param, dag, task
 
 from glassfinder import settings
 from glassfinder.pipeline import tasks
 from glassfinder.pipeline.assets import model_asset
 from glassfinder.pipeline.config import TASK_DEFAULTS, param_specs
+from glassfinder.pipeline.dag_tasks import render_all, summary
 
 NEW_MODEL = Asset(*model_asset(settings.model_name()))
 
@@ -38,14 +39,6 @@ def glassfinder_training_data() -> None:
     def plan(params=None):
         return tasks.plan_training(params)
 
-    @task
-    def batches(plan):
-        return tasks.batches_of(plan)
-
-    @task
-    def render(batch):
-        return tasks.render(batch)
-
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def train_requested(params=None):
         return tasks.should_train(params)
@@ -54,24 +47,11 @@ def glassfinder_training_data() -> None:
     def train(plan, params=None):
         return tasks.train(params, plan)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def summary(plan, rendered, trained, params=None, dag=None, run_id=None):
-        return tasks.summary(
-            dag.dag_id,
-            run_id,
-            params,
-            stages=("plan", "render", "train"),
-            skipped=() if tasks.should_train(params) else ("train",),
-            plan=plan,
-            rendered=rendered,
-            trained=trained,
-        )
-
     planned = plan()
-    rendered = render.expand(batch=batches(planned))
+    rendered = render_all(planned)
     trained = train(planned)
     rendered >> train_requested() >> trained
-    summary(planned, rendered, trained)
+    summary(["plan", "render", "train"], plan=planned, rendered=rendered, trained=trained)
 
 
 glassfinder_training_data()

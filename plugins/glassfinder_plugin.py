@@ -19,7 +19,11 @@ class GlassFinderPlugin(AirflowPlugin):
     macros: list[Any] = [macros.current_index_version, macros.current_index_uri]
     listeners: list[Any] = [run_metrics]
     fastapi_apps: list[dict[str, Any]] = [
-        {"app": create_app(), "url_prefix": "/glassfinder", "name": "GlassFinder index versions"}
+        {
+            "app": create_app(require_login=True),
+            "url_prefix": "/glassfinder",
+            "name": "GlassFinder index versions",
+        }
     ]
     external_views: list[dict[str, Any]] = [
         {"name": "GlassFinder indexes", "href": "/glassfinder/", "destination": "nav", "category": "browse"}

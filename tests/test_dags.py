@@ -260,3 +260,20 @@ def test_training_data_renders_trains_and_announces_the_model(bag: Any, s3_env: 
     again = _run(bag, "glassfinder_training_data", {**conf, "train": False})
     assert (again.summary["rendered"], again.summary["reused"]) == (0, 6)
     assert again.task_states["train"] == "skipped" and again.summary["model"] is None
+
+
+def test_a_night_without_a_model_fails_at_once_and_says_which_stage(
+    bag: Any, s3_env: S3Store, sample
+) -> None:
+    from glassfinder import airflow_local
+
+    store = s3_env
+    _export(store, sample, sample[1][:2])
+    result = airflow_local.run_dag("glassfinder_catalog_reindex", _conf(store))
+    assert result.state == "failed"
+    assert result.task_states["sync_catalogue"] == "success" and result.task_states["plan"] == "failed"
+    assert result.summary["ok"] is False and result.summary["failed_stages"][:1] == ["plan"]
+    metrics = json.loads(store.get(layout.run_record_key(result.dag_id, result.run_id, "metrics.json")))
+    (plan,) = [t for t in metrics["tasks"] if t["task_id"] == "plan"]
+    assert plan["tries"] == 1  # no retries spent on an error another attempt cannot fix
+    assert list_versions(store, "catalog") == {}

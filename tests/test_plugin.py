@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,21 @@ def test_export_watcher_announces_each_new_version_of_the_export_once(s3_env: S3
     assert _first_event(SourceManifestTrigger(**kwargs), 10).payload["size"] == 21
 
 
-def test_the_api_server_serves_the_versions_app(airflow_home: Path, tmp_path: Path) -> None:
+def test_the_api_server_serves_the_versions_app_to_logged_in_users(
+    airflow_home: Path, tmp_path: Path
+) -> None:
     """The real `airflow api-server` on loopback mounts the plugin's app under /glassfinder."""
     store = LocalStore(tmp_path / "store")
     _publish(store, 3, top1=0.4)
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({"operator": "s3cret-pass"}))
     (port,) = free_ports(1)
-    env = {**os.environ, "GLASSFINDER_STORE_URI": store.uri}
+    env = {
+        **os.environ,
+        "GLASSFINDER_STORE_URI": store.uri,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "operator:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1", "-p", str(port)],
         env=env,
@@ -187,19 +197,32 @@ def test_the_api_server_serves_the_versions_app(airflow_home: Path, tmp_path: Pa
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/glassfinder/api/indexes/catalog/versions"
-                ) as r:
-                    versions = json.loads(r.read())
+                urllib.request.urlopen(f"{base}/api/v2/version").close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/glassfinder/api/indexes/catalog/versions")
+        assert refused.value.code == 401
+        login = urllib.request.Request(
+            f"{base}/auth/token",
+            data=json.dumps({"username": "operator", "password": "s3cret-pass"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(login) as r:
+            token = json.loads(r.read())["access_token"]
+        request = urllib.request.Request(
+            f"{base}/glassfinder/api/indexes/catalog/versions", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request) as r:
+            versions = json.loads(r.read())
         assert [(v["version"], v["current"], v["products"]) for v in versions] == [(1, True, 3)]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

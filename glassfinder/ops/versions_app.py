@@ -11,7 +11,7 @@ import html
 import json
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from glassfinder import layout, settings
@@ -163,9 +163,18 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f3
 </body></html>"""
 
 
-def create_app(store_uri: str | None = None) -> FastAPI:
-    """The app; the store is resolved per request (default $GLASSFINDER_STORE_URI), so it follows config."""
-    app = FastAPI(title="GlassFinder index versions", version="1")
+def create_app(store_uri: str | None = None, *, require_login: bool = False) -> FastAPI:
+    """The app; the store is resolved per request (default $GLASSFINDER_STORE_URI), so it follows config.
+
+    require_login: answer only users the Airflow API server has authenticated (its JWT, as a
+    Bearer token or the UI's session cookie); what the plugin mounts.
+    """
+    dependencies = []
+    if require_login:
+        from airflow.api_fastapi.core_api.security import requires_authenticated
+
+        dependencies.append(Depends(requires_authenticated()))
+    app = FastAPI(title="GlassFinder index versions", version="1", dependencies=dependencies)
 
     def store() -> ObjectStore:
         return open_store(store_uri or settings.store_uri())

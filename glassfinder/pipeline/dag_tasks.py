@@ -1,0 +1,63 @@
+"""The Airflow tasks the three DAGs share, declared once: each is one call into glassfinder.pipeline.tasks.
+
+A TaskFlow task declared at module level becomes a task of whichever DAG calls it, so the DAG
+files only say which of these they use and how they connect. Queues, pools and trigger rules
+are set here, where the stage is defined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import TriggerRule, task
+
+from glassfinder import settings
+from glassfinder.pipeline import tasks
+
+
+# Arguments are typed Any: at parse time they are XComArgs, at run time the upstream's JSON.
+@task
+def batches(plan: Any) -> list[dict[str, Any]]:
+    return tasks.batches_of(plan)
+
+
+@task
+def render(batch: Any) -> dict[str, Any]:
+    return tasks.render(batch)
+
+
+@task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL)
+def embed(batch: Any) -> dict[str, Any]:
+    return tasks.embed(batch)
+
+
+def render_all(plan: Any) -> Any:
+    """Map rendering over the plan's batches of assets."""
+    return render.expand(batch=batches(plan))
+
+
+def render_and_embed(plan: Any) -> tuple[Any, Any]:
+    """Map rendering, then embedding (on the GPU queue, batch by batch), over the plan's batches."""
+    rendered = render_all(plan)
+    return rendered, embed.expand(batch=rendered)
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def summary(
+    stages: list[str],
+    catalogue: Any = None,
+    plan: Any = None,
+    rendered: Any = None,
+    embedded: Any = None,
+    published: Any = None,
+    trained: Any = None,
+    params: dict[str, Any] | None = None,
+    dag: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Runs whatever happened upstream; writes the run's record and fails the run if a stage failed."""
+    assert params is not None and dag is not None and run_id is not None  # injected by Airflow
+    skipped = [] if "train" not in stages or tasks.should_train(params) else ["train"]
+    results = {"catalogue": catalogue, "plan": plan, "rendered": rendered, "embedded": embedded}
+    results |= {"published": published, "trained": trained}
+    return tasks.summary(dag.dag_id, run_id, params, stages=stages, skipped=skipped, **results)
