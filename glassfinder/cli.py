@@ -21,6 +21,9 @@ from glassfinder.store.base import ObjectStore
 if TYPE_CHECKING:
     from glassfinder.index.versions import GateConfig
 
+#: Exit status of `glassfinder search` when the photo is refused (errors exit 1).
+REFUSED_EXIT = 3
+
 
 def _store_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -406,6 +409,67 @@ def cmd_index(args: argparse.Namespace) -> int:
     raise GlassFinderError(f"unknown index command {action!r}")
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from glassfinder.search.query import QueryEngine, QueryRefusedError
+
+    path = Path(args.photo)
+    if not path.is_file():
+        raise GlassFinderError(f"photo {path} does not exist or is not a file")
+    engine = QueryEngine(_open(args), args.index or settings.index_name())
+    try:
+        result = engine.search(path.read_bytes(), path.name, k=args.top_k)
+    except QueryRefusedError as exc:
+        if args.json:
+            print(json.dumps({"refused": True, "reason": exc.reason, "message": str(exc)}))
+        else:
+            print(f"glassfinder: refused ({exc.reason}): {exc}", file=sys.stderr)
+        return REFUSED_EXIT
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    t = result.timings_ms
+    print(
+        f"{path.name}: face {result.face_box_xyxy} (score {result.detection_score:.2f}), glasses "
+        f"p={result.glasses_probability:.2f}; index {result.index} v{result.index_version}; "
+        f"{t['total']:.0f} ms (detect {t['detect']:.0f}, align+embed {t['align_embed']:.0f}, "
+        f"search {t['search']:.1f})"
+    )
+    for hit in result.hits:
+        name = hit.product.get("display_name") or ""
+        print(f"{hit.rank:>3}. {hit.product_id:<24} {hit.score:.4f}  {name}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from glassfinder.search.query import QueryEngine
+    from glassfinder.search.service import ServiceLimits, serve
+
+    samples = {}
+    for path in args.sample or []:
+        p = Path(path)
+        if not p.is_file():
+            raise GlassFinderError(f"sample photo {p} does not exist or is not a file")
+        samples[p.name] = p.read_bytes()
+    limits = ServiceLimits(
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_pixels=args.max_megapixels * 1_000_000,
+        max_concurrent=args.max_concurrent,
+        reload_interval_s=args.reload_interval,
+    )
+    engine = QueryEngine(_open(args), args.index or settings.index_name())
+    serve(engine, host=args.host, port=args.port, limits=limits, samples=samples)
+    return 0
+
+
+def cmd_presence_train(args: argparse.Namespace) -> int:
+    from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
+
+    config = PresenceTrainConfig(pairs=args.pairs, photo_pairs=args.photo_pairs, seed=args.seed)
+    sha, report = train_and_publish_presence(_open(args), config, photo_bank=args.photo_bank)
+    print(json.dumps({"sha": sha, **report}, indent=2))
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glassfinder", description=__doc__.splitlines()[0])
@@ -572,6 +636,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = index_cmd("gc", "delete old versions, keeping the newest K, CURRENT and pinned ones")
     p.add_argument("--keep", type=int, default=5)
     p.add_argument("--dry-run", action="store_true")
+
+    p = add(sub, "search", cmd_search, "find the glasses in a photo: top-k products of the CURRENT index")
+    p.add_argument("photo", help="a JPEG, PNG or WebP photo of a face wearing glasses")
+    p.add_argument("--top-k", type=int, default=10, help="how many products to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print the result (or refusal) as JSON")
+    p.add_argument("--index", default=None, help=f"index name (default {settings.DEFAULT_INDEX_NAME})")
+
+    p = add(sub, "serve", cmd_serve, "serve search over HTTP with the evaluation page at /")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--index", default=None, help=f"index name (default {settings.DEFAULT_INDEX_NAME})")
+    p.add_argument("--sample", action="append", help="a photo the page offers to pick (repeatable)")
+    p.add_argument("--max-upload-mb", type=int, default=10)
+    p.add_argument("--max-megapixels", type=int, default=40)
+    p.add_argument("--max-concurrent", type=int, default=4, help="queries computed at once; more wait")
+    p.add_argument("--reload-interval", type=float, default=10.0, help="seconds between CURRENT checks")
+
+    presence = sub.add_parser(
+        "presence", help="the glasses-presence check that refuses bare faces"
+    ).add_subparsers(dest="presence_command", required=True)
+    p = add(presence, "train", cmd_presence_train, "train, calibrate and publish the glasses-presence model")
+    p.add_argument(
+        "--pairs", type=int, default=600, help="render pairs (with/without glasses) on procedural heads"
+    )
+    p.add_argument(
+        "--photo-bank", default=None, help="store URI of a folder of photos of faces without glasses"
+    )
+    p.add_argument("--photo-pairs", type=int, default=80, help="render pairs on the photo bank's faces")
+    p.add_argument("--seed", type=int, default=0)
 
     shard = sub.add_parser("shard", help="inspect Parquet shards").add_subparsers(
         dest="shard_command", required=True

@@ -22,7 +22,9 @@ from glassfinder.store import open_store
 from glassfinder.store.check import StoreCheckReport, check_store
 
 #: Stages of the product not built yet, with the issue that brings each.
-PENDING_STAGES = (("search", "photo search CLI, HTTP service and evaluation page (#8)"),)
+PENDING_STAGES: tuple[tuple[str, str], ...] = ()
+#: The glasses-presence check: pairs on procedural heads and on the sample photo bank's faces.
+DEMO_PRESENCE_PAIRS, DEMO_PRESENCE_PHOTO_PAIRS = 300, 60
 DEMO_PRODUCTS = 24
 DEMO_SEED = 0
 #: Training on the demo's 19 training products: small batches, a few dozen epochs (CPU: ~1 min).
@@ -53,6 +55,7 @@ class DemoReport:
     searches: list[SearchShown]
     search_top1: float
     search_top5: float
+    photo_searches: list[PhotoSearch] = field(default_factory=list)
     pending: tuple[tuple[str, str], ...] = field(default=PENDING_STAGES)
 
 
@@ -83,6 +86,75 @@ def _search(store_uri: str, index_name: str, query_spec: str) -> tuple[list[Sear
     ]
     found = np.array([r or 0 for r in ranks])
     return shown, float((found == 1).mean()), float(((found >= 1) & (found <= 5)).mean())
+
+
+@dataclass
+class PhotoSearch:
+    photo: Path
+    answer: str  # the line shown
+
+
+def _sample_photo() -> bytes | None:
+    """scikit-image's public-domain astronaut portrait (a bare face), when scikit-image is installed."""
+    try:
+        import io
+
+        import skimage.data
+        from PIL import Image
+    except ImportError:
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) -> list[PhotoSearch]:
+    """The sample face wearing a catalogue product (rendered), then bare: a search and a refusal."""
+
+    from PIL import Image
+
+    from glassfinder.catalog.build import import_glb
+    from glassfinder.catalog.ingest import catalog_asset_key
+    from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.faces.photos import analyse_photo
+    from glassfinder.render.spec import RenderSpec, plan_view
+    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
+    from glassfinder.search.query import QueryEngine, QueryRefusedError
+
+    store = open_store(store_uri)
+    row = read_manifest_rows(store, CATALOG_MANIFEST_KEY)[0]
+    face, crop = analyse_photo(photo, "astronaut.png")
+    renderer = TryOnRenderer(512)
+    try:
+        lens = (row["lens_style"], tuple(row["lens_rgba"])) if row["lens_policy"] == "fixed" else None
+        view = plan_view(RenderSpec(image_px=512, seed=99), row["asset_sha256"], 0, fixed_lens=lens)
+        asset = AssetMeshes(import_glb(store.get(catalog_asset_key(row["asset_sha256"]))))
+        wearing = PhotoRenderer(renderer).render(asset, face, crop, view).rgb
+    finally:
+        renderer.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    worn_path, bare_path = out_dir / "query-wearing.png", out_dir / "query-bare.png"
+    Image.fromarray(wearing).save(worn_path)
+    bare_path.write_bytes(photo)
+    engine = QueryEngine(store, index_name)
+    shown = []
+    for path, truth in ((worn_path, str(row["product_id"])), (bare_path, None)):
+        try:
+            result = engine.search(path.read_bytes(), path.name, k=5)
+        except QueryRefusedError as exc:
+            shown.append(PhotoSearch(path, f"{path.name}: refused ({exc.reason}): {exc}"))
+            continue
+        ids = [h.product_id for h in result.hits]
+        rank = f"{truth} at rank {ids.index(truth) + 1}" if truth in ids else f"{truth} not in the top 5"
+        t = result.timings_ms
+        shown.append(
+            PhotoSearch(
+                path,
+                f"{path.name} (wearing {truth}): {rank} in {t['total']:.0f} ms; top 5: "
+                + ", ".join(f"{h.product_id} {h.score:.3f}" for h in result.hits),
+            )
+        )
+    return shown
 
 
 def _model_vs_untrained(store_uri: str, gallery_spec: str, query_spec: str, model_ref: str) -> dict[str, Any]:
@@ -202,9 +274,36 @@ def run_demo(
             f"  {q.product_id} on {q.face_id}: {found}; top 5: "
             + ", ".join(f"{p} {v:.3f}" for p, v in q.hits)
         )
-    say("stages still to come:")
-    for stage, what in PENDING_STAGES:
-        say(f"  --  {stage}: {what}")
+    photo = _sample_photo()
+    photo_searches: list[PhotoSearch] = []
+    if photo is None:
+        say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
+    else:
+        from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
+
+        bank = f"{store.uri}/photos/bare-faces"
+        open_store(bank).put("astronaut.png", photo)
+        sha, report = train_and_publish_presence(
+            store,
+            PresenceTrainConfig(pairs=DEMO_PRESENCE_PAIRS, photo_pairs=DEMO_PRESENCE_PHOTO_PAIRS),
+            photo_bank=bank,
+        )
+        v = report["validation"]
+        say(
+            f"presence: glasses-presence model {sha} (held-out renders: false refusal "
+            f"{v['false_refusal']:.3f}, false accept {v['false_accept']:.3f}) in "
+            f"{sum(report['seconds'].values()):.0f} s"
+        )
+        photo_searches = _photo_search(store.uri, settings.index_name(), sheet_path.parent, photo)
+        for shown in photo_searches:
+            say(f"search: {shown.answer}")
+        say(
+            f"  try them: glassfinder search {photo_searches[0].photo}; glassfinder serve (page at http://127.0.0.1:8000/)"
+        )
+    if PENDING_STAGES:
+        say("stages still to come:")
+        for stage, what in PENDING_STAGES:
+            say(f"  --  {stage}: {what}")
     return DemoReport(
         store.uri,
         check,
@@ -219,4 +318,5 @@ def run_demo(
         searches,
         top1,
         top5,
+        photo_searches,
     )

@@ -63,7 +63,11 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert "0 renders made (0 views), 24 assets reused, 0 embedded" in out
     assert "index not published (unchanged; CURRENT v1)" in out
     assert "trained    model, closed-set top-1" in out and "untrained" in out
-    assert out.count("; top 5: ") == 3
+    assert out.count("; top 5: ") == 4  # three query views, then the photo wearing a product
+    assert "presence: glasses-presence model" in out
+    assert "search: query-wearing.png (wearing gf0-" in out
+    assert "search: query-bare.png: refused (no_glasses)" in out
+    assert (tmp_path / ".glassfinder" / "query-wearing.png").stat().st_size > 10_000
     runs = list((store / "runs").glob("*/*/summary.json"))
     assert len(runs) == 3 and len(list((store / "runs").glob("*/*/metrics.json"))) == 3
     assert (tmp_path / ".glassfinder" / "tryon-sheet.png").stat().st_size > 10_000

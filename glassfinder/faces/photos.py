@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -74,13 +75,20 @@ def _model_path(name: str) -> str:
     return os.path.join(os.path.dirname(spec.origin), "models", name)
 
 
-@lru_cache(maxsize=1)
-def _dlib() -> tuple[Any, Any]:
-    import dlib
+_THREAD = threading.local()
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(
-        _model_path("shape_predictor_5_face_landmarks.dat")
-    )
+
+def _dlib() -> tuple[Any, Any]:
+    """This thread's detector and landmark model (dlib's objects are not safe to share)."""
+    models = getattr(_THREAD, "dlib", None)
+    if models is None:
+        import dlib
+
+        models = _THREAD.dlib = (
+            dlib.get_frontal_face_detector(),
+            dlib.shape_predictor(_model_path("shape_predictor_5_face_landmarks.dat")),
+        )
+    return models
 
 
 @lru_cache(maxsize=1)
@@ -117,28 +125,75 @@ def _decode(data: bytes, name: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+@dataclass(frozen=True)
+class DetectedFace:
+    """The best face of a photo, in the photo's own pixels."""
+
+    box_xyxy: tuple[int, int, int, int]
+    score: float
+    landmarks5_xy: np.ndarray  # (5, 2) dlib order: left-eye corners (2), right-eye corners (2), nose base
+
+    @property
+    def width(self) -> int:
+        """dlib's width: both edge pixels count."""
+        return self.box_xyxy[2] - self.box_xyxy[0] + 1
+
+    def eyes_xy(self) -> np.ndarray:
+        """(2, 2) float: [subject's left eye, subject's right eye] centres (means of the corners)."""
+        return np.stack([self.landmarks5_xy[0:2].mean(axis=0), self.landmarks5_xy[2:4].mean(axis=0)])
+
+
+def detect_face(
+    rgb: np.ndarray, name: str, *, max_side_px: int | None = None, threshold: float = DETECTION_THRESHOLD
+) -> DetectedFace:
+    """The most confident face of an RGB photo with its 5 landmarks, or a PhotoError saying why not.
+
+    rgb: (h, w, 3) uint8. max_side_px: detect on a copy shrunk to at most this many pixels on
+    its longer side (dlib's HOG pyramid costs grow with the area), then measure landmarks on
+    the full-resolution photo.
+    """
+    detector, predictor = _dlib()
+    scale = 1.0
+    small = rgb
+    if max_side_px is not None and max(rgb.shape[:2]) > max_side_px:
+        scale = max_side_px / max(rgb.shape[:2])
+        small = np.asarray(
+            Image.fromarray(rgb).resize(
+                (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.Resampling.BILINEAR
+            )
+        )
+    dets, scores, _ = detector.run(small, 1, min(threshold, 0.0))
+    if not len(dets):
+        raise PhotoError(name, "no_face", "no face found")
+    best = int(np.argmax(scores))
+    score, det = float(scores[best]), dets[best]
+    if score < threshold:
+        raise PhotoError(name, "no_face", f"no face found (best detection score {score:.2f} < {threshold})")
+    import dlib
+
+    box = dlib.rectangle(
+        round(det.left() / scale),
+        round(det.top() / scale),
+        round(det.right() / scale),
+        round(det.bottom() / scale),
+    )
+    if box.width() < MIN_FACE_PX:
+        raise PhotoError(name, "face_too_small", f"face is {box.width()} px wide, below {MIN_FACE_PX} px")
+    shape = predictor(rgb, box)
+    pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], float)
+    return DetectedFace((box.left(), box.top(), box.right(), box.bottom()), round(score, 3), pts)
+
+
 def analyse_photo(data: bytes, name: str) -> tuple[PhotoFace, np.ndarray]:
     """Detect, align and measure the face of one photo; (measurements, RGB square crop)."""
     import cv2
 
     rgb = _decode(data, name)
-    detector, predictor = _dlib()
-    dets, scores, _ = detector.run(rgb, 1, 0.0)
-    if not len(dets):
-        raise PhotoError(name, "no_face", "no face found")
-    best = int(np.argmax(scores))
-    score, box = float(scores[best]), dets[best]
-    if score < DETECTION_THRESHOLD:
-        raise PhotoError(
-            name, "no_face", f"no face found (best detection score {score:.2f} < {DETECTION_THRESHOLD})"
-        )
-    if box.width() < MIN_FACE_PX:
-        raise PhotoError(name, "face_too_small", f"face is {box.width()} px wide, below {MIN_FACE_PX} px")
-    shape = predictor(rgb, box)
-    pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], float)
+    detected = detect_face(rgb, name)
+    score, pts = detected.score, detected.landmarks5_xy
     # A square crop centred on the eyes, 2.6 face widths wide, resampled to CROP_PX.
     centre = pts[:4].mean(axis=0)
-    half = 1.3 * box.width()
+    half = 1.3 * detected.width
     x0, y0 = round(float(centre[0] - half)), round(float(centre[1] - half * 0.9))
     side = round(2 * half)
     pad = side  # replicate the border where the crop runs off the photo, rather than black

@@ -65,6 +65,9 @@ class IndexReader:
         loaded = self._loaded  # one version for the whole call, even if a reload lands meanwhile
         return loaded.searcher.search(queries, k)
 
+    def views_of(self, product_id: str) -> list[str]:
+        return self._loaded.searcher.views_of(product_id)
+
     def maybe_reload(self) -> bool:
         """Load CURRENT again if it moved; True when the served version changed."""
         if self._pinned is not None:

@@ -49,6 +49,11 @@ class ProductSearcher:
         self.max_views = int(counts.max()) if len(counts) else 1
         self.products = len(products)
 
+    def views_of(self, product_id: str) -> list[str]:
+        """View keys of a product's indexed views ([] when the index does not hold it)."""
+        rows = self._rows_of_product.get(product_id)
+        return [] if rows is None else [str(self._view_key[r]) for r in rows]
+
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self._sorted_ids, ids)
         return self._row_of_sorted[np.clip(pos, 0, len(self._sorted_ids) - 1)]

@@ -1,0 +1,349 @@
+"""One query: photo bytes -> face and landmarks -> aligned eye band -> embedding -> top-k products.
+
+Anything that is not a face wearing glasses is refused with a reason code and the message the
+shopper sees. The engine serves one (index version, model, presence model) triple at a time and
+swaps to a new triple atomically when the index's CURRENT moves, so a request never mixes an
+index with another version's model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from glassfinder import layout
+from glassfinder.embed.align import align_crop
+from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.faces.photos import PhotoError, detect_face
+from glassfinder.search.presence import PRESENCE_GEOMETRY, PresenceModel, load_presence
+from glassfinder.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: What the shopper is told whenever a photo is refused (the reference system's words).
+REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
+#: Formats a query may come in (Pillow's names).
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
+#: (the glasses-presence check and the landmarks still stand between a false face and a search).
+QUERY_DETECTION_THRESHOLD = -0.3
+DETECT_MAX_SIDE_PX = 1024
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 100
+
+
+class QueryRefusedError(GlassFinderError):
+    """A photo that cannot be searched: `reason` is a stable code, the message says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{detail}. {REFUSAL_MESSAGE}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ImageTooLargeError(QueryRefusedError):
+    """More pixels than the limit (a decompression bomb, or just too big)."""
+
+
+def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of an uploaded photo, upright (EXIF orientation applied).
+
+    The pixel count is checked from the header before any pixel is decoded.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise QueryRefusedError("not_an_image", f"{name} is not a readable image") from exc
+    if img.format not in ACCEPTED_FORMATS:
+        raise QueryRefusedError(
+            "unsupported_format", f"{name} is {img.format}, expected one of {', '.join(ACCEPTED_FORMATS)}"
+        )
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            "too_many_pixels", f"{name} is {img.width}x{img.height} px, more than {max_pixels:,} pixels"
+        )
+    try:
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise QueryRefusedError("not_an_image", f"{name} is damaged ({exc})") from exc
+    return np.asarray(upright.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    product_id: str
+    score: float
+    view_key: str
+    product: dict[str, Any]
+
+
+@dataclass
+class QueryResult:
+    """What a query found, with what it measured on the way (photo pixels)."""
+
+    name: str
+    index: str
+    index_version: int
+    model_sha: str
+    presence_sha: str
+    image_size: tuple[int, int]  # width, height
+    face_box_xyxy: tuple[int, int, int, int]
+    landmarks_xy: list[list[float]]
+    detection_score: float
+    glasses_probability: float
+    glasses_threshold: float
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+    aligned_crop: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "index_version": self.index_version,
+            "model_sha": self.model_sha,
+            "presence_sha": self.presence_sha,
+            "image_size": list(self.image_size),
+            "face_box_xyxy": list(self.face_box_xyxy),
+            "landmarks_xy": self.landmarks_xy,
+            "detection_score": self.detection_score,
+            "glasses_probability": round(self.glasses_probability, 4),
+            "glasses_threshold": round(self.glasses_threshold, 4),
+            "hits": [
+                {"rank": h.rank, "product_id": h.product_id, "score": round(h.score, 4), "product": h.product}
+                for h in self.hits
+            ],
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The triple a query runs against; replaced whole when CURRENT moves."""
+
+    reader: Any  # IndexReader pinned to one version
+    etag: str
+    embedder: Any
+    model_sha: str
+    presence_sha: str
+    presence: PresenceModel
+    products: dict[str, dict[str, Any]]
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            value = None
+        elif isinstance(value, (list, tuple)):
+            value = [float(v) if isinstance(v, float) else v for v in value]
+        out[key] = value
+    return out
+
+
+def catalogue_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
+    """Display metadata per product from the store's catalogue manifest ({} if there is none)."""
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+    from glassfinder.catalog.manifest import read_manifest_rows
+
+    try:
+        rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
+    except ObjectNotFoundError:
+        return {}
+    keep = ("product_id", "display_name", "kind", "colour_name", "shape_family", "rim", "material",
+            "lens_style", "lens_width_mm", "bridge_mm", "temple_mm")  # fmt: skip
+    return {r["product_id"]: _json_safe({k: r.get(k) for k in keep if k in r}) for r in rows}
+
+
+class QueryEngine:
+    """Search photos against the CURRENT version of one index; safe to share between threads."""
+
+    def __init__(self, store: ObjectStore, index_name: str, *, device: str | None = None) -> None:
+        self.store = store
+        self.index_name = index_name
+        self.device = device
+        self._lock = threading.Lock()
+        self._embedders: OrderedDict[str, Any] = OrderedDict()
+        self._thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._serving = self._load()
+
+    # --- loading and hot reload ---------------------------------------------------------------
+    def _embedder(self, model_ref: str, sha: str) -> Any:
+        cached = self._embedders.get(sha)
+        if cached is None:
+            from glassfinder.embed.infer import Embedder
+            from glassfinder.embed.registry import load_model
+
+            cached = Embedder(load_model(self.store, model_ref).model, device=self.device, batch_size=1)
+            self._embedders[sha] = cached
+            while len(self._embedders) > 2:
+                self._embedders.popitem(last=False)
+        return cached
+
+    def _load(self) -> Serving:
+        from glassfinder.index.reader import IndexReader
+        from glassfinder.index.versions import read_current
+
+        current, etag = read_current(self.store, self.index_name)
+        if current is None:
+            raise GlassFinderError(
+                f"index {self.index_name} has no CURRENT version in {self.store.uri}: publish one first "
+                "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
+            )
+        reader = IndexReader(self.store, self.index_name, version=int(current["version"]))
+        manifest = reader.manifest
+        sha = str(manifest["model_sha"])
+        embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
+        presence_sha, presence, _ = load_presence(self.store)
+        return Serving(
+            reader, etag or "", embedder, sha, presence_sha, presence, catalogue_products(self.store)
+        )
+
+    @property
+    def serving(self) -> Serving:
+        return self._serving
+
+    def refresh(self) -> bool:
+        """Serve CURRENT's version if it moved (or the presence model did); True when it changed.
+
+        A version that fails verification raises and leaves the old one serving.
+        """
+        from glassfinder.store.pointer import read_pointer
+
+        info = self.store.head(layout.index_current_key(self.index_name))
+        pointer, _ = read_pointer(self.store, layout.model_current_key("glasses-presence"))
+        presence_now = str((pointer or {}).get("sha", ""))
+        serving = self._serving
+        if info.etag == serving.etag and presence_now == serving.presence_sha:
+            return False
+        with self._lock:
+            fresh = self._load()
+            old = self._serving
+            self._serving = fresh
+        log.info(
+            "search: now serving %s v%d (was v%d), presence %s",
+            self.index_name,
+            fresh.reader.version,
+            old.reader.version,
+            fresh.presence_sha,
+        )
+        return True
+
+    # --- the query ----------------------------------------------------------------------------
+    def search(
+        self, data: bytes, name: str, *, k: int = DEFAULT_TOP_K, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> QueryResult:
+        """Top-k products for a photo, or QueryRefusedError saying why it cannot be searched."""
+        if not 1 <= k <= MAX_TOP_K:
+            raise GlassFinderError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
+        s = self._serving  # one triple for the whole query
+        t0 = time.perf_counter()
+        rgb = decode_photo(data, name, max_pixels=max_pixels)
+        t1 = time.perf_counter()
+        try:
+            face = detect_face(rgb, name, max_side_px=DETECT_MAX_SIDE_PX, threshold=QUERY_DETECTION_THRESHOLD)
+        except PhotoError as exc:
+            reason = "image_too_small" if exc.reason == "too_small" else exc.reason
+            raise QueryRefusedError(reason, str(exc).removeprefix("photo ")) from exc
+        t2 = time.perf_counter()
+        band = align_crop(rgb, face.eyes_xy(), PRESENCE_GEOMETRY)
+        p_glasses = float(s.presence.probability(band[None])[0])
+        if p_glasses < s.presence.threshold:
+            raise QueryRefusedError(
+                "no_glasses",
+                f"{name}: the face does not seem to wear glasses "
+                f"(p={p_glasses:.2f} < {s.presence.threshold:.2f})",
+            )
+        crop = (
+            band
+            if s.embedder.geometry == PRESENCE_GEOMETRY
+            else align_crop(rgb, face.eyes_xy(), s.embedder.geometry)
+        )
+        vector = s.embedder.embed(crop[None])
+        t3 = time.perf_counter()
+        (found,) = s.reader.search(vector, k)
+        t4 = time.perf_counter()
+        hits = [
+            Hit(
+                i + 1,
+                h.product_id,
+                h.score,
+                h.view_key,
+                s.products.get(h.product_id, {"product_id": h.product_id}),
+            )
+            for i, h in enumerate(found)
+        ]
+        ms = lambda a, b: round((b - a) * 1000, 2)  # noqa: E731
+        return QueryResult(
+            name=name,
+            index=self.index_name,
+            index_version=s.reader.version,
+            model_sha=s.model_sha,
+            presence_sha=s.presence_sha,
+            image_size=(rgb.shape[1], rgb.shape[0]),
+            face_box_xyxy=face.box_xyxy,
+            landmarks_xy=face.landmarks5_xy.round(1).tolist(),
+            detection_score=face.score,
+            glasses_probability=p_glasses,
+            glasses_threshold=s.presence.threshold,
+            hits=hits,
+            timings_ms={
+                "decode": ms(t0, t1),
+                "detect": ms(t1, t2),
+                "align_embed": ms(t2, t3),
+                "search": ms(t3, t4),
+                "total": ms(t0, t4),
+            },
+            aligned_crop=crop,
+        )
+
+    # --- product pages ------------------------------------------------------------------------
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        """Display metadata of an indexed product (None when CURRENT does not hold it)."""
+        s = self._serving
+        views = s.reader.views_of(product_id)
+        if not views:
+            return None
+        return {**s.products.get(product_id, {"product_id": product_id}), "indexed_views": len(views)}
+
+    def thumbnail(self, product_id: str, *, size_px: int = 192) -> bytes | None:
+        """JPEG of the product's first indexed try-on view (None for a product not indexed)."""
+        s = self._serving
+        views = s.reader.views_of(product_id)
+        if not views:
+            return None
+        key = (f"{s.reader.version}", product_id)
+        cached = self._thumbs.get(key)
+        if cached is not None:
+            return cached
+        from glassfinder.store.shards import read_shard
+
+        view = views[0]
+        asset_sha, spec_hash = view.split("/")[:2]
+        table = read_shard(
+            self.store, layout.render_shard_key(spec_hash, asset_sha), "image", columns=["view_key", "image"]
+        )
+        keys = table.column("view_key").to_pylist()
+        row = keys.index(view) if view in keys else 0
+        img = Image.open(io.BytesIO(table.column("image")[row].as_py())).convert("RGB")
+        img.thumbnail((size_px, size_px))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 2048:
+                self._thumbs.popitem(last=False)
+        return data
