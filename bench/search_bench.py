@@ -37,7 +37,7 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     import skimage.data
 
     from glassfinder.catalog.generate import generate_catalog
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.model import ModelConfig, build_model
     from glassfinder.embed.registry import publish_model
@@ -85,22 +85,15 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     info = {"model": "glasses", "model_sha": sha, "spec_hash": spec, "kind": "full"}
     publish_version(store, "catalog", built, info, evaluation=None, force_reason="search bench")
 
-    from glassfinder.catalog.build import import_glb
-    from glassfinder.faces.photos import analyse_photo
-    from glassfinder.render.spec import RenderSpec, plan_view
-    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
+    from glassfinder.search.samples import photo_wearing
 
     hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
-    renderer = TryOnRenderer(512)
-    queries = []
-    for name, photo in (("astronaut", astronaut), ("hopper", hopper)):
-        face, crop = analyse_photo(photo, name)
-        for row in rows[:4]:
-            view = plan_view(RenderSpec(image_px=512, seed=5), row["asset_sha256"], 0, fixed_lens=None)
-            meshes = AssetMeshes(import_glb(store.get(catalog_asset_key(row["asset_sha256"]))))
-            queries.append(_png(PhotoRenderer(renderer).render(meshes, face, crop, view).rgb))
-    renderer.close()
+    queries = [
+        _png(photo_wearing(store, row, photo, name))
+        for name, photo in (("astronaut", astronaut), ("hopper", hopper))
+        for row in rows[:4]
+    ]
     return store, queries
 
 

@@ -97,12 +97,13 @@ class PhotoSearch:
 def _sample_photo() -> bytes | None:
     """scikit-image's public-domain astronaut portrait (a bare face), when scikit-image is installed."""
     try:
-        import io
-
         import skimage.data
-        from PIL import Image
     except ImportError:
         return None
+    import io
+
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
     return buf.getvalue()
@@ -110,31 +111,17 @@ def _sample_photo() -> bytes | None:
 
 def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) -> list[PhotoSearch]:
     """The sample face wearing a catalogue product (rendered), then bare: a search and a refusal."""
-
     from PIL import Image
 
-    from glassfinder.catalog.build import import_glb
-    from glassfinder.catalog.ingest import catalog_asset_key
     from glassfinder.catalog.manifest import read_manifest_rows
-    from glassfinder.faces.photos import analyse_photo
-    from glassfinder.render.spec import RenderSpec, plan_view
-    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
     from glassfinder.search.query import QueryEngine, QueryRefusedError
+    from glassfinder.search.samples import photo_wearing
 
     store = open_store(store_uri)
     row = read_manifest_rows(store, CATALOG_MANIFEST_KEY)[0]
-    face, crop = analyse_photo(photo, "astronaut.png")
-    renderer = TryOnRenderer(512)
-    try:
-        lens = (row["lens_style"], tuple(row["lens_rgba"])) if row["lens_policy"] == "fixed" else None
-        view = plan_view(RenderSpec(image_px=512, seed=99), row["asset_sha256"], 0, fixed_lens=lens)
-        asset = AssetMeshes(import_glb(store.get(catalog_asset_key(row["asset_sha256"]))))
-        wearing = PhotoRenderer(renderer).render(asset, face, crop, view).rgb
-    finally:
-        renderer.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     worn_path, bare_path = out_dir / "query-wearing.png", out_dir / "query-bare.png"
-    Image.fromarray(wearing).save(worn_path)
+    Image.fromarray(photo_wearing(store, row, photo, "astronaut.png")).save(worn_path)
     bare_path.write_bytes(photo)
     engine = QueryEngine(store, index_name)
     shown = []

@@ -29,7 +29,7 @@ import skimage.data
 from PIL import Image
 
 from glassfinder.catalog.generate import generate_catalog
-from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.cli import REFUSED_EXIT, main
 from glassfinder.embed.infer import Embedder
@@ -37,9 +37,10 @@ from glassfinder.embed.job import embed_catalogue
 from glassfinder.embed.train import TrainConfig, train_and_publish
 from glassfinder.index.pipeline import build_and_publish
 from glassfinder.render.job import render_catalogue
-from glassfinder.render.spec import RenderSpec, plan_view
+from glassfinder.render.spec import RenderSpec
 from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
 from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
+from glassfinder.search.samples import photo_wearing
 from glassfinder.search.service import ServiceLimits, create_app
 from glassfinder.store import LocalStore
 from tests.test_photos import ASTRONAUT, HOPPER, _png
@@ -54,27 +55,6 @@ class World:
     store: LocalStore
     products: dict[str, str]  # asset sha256 -> product id
     queries: list[tuple[str, str, bytes]]  # (photo, true product id, photo with its glasses)
-
-
-def _wearing(store: LocalStore, photo: bytes, name: str, row: dict) -> bytes:
-    """The photo's face crop wearing the product (its own lenses) under pose, light and fit draws
-    the gallery never used."""
-    from glassfinder.catalog.build import import_glb
-    from glassfinder.faces.photos import analyse_photo
-    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
-
-    face, crop = analyse_photo(photo, name)
-    renderer = TryOnRenderer(512)
-    try:
-        sha = row["asset_sha256"]
-        lens = (row["lens_style"], tuple(row["lens_rgba"])) if row["lens_policy"] == "fixed" else None
-        view = plan_view(RenderSpec(image_px=512, seed=99), sha, 0, fixed_lens=lens)
-        out = PhotoRenderer(renderer).render(
-            AssetMeshes(import_glb(store.get(catalog_asset_key(sha)))), face, crop, view
-        )
-    finally:
-        renderer.close()
-    return _png(out.rgb)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     products = {r["asset_sha256"]: r["product_id"] for r in rows}
     queries = [
-        (name, row["product_id"], _wearing(store, photo, name, row))
+        (name, row["product_id"], _png(photo_wearing(store, row, photo, name)))
         for name, photo in (("astronaut", ASTRONAUT), ("grace_hopper", HOPPER))
         for row in rows[::3]
     ]

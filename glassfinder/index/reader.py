@@ -44,7 +44,10 @@ class IndexReader:
     def _load(self) -> LoadedVersion:
         current, etag = read_current(self.store, self.name)
         if self._pinned is None and current is None:
-            raise IndexStoreError(f"index {self.name} has no CURRENT version in {self.store.uri}")
+            raise IndexStoreError(
+                f"index {self.name} has no CURRENT version in {self.store.uri}: publish one first "
+                "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
+            )
         version = self._pinned if self._pinned is not None else int(current["version"])  # type: ignore[index]
         manifest, files = fetch_verified(self.store, self.name, version)
         index, ids, vectors = load_files(files)
@@ -56,6 +59,11 @@ class IndexReader:
     @property
     def version(self) -> int:
         return self._loaded.version
+
+    @property
+    def etag(self) -> str:
+        """The etag of CURRENT when the served version was loaded (moves when CURRENT does)."""
+        return self._loaded.etag
 
     @property
     def manifest(self) -> dict[str, Any]:

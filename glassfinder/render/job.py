@@ -306,6 +306,13 @@ def _photo_bank(spec: Any, out: ObjectStore, report: RenderReport) -> list[Any] 
     return photos
 
 
+def fixed_lens_of(row: dict[str, Any]) -> tuple[str, tuple[float, ...]] | None:
+    """(lens style, lens rgba) of a manifest row whose product keeps its lenses, else None."""
+    if row.get("lens_policy") != "fixed":
+        return None
+    return str(row["lens_style"]), tuple(row["lens_rgba"])
+
+
 def _tasks_for(
     rows: list[dict[str, Any]],
     spec: Any,
@@ -338,9 +345,7 @@ def _tasks_for(
             report.quarantined.append({**final[sha], "product_id": row.get("product_id"), "known": True})
             continue
         asset_store, asset_key = resolve_asset(mstore, mkey, str(row["asset_uri"]))
-        fixed = (
-            (str(row["lens_style"]), tuple(row["lens_rgba"])) if row.get("lens_policy") == "fixed" else None
-        )
+        fixed = fixed_lens_of(row)
         tasks.append(AssetTask(str(row["product_id"]), sha, asset_store, asset_key, fixed, spec.spec_hash))
     return tasks
 

@@ -7,7 +7,7 @@ histograms of oriented gradients (HOG) capture directly. A logistic regression o
 seconds on a CPU from renders of the *same* faces with and without glasses (so the only
 difference it can learn is the glasses), damaged like shoppers' photos. Its threshold is set on
 held-out identities for a target false-refusal rate; the card records the false-refusal and
-false-accept rates there and, when photos are given, on real photos run through the query path.
+false-accept rates there and, when a photo bank is given, on held-out render pairs of its faces.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 PRESENCE_MODEL_NAME = "glasses-presence"
 PARAMS_FILE = "presence.json"
 FEATURES_VERSION = 1
-#: The band the classifier looks at: the embedding's eye band, a little wider for temples.
-PRESENCE_GEOMETRY = CropGeometry(width=128, height=64, eye_distance_frac=0.34, eye_y_frac=0.45)
+#: The band the classifier looks at: the default eye band (the embedding's), so a query aligns once.
+PRESENCE_GEOMETRY = CropGeometry()
 #: Photo-like damage for training crops; no occluders (a patch over a lens would be a wrong label).
 PRESENCE_DAMAGE = AugmentConfig(occlude_p=0.0)
 #: Views of the training renders: every catalogue pose, lens and light, 200 identities.
@@ -90,8 +90,11 @@ class PresenceModel:
 
     def probability(self, crops: np.ndarray) -> np.ndarray:
         """(n,) float: probability that each aligned band shows glasses."""
-        x = (presence_features(crops) - self.mean) / self.scale
-        z = x @ self.coef + self.intercept
+        return self.probability_of_features(presence_features(crops))
+
+    def probability_of_features(self, features: np.ndarray) -> np.ndarray:
+        """(n,) float: the same, from `presence_features` already computed."""
+        z = ((features - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
     def to_json(self) -> bytes:
@@ -271,7 +274,7 @@ def fit_presence(data: PresenceData, config: PresenceTrainConfig) -> tuple[Prese
         float(clf.intercept_[0]),
         0.5,
     )
-    p_with, p_bare = model.probability(data.with_glasses), model.probability(data.bare)
+    p_with, p_bare = model.probability_of_features(f_with), model.probability_of_features(f_bare)
     # The highest threshold that refuses at most the target share of held-out glasses wearers.
     threshold = float(np.quantile(p_with[val], config.target_false_refusal, method="lower"))
     threshold = min(max(threshold, 1e-4), 0.5)
@@ -312,16 +315,21 @@ def publish_presence(store: ObjectStore, model: PresenceModel, card: dict[str, A
     return sha
 
 
+def current_presence_sha(store: ObjectStore) -> str | None:
+    """The sha the presence CURRENT names, or None when none is published."""
+    pointer, _ = read_pointer(store, layout.model_current_key(PRESENCE_MODEL_NAME))
+    return None if pointer is None else str(pointer["sha"])
+
+
 def load_presence(store: ObjectStore, sha: str | None = None) -> tuple[str, PresenceModel, dict[str, Any]]:
     """(sha, model, card) of the presence CURRENT, or of `sha`."""
     if sha is None:
-        pointer, _ = read_pointer(store, layout.model_current_key(PRESENCE_MODEL_NAME))
-        if pointer is None:
+        sha = current_presence_sha(store)
+        if sha is None:
             raise GlassFinderError(
                 f"no glasses-presence model in {store.uri}: run `glassfinder presence train` "
-                "(the training-data DAG does it when it trains)"
+                "(`glassfinder demo` trains one on its sample catalogue)"
             )
-        sha = str(pointer["sha"])
     prefix = layout.model_prefix(PRESENCE_MODEL_NAME, sha)
     try:
         data = store.get(prefix + PARAMS_FILE)

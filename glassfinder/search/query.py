@@ -23,7 +23,12 @@ from glassfinder import layout
 from glassfinder.embed.align import align_crop
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
 from glassfinder.faces.photos import PhotoError, detect_face
-from glassfinder.search.presence import PRESENCE_GEOMETRY, PresenceModel, load_presence
+from glassfinder.search.presence import (
+    PRESENCE_GEOMETRY,
+    PresenceModel,
+    current_presence_sha,
+    load_presence,
+)
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -133,8 +138,7 @@ class QueryResult:
 class Serving:
     """The triple a query runs against; replaced whole when CURRENT moves."""
 
-    reader: Any  # IndexReader pinned to one version
-    etag: str
+    reader: Any  # IndexReader, never reloaded: a new CURRENT gets a new Serving
     embedder: Any
     model_sha: str
     presence_sha: str
@@ -194,22 +198,13 @@ class QueryEngine:
 
     def _load(self) -> Serving:
         from glassfinder.index.reader import IndexReader
-        from glassfinder.index.versions import read_current
 
-        current, etag = read_current(self.store, self.index_name)
-        if current is None:
-            raise GlassFinderError(
-                f"index {self.index_name} has no CURRENT version in {self.store.uri}: publish one first "
-                "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
-            )
-        reader = IndexReader(self.store, self.index_name, version=int(current["version"]))
+        reader = IndexReader(self.store, self.index_name)
         manifest = reader.manifest
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
         presence_sha, presence, _ = load_presence(self.store)
-        return Serving(
-            reader, etag or "", embedder, sha, presence_sha, presence, catalogue_products(self.store)
-        )
+        return Serving(reader, embedder, sha, presence_sha, presence, catalogue_products(self.store))
 
     @property
     def serving(self) -> Serving:
@@ -220,13 +215,9 @@ class QueryEngine:
 
         A version that fails verification raises and leaves the old one serving.
         """
-        from glassfinder.store.pointer import read_pointer
-
         info = self.store.head(layout.index_current_key(self.index_name))
-        pointer, _ = read_pointer(self.store, layout.model_current_key("glasses-presence"))
-        presence_now = str((pointer or {}).get("sha", ""))
         serving = self._serving
-        if info.etag == serving.etag and presence_now == serving.presence_sha:
+        if info.etag == serving.reader.etag and current_presence_sha(self.store) == serving.presence_sha:
             return False
         with self._lock:
             fresh = self._load()
@@ -255,8 +246,7 @@ class QueryEngine:
         try:
             face = detect_face(rgb, name, max_side_px=DETECT_MAX_SIDE_PX, threshold=QUERY_DETECTION_THRESHOLD)
         except PhotoError as exc:
-            reason = "image_too_small" if exc.reason == "too_small" else exc.reason
-            raise QueryRefusedError(reason, str(exc).removeprefix("photo ")) from exc
+            raise QueryRefusedError(exc.reason, str(exc).removeprefix("photo ")) from exc
         t2 = time.perf_counter()
         band = align_crop(rgb, face.eyes_xy(), PRESENCE_GEOMETRY)
         p_glasses = float(s.presence.probability(band[None])[0])

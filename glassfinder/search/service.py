@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -95,8 +96,6 @@ class BodyLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Any) -> None:
-        import json
-
         body = json.dumps(
             {
                 "error": "upload_too_large",
@@ -220,22 +219,21 @@ def create_app(
             body["aligned_crop_png"] = _png_b64(result.aligned_crop)
         return body
 
+    def not_indexed(product_id: str) -> HTTPException:
+        return HTTPException(404, f"product {product_id!r} is not in index v{engine.serving.reader.version}")
+
     @app.get("/products/{product_id}")
     def product(product_id: str) -> Any:
         found = engine.product(product_id)
         if found is None:
-            raise HTTPException(
-                404, f"product {product_id!r} is not in index v{engine.serving.reader.version}"
-            )
+            raise not_indexed(product_id)
         return {**found, "image": f"/products/{product_id}/image"}
 
     @app.get("/products/{product_id}/image")
     def product_image(product_id: str) -> Response:
         data = engine.thumbnail(product_id)
         if data is None:
-            raise HTTPException(
-                404, f"product {product_id!r} is not in index v{engine.serving.reader.version}"
-            )
+            raise not_indexed(product_id)
         return Response(data, media_type="image/jpeg", headers={"cache-control": "public, max-age=3600"})
 
     @app.get("/samples")
