@@ -211,9 +211,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from glassfinder.embed.model import ModelConfig
-    from glassfinder.embed.train import TrainConfig, parse_specs, train_and_publish
+    from glassfinder.embed.train import TrainConfig, parse_specs, resolve_init, train_and_publish
 
+    store = _open(args)
+    model_config, init_from = resolve_init(store, args.init, args.dim)
     config = TrainConfig(
         spec_hashes=parse_specs(args.specs),
         loss=args.loss,
@@ -222,10 +223,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         m_per_class=args.m_per_class,
         lr=args.lr,
         seed=args.seed,
-        model=ModelConfig(dim=args.dim),
+        model=model_config,
+        init_from=init_from,
     )
     result, sha = train_and_publish(
-        _open(args),
+        store,
         config,
         name=args.name,
         work_dir=Path(args.work_dir),
@@ -559,11 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default="glasses", help="model name to publish under (models/NAME/SHA/)")
     p.add_argument("--loss", choices=("arcface", "subcenter", "proxyanchor"), default="arcface")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--init",
+        default="default",
+        help="what to start from: 'default' (fine-tune the packaged model), 'imagenet' (a fresh "
+        "MobileNetV2), 'scratch' (the small CNN), or NAME[@SHA] of a published model",
+    )
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--m-per-class", type=int, default=4, help="views per product in a batch")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--dim", type=int, default=128, help="embedding dimension")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--dim", type=int, default=None, help="embedding dimension of a new network (imagenet/scratch; 128)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=".glassfinder/train", help="local folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")

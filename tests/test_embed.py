@@ -202,6 +202,68 @@ def test_resume_continues_to_the_same_weights(rendered: LocalStore, tmp_path: Pa
     assert weights_bytes(resumed.model) == weights_bytes(straight.model)
 
 
+def _package_small_mobilenet(models: Path, monkeypatch: pytest.MonkeyPatch) -> ModelConfig:
+    """A packaged default model (small, random MobileNetV2 backbone) in a temp folder, in use."""
+    from glassfinder.embed import packaged
+    from glassfinder.embed.model import mobilenet_config
+
+    config = mobilenet_config(depth=7, dim=32, crop=CropGeometry())
+    model = build_model(config, seed=11, pretrained=False).eval()
+    weights = weights_bytes(model)
+    models.mkdir(parents=True)
+    (models / "glasses.pt").write_bytes(weights)
+    card = {
+        "model_sha": model_sha(weights),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "config": config.to_dict(),
+    }
+    (models / "glasses.card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(packaged, "MODELS_DIR", models)
+    return config
+
+
+def test_fine_tuning_from_the_packaged_model_resumes_exactly(
+    rendered: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glassfinder.embed.train import initial_model, resolve_init
+
+    config_model = _package_small_mobilenet(tmp_path / "models", monkeypatch)
+    model_config, init_from = resolve_init(rendered, "default", None)
+    assert model_config == config_model and init_from.startswith("glasses@")
+    config = tiny_config(model=model_config, init_from=init_from, epochs=2, lr=1e-3)
+    start = initial_model(rendered, config)
+    assert weights_bytes(start) == weights_bytes(load_model(rendered, init_from).model)
+    views = load_training_views(rendered, config)
+    straight = train_model(rendered, config, work_dir=tmp_path / "a", views=views)
+    train_model(rendered, config, work_dir=tmp_path / "b", views=views, stop_after_epochs=1)
+    resumed = train_model(rendered, config, work_dir=tmp_path / "b", views=views, resume=True)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert weights_bytes(resumed.model) == weights_bytes(straight.model)
+    assert weights_bytes(straight.model) != weights_bytes(start)
+    with pytest.raises(GlassFinderError, match="cannot apply when fine-tuning"):
+        resolve_init(rendered, "default", 64)
+
+
+@pytest.mark.slow
+def test_brief_fine_tuning_beats_the_imagenet_initialised_baseline(rendered: LocalStore, tmp_path: Path) -> None:
+    from glassfinder.embed.mobilenet import PretrainedWeightsError
+    from glassfinder.embed.model import mobilenet_config
+
+    config = tiny_config(model=mobilenet_config(depth=17, pooling="meanmax"), epochs=6, lr=1e-3)
+    try:
+        baseline_model = build_model(config.model, seed=config.seed).eval()
+    except PretrainedWeightsError as exc:
+        pytest.skip(f"ImageNet weights not downloaded here: {exc}")
+    result = train_model(rendered, config, work_dir=tmp_path / "work")
+    trained = Embedder(result.model, device="cpu")
+    baseline = Embedder(baseline_model, device="cpu")
+    sets = load_eval_sets(rendered, GALLERY_SPEC.spec_hash, QUERY_SPEC.spec_hash, trained)
+    report = evaluate_models(sets, {"trained": trained, "imagenet": baseline})
+    t, b = report["models"]["trained"]["closed_set"], report["models"]["imagenet"]["closed_set"]
+    assert t["queries"] == b["queries"] > 20
+    assert t["top1"] > b["top1"] and t["mAP"] > b["mAP"], (t, b)
+
+
 # --- embed job, CLI ---------------------------------------------------------------------------------
 def test_embed_job_writes_feature_shards_skips_existing_and_reports_unreadable(
     rendered: LocalStore, tmp_path: Path, seaweed: SeaweedServer
@@ -244,7 +306,7 @@ def test_cli_train_embed_eval(
     assert main(["embed", "--store", store, "--spec", spec_hash, "--model", "cli-model"]) == 1
     assert "no model named 'cli-model'" in capsys.readouterr().err
     args = ["train", "--store", store, "--specs", spec_hash, "--name", "cli-model", "--epochs", "2"]
-    args += ["--batch-size", "32", "--dim", "32", "--work-dir", str(tmp_path / "work")]
+    args += ["--batch-size", "32", "--init", "scratch", "--dim", "32", "--work-dir", str(tmp_path / "work")]
     assert main(args) == 0
     out = capsys.readouterr().out
     sha = out.split("published model cli-model@")[1].split()[0]

@@ -2,6 +2,8 @@
 
 A version's files are written create-only, so a published model never changes; CURRENT moves by
 compare-and-swap, so two trainers publishing at once cannot lose each other's move silently.
+A name with nothing published resolves to the model of that name shipped inside the package
+(glassfinder/models/, see `embed.packaged`), so a fresh store embeds and searches untrained.
 """
 
 from __future__ import annotations
@@ -61,12 +63,25 @@ def publish_model(
     return sha
 
 
-def current_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
-    """(sha, etag) of the name's CURRENT, or (None, None) when nothing is published."""
+def published_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
+    """(sha, etag) of the name's CURRENT in the store, or (None, None) when nothing is published."""
     raw, etag = read_pointer(store, layout.model_current_key(name))
     if raw is None:
         return None, None
     return str(raw["model_sha"]), etag
+
+
+def current_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
+    """(sha, etag) of the model `name` resolves to: the store's CURRENT, else the packaged model.
+
+    The packaged model comes with etag None (no pointer exists yet); (None, None) when neither.
+    """
+    sha, etag = published_sha(store, name)
+    if sha is None:
+        from glassfinder.embed.packaged import packaged_sha
+
+        return packaged_sha(name), None
+    return sha, etag
 
 
 def set_current(store: ObjectStore, name: str, sha: str) -> None:
@@ -74,7 +89,7 @@ def set_current(store: ObjectStore, name: str, sha: str) -> None:
     key = layout.model_current_key(name)
     if not store.exists(layout.model_prefix(name, sha) + WEIGHTS_FILE):
         raise GlassFinderError(f"model {name}@{sha} is not published under {store.uri}/models/{name}/")
-    previous, etag = current_sha(store, name)
+    previous, etag = published_sha(store, name)
     try:
         swap_pointer(store, key, {"model_sha": sha, "previous": previous}, etag)
     except StaleWriteError as exc:
@@ -99,6 +114,10 @@ def load_model(store: ObjectStore, ref: str) -> LoadedModel:
                 f"no model named {name!r} is published in {store.uri}: run `glassfinder train` first"
             )
     prefix = layout.model_prefix(name, sha)
+    if not store.exists(prefix + WEIGHTS_FILE):
+        packaged = _load_packaged(name, sha)
+        if packaged is not None:
+            return packaged
     try:
         card = json.loads(store.get(prefix + CARD_FILE))
         weights = store.get(prefix + WEIGHTS_FILE)
@@ -112,3 +131,18 @@ def load_model(store: ObjectStore, ref: str) -> LoadedModel:
         )
     config = ModelConfig.from_dict(card["config"])
     return LoadedModel(name, sha, load_weights(config, weights, f"{store.uri}/{prefix}{WEIGHTS_FILE}"), card)
+
+
+def _load_packaged(name: str, sha: str) -> LoadedModel | None:
+    """The packaged model `name` when its sha is `sha` (verified against its card), else None."""
+    from glassfinder.embed.packaged import packaged_sha, read_packaged
+
+    if packaged_sha(name) != sha:
+        return None
+    packaged = read_packaged(name)
+    if packaged.sha != sha:
+        raise GlassFinderError(
+            f"packaged model {packaged.path}: weights give model sha {packaged.sha}, its card says {sha}"
+        )
+    config = ModelConfig.from_dict(packaged.card["config"])
+    return LoadedModel(name, sha, load_weights(config, packaged.weights, str(packaged.path)), packaged.card)

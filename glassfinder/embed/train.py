@@ -26,7 +26,14 @@ from glassfinder.embed.align import CropGeometry, align_matrix
 from glassfinder.embed.augment import AugmentConfig, augment_crop
 from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
 from glassfinder.embed.infer import Embedder
-from glassfinder.embed.model import EmbeddingNet, ModelConfig, build_model, pick_device, to_input
+from glassfinder.embed.model import (
+    EmbeddingNet,
+    ModelConfig,
+    build_model,
+    mobilenet_config,
+    pick_device,
+    to_input,
+)
 from glassfinder.errors import GlassFinderError
 from glassfinder.store.base import ObjectStore
 
@@ -48,15 +55,21 @@ class TrainConfig:
     margin: float | None = 10.0  # None: the loss's default (degrees for ArcFace, 0..1 for Proxy Anchor)
     scale: float | None = 16.0  # ArcFace scale / Proxy Anchor alpha
     epochs: int = 20
-    batch_size: int = 128
+    # Fine-tuning the ImageNet MobileNetV2: lr 1e-3 at batch 64 (NOTES-stack.md: 8 epochs on 400
+    # products, open-set top-1 0.37 -> 0.47 with the wide 256x128 band). The small CNN trained
+    # from scratch wanted 4e-3 at 128.
+    batch_size: int = 64
     m_per_class: int = 4
-    lr: float = 4e-3
+    lr: float = 1e-3
     loss_lr: float = 2e-2
     weight_decay: float = 5e-4
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=mobilenet_config)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: bool = True
+    #: '' starts from ImageNet (MobileNetV2) or the seed (the small CNN); 'NAME@SHA' fine-tunes a
+    #: published or packaged model, whose config must equal `model`.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -216,7 +229,8 @@ def train_model(
     ckpt_path = work_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise GlassFinderError(
-            f"{ckpt_path} exists from an earlier run: pass --resume to continue it or use another --work-dir"
+            f"{ckpt_path} exists from an earlier run: pass {{option:resume}} to continue it "
+            "or use {option:work_dir}"
         )
     dev = pick_device(device)
     torch.manual_seed(config.seed)
@@ -225,9 +239,9 @@ def train_model(
     if len(classes) * config.m_per_class < config.batch_size:
         raise GlassFinderError(
             f"{len(classes)} training products x m_per_class {config.m_per_class} is fewer than batch_size "
-            f"{config.batch_size}: lower --batch-size or render more products"
+            f"{config.batch_size}: lower {{option:batch_size}} or render more products"
         )
-    model = build_model(config.model, seed=config.seed).to(dev)
+    model = initial_model(store, config).to(dev)
     loss_fn = make_loss(
         config.loss, len(classes), config.model.dim, margin=config.margin, scale=config.scale
     ).to(dev)
@@ -323,7 +337,7 @@ def train_model(
             },
             ckpt_path,
         )
-    final = build_model(config.model, seed=config.seed)
+    final = EmbeddingNet(config.model)
     final.load_state_dict(torch.load(work_dir / BEST, map_location="cpu", weights_only=True))
     return TrainResult(
         model=final.eval(),
@@ -336,6 +350,59 @@ def train_model(
         train_views=len(train_views),
         seconds=time.perf_counter() - start,
     )
+
+
+def initial_model(store: ObjectStore, config: TrainConfig) -> EmbeddingNet:
+    """The network training starts from: ImageNet/seeded (init_from '') or a model's weights."""
+    if not config.init_from:
+        return build_model(config.model, seed=config.seed)
+    from glassfinder.embed.registry import load_model
+
+    loaded = load_model(store, config.init_from)
+    if loaded.model.config != config.model:
+        raise GlassFinderError(
+            f"init_from {config.init_from}: its config {loaded.model.config} differs from the training "
+            f"config's model {config.model}; fine-tuning keeps the architecture, dim and crop"
+        )
+    model = build_model(config.model, seed=config.seed, pretrained=False)
+    model.load_state_dict(loaded.model.state_dict())
+    return model
+
+
+#: `glassfinder train --init` choices besides a model reference.
+INIT_DEFAULT, INIT_IMAGENET, INIT_SCRATCH = "default", "imagenet", "scratch"
+
+
+def resolve_init(store: ObjectStore, init: str, dim: int | None) -> tuple[ModelConfig, str]:
+    """(model config, TrainConfig.init_from) for a `train --init` choice.
+
+    'default': fine-tune the packaged default model (its architecture, dim and crop);
+    'imagenet': a fresh MobileNetV2 from ImageNet; 'scratch': the small CNN from random weights;
+    anything else: NAME or NAME@SHA of a published model to fine-tune. `dim` only applies to a
+    fresh network: a fine-tuned one keeps its own.
+    """
+    from glassfinder.embed.model import ModelConfig as _Config
+
+    if init in (INIT_IMAGENET, INIT_SCRATCH):
+        dim = 128 if dim is None else dim
+        return (mobilenet_config(dim=dim) if init == INIT_IMAGENET else _Config(dim=dim)), ""
+    from glassfinder.embed.registry import load_model
+
+    if init == INIT_DEFAULT:
+        from glassfinder import settings
+        from glassfinder.embed.packaged import read_packaged
+
+        packaged = read_packaged(settings.DEFAULT_MODEL_NAME)
+        ref = f"{packaged.name}@{packaged.sha}"
+    else:
+        ref = init
+    loaded = load_model(store, ref)
+    if dim is not None and dim != loaded.model.config.dim:
+        raise GlassFinderError(
+            f"--dim {dim} cannot apply when fine-tuning {loaded.name}@{loaded.sha} (dim "
+            f"{loaded.model.config.dim}): use --init imagenet or --init scratch for a new dimension"
+        )
+    return loaded.model.config, f"{loaded.name}@{loaded.sha}"
 
 
 def load_training_views(
