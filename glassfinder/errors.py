@@ -76,3 +76,28 @@ class GateRefusedError(IndexStoreError):
 
 class IndexCorruptError(IndexStoreError):
     """A version's file does not match the sha256 or size its manifest records."""
+
+
+# --- catalogue ----------------------------------------------------------------------------------
+class AssetSourceError(GlassFinderError):
+    """A manifest row's asset is refused before or while it is read (never parsed).
+
+    `reason` is the short code the quarantine report carries (outside_roots, not_a_file,
+    too_large, bad_uri, missing_asset, unreadable_asset).
+    """
+
+    def __init__(self, uri: str, reason: str, message: str) -> None:
+        super().__init__(f"asset {uri!r}: {message}")
+        self.reason = reason
+
+
+class CatalogueShrinkError(GlassFinderError):
+    """An ingest would empty the catalogue or remove more of it than allowed; nothing changed."""
+
+    #: The refused export's ingest report (its quarantine says why the rows were bad).
+    report: object | None = None
+
+
+# --- index signing ------------------------------------------------------------------------------
+class IndexSignatureError(IndexStoreError):
+    """A version's manifest is unsigned or its HMAC does not match the readers' key."""

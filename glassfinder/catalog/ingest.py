@@ -10,6 +10,12 @@ of files again: with a destination store, the outcome for each source file (its 
 sha256, or why it was refused) is cached under `catalog/ingested/` by the sha256 of the source
 bytes, so only new or changed files are parsed. The catalogue manifest is rewritten only when
 its content changes, by compare-and-swap, so a concurrent onboarding is never overwritten.
+
+Manifests are untrusted input: asset URIs are read only inside the allowed roots and within a
+byte budget (glassfinder.catalog.sources), and a full export never shrinks the catalogue by
+accident: one that yields no valid product, or would remove more than `max_shrink_fraction` of
+the current catalogue, fails and leaves the catalogue as it was unless the operator allows it
+with a reason, which is recorded under `catalog/overrides/`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,12 +37,14 @@ from glassfinder.catalog.manifest import (
     manifest_bytes,
     read_manifest_rows,
 )
+from glassfinder.catalog.sources import AssetRoots, max_asset_bytes_from_env, roots_from_env
 from glassfinder.errors import (
+    AssetSourceError,
+    CatalogueShrinkError,
     GlassFinderError,
     ObjectExistsError,
     ObjectNotFoundError,
     StaleWriteError,
-    StoreError,
 )
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -44,6 +54,9 @@ log = logging.getLogger(__name__)
 CATALOG_DIR = "catalog/"
 CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
 QUARANTINE_KEY = "catalog/quarantine.json"
+#: Share of the current catalogue a full export may remove without --allow-shrink.
+DEFAULT_MAX_SHRINK_FRACTION = 0.25
+MAX_SHRINK_ENV = "GLASSFINDER_MAX_CATALOGUE_SHRINK"
 
 
 def catalog_asset_key(sha256: str) -> str:
@@ -57,10 +70,18 @@ def ingest_cache_key(source_sha256: str, max_triangles: int) -> str:
 
 
 def resolve_asset(manifest_store: ObjectStore, manifest_key: str, asset_uri: str) -> tuple[ObjectStore, str]:
-    """(store, key) of a manifest row's asset: absolute URIs as they are, relative ones against
-    the manifest's folder (the one rule every manifest reader follows)."""
+    """(store, key) of a catalogue manifest row's asset, relative to the manifest's folder.
+
+    Ingested catalogues only ever name assets this way; an absolute URI (which a shop's raw
+    export may hold) is refused here, since only ingestion checks it against the allowed roots.
+    """
     if "://" in asset_uri or asset_uri.startswith("/"):
-        return split_uri(asset_uri)
+        raise AssetSourceError(
+            asset_uri,
+            "outside_roots",
+            "catalogue manifests name assets relative to their own folder; ingest the export first "
+            "(glassfinder catalog ingest), which checks absolute URIs against the allowed roots",
+        )
     folder = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
     return manifest_store, folder + asset_uri
 
@@ -85,6 +106,8 @@ class IngestReport:
     reused: int = 0
     #: Whether the catalogue manifest in the destination changed (False: same rows as before).
     manifest_changed: bool = False
+    #: How the catalogue's size changed, and the operator's reason when a shrink was allowed.
+    shrink: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -99,6 +122,7 @@ class IngestReport:
             "manifest_changed": self.manifest_changed,
             "reasons": reasons,
             "seconds": round(self.seconds, 2),
+            **({"shrink": self.shrink} if self.shrink else {}),
         }
 
     def to_json(self) -> str:
@@ -122,15 +146,35 @@ def ingest_manifest(
     max_triangles: int = DEFAULT_MAX_TRIANGLES,
     progress: bool = False,
     update_catalogue: bool = True,
+    asset_roots: Sequence[str] | None = None,
+    max_asset_bytes: int | None = None,
+    max_shrink_fraction: float | None = None,
+    allow_shrink_reason: str | None = None,
 ) -> IngestReport:
     """Validate every row of the manifest at `manifest_uri`; write normalised assets to `dest`.
 
     update_catalogue: make the accepted rows `dest`'s whole catalogue manifest (a full export);
-    False leaves the manifest to the caller (a delta of new products, merged by onboarding).
+        False leaves the manifest to the caller (a delta of new products, merged by onboarding).
+    asset_roots: store URIs assets may come from besides the export's own folder
+        (None: $GLASSFINDER_ASSET_ROOTS).
+    max_asset_bytes: largest asset file read (None: $GLASSFINDER_MAX_ASSET_BYTES or 256 MiB).
+    max_shrink_fraction: largest share of the current catalogue a full export may remove
+        (None: $GLASSFINDER_MAX_CATALOGUE_SHRINK or 0.25).
+    allow_shrink_reason: the operator's reason to accept an export that empties the catalogue or
+        shrinks it past the limit; recorded under `catalog/overrides/`.
     """
+    if max_triangles < 1:
+        raise GlassFinderError(f"max_triangles must be a positive number of triangles, got {max_triangles}")
+    shrink_limit = _shrink_fraction(max_shrink_fraction)
     start = time.perf_counter()
-    start_etag = catalogue_etag(dest) if dest is not None else None
+    current_rows, start_etag = read_catalogue(dest) if dest is not None and update_catalogue else ([], None)
     base, key = split_uri(manifest_uri)
+    roots = AssetRoots.for_manifest(
+        base,
+        key,
+        roots_from_env() if asset_roots is None else asset_roots,
+        max_bytes=max_asset_bytes_from_env() if max_asset_bytes is None else max_asset_bytes,
+    )
     rows = read_manifest_rows(base, key)
     report = IngestReport(manifest_uri=manifest_uri, rows=len(rows))
     seen: dict[str, int] = {}
@@ -164,19 +208,17 @@ def ingest_manifest(
             quarantine("bad_field", f"kind must be one of {KINDS}, got {kind!r}")
             continue
         try:
-            store, asset_key = resolve_asset(base, key, asset_uri)
-            data = store.get(asset_key)
-        except ObjectNotFoundError:
-            quarantine("missing_asset", f"asset {asset_uri!r} not found")
-            continue
-        except StoreError as exc:
-            quarantine("unreadable_asset", f"asset {asset_uri!r} cannot be read: {exc}")
+            data = roots.read(asset_uri)
+        except AssetSourceError as exc:
+            quarantine(exc.reason, str(exc))
             continue
         try:
             asset_sha, reused = _normalised_sha(data, asset_uri, dest, max_triangles)
         except AssetError as exc:
             quarantine(exc.reason, str(exc))
             continue
+        finally:
+            del data  # one asset in memory at a time
         report.reused += reused
         clean = {f.name: row.get(f.name) for f in MANIFEST_SCHEMA}
         policy = str(row.get("lens_policy") or ("fixed" if kind == "sunglasses" else "palette"))
@@ -197,9 +239,93 @@ def ingest_manifest(
             clean[name] = float(clean[name]) if clean.get(name) not in (None, "") else None
         report.accepted.append(clean)
     if dest is not None and update_catalogue:
+        try:
+            report.shrink = check_shrink(
+                current_rows, report, max_fraction=shrink_limit, allow_reason=allow_shrink_reason
+            )
+        except CatalogueShrinkError as exc:
+            exc.report = report  # the quarantine says why the rows were bad
+            raise
         report.manifest_changed = write_catalogue_manifest(dest, report.accepted, expected_etag=start_etag)
+        if report.manifest_changed and report.shrink and report.shrink.get("allowed_reason"):
+            record_override(dest, report.shrink)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _shrink_fraction(value: float | None) -> float:
+    """The shrink limit (0..1): `value`, else $GLASSFINDER_MAX_CATALOGUE_SHRINK, else the default."""
+    if value is None:
+        raw = os.environ.get(MAX_SHRINK_ENV, "").strip()
+        try:
+            value = float(raw) if raw else DEFAULT_MAX_SHRINK_FRACTION
+        except ValueError:
+            raise GlassFinderError(
+                f"{MAX_SHRINK_ENV} must be a fraction between 0 and 1, got {raw!r}"
+            ) from None
+    if not 0.0 <= value <= 1.0:
+        raise GlassFinderError(f"max_shrink_fraction must be between 0 and 1, got {value}")
+    return value
+
+
+def check_shrink(
+    current: list[dict[str, Any]],
+    report: IngestReport,
+    *,
+    max_fraction: float,
+    allow_reason: str | None,
+) -> dict[str, Any]:
+    """How the catalogue would change; CatalogueShrinkError if it would empty or shrink too much.
+
+    A careless export (zero-byte file, header-only CSV, every row bad) would otherwise replace
+    the catalogue with nothing and the next nightly would publish an empty index. The operator
+    can still mean it: `allow_reason` accepts the change and is recorded with it.
+    """
+    before = {str(r["product_id"]) for r in current}
+    after = {str(r["product_id"]) for r in report.accepted}
+    removed = sorted(before - after)
+    change: dict[str, Any] = {
+        "before": len(before),
+        "after": len(after),
+        "removed": len(removed),
+        "removed_sample": removed[:20],
+        "max_fraction": max_fraction,
+    }
+    if not after:
+        why = (
+            f"manifest {report.manifest_uri} yielded no valid product ({report.rows} rows, "
+            f"{len(report.quarantined)} quarantined: {report.summary()['reasons'] or 'none'})"
+        )
+    elif before and len(removed) > max_fraction * len(before):
+        why = (
+            f"manifest {report.manifest_uri} would remove {len(removed)} of the catalogue's {len(before)} "
+            f"products ({len(removed) / len(before):.0%}, more than the allowed {max_fraction:.0%}; "
+            f"e.g. {', '.join(removed[:5])})"
+        )
+    else:
+        return change
+    if not allow_reason:
+        raise CatalogueShrinkError(
+            f"{why}; the catalogue was left as it was ({len(before)} products). If this is meant, pass "
+            "--allow-shrink with --reason (the reason is recorded), or raise --max-shrink / "
+            f"${MAX_SHRINK_ENV}"
+        )
+    log.warning("catalogue shrink allowed: %s (reason: %s)", why, allow_reason)
+    return {**change, "allowed_reason": allow_reason, "why": why}
+
+
+def override_key(when: float) -> str:
+    """Key of the record of an allowed catalogue shrink made at `when` (epoch seconds)."""
+    return f"{CATALOG_DIR}overrides/shrink-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}.json"
+
+
+def record_override(dest: ObjectStore, shrink: dict[str, Any]) -> str:
+    """Write the allowed shrink (who-knows-why becomes a file an auditor can read); its key."""
+    now = time.time()
+    key = override_key(now)
+    body = {**shrink, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    dest.put(key, json.dumps(body, indent=2, sort_keys=True).encode())
+    return key
 
 
 def _normalised_sha(data: bytes, name: str, dest: ObjectStore | None, max_triangles: int) -> tuple[str, int]:
