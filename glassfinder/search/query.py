@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from glassfinder import layout
 from glassfinder.embed.align import align_crop
@@ -62,11 +62,17 @@ class ImageTooLargeError(QueryRefusedError):
 def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """(h, w, 3) uint8 RGB of an uploaded photo, upright (EXIF orientation applied).
 
-    The pixel count is checked from the header before any pixel is decoded.
+    The pixel count is checked from the header before any pixel is decoded. Every way a decoder
+    can fail on hostile bytes ends in a QueryRefusedError: Pillow's own decompression-bomb guard
+    (an error past 2x Image.MAX_IMAGE_PIXELS, a warning past 1x, which callers may have turned
+    into an error) maps to `too_many_pixels`, any other decoder exception to `not_an_image`;
+    an upload must never surface as a traceback or a 500.
     """
     try:
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError("too_many_pixels", f"{name} is a decompression bomb ({exc})") from exc
+    except Exception as exc:  # UnidentifiedImageError, OSError, ValueError, a plugin's own error
         raise QueryRefusedError("not_an_image", f"{name} is not a readable image") from exc
     if img.format not in ACCEPTED_FORMATS:
         raise QueryRefusedError(
@@ -80,9 +86,11 @@ def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
     try:
         img.load()
         upright = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise QueryRefusedError("not_an_image", f"{name} is damaged ({exc})") from exc
-    return np.asarray(upright.convert("RGB"))
+        return np.asarray(upright.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError("too_many_pixels", f"{name} is a decompression bomb ({exc})") from exc
+    except Exception as exc:  # truncated data, bad chunks, EXIF that cannot be parsed, ...
+        raise QueryRefusedError("not_an_image", f"{name} is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass(frozen=True)

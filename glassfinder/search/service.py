@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
@@ -45,10 +48,27 @@ UNREADABLE = ("not_an_image", "unsupported_format")
 
 @dataclass(frozen=True)
 class ServiceLimits:
+    """What one request may cost; checked on construction so a bad flag fails at start-up."""
+
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_concurrent: int = 4
     reload_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "max_upload_bytes": (1, 1024**3),
+            # Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that: stay below both.
+            "max_pixels": (1, Image.MAX_IMAGE_PIXELS or 89_478_485),
+            "max_concurrent": (1, 256),
+            "reload_interval_s": (0.01, 86_400.0),
+        }
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise GlassFinderError(
+                    f"ServiceLimits.{name} must be between {lo:,} and {hi:,}, got {value:,}"
+                )
 
 
 class _BodyTooLarge(Exception):
@@ -56,11 +76,18 @@ class _BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets a 413 as soon as it crosses the line."""
+    """ASGI middleware: a request body over `max_bytes` gets a 413 as soon as it crosses the line.
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    With a Content-Length the answer comes before the body is read; a chunked upload has none,
+    so the bytes are counted as they arrive. The app (FastAPI's form parser) turns the exception
+    that stops the read into a 400 of its own: once the limit has been crossed, whatever the app
+    answers is dropped and the 413 sent instead. `on_reject` counts it (for /metrics).
+    """
+
+    def __init__(self, app: Any, max_bytes: int, *, on_reject: Callable[[], None] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.on_reject = on_reject
 
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
@@ -74,28 +101,33 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        too_large = False
 
         async def counted() -> Any:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Any) -> None:
             nonlocal started
+            if too_large and not started:
+                return  # the app's own answer to the cut-off body (a 400): the 413 replaces it
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
+        with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, counted, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send)
+        if too_large and not started:
+            await self._reject(send)
 
     async def _reject(self, send: Any) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
         body = json.dumps(
             {
                 "error": "upload_too_large",
@@ -165,6 +197,11 @@ def create_app(
         task.cancel()
 
     app = FastAPI(title="GlassFinder search", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        requests.labels(outcome="bad_request").inc()  # a 4xx is counted whatever its cause
+        return await request_validation_exception_handler(request, exc)
 
     def refusal(exc: QueryRefusedError) -> JSONResponse:
         if isinstance(exc, ImageTooLargeError):
@@ -264,7 +301,9 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimit(app, limits.max_upload_bytes)
+    return BodyLimit(
+        app, limits.max_upload_bytes, on_reject=lambda: requests.labels(outcome="upload_too_large").inc()
+    )
 
 
 def serve(
