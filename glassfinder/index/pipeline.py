@@ -26,10 +26,9 @@ from glassfinder.index.search import AGGREGATIONS, ProductSearcher, evaluate_sea
 from glassfinder.index.versions import (
     GateConfig,
     PublishResult,
-    fetch_verified,
+    fetch_current_verified,
     load_files,
     publish_version,
-    read_current,
 )
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
@@ -214,11 +213,8 @@ def build_and_publish(
 
 def load_current(store: ObjectStore, name: str) -> tuple[int, dict[str, Any], BuiltIndex]:
     """(version, manifest, index) of CURRENT, every file verified."""
-    current, _ = read_current(store, name)
-    if current is None:
-        raise IndexStoreError(f"index {name} has no CURRENT version in {store.uri}: publish one first")
-    version = int(current["version"])
-    manifest, files = fetch_verified(store, name, version)
+    current, _, manifest, files = fetch_current_verified(store, name)
+    version = int(current["version"])  # type: ignore[index]
     index, ids, vectors = load_files(files)
     from glassfinder.index.build import apply_search_params
 

@@ -1,6 +1,7 @@
 """The serving side's view of an index: CURRENT resolved once, verified, hot-reloaded when it moves.
 
-A reader never serves a version whose files do not match their manifest; if CURRENT moves to a
+A reader never serves a version whose manifest does not match the sha256 CURRENT records (and,
+with a signing key, its HMAC), or whose files do not match their manifest; if CURRENT moves to a
 corrupted version, `maybe_reload` raises and the reader keeps serving the version it had.
 """
 
@@ -14,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from glassfinder import layout
-from glassfinder.errors import IndexStoreError
 from glassfinder.index.build import apply_search_params
 from glassfinder.index.search import ProductHit, ProductSearcher
-from glassfinder.index.versions import fetch_verified, load_files, read_current
+from glassfinder.index.versions import fetch_current_verified, fetch_verified, load_files
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,12 @@ class IndexReader:
         self._loaded = self._load()
 
     def _load(self) -> LoadedVersion:
-        current, etag = read_current(self.store, self.name)
-        if self._pinned is None and current is None:
-            raise IndexStoreError(
-                f"index {self.name} has no CURRENT version in {self.store.uri}: publish one first "
-                "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
-            )
-        version = self._pinned if self._pinned is not None else int(current["version"])  # type: ignore[index]
-        manifest, files = fetch_verified(self.store, self.name, version)
+        if self._pinned is None:  # from the pointer down: CURRENT -> manifest sha256 -> every file
+            current, etag, manifest, files = fetch_current_verified(self.store, self.name)
+            version = int(current["version"])  # type: ignore[index]
+        else:
+            version, etag = self._pinned, None
+            manifest, files = fetch_verified(self.store, self.name, version)
         index, ids, vectors = load_files(files)
         apply_search_params(index, manifest.get("search_params", {}))
         searcher = ProductSearcher(index, ids, vectors, manifest.get("aggregation", "max"))

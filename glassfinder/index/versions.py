@@ -39,6 +39,7 @@ from glassfinder.errors import (
     PublishConflictError,
     StaleWriteError,
 )
+from glassfinder.index import signing
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.pointer import read_pointer, swap_pointer
@@ -132,36 +133,113 @@ def read_current(store: ObjectStore, name: str) -> tuple[dict[str, Any] | None, 
 
 
 def read_manifest(store: ObjectStore, name: str, version: int) -> dict[str, Any]:
+    """A version's manifest as stored, unverified (for listings; serving uses fetch_verified)."""
+    return _read_manifest_raw(store, name, version)[0]
+
+
+def _read_manifest_raw(store: ObjectStore, name: str, version: int) -> tuple[dict[str, Any], bytes]:
     key = layout.index_version_prefix(name, version) + MANIFEST_FILE
     try:
-        return dict(json.loads(store.get(key)))
+        raw = store.get(key)
     except ObjectNotFoundError:
         raise IndexStoreError(
             f"index {name} v{version} has no manifest in {store.uri} (never published, or partial)"
         ) from None
-    except json.JSONDecodeError as exc:
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexCorruptError(f"{store.uri}/{key} is not JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise IndexCorruptError(f"{store.uri}/{key} must be a JSON object with a 'files' table")
+    return manifest, raw
 
 
-def fetch_verified(store: ObjectStore, name: str, version: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """(manifest, files) of a version, every file checked against the manifest's sha256 and size."""
-    manifest = read_manifest(store, name, version)
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes a manifest is stored as (what CURRENT's sha256 and the HMAC cover)."""
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+def current_manifest_sha256(current: dict[str, Any], name: str) -> str:
+    """The manifest sha256 CURRENT records: a CURRENT without one cannot be verified."""
+    sha = current.get("manifest_sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise IndexCorruptError(
+            f"index {name} CURRENT must record the manifest's sha256 (manifest_sha256), got {sha!r}"
+        )
+    return sha
+
+
+def fetch_verified(
+    store: ObjectStore, name: str, version: int, *, manifest_sha256: str | None = None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, files) of a version, every file checked against the manifest's sha256 and size.
+
+    manifest_sha256: what CURRENT records for the manifest; checked first, so an edited
+    manifest (which could list the checksums of substituted files) is refused before any of
+    its entries is believed. With a signing key in the environment the manifest's HMAC is
+    checked too (glassfinder.index.signing).
+    """
+    manifest, files, _ = _fetch(store, name, version, manifest_sha256)
+    return manifest, files
+
+
+def fetch_current_verified(
+    store: ObjectStore, name: str
+) -> tuple[dict[str, Any] | None, str | None, dict[str, Any], dict[str, bytes]]:
+    """(CURRENT, its etag, manifest, files), verified from the pointer down; IndexStoreError when
+    there is no CURRENT yet."""
+    current, etag = read_current(store, name)
+    if current is None:
+        raise IndexStoreError(
+            f"index {name} has no CURRENT version in {store.uri}: publish one first "
+            "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
+        )
+    version = int(current["version"])
+    expected_sha = current_manifest_sha256(current, name)
+    manifest, files = fetch_verified(store, name, version, manifest_sha256=expected_sha)
+    return current, etag, manifest, files
+
+
+def _fetch(
+    store: ObjectStore, name: str, version: int, manifest_sha256: str | None
+) -> tuple[dict[str, Any], dict[str, bytes], str]:
+    """fetch_verified's work, also returning the sha256 of the manifest's stored bytes."""
+    manifest, raw = _read_manifest_raw(store, name, version)
     prefix = layout.index_version_prefix(name, version)
+    where = f"index {name} v{version}"
+    raw_sha = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 is not None and raw_sha != manifest_sha256:
+        raise IndexCorruptError(
+            f"{where}: {MANIFEST_FILE} has sha256 {raw_sha[:16]}, CURRENT records {manifest_sha256[:16]}; "
+            "refusing an edited manifest"
+        )
+    if manifest.get("name") != name or manifest.get("version") != version:
+        raise IndexCorruptError(
+            f"{where}: {MANIFEST_FILE} describes {manifest.get('name')!r} v{manifest.get('version')}, "
+            f"expected {name!r} v{version}; refusing a manifest copied from elsewhere"
+        )
+    key = signing.signing_key()
+    if key is not None:
+        try:
+            signature: bytes | None = store.get(prefix + MANIFEST_FILE + signing.SIGNATURE_SUFFIX)
+        except ObjectNotFoundError:
+            signature = None
+        signing.verify(raw, signature, key, where=f"{where} ({store.uri}/{prefix}{MANIFEST_FILE})")
     files: dict[str, bytes] = {}
     for fname, expected in manifest["files"].items():
         try:
             data = store.get(prefix + fname)
         except ObjectNotFoundError:
-            raise IndexCorruptError(f"index {name} v{version}: {fname} is missing from {store.uri}") from None
+            raise IndexCorruptError(f"{where}: {fname} is missing from {store.uri}") from None
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != expected["size"] or digest != expected["sha256"]:
             raise IndexCorruptError(
-                f"index {name} v{version}: {fname} has {len(data)} bytes sha256 {digest[:16]}, manifest "
+                f"{where}: {fname} has {len(data)} bytes sha256 {digest[:16]}, manifest "
                 f"expects {expected['size']} bytes sha256 {expected['sha256'][:16]}; "
                 "refusing a corrupted version"
             )
         files[fname] = data
-    return manifest, files
+    return manifest, files, raw_sha
 
 
 def read_ids(store: ObjectStore, name: str, version: int) -> pa.Table:
@@ -274,21 +352,24 @@ def publish_version(
         "files": {f: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for f, b in files.items()},
     }
     prefix = layout.index_version_prefix(name, version)
+    raw_manifest = manifest_bytes(manifest)
+    key = signing.signing_key()
     try:
         for fname, data in files.items():
             store.put(prefix + fname, data, create_only=True)
-        store.put(
-            prefix + MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode(), create_only=True
-        )
+        if key is not None:  # before the manifest, which marks the version complete
+            signature = signing.sign(raw_manifest, key)
+            store.put(prefix + MANIFEST_FILE + signing.SIGNATURE_SUFFIX, signature, create_only=True)
+        store.put(prefix + MANIFEST_FILE, raw_manifest, create_only=True)
     except ObjectExistsError as exc:
         raise PublishConflictError(
             f"index {name} v{version} is being written by another publisher ({exc}); nothing of ours "
             "was promoted: run again to publish as the next version"
         ) from exc
-    fetch_verified(store, name, version)
+    _, _, raw_sha = _fetch(store, name, version, hashlib.sha256(raw_manifest).hexdigest())
     result = PublishResult(name, version, manifest["parent"], manifest, False, gate=gate_record)
     if promote:
-        _move_current(store, name, version, etag, reason=force_reason or "publish", manifest=manifest)
+        _move_current(store, name, version, etag, reason=force_reason or "publish", manifest_sha256=raw_sha)
         result.promoted = True
     result.seconds = time.perf_counter() - start
     log.info(
@@ -304,14 +385,14 @@ def publish_version(
 
 
 def _move_current(
-    store: ObjectStore, name: str, version: int, etag: str | None, *, reason: str, manifest: dict[str, Any]
+    store: ObjectStore, name: str, version: int, etag: str | None, *, reason: str, manifest_sha256: str
 ) -> None:
+    """Point CURRENT at `version`, recording the sha256 of its manifest's stored bytes (readers
+    check the manifest against it before believing any checksum the manifest lists)."""
     key = layout.index_current_key(name)
     body = {
         "version": version,
-        "manifest_sha256": hashlib.sha256(
-            json.dumps(manifest, indent=2, sort_keys=True).encode()
-        ).hexdigest(),
+        "manifest_sha256": manifest_sha256,
         "reason": reason,
         "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -333,7 +414,7 @@ def promote(
     force_reason: str | None = None,
 ) -> dict[str, Any]:
     """Make an existing, verified version CURRENT (through the gate unless forced)."""
-    manifest, _ = fetch_verified(store, name, version)
+    manifest, _, raw_sha = _fetch(store, name, version, None)
     current, etag = read_current(store, name)
     if current and int(current["version"]) == version:
         return manifest
@@ -343,7 +424,7 @@ def promote(
         raise GateRefusedError(
             f"quality gate refused promoting index {name} v{version}: {why}; pass --force with --reason"
         )
-    _move_current(store, name, version, etag, reason=force_reason or "promote", manifest=manifest)
+    _move_current(store, name, version, etag, reason=force_reason or "promote", manifest_sha256=raw_sha)
     return manifest
 
 
@@ -357,8 +438,8 @@ def rollback(store: ObjectStore, name: str, *, to: int | None = None, reason: st
         raise IndexStoreError(
             f"index {name} v{current['version']} has no parent: name the version to roll back to"
         )
-    manifest, _ = fetch_verified(store, name, int(target))
-    _move_current(store, name, int(target), etag, reason=f"rollback: {reason}", manifest=manifest)
+    _, _, raw_sha = _fetch(store, name, int(target), None)
+    _move_current(store, name, int(target), etag, reason=f"rollback: {reason}", manifest_sha256=raw_sha)
     return int(target)
 
 
