@@ -214,7 +214,7 @@ def build_and_publish(
 def load_current(store: ObjectStore, name: str) -> tuple[int, dict[str, Any], BuiltIndex]:
     """(version, manifest, index) of CURRENT, every file verified."""
     current, _, manifest, files = fetch_current_verified(store, name)
-    version = int(current["version"])  # type: ignore[index]
+    version = int(current["version"])
     index, ids, vectors = load_files(files)
     from glassfinder.index.build import apply_search_params
 

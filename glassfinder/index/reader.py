@@ -44,7 +44,7 @@ class IndexReader:
     def _load(self) -> LoadedVersion:
         if self._pinned is None:  # from the pointer down: CURRENT -> manifest sha256 -> every file
             current, etag, manifest, files = fetch_current_verified(self.store, self.name)
-            version = int(current["version"])  # type: ignore[index]
+            version = int(current["version"])
         else:
             version, etag = self._pinned, None
             manifest, files = fetch_verified(self.store, self.name, version)

@@ -185,7 +185,7 @@ def fetch_verified(
 
 def fetch_current_verified(
     store: ObjectStore, name: str
-) -> tuple[dict[str, Any] | None, str | None, dict[str, Any], dict[str, bytes]]:
+) -> tuple[dict[str, Any], str | None, dict[str, Any], dict[str, bytes]]:
     """(CURRENT, its etag, manifest, files), verified from the pointer down; IndexStoreError when
     there is no CURRENT yet."""
     current, etag = read_current(store, name)

@@ -9,6 +9,15 @@ precondition is never retried. Whole-object reads are also retried when the body
 part-way, which botocore does not do. A conditional write whose first attempt landed but whose
 answer was lost comes back as 412 on the retry; when the object's etag then equals the etag of
 our own bytes, the write is reported as the success it was.
+
+Deadlines: socket timeouts bound one attempt, not an operation (5 attempts x a 60 s read timeout
+once made a paused server look like a five-minute hang). Every call therefore runs under a total
+deadline, `deadline_s` plus `nbytes / slow_transfer_bytes_per_s` for calls that move a body,
+after which it fails with StoreUnavailableError; the attempt still in flight is told to stop
+before any further retry. Each retry is logged with its cause. The call runs in a short-lived
+daemon thread that the caller stops waiting for at the deadline; a request that had already
+reached the server may still complete there, exactly as when an answer is lost (writes stay
+all-or-nothing, and conditional writes stay safe to repeat).
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, BinaryIO, TypeVar, cast
 
 import boto3
@@ -49,6 +60,8 @@ from glassfinder.store.base import (
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _AUTH_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -68,6 +81,7 @@ _TRANSIENT_EXCEPTIONS = (
     botocore.exceptions.IncompleteReadError,
 )
 _MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest allowed part (but the last)
+_PROGRESS_EVERY_S = 10.0  # long transfers log their progress at most this often
 
 
 @dataclass(frozen=True)
@@ -85,13 +99,25 @@ class S3Config:
     session_token: str | None = None
     max_attempts: int = 5
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
+    read_timeout_s: float = 15.0
     multipart_threshold_bytes: int = 64 * 1024 * 1024
     multipart_part_bytes: int = 16 * 1024 * 1024
+    #: Total time one call may take, every attempt and backoff included (for a small object).
+    deadline_s: float = 20.0
+    #: Slowest transfer still considered alive: a call moving n bytes gets n / this on top.
+    slow_transfer_bytes_per_s: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise StoreError(f"S3Config.max_attempts must be >= 1, got {self.max_attempts}")
+        if not 1 <= self.max_attempts <= 20:
+            raise StoreError(f"S3Config.max_attempts must be between 1 and 20, got {self.max_attempts}")
+        for name in ("connect_timeout_s", "read_timeout_s", "deadline_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise StoreError(f"S3Config.{name} must be above 0 and at most 3600 seconds, got {value}")
+        if self.slow_transfer_bytes_per_s < 1:
+            raise StoreError(
+                f"S3Config.slow_transfer_bytes_per_s must be >= 1, got {self.slow_transfer_bytes_per_s}"
+            )
         if self.multipart_part_bytes < _MIN_PART_BYTES:
             raise StoreError(
                 f"S3Config.multipart_part_bytes must be >= {_MIN_PART_BYTES} (S3's minimum part), "
@@ -145,6 +171,54 @@ def _strip_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+class _CallAbandoned(Exception):
+    """Raised inside a call its caller stopped waiting for, so botocore makes no further attempt."""
+
+
+@dataclass
+class _CallState:
+    """What the caller and the thread running one call share."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    attempts: int = 0
+    last_error: str = ""
+
+
+_current = threading.local()
+
+
+def _note_retry_cause(caught_exception: Exception | None = None, response: Any = None, **_: Any) -> None:
+    """needs-retry hook: remember why an attempt failed, for the retry's log line."""
+    state: _CallState | None = getattr(_current, "state", None)
+    if state is None:
+        return
+    if caught_exception is not None:
+        state.last_error = f"{type(caught_exception).__name__}: {caught_exception}"
+    elif response is not None:
+        meta = response[1].get("ResponseMetadata", {}) if isinstance(response, tuple) else {}
+        code = response[1].get("Error", {}).get("Code", "") if isinstance(response, tuple) else ""
+        state.last_error = f"HTTP {meta.get('HTTPStatusCode', '?')} {code}".strip()
+
+
+def _before_send(request: Any = None, **_: Any) -> None:
+    """before-send hook: stop an abandoned call, count attempts and log every retry."""
+    state: _CallState | None = getattr(_current, "state", None)
+    if state is None:
+        return
+    if state.cancelled.is_set():
+        raise _CallAbandoned("the caller's deadline passed")
+    attempt = int(((getattr(request, "context", None) or {}).get("retries") or {}).get("attempt", 1))
+    state.attempts = max(state.attempts, attempt)
+    if attempt > 1:
+        log.warning(
+            "S3 %s %s: retry (attempt %d) after %s",
+            getattr(request, "method", "?"),
+            getattr(request, "url", "?"),
+            attempt,
+            state.last_error or "a transient error",
+        )
+
+
 class S3Store(ObjectStore):
     """Objects in an S3 bucket, under an optional key prefix."""
 
@@ -191,7 +265,53 @@ class S3Store(ObjectStore):
                 )
             except ValueError as exc:  # e.g. a malformed endpoint URL
                 raise InvalidStoreURIError(f"cannot configure S3 client for {self.uri}: {exc}") from exc
+            self._client.meta.events.register_first("needs-retry.s3", _note_retry_cause)
+            self._client.meta.events.register("before-send.s3", _before_send)
         return self._client
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+
+    def deadline_for(self, nbytes: int = 0) -> float:
+        """Seconds a call moving `nbytes` may take in all (see the module docstring)."""
+        return self.config.deadline_s + nbytes / self.config.slow_transfer_bytes_per_s
+
+    def _bounded(self, key: str | None, action: str, fn: Callable[[], T], *, nbytes: int = 0) -> T:
+        """fn() under the call's total deadline; StoreUnavailableError once it passes.
+
+        botocore errors come out unchanged (callers translate them); the client is created here,
+        in the caller's thread, so configuration errors are not delayed.
+        """
+        self.client  # noqa: B018 - build (and validate) the client before timing anything
+        deadline = self.deadline_for(nbytes)
+        state = _CallState()
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            _current.state = state
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the waiting caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        start = time.monotonic()
+        threading.Thread(target=run, name=f"glassfinder-s3 {action}", daemon=True).start()
+        if not done.wait(deadline):
+            state.cancelled.set()
+            where = f"{self.uri}/{key}" if key else self.uri
+            cause = f"; last error: {state.last_error}" if state.last_error else ""
+            raise StoreUnavailableError(
+                f"S3 at {self.endpoint} did not complete {action} {where} within its deadline of "
+                f"{deadline:.1f} s ({max(state.attempts, 1)} attempt(s) in {time.monotonic() - start:.1f} s"
+                f"{cause}); raise GLASSFINDER_S3_DEADLINE_S if the store is just slow"
+            )
+        if "error" in box:
+            raise box["error"]
+        return cast(T, box["value"])
 
     def _full_key(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -199,7 +319,7 @@ class S3Store(ObjectStore):
     # --- error translation ---------------------------------------------------------------------
     def _translate(self, exc: Exception, key: str | None, action: str) -> StoreError:
         where = f"{self.uri}/{key}" if key else self.uri
-        endpoint = self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        endpoint = self.endpoint
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return StoreAuthError(
                 f"no S3 credentials found {action} {where}: set AWS_ACCESS_KEY_ID and "
@@ -232,23 +352,22 @@ class S3Store(ObjectStore):
             return StoreError(f"S3 client error {action} {where}: {exc}")
         raise exc
 
-    def _call(self, key: str | None, action: str, fn: Callable[[], T]) -> T:
+    def _call(self, key: str | None, action: str, fn: Callable[[], T], *, nbytes: int = 0) -> T:
         try:
-            return fn()
+            return self._bounded(key, action, fn, nbytes=nbytes)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._translate(exc, key, action) from exc
 
     def _missing_is_bucket(self, err: StoreError) -> StoreError:
         """HEAD answers a bare 404 for a missing bucket too; tell the two apart."""
         if isinstance(err, ObjectNotFoundError) and not self.bucket_exists():
-            endpoint = self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-            return BucketNotFoundError(f"bucket {self.bucket!r} does not exist at {endpoint}")
+            return BucketNotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
         return err
 
     # --- bucket --------------------------------------------------------------------------------
     def bucket_exists(self) -> bool:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._bounded(None, "checking bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
         except botocore.exceptions.ClientError as exc:
             if _http_status(exc) == 404 or _error_code(exc) in ("NoSuchBucket", "404"):
                 return False
@@ -282,14 +401,17 @@ class S3Store(ObjectStore):
                 cond,
                 expected,
                 lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=first, **cond),
+                nbytes=len(first),
             )
             return ObjectInfo(key=key, size=len(first), etag=_strip_etag(resp["ETag"]))
         return self._put_multipart(key, full, first, stream, cond)
 
-    def _conditional(self, key: str, cond: dict[str, str], expected_etag: str, fn: Callable[[], Any]) -> Any:
+    def _conditional(
+        self, key: str, cond: dict[str, str], expected_etag: str, fn: Callable[[], Any], *, nbytes: int = 0
+    ) -> Any:
         """Run a (possibly) conditional write and map precondition failures to typed errors."""
         try:
-            return fn()
+            return self._bounded(key, "writing", fn, nbytes=nbytes)
         except botocore.exceptions.ClientError as exc:
             code, status = _error_code(exc), _http_status(exc)
             precondition = code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
@@ -331,6 +453,7 @@ class S3Store(ObjectStore):
         parts: list[dict[str, Any]] = []
         digests: list[bytes] = []
         size = 0
+        reported = time.monotonic()
         try:
             pending = first
             while True:
@@ -351,10 +474,16 @@ class S3Store(ObjectStore):
                     lambda c=chunk, n=number: self.client.upload_part(  # type: ignore[misc]
                         Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=n, Body=c
                     ),
+                    nbytes=len(chunk),
                 )
                 parts.append({"ETag": resp["ETag"], "PartNumber": number})
                 digests.append(hashlib.md5(chunk).digest())
                 size += len(chunk)
+                if time.monotonic() - reported >= _PROGRESS_EVERY_S:
+                    reported = time.monotonic()
+                    log.info(
+                        "S3 upload %s/%s: %d parts, %.0f MiB so far", self.uri, key, number, size / 2**20
+                    )
             expected = md5_etag_of_parts(digests)
             resp = self._conditional(
                 key,
@@ -370,7 +499,13 @@ class S3Store(ObjectStore):
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+                self._bounded(
+                    key,
+                    "aborting multipart upload",
+                    lambda: self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id
+                    ),
+                )
             raise
         return ObjectInfo(key=key, size=size, etag=_strip_etag(resp["ETag"]))
 
@@ -394,13 +529,22 @@ class S3Store(ObjectStore):
         delay_s = 0.2
         for attempt in range(1, self.config.max_attempts + 1):
             resp = self._call(key, "reading", lambda: self.client.get_object(Bucket=self.bucket, Key=full))
+            body = resp["Body"]
             try:
-                return cast(bytes, resp["Body"].read())
+                return self._bounded(
+                    key, "reading the body of", body.read, nbytes=int(resp.get("ContentLength") or 0)
+                )
             except _TRANSIENT_EXCEPTIONS as exc:
                 if attempt == self.config.max_attempts:
                     raise self._translate(exc, key, "reading") from exc
+                log.warning(
+                    "S3 get %s/%s: body broke off (%s); retry (attempt %d)", self.uri, key, exc, attempt + 1
+                )
                 time.sleep(delay_s * (1 + random.random()))  # noqa: S311 - jitter, not crypto
                 delay_s *= 2
+            except StoreUnavailableError:
+                body.close()
+                raise
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -409,7 +553,8 @@ class S3Store(ObjectStore):
         resp = self._call(key, "reading", lambda: self.client.get_object(Bucket=self.bucket, Key=full))
         body = resp["Body"]
         try:
-            yield cast(BinaryIO, io.BufferedReader(body, buffer_size=1024 * 1024))
+            stream = io.BufferedReader(_TranslatingBody(self, key, body), buffer_size=1024 * 1024)
+            yield cast(BinaryIO, stream)
         finally:
             body.close()
 
@@ -417,20 +562,41 @@ class S3Store(ObjectStore):
         # AWS lists in UTF-8 byte order, but some S3-compatible servers (SeaweedFS among them)
         # walk their directory tree instead; sort so callers see one order on every backend.
         validate_prefix(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         found: list[ObjectInfo] = []
-        try:
-            for page in pages:
-                found.extend(
-                    ObjectInfo(
-                        key=obj["Key"][len(self.prefix) :],
-                        size=int(obj["Size"]),
-                        etag=_strip_etag(obj["ETag"]),
-                    )
-                    for obj in page.get("Contents", [])
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:  # one deadline per page, so a long listing is not cut off as a whole
+            page = self._call(
+                prefix or None, "listing", lambda a=dict(args): self.client.list_objects_v2(**a)  # type: ignore[misc]
+            )
+            found.extend(
+                ObjectInfo(
+                    key=obj["Key"][len(self.prefix) :],
+                    size=int(obj["Size"]),
+                    etag=_strip_etag(obj["ETag"]),
                 )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._translate(exc, prefix or None, "listing") from exc
+                for obj in page.get("Contents", [])
+            )
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                break
+            args["ContinuationToken"] = page["NextContinuationToken"]
         found.sort(key=lambda info: info.key.encode())
         yield from found
+
+
+class _TranslatingBody(io.RawIOBase):
+    """A streamed object body whose failures (a read timeout on a stalled server, a dropped
+    connection) are StoreUnavailableError like every other store failure, not botocore's own."""
+
+    def __init__(self, store: S3Store, key: str, body: Any) -> None:
+        self._store, self._key, self._body = store, key, body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._body.read(len(buffer))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._store._translate(exc, self._key, "reading") from exc
+        buffer[: len(data)] = data
+        return len(data)

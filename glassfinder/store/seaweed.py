@@ -166,6 +166,15 @@ class SeaweedServer:
         """Kill the whole server abruptly (SIGKILL to its process group), as a crash would."""
         self._signal(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP to its group): connections are still accepted by the kernel
+        but nothing answers, as with a hung host or a stop-the-world pause."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """Stop the server gracefully, killing it if it does not exit in time."""
         if self.process is None or self.process.poll() is not None:
