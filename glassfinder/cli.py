@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from glassfinder import settings
 from glassfinder.errors import GlassFinderError
@@ -144,12 +145,31 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace, *, write: bool) -> int:
-    from glassfinder.catalog.ingest import QUARANTINE_KEY, ingest_manifest, split_uri
+    from glassfinder.catalog.ingest import ingest_manifest
+    from glassfinder.catalog.sources import roots_from_env
+    from glassfinder.errors import CatalogueShrinkError
 
+    allow = getattr(args, "allow_shrink", False)
+    if allow and not args.reason:
+        raise GlassFinderError(
+            "--allow-shrink needs --reason: the reason is recorded under catalog/overrides/"
+        )
     dest = _open(args) if write else None
-    report = ingest_manifest(
-        args.manifest, dest=dest, max_triangles=args.max_triangles, progress=sys.stderr.isatty()
-    )
+    try:
+        report = ingest_manifest(
+            args.manifest,
+            dest=dest,
+            max_triangles=args.max_triangles,
+            progress=sys.stderr.isatty(),
+            asset_roots=[*roots_from_env(), *(args.asset_root or [])],
+            max_asset_bytes=args.max_asset_bytes,
+            max_shrink_fraction=getattr(args, "max_shrink", None),
+            allow_shrink_reason=args.reason if allow else None,
+        )
+    except CatalogueShrinkError as exc:
+        if exc.report is not None:
+            _write_ingest_report(args, exc.report, dest)
+        raise
     summary = report.summary()
     print(
         f"{summary['rows']} rows: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
@@ -157,10 +177,21 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
     )
     for reason, n in sorted(summary["reasons"].items()):
         print(f"  {n:>6}  {reason}")
+    if report.shrink and report.shrink.get("allowed_reason"):
+        print(f"catalogue shrink allowed ({report.shrink['before']} -> {report.shrink['after']} products)")
+    _write_ingest_report(args, report, dest)
+    return 0
+
+
+def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStore | None) -> None:
+    """Write the quarantine report where the operator looks: --report, the catalogue, or beside
+    the manifest (also when the ingest was refused, since it says why every row was bad)."""
+    from glassfinder.catalog.ingest import QUARANTINE_KEY, split_uri
+
     if args.report:
         Path(args.report).write_text(report.to_json())
         print(f"report: {args.report}")
-    elif write and dest is not None:
+    elif dest is not None:
         dest.put(QUARANTINE_KEY, report.to_json().encode())
         print(f"report: {dest.uri}/{QUARANTINE_KEY}")
     else:
@@ -168,7 +199,6 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
         report_key = key.rsplit(".", 1)[0] + ".quarantine.json"
         store.put(report_key, report.to_json().encode())
         print(f"report: {store.uri}/{report_key}")
-    return 0
 
 
 def cmd_catalog_validate(args: argparse.Namespace) -> int:
@@ -473,8 +503,65 @@ def cmd_presence_train(args: argparse.Namespace) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------------
+#: Whether this invocation asked for --json: then argument errors are JSON too.
+_JSON_ERRORS: ContextVar[bool] = ContextVar("glassfinder_json_errors", default=False)
+#: Exit status of an argument error (argparse's own).
+USAGE_EXIT = 2
+#: Pillow refuses images over twice this as decompression bombs and warns above it.
+MAX_MEGAPIXELS = 89
+# Bounds the parser checks, spelt here so `glassfinder --help` does not import the heavy modules
+# that own them (tests/test_hostile_input.py checks they agree).
+MAX_TOP_K = 100  # glassfinder.search.query.MAX_TOP_K
+MAX_ASSET_BYTES_LIMIT = 4 * 1024**3  # glassfinder.catalog.sources.MAX_ASSET_BYTES_LIMIT
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one JSON line under --json, so a script that asked
+    for JSON never has to parse usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        if _JSON_ERRORS.get():
+            print(json.dumps({"error": "bad_argument", "message": f"{self.prog}: {message}"}))
+            raise SystemExit(USAGE_EXIT)
+        super().error(message)
+
+
+def _int_between(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type for a whole number in [lo, hi]: budgets of 0 or -1 are refused here,
+    at the edge, instead of quietly quarantining everything downstream."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo:,} and {hi:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+def _float_between(lo: float, hi: float, *, open_low: bool = False) -> Callable[[str], float]:
+    """An argparse type for a finite number in [lo, hi] (or (lo, hi] with open_low)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        low_ok = value > lo if open_low else value >= lo
+        if not (low_ok and value <= hi):
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if open_low else 'at least'} {lo:g} and at most {hi:g}, got {text}"
+            )
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glassfinder", description=__doc__.splitlines()[0])
+    parser: argparse.ArgumentParser = _Parser(prog="glassfinder", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -541,8 +628,35 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(catalog, name, fn, text)
         p.add_argument("manifest", help="manifest URI: .parquet, .csv or .json")
-        p.add_argument("--max-triangles", type=int, default=300_000)
+        p.add_argument("--max-triangles", type=_int_between(1, 100_000_000), default=300_000)
         p.add_argument("--report", default=None, help="write the JSON report to this local file")
+        p.add_argument(
+            "--asset-root",
+            action="append",
+            metavar="URI",
+            help="a folder or s3://bucket/prefix assets may also come from (repeatable; besides the "
+            "export's own folder and $GLASSFINDER_ASSET_ROOTS)",
+        )
+        p.add_argument(
+            "--max-asset-bytes",
+            type=_int_between(1, MAX_ASSET_BYTES_LIMIT),
+            default=None,
+            help="largest asset file read (default $GLASSFINDER_MAX_ASSET_BYTES or 256 MiB)",
+        )
+        if name == "ingest":
+            p.add_argument(
+                "--max-shrink",
+                type=_float_between(0.0, 1.0),
+                default=None,
+                help="largest share of the catalogue an export may remove (default "
+                "$GLASSFINDER_MAX_CATALOGUE_SHRINK or 0.25)",
+            )
+            p.add_argument(
+                "--allow-shrink",
+                action="store_true",
+                help="accept an export that empties the catalogue or shrinks it past --max-shrink",
+            )
+            p.add_argument("--reason", default=None, help="why (recorded); required with --allow-shrink")
 
     p = sub.add_parser("render", help="render try-on image shards of a catalogue (or a sheet of one product)")
     p.set_defaults(func=cmd_render)
@@ -649,7 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "search", cmd_search, "find the glasses in a photo: top-k products of the CURRENT index")
     p.add_argument("photo", help="a JPEG, PNG or WebP photo of a face wearing glasses")
-    p.add_argument("--top-k", type=int, default=10, help="how many products to show (default 10)")
+    p.add_argument(
+        "--top-k", type=_int_between(1, MAX_TOP_K), default=10, help="how many products to show (default 10)"
+    )
     p.add_argument("--json", action="store_true", help="print the result (or refusal) as JSON")
     p.add_argument("--index", default=None, help=f"index name (default {settings.DEFAULT_INDEX_NAME})")
 
@@ -658,10 +774,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--index", default=None, help=f"index name (default {settings.DEFAULT_INDEX_NAME})")
     p.add_argument("--sample", action="append", help="a photo the page offers to pick (repeatable)")
-    p.add_argument("--max-upload-mb", type=int, default=10)
-    p.add_argument("--max-megapixels", type=int, default=40)
-    p.add_argument("--max-concurrent", type=int, default=4, help="queries computed at once; more wait")
-    p.add_argument("--reload-interval", type=float, default=10.0, help="seconds between CURRENT checks")
+    p.add_argument("--max-upload-mb", type=_int_between(1, 1024), default=10)
+    p.add_argument("--max-megapixels", type=_int_between(1, MAX_MEGAPIXELS), default=40)
+    p.add_argument(
+        "--max-concurrent", type=_int_between(1, 256), default=4, help="queries computed at once; more wait"
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=_float_between(0.0, 86_400.0, open_low=True),
+        default=10.0,
+        help="seconds between CURRENT checks",
+    )
 
     presence = sub.add_parser(
         "presence", help="the glasses-presence check that refuses bare faces"
@@ -686,6 +809,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    token = _JSON_ERRORS.set("--json" in argv)
+    try:
+        return _main(argv)
+    finally:
+        _JSON_ERRORS.reset(token)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -699,7 +831,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GlassFinderError as exc:
         if args.debug:
             raise
-        print(f"glassfinder: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        else:
+            print(f"glassfinder: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("glassfinder: interrupted", file=sys.stderr)
