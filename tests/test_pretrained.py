@@ -160,3 +160,34 @@ def test_shipped_default_model_matches_its_card() -> None:
     assert len(model.weights) <= 25 * 1024 * 1024
     assert "MIT" in model.card["pretrained"]["licence"]
     assert model.card["training_data"]["catalogue_seed"] not in (0, 1, 5, 7, 11, 99)
+
+
+def test_packaged_presence_model_is_verified_and_used_by_a_fresh_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from glassfinder.search.presence import (
+        PRESENCE_MODEL_NAME,
+        current_presence_sha,
+        load_presence,
+        packaged_presence,
+    )
+
+    shipped = packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}.card.json"
+    if not shipped.is_file():
+        pytest.skip("no packaged presence model in this checkout")
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".json", ".card.json"):
+        shutil.copy(packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}{suffix}", models)
+    monkeypatch.setattr(packaged, "MODELS_DIR", models)
+    store = LocalStore(tmp_path / "store")
+    sha = json.loads(shipped.read_text())["sha"]
+    assert current_presence_sha(store) == sha and load_presence(store)[0] == sha
+    params = models / f"{PRESENCE_MODEL_NAME}.json"
+    raw = json.loads(params.read_text())
+    raw["threshold"] = 0.0  # a model that accepts everything must not pass for the shipped one
+    params.write_text(json.dumps(raw))
+    with pytest.raises(packaged.PackagedModelError, match="does not match its card"):
+        packaged_presence()

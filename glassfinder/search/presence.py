@@ -316,13 +316,47 @@ def publish_presence(store: ObjectStore, model: PresenceModel, card: dict[str, A
 
 
 def current_presence_sha(store: ObjectStore) -> str | None:
-    """The sha the presence CURRENT names, or None when none is published."""
+    """The sha the presence CURRENT names, else the packaged model's; None when neither exists."""
     pointer, _ = read_pointer(store, layout.model_current_key(PRESENCE_MODEL_NAME))
-    return None if pointer is None else str(pointer["sha"])
+    if pointer is None:
+        packaged = packaged_presence()
+        return None if packaged is None else packaged[0]
+    return str(pointer["sha"])
+
+
+def packaged_presence_paths() -> tuple[Any, Any]:
+    """(parameters, card) files of the presence model shipped in glassfinder/models/."""
+    from glassfinder.embed import packaged
+
+    return (
+        packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}.json",
+        packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}.card.json",
+    )
+
+
+def packaged_presence() -> tuple[str, PresenceModel, dict[str, Any]] | None:
+    """(sha, model, card) of the packaged presence model, verified against its card; None if absent."""
+    from glassfinder.embed.packaged import PackagedModelError
+
+    params, card_file = packaged_presence_paths()
+    if not card_file.is_file():
+        return None
+    try:
+        card = json.loads(card_file.read_text())
+        model = PresenceModel.from_json(params.read_bytes(), str(params))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PackagedModelError(f"packaged glasses-presence model cannot be read ({exc})") from exc
+    sha = presence_sha(model)
+    if sha != card.get("sha"):
+        raise PackagedModelError(
+            f"packaged glasses-presence model {params}: sha {sha} does not match its card {card_file} "
+            f"({card.get('sha')}); refusing a corrupted or swapped model (reinstall glassfinder)"
+        )
+    return sha, model, card
 
 
 def load_presence(store: ObjectStore, sha: str | None = None) -> tuple[str, PresenceModel, dict[str, Any]]:
-    """(sha, model, card) of the presence CURRENT, or of `sha`."""
+    """(sha, model, card) of the presence CURRENT (else the packaged one), or of `sha`."""
     if sha is None:
         sha = current_presence_sha(store)
         if sha is None:
@@ -331,6 +365,10 @@ def load_presence(store: ObjectStore, sha: str | None = None) -> tuple[str, Pres
                 "(`glassfinder demo` trains one on its sample catalogue)"
             )
     prefix = layout.model_prefix(PRESENCE_MODEL_NAME, sha)
+    if not store.exists(prefix + PARAMS_FILE):
+        packaged = packaged_presence()
+        if packaged is not None and packaged[0] == sha:
+            return packaged
     try:
         data = store.get(prefix + PARAMS_FILE)
         card = json.loads(store.get(prefix + "card.json"))

@@ -1,0 +1,247 @@
+"""Retrain the packaged default embedding model: `python -m glassfinder.embed.default_model`.
+
+It lives in the package (not bench/) because its output ships in the package: whoever changes
+the model, the renderer or the crop reruns this and commits `glassfinder/models/glasses.pt` and
+its card. Steps, each skipped when its output exists (the work folder is a resumable run):
+
+1. generate a catalogue with seed TRAINING_SEED (no benchmark, test or demo uses it) and render
+   it under TRAINING_SPEC: 256 px, procedural heads 0-799 (never the photo bank: the astronaut
+   photo is never used to train or calibrate a packaged model), mostly clear optical lenses;
+2. compare backbone depths briefly on a subset of products (MobileNetV2 cut after the 160-channel
+   stage with mean+max pooling, vs the whole trunk with GeM) and keep the best on validation mAP;
+3. fine-tune the kept one from ImageNet on every training product, with checkpoints and resume;
+4. write the weights and a card (config, data spec, figures, ImageNet weights' licence) into
+   glassfinder/models/.
+
+Budget: ~30-45 min on 2 CPU cores for the default sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+#: Catalogue seed of the packaged model's training data (benchmarks use 0, 5, 7, 11, 99).
+TRAINING_SEED = 4242
+TRAINING_PRODUCTS = 600
+MODEL_NAME = "glasses"
+
+
+def training_spec() -> Any:
+    """The render spec of the packaged model's training views (the 'catalog' preset's look)."""
+    from glassfinder.render.spec import PRESETS
+
+    return replace(PRESETS["catalog"], views_per_asset=6, seed=TRAINING_SEED, split_fractions=(0.9, 0.1, 0.0))
+
+
+#: Depth/pooling candidates compared before the full run (ModelConfig overrides).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "mnv2-d17-meanmax": {"depth": 17, "pooling": "meanmax"},
+    "mnv2-d19-gem": {"depth": 19, "pooling": "gem"},
+}
+
+
+def prepare_catalogue(work: Path, products: int) -> Any:
+    """The training catalogue, generated and ingested once into work/store."""
+    from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+    from glassfinder.store.local import LocalStore
+
+    store = LocalStore(work / "store")
+    if not store.exists(CATALOG_MANIFEST_KEY):
+        t0 = time.perf_counter()
+        generate_catalog(LocalStore(work / "src"), products, TRAINING_SEED, progress=True)
+        ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
+        print(f"catalogue: {products} products (seed {TRAINING_SEED}) in {time.perf_counter() - t0:.0f} s")
+    return store
+
+
+def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple[Any, str]:
+    """Generate, ingest and render the training catalogue (skipping what exists)."""
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+    from glassfinder.render.job import render_catalogue
+
+    store = prepare_catalogue(work, products)
+    spec = training_spec()
+    report = render_catalogue(
+        f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True, limit=render_limit
+    )
+    print(
+        f"render spec {spec.spec_hash}: {report.rendered} rendered ({report.views} views), "
+        f"{report.skipped} there already, in {report.seconds:.0f} s"
+    )
+    return store, spec.spec_hash
+
+
+def write_packaged(result: Any, spec: Any, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Weights + card into out_dir (glassfinder/models/ by default)."""
+    from glassfinder.embed.imagenet import SOURCE
+    from glassfinder.embed.model import model_sha, weights_bytes
+    from glassfinder.embed.packaged import card_path, weights_path
+
+    weights = weights_bytes(result.model)
+    card = {
+        **result.card(),
+        "name": MODEL_NAME,
+        "model_sha": model_sha(weights),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_bytes": len(weights),
+        "config": result.model.config.to_dict(),
+        "architecture": result.model.config.architecture,
+        "pretrained": SOURCE,
+        "training_data": {
+            "catalogue_seed": TRAINING_SEED,
+            "generator": "glassfinder.catalog.generate (procedural frames)",
+            "faces": "procedural heads 0-799 only (no photo; the astronaut photo is never used)",
+            "render_spec": json.loads(spec.canonical_json()),
+            "render_spec_hash": spec.spec_hash,
+        },
+        "retrain": "python -m glassfinder.embed.default_model",
+        **extra,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path(MODEL_NAME, out_dir).write_bytes(weights)
+    card_path(MODEL_NAME, out_dir).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def package_presence(store: Any, out_dir: Path) -> dict[str, Any]:
+    """Train the glasses-presence model on the training catalogue (procedural heads only) and
+    write `glasses-presence.json` + its card into out_dir.
+
+    No photo bank: the astronaut is never used, and Grace Hopper wears glasses in her photo, so
+    she cannot stand for a bare face. The held-out figures are on procedural heads.
+    """
+    from glassfinder.search.presence import (
+        PRESENCE_MODEL_NAME,
+        PresenceTrainConfig,
+        catalogue_assets,
+        presence_sha,
+        train_presence,
+    )
+
+    config = PresenceTrainConfig(seed=TRAINING_SEED)
+    model, report = train_presence(catalogue_assets(store), config)
+    sha = presence_sha(model)
+    card = {
+        "kind": "glasses-presence",
+        "sha": sha,
+        "photo_bank": None,
+        "training_data": {
+            "catalogue_seed": TRAINING_SEED,
+            "faces": "procedural heads only (no photo; the astronaut photo is never used)",
+        },
+        "evaluation": report,
+        "retrain": "python -m glassfinder.embed.default_model --presence-only",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{PRESENCE_MODEL_NAME}.json").write_bytes(model.to_json())
+    (out_dir / f"{PRESENCE_MODEL_NAME}.card.json").write_text(
+        json.dumps(card, indent=2, sort_keys=True) + "\n"
+    )
+    v = report["validation"]
+    print(
+        f"packaged {PRESENCE_MODEL_NAME} {sha}: held-out false refusal {v['false_refusal']:.3f}, "
+        f"false accept {v['false_accept']:.3f}"
+    )
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--work", default=".glassfinder/default-model", help="resumable work folder")
+    parser.add_argument("--products", type=int, default=TRAINING_PRODUCTS)
+    parser.add_argument(
+        "--render-limit", type=int, default=None, help="render (and train on) the first N products only"
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--compare-products", type=int, default=150)
+    parser.add_argument("--compare-epochs", type=int, default=2)
+    parser.add_argument("--candidate", default=None, help=f"skip the comparison: one of {list(CANDIDATES)}")
+    parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--presence-only", action="store_true", help="only (re)train the packaged glasses-presence model"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("PML").setLevel(logging.WARNING)
+
+    import numpy as np
+
+    from glassfinder.embed.data import ViewSet
+    from glassfinder.embed.model import mobilenet_config
+    from glassfinder.embed.packaged import MODELS_DIR
+    from glassfinder.embed.train import TrainConfig, load_training_views, train_model
+
+    work = Path(args.work)
+    out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
+    if args.presence_only:
+        package_presence(prepare_catalogue(work, args.products), out_dir)
+        return 0
+    store, spec_hash = prepare(work, args.products, args.render_limit)
+    base = TrainConfig(spec_hashes=(spec_hash,), epochs=args.epochs, model=mobilenet_config())
+    train_views, val_views = load_training_views(store, base, progress=True)
+
+    def subset(views: ViewSet, keep: set[str]) -> ViewSet:
+        return views.subset(np.array([p in keep for p in views.product_ids]))
+
+    comparison: dict[str, Any] = {}
+    kept = args.candidate
+    if kept is None:
+        keep = set(sorted(set(train_views.product_ids.tolist()))[: args.compare_products])
+        keep |= set(val_views.product_ids.tolist())
+        for label, overrides in CANDIDATES.items():
+            config = replace(base, epochs=args.compare_epochs, model=mobilenet_config(**overrides))
+            result = train_model(
+                store,
+                config,
+                work_dir=work / "compare" / label,
+                resume=(work / "compare" / label).exists(),
+                views=(subset(train_views, keep), val_views),
+                device=args.device,
+            )
+            comparison[label] = {
+                "epochs": args.compare_epochs,
+                "train_products": result.train_products,
+                "history": result.history,
+                "best_val": result.best_val,
+            }
+            print(f"compare {label}: {json.dumps(result.best_val)} ({result.seconds:.0f} s)")
+        kept = max(
+            comparison, key=lambda k: comparison[k]["best_val"].get("val_mean_average_precision_at_r", 0)
+        )
+        print(f"kept {kept}")
+    config = replace(base, model=mobilenet_config(**CANDIDATES[kept]))
+    t0 = time.perf_counter()
+    result = train_model(
+        store,
+        config,
+        work_dir=work / "train" / kept,
+        resume=(work / "train" / kept / "last.pt").exists(),
+        views=(train_views, val_views),
+        device=args.device,
+        progress=True,
+    )
+    print(
+        f"trained {kept}: best epoch {result.best_epoch} {json.dumps(result.best_val)} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    card = write_packaged(
+        result,
+        training_spec(),
+        out_dir,
+        {"depth_comparison": comparison, "kept": kept, "augment": asdict(config.augment)},
+    )
+    print(f"packaged {MODEL_NAME}@{card['model_sha']} ({card['weights_bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
