@@ -353,3 +353,108 @@ def test_evaluation_page_in_headless_chromium(service: str, world: World, tmp_pa
             assert not errors, errors
         finally:
             browser.close()
+
+
+# --- hostile uploads (issue 17) -----------------------------------------------------------------
+def _png_header(width: int, height: int, idat: bytes | None = None) -> bytes:
+    """A PNG whose header claims width x height: a decompression bomb costs a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\0" * 64) if idat is None else idat
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+BOMB = _png_header(60_000, 60_000)  # 3.6 gigapixels: Pillow raises DecompressionBombError
+
+
+def test_decompression_bombs_and_decoder_errors_are_refusals() -> None:
+    import warnings
+
+    from glassfinder.search.query import decode_photo
+
+    with pytest.raises(QueryRefusedError) as err:
+        decode_photo(BOMB, "bomb.png")
+    assert err.value.reason == "too_many_pixels" and "decompression bomb" in err.value.detail
+    # Past Image.MAX_IMAGE_PIXELS Pillow only warns; a caller that made warnings errors gets the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(QueryRefusedError) as err:
+            decode_photo(_png_header(10_000, 10_000), "warned.png", max_pixels=89_478_485)
+    assert err.value.reason == "too_many_pixels"
+    with pytest.raises(QueryRefusedError) as err:
+        decode_photo(_png_header(64, 64, idat=b"not zlib at all"), "damaged.png")
+    assert err.value.reason == "not_an_image" and "damaged.png is damaged" in err.value.detail
+
+
+def test_cli_refuses_a_bomb_and_bad_arguments_as_json(world: World, tmp_path: Path, capsys) -> None:
+    (tmp_path / "bomb.png").write_bytes(BOMB)
+    store = ["--store", world.store.uri]
+    assert main(["search", str(tmp_path / "bomb.png"), "--json", *store]) == REFUSED_EXIT
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["refused"] is True and answer["reason"] == "too_many_pixels"
+    for bad in ("0", "-1", "101", "ten"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", str(tmp_path / "bomb.png"), "--top-k", bad, "--json", *store])
+        assert exit_.value.code == 2
+        error = json.loads(capsys.readouterr().out)
+        assert error["error"] == "bad_argument" and "--top-k" in error["message"]
+    assert main(["search", str(tmp_path / "missing.png"), "--json", *store]) == 1
+    assert "does not exist" in json.loads(capsys.readouterr().out)["message"]
+
+
+def _metric(url: str, outcome: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f'glassfinder_search_requests_total{{outcome="{outcome}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _multipart(photo: bytes, name: str = "q.png") -> tuple[bytes, str]:
+    boundary = "gf-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    return head + photo + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_service_answers_a_bomb_413_and_counts_every_4xx(service: str) -> None:
+    before = {o: _metric(service, o) for o in ("too_many_pixels", "upload_too_large", "bad_request")}
+    r = httpx.post(f"{service}/search", files={"photo": ("bomb.png", BOMB, "image/png")}, timeout=60)
+    assert r.status_code == 413 and r.json()["reason"] == "too_many_pixels", r.text
+    bad_k = httpx.post(f"{service}/search?k=0", files={"photo": ("a.png", ASTRONAUT, "image/png")})
+    assert bad_k.status_code == 422
+    body, content_type = _multipart(b"\x89PNG" + bytes(2_100_000))
+    r = httpx.post(f"{service}/search", content=body, headers={"content-type": content_type}, timeout=60)
+    assert r.status_code == 413
+    after = {o: _metric(service, o) for o in before}
+    assert {o: after[o] - before[o] for o in before} == {
+        "too_many_pixels": 1,
+        "upload_too_large": 1,
+        "bad_request": 1,
+    }
+
+
+def test_service_answers_a_chunked_over_limit_upload_413(service: str) -> None:
+    """No Content-Length to refuse on: the body is counted as it streams, and the 413 replaces the
+    400 FastAPI's form parser would answer once the stream is cut off."""
+    body, content_type = _multipart(b"\x89PNG" + bytes(2_100_000))
+
+    def chunks() -> Iterator[bytes]:  # a generator: httpx sends it with Transfer-Encoding: chunked
+        for i in range(0, len(body), 64 * 1024):
+            yield body[i : i + 64 * 1024]
+
+    before = _metric(service, "upload_too_large")
+    r = httpx.post(f"{service}/search", content=chunks(), headers={"content-type": content_type}, timeout=60)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "upload_too_large"
+    assert _metric(service, "upload_too_large") == before + 1
+    small, content_type = _multipart(ASTRONAUT)  # a chunked upload under the limit is served
+    headers = {"content-type": content_type}
+    r = httpx.post(f"{service}/search", content=iter([small]), headers=headers, timeout=60)
+    assert r.status_code == 422 and r.json()["reason"] == "no_glasses"
