@@ -25,7 +25,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from glassfinder.errors import (
     AssetSourceError,
@@ -153,7 +153,7 @@ class AssetRoots:
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise AssetSourceError(asset_uri, "bad_uri", "file URIs must be file:///absolute/path")
-            return self._read_local(asset_uri, parts.path)
+            return self._read_local(asset_uri, unquote(parts.path))
         if parts.scheme and "://" in asset_uri:
             raise AssetSourceError(
                 asset_uri, "bad_uri", f"unsupported URI scheme {parts.scheme!r}, expected a relative "
