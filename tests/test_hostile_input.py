@@ -412,6 +412,11 @@ def test_an_edited_manifest_is_refused_from_the_pointer_down(published: LocalSto
         IndexCorruptError, match=r"manifest.json has sha256 \w+, CURRENT records \w+; refusing"
     ):
         IndexReader(published, "catalog")
+    current = json.loads(published.get("indexes/catalog/CURRENT"))
+    del current["manifest_sha256"]  # a pointer that cannot be verified is not served either
+    published.put("indexes/catalog/CURRENT", json.dumps(current).encode())
+    with pytest.raises(IndexCorruptError, match="CURRENT must record the manifest's sha256"):
+        IndexReader(published, "catalog")
 
 
 def test_a_replaced_index_file_with_its_checksum_updated_is_refused(published: LocalStore) -> None:
@@ -492,6 +497,30 @@ def test_a_paused_store_is_a_clear_error_within_the_deadline(
     assert any("retry (attempt 2)" in r.getMessage() for r in caplog.records), "retries are logged"
     assert store.get("kept") == b"written before the stall"  # nothing lost
     assert store.get("new") == b"x" if store.exists("new") else True  # whole or absent, never a part
+
+
+def test_an_ingest_from_a_paused_store_stops_and_keeps_the_catalogue(
+    pausable: SeaweedServer, family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled store is not a bad asset: the ingest fails within the deadline instead of
+    quarantining every row (and then refusing the empty result)."""
+    for name, value in pausable.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GLASSFINDER_S3_DEADLINE_S", "1.5")
+    monkeypatch.setenv("GLASSFINDER_S3_READ_TIMEOUT_S", "0.5")
+    assets = S3Store(new_bucket_store(pausable).bucket, "assets")
+    assets.put("a.glb", family[0][1])
+    local = tmp_path / "export"
+    local.mkdir()
+    manifest = _manifest(local, [{"product_id": "a", "asset_uri": f"s3://{assets.bucket}/assets/a.glb"}])
+    dest = LocalStore(tmp_path / "store")
+    assert len(ingest_manifest(manifest, dest=dest, asset_roots=[assets.uri]).accepted) == 1
+    before = _snapshot(dest)
+    start = time.monotonic()
+    with paused(pausable), pytest.raises(StoreUnavailableError, match=r"within its deadline of 1\.5 s"):
+        ingest_manifest(manifest, dest=dest, asset_roots=[assets.uri])
+    assert time.monotonic() - start < 5
+    assert _snapshot(dest) == before
 
 
 @pytest.mark.slow  # waits out the whole default deadline (20 s)

@@ -33,6 +33,7 @@ from glassfinder.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     StoreError,
+    StoreUnavailableError,
 )
 from glassfinder.store.base import ObjectStore, validate_key
 from glassfinder.store.local import LocalStore
@@ -260,6 +261,8 @@ class AssetRoots:
                 return self._read_bounded(asset_uri, fh, where)
         except ObjectNotFoundError:
             raise AssetSourceError(asset_uri, "missing_asset", f"{where} does not exist") from None
+        except StoreUnavailableError:
+            raise  # the store's fault, not the asset's: the ingest stops, the catalogue stays as it was
         except StoreError as exc:
             raise AssetSourceError(asset_uri, "unreadable_asset", f"cannot read {where}: {exc}") from exc
 
