@@ -554,3 +554,14 @@ def test_store_budgets_are_validated() -> None:
             S3Config(**bad)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="GLASSFINDER_S3_DEADLINE_S must be a float"):
         S3Config.from_env({"GLASSFINDER_S3_DEADLINE_S": "soon"})
+
+
+def test_cli_search_refuses_a_huge_photo_file_unread(tmp_path: Path) -> None:
+    from glassfinder.search.query import QueryRefusedError, read_photo
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as fh:
+        fh.truncate(8 * 1024**3)
+    with pytest.raises(QueryRefusedError) as err:
+        read_photo(huge)
+    assert err.value.reason == "upload_too_large" and "larger than 67,108,864 bytes" in err.value.detail

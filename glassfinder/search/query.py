@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,8 @@ QUERY_DETECTION_THRESHOLD = -0.3
 DETECT_MAX_SIDE_PX = 1024
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
+#: Largest photo file `glassfinder search` reads (the service's uploads have their own limit).
+MAX_PHOTO_BYTES = 64 * 1024 * 1024
 
 
 class QueryRefusedError(GlassFinderError):
@@ -57,6 +61,17 @@ class QueryRefusedError(GlassFinderError):
 
 class ImageTooLargeError(QueryRefusedError):
     """More pixels than the limit (a decompression bomb, or just too big)."""
+
+
+def read_photo(path: Path, *, max_bytes: int = MAX_PHOTO_BYTES) -> bytes:
+    """A photo file's bytes, refused (`upload_too_large`) past `max_bytes` without reading on: a
+    path naming a huge file must not cost its size in memory before the pixel check runs."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise QueryRefusedError("upload_too_large", f"{path.name} is larger than {max_bytes:,} bytes")
+    return data
 
 
 def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,10 @@ Payload = bytes | bytearray | memoryview | BinaryIO
 
 #: Size of the chunks in which streams are read and copied.
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
+#: A long transfer logs its progress at most this often.
+PROGRESS_EVERY_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,13 @@ class ObjectStore(ABC):
         with tempfile.TemporaryDirectory(prefix="glassfinder-") as tmp:
             path = Path(tmp) / "object"
             with self.open_read(key) as src, open(path, "wb") as dst:
+                copied, reported = 0, time.monotonic()
                 while chunk := src.read(COPY_CHUNK_BYTES):
                     dst.write(chunk)
+                    copied += len(chunk)
+                    if time.monotonic() - reported >= PROGRESS_EVERY_S:  # long transfers say so
+                        reported = time.monotonic()
+                        log.info("downloading %s/%s: %.0f MiB so far", self.uri, key, copied / 2**20)
             yield path
 
     @abstractmethod

@@ -49,6 +49,7 @@ from glassfinder.errors import (
     StoreUnavailableError,
 )
 from glassfinder.store.base import (
+    PROGRESS_EVERY_S,
     ObjectInfo,
     ObjectStore,
     Payload,
@@ -81,7 +82,6 @@ _TRANSIENT_EXCEPTIONS = (
     botocore.exceptions.IncompleteReadError,
 )
 _MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest allowed part (but the last)
-_PROGRESS_EVERY_S = 10.0  # long transfers log their progress at most this often
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,7 @@ class S3Store(ObjectStore):
                 parts.append({"ETag": resp["ETag"], "PartNumber": number})
                 digests.append(hashlib.md5(chunk).digest())
                 size += len(chunk)
-                if time.monotonic() - reported >= _PROGRESS_EVERY_S:
+                if time.monotonic() - reported >= PROGRESS_EVERY_S:
                     reported = time.monotonic()
                     log.info(
                         "S3 upload %s/%s: %d parts, %.0f MiB so far", self.uri, key, number, size / 2**20
