@@ -413,11 +413,10 @@ def cmd_index(args: argparse.Namespace) -> int:
             )
         return 0
     if action == "show":
-        current, _ = versions.read_current(store, args.name)
-        shown = args.version or (int(current["version"]) if current else None)
-        if shown is None:
-            raise GlassFinderError(f"index {args.name} has no CURRENT version: name one")
-        manifest, _ = versions.fetch_verified(store, args.name, shown)
+        if args.version is None:  # what readers serve: verified from CURRENT down
+            _, _, manifest, _ = versions.fetch_current_verified(store, args.name)
+        else:
+            manifest, _ = versions.fetch_verified(store, args.name, args.version)
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0
     if action == "promote":
@@ -442,14 +441,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from glassfinder.search.query import QueryEngine, QueryRefusedError
+    from glassfinder.search.query import QueryEngine, QueryRefusedError, read_photo
 
     path = Path(args.photo)
     if not path.is_file():
         raise GlassFinderError(f"photo {path} does not exist or is not a file")
     engine = QueryEngine(_open(args), args.index or settings.index_name())
     try:
-        result = engine.search(path.read_bytes(), path.name, k=args.top_k)
+        result = engine.search(read_photo(path), path.name, k=args.top_k)
     except QueryRefusedError as exc:
         if args.json:
             print(json.dumps({"refused": True, "reason": exc.reason, "message": str(exc)}))
