@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from glassfinder import settings
 from glassfinder.pipeline import tasks
@@ -39,7 +39,9 @@ def glassfinder_training_data() -> None:
     def plan(params=None):
         return tasks.plan_training(params)
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    # Runs when render had nothing to do too (its mapped task is then skipped): retraining on
+    # shards that already exist must still train.
+    @task.short_circuit(ignore_downstream_trigger_rules=False, trigger_rule=TriggerRule.NONE_FAILED)
     def train_requested(params=None):
         return tasks.should_train(params)
 

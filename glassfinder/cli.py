@@ -501,6 +501,54 @@ def cmd_presence_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- airflow -------------------------------------------------------------------------------------
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from glassfinder.ops import deployment
+
+    home = Path(args.home)
+    if args.airflow_command == "up":
+        cfg = deployment.DeploymentConfig(
+            home=home,
+            port=args.port,
+            db_url=args.db_url,
+            store=args.store or settings.store_uri(),
+            dags_folder=Path(args.dags) if args.dags else None,
+            plugins_folder=Path(args.plugins) if args.plugins else None,
+            parallelism=args.parallelism,
+        )
+        state = deployment.up(cfg, wait_s=args.wait)
+        print(
+            f"Airflow is up at {state['url']}/ (log in as {state['user']}, password "
+            f"{deployment.password(cfg.home)}; stored in {cfg.home / deployment.PASSWORDS_FILE})"
+        )
+        print(f"store: {state['store']}")
+        running = [f"{name} (pid {c['pid']})" for name, c in state["components"].items()]
+        print(f"components: {', '.join(running)}")
+        print(
+            f"Airflow CLI against it: export AIRFLOW_HOME={cfg.home}; stop it: glassfinder airflow down "
+            f"--home {args.home}"
+        )
+        return 0
+    if args.airflow_command == "down":
+        stopped = deployment.stop(home)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing of ours runs from {home}")
+        return 0
+    report = deployment.status(home)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not report["components"]:
+        print(f"no deployment started from {report['home']}")
+    else:
+        print(
+            f"{report['url']}/ ({'running' if report['running'] else 'NOT running'}), store {report['store']}"
+        )
+        for name, state in report["components"].items():
+            print(f"  {name}: {state}")
+        if report["unhealthy"]:
+            print(f"  unhealthy per Airflow: {', '.join(report['unhealthy'])}")
+    return 0 if report["running"] and not report["unhealthy"] else 1
+
+
 # --- parser ---------------------------------------------------------------------------------------
 #: Whether this invocation asked for --json: then argument errors are JSON too.
 _JSON_ERRORS: ContextVar[bool] = ContextVar("glassfinder_json_errors", default=False)
@@ -571,6 +619,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         _store_arg(p)
         return p
+
+    af = sub.add_parser(
+        "airflow", help="a single-machine Airflow deployment of the DAGs (LocalExecutor, 127.0.0.1)"
+    ).add_subparsers(dest="airflow_command", required=True)
+    for name, text in (
+        ("up", "migrate, create pools, start api-server, scheduler, dag-processor and triggerer"),
+        ("down", "stop exactly the processes `up` started"),
+        ("status", "which components run and what Airflow's health check says (exit 1 if unhealthy)"),
+    ):
+        p = af.add_parser(name, help=text, description=text)
+        p.set_defaults(func=cmd_airflow)
+        p.add_argument("--home", default=".glassfinder/airflow", help="AIRFLOW_HOME of the deployment")
+    up_args = af.choices["up"]
+    up_args.add_argument("--port", type=int, default=8080, help="api-server port on 127.0.0.1")
+    up_args.add_argument(
+        "--db-url",
+        default=None,
+        help="metadata database URL (default: SQLite in --home; PostgreSQL to share)",
+    )
+    up_args.add_argument(
+        "--store", default=None, help="GlassFinder store URI (default: $GLASSFINDER_STORE_URI)"
+    )
+    up_args.add_argument("--dags", default=None, help="DAG folder (default: the checkout's dags/)")
+    up_args.add_argument("--plugins", default=None, help="plugin folder (default: the checkout's plugins/)")
+    up_args.add_argument("--parallelism", type=int, default=4, help="task slots of the LocalExecutor")
+    up_args.add_argument("--wait", type=float, default=180, help="seconds to wait for a healthy start")
+    af.choices["status"].add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add(sub, "demo", cmd_demo, "run the main job on embedded defaults and show the result")
     p.add_argument(

@@ -6,9 +6,50 @@ CLI can print them as one line and an operator can act on them without a traceba
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
+Audience = Literal["cli", "dag"]
+
+#: How each option a message may point at is spelt where the user is: a CLI flag, or a param of
+#: the DAG's trigger form. A message writes `{option:NAME}`; the CLI and the DAG tasks each render
+#: it in their own words, so the library never guesses who called it.
+OPTIONS: dict[str, dict[Audience, str]] = {
+    "force": {"cli": "--force with --reason", "dag": "the force_reason param"},
+    "batch_size": {"cli": "--batch-size", "dag": "the batch_size param"},
+    "resume": {"cli": "--resume", "dag": "a retry of the task (it resumes by itself)"},
+    "work_dir": {"cli": "another --work-dir", "dag": "another train_seed"},
+    "epochs": {"cli": "--epochs", "dag": "the epochs param"},
+}
+_OPTION = re.compile(r"\{option:(\w+)\}")
+
 
 class GlassFinderError(Exception):
     """Base of every error GlassFinder raises on purpose."""
+
+    def speak(self, audience: Audience) -> str:
+        """The message with every `{option:NAME}` named as `audience` knows it."""
+        text = super().__str__()
+        return _OPTION.sub(lambda m: OPTIONS[m[1]][audience] if m[1] in OPTIONS else m[1], text)
+
+    def __str__(self) -> str:
+        return self.speak("cli")
+
+
+# --- what to do about it ------------------------------------------------------------------------
+# Each class below says what its caller should do; the Airflow retry policy
+# (glassfinder.pipeline.tasks), the render quarantine (glassfinder.render.job) and HTTP statuses
+# (http_status below) are derived from these classes, nowhere else.
+class RetryableError(GlassFinderError):
+    """Another attempt may succeed (an outage, a lost compare-and-swap race): retry, never quarantine."""
+
+
+class BadInputError(GlassFinderError):
+    """What the caller gave is wrong (a name, a param, a field): refuse it; a retry cannot help."""
+
+
+class PointerConflictError(RetryableError):
+    """A CURRENT pointer moved between reading and swapping it: re-read and try again."""
 
 
 # --- object store -------------------------------------------------------------------------------
@@ -46,6 +87,12 @@ class StaleWriteError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The store kept failing with transient errors after every retry."""
+
+
+# --- assets -------------------------------------------------------------------------------------
+class BadAssetError(GlassFinderError):
+    """An asset's bytes cannot be used (unparseable, parts missing, cannot be fitted): quarantine
+    it for good, since the same bytes fail the same way every night."""
 
 
 # --- Parquet shards -----------------------------------------------------------------------------

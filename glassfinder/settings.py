@@ -33,6 +33,22 @@ def source_manifest_uri(store: str | None = None) -> str:
     return f"{(store or store_uri()).rstrip('/')}/{DEFAULT_SOURCE_MANIFEST_KEY}"
 
 
+#: Render spec presets the pipeline uses when a run names none (see glassfinder.render.spec).
+DEFAULT_CATALOG_SPEC = "catalog"
+DEFAULT_QUERY_SPEC = "queries"
+
+
+def catalog_spec() -> str:
+    """The catalogue render spec of runs that name none (scheduled and Asset-triggered runs):
+    $GLASSFINDER_CATALOG_SPEC (a preset, inline JSON, a file or a store URI), else the preset."""
+    return os.environ.get("GLASSFINDER_CATALOG_SPEC") or DEFAULT_CATALOG_SPEC
+
+
+def query_spec() -> str:
+    """The evaluation render spec of runs that name none: $GLASSFINDER_QUERY_SPEC, else the preset."""
+    return os.environ.get("GLASSFINDER_QUERY_SPEC") or DEFAULT_QUERY_SPEC
+
+
 def model_name() -> str:
     return os.environ.get("GLASSFINDER_MODEL_NAME") or DEFAULT_MODEL_NAME
 

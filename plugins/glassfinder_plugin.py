@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from glassfinder.ops import macros, run_metrics
+from glassfinder.ops import macros, pool_check, run_metrics
 from glassfinder.ops.versions_app import create_app
 
 
@@ -17,7 +17,7 @@ class GlassFinderPlugin(AirflowPlugin):
     # AirflowPlugin declares these as class-level lists; the subclass fills them in.
     name = "glassfinder"
     macros: list[Any] = [macros.current_index_version, macros.current_index_uri]
-    listeners: list[Any] = [run_metrics]
+    listeners: list[Any] = [run_metrics, pool_check]
     fastapi_apps: list[dict[str, Any]] = [
         {
             "app": create_app(require_login=True),

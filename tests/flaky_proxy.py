@@ -23,6 +23,7 @@ class FlakyProxy:
         self.fail_with_503 = 0  # next N requests: 503 without forwarding
         self.drop_after_forward = 0  # next N requests: forward, then close without answering
         self.only_methods: set[str] | None = None  # misbehave only on these methods
+        self.only_paths_containing: str | None = None  # ... and only on these paths
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status returned)
         self._lock = threading.Lock()
         proxy = self
@@ -36,7 +37,7 @@ class FlakyProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                action = proxy._next_action(self.command)
+                action = proxy._next_action(self.command, self.path)
                 if action == "503":
                     proxy._record(self.command, self.path, 503)
                     payload = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
@@ -72,9 +73,11 @@ class FlakyProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def _next_action(self, method: str) -> str:
+    def _next_action(self, method: str, path: str = "") -> str:
         with self._lock:
             if self.only_methods is not None and method not in self.only_methods:
+                return "forward"
+            if self.only_paths_containing is not None and self.only_paths_containing not in path:
                 return "forward"
             if self.fail_with_503 > 0:
                 self.fail_with_503 -= 1

@@ -260,20 +260,28 @@ def test_training_data_renders_trains_and_announces_the_model(bag: Any, s3_env: 
     again = _run(bag, "glassfinder_training_data", {**conf, "train": False})
     assert (again.summary["rendered"], again.summary["reused"]) == (0, 6)
     assert again.task_states["train"] == "skipped" and again.summary["model"] is None
+    assert again.summary["skipped_stages"] == {"render": "nothing to do", "train": "not requested"}
+
+    # Retraining with unchanged render settings: nothing to render, and training still runs.
+    retrain = _run(bag, "glassfinder_training_data", {**conf, "train_seed": 1})
+    assert retrain.task_states["render"] == "skipped" and retrain.task_states["train"] == "success"
+    assert retrain.summary["ok"] and retrain.summary["skipped_stages"] == {"render": "nothing to do"}
+    assert retrain.summary["model"]["model_sha"] == current_sha(store, "glasses")[0]
 
 
-def test_a_night_without_a_model_fails_at_once_and_says_which_stage(
-    bag: Any, s3_env: S3Store, sample
-) -> None:
+def test_a_night_before_any_model_waits_for_one_instead_of_failing(bag: Any, s3_env: S3Store, sample) -> None:
     from glassfinder import airflow_local
 
     store = s3_env
     _export(store, sample, sample[1][:2])
-    result = airflow_local.run_dag("glassfinder_catalog_reindex", _conf(store))
-    assert result.state == "failed"
-    assert result.task_states["sync_catalogue"] == "success" and result.task_states["plan"] == "failed"
-    assert result.summary["ok"] is False and result.summary["failed_stages"][:1] == ["plan"]
+    result = airflow_local.run_dag("glassfinder_catalog_reindex", _conf(store, model="nothing-yet"))
+    assert result.state == "success"
+    assert result.task_states["plan"] == "success" and result.task_states["render"] == "skipped"
+    s = result.summary
+    assert s["ok"] is True and s["failed_stages"] == []
+    assert s["skipped_stages"] == {"render": "nothing to do", "embed": "nothing to do"}
+    assert s["index"]["published"] is False and s["index"]["reason"] == "no model yet"
+    assert "glassfinder_training_data" in s["index"]["message"]
     metrics = json.loads(store.get(layout.run_record_key(result.dag_id, result.run_id, "metrics.json")))
-    (plan,) = [t for t in metrics["tasks"] if t["task_id"] == "plan"]
-    assert plan["tries"] == 1  # no retries spent on an error another attempt cannot fix
+    assert metrics["state"] == "success"
     assert list_versions(store, "catalog") == {}

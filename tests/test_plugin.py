@@ -122,13 +122,13 @@ def test_run_metrics_listener_never_raises(caplog: pytest.LogCaptureFixture) -> 
     class Broken:
         dag_id, run_id, conf = "glassfinder_catalog_reindex", "r1", {"store": "s3://"}
 
-    assert record_run(Broken()) is None
+    assert record_run(Broken(), "success") is None
     assert "could not record metrics" in caplog.text
 
     class Other:
         dag_id = "someone_elses_dag"
 
-    assert record_run(Other()) is None  # not ours: left alone
+    assert record_run(Other(), "failed") is None  # not ours: left alone
 
 
 def test_airflow_loads_the_plugin(airflow_home: Path) -> None:
@@ -227,3 +227,21 @@ def test_the_api_server_serves_the_versions_app_to_logged_in_users(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_missing_pool_is_named_when_a_run_starts(
+    airflow_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    from glassfinder.ops import pool_check
+
+    with create_session() as session:
+        session.query(Pool).filter(Pool.pool == "gpu").delete()
+    assert pool_check.missing_pools() == ["gpu"]
+    pool_check._check("glassfinder_training_data")
+    assert "pool 'gpu' does not exist" in caplog.text and "airflow pools set gpu 1" in caplog.text
+    with create_session() as session:
+        session.add(Pool(pool="gpu", slots=1, description="test", include_deferred=False))
+    assert pool_check.missing_pools() == []

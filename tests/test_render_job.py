@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +18,21 @@ from PIL import Image
 from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest
-from glassfinder.errors import GlassFinderError
-from glassfinder.render.job import quarantine_key, render_catalogue, spec_key
+from glassfinder.catalog.manifest import read_manifest_rows, write_manifest
+from glassfinder.errors import GlassFinderError, StoreUnavailableError
+from glassfinder.render.job import (
+    RenderWorkerError,
+    asset_quarantine_prefix,
+    quarantine_key,
+    render_catalogue,
+    spec_key,
+)
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import LocalStore
 from glassfinder.store.seaweed import SeaweedServer
 from glassfinder.store.shards import read_shard
 from tests.conftest import new_bucket_store
+from tests.flaky_proxy import flaky_proxy
 
 SPEC = RenderSpec(image_px=96, views_per_asset=3, face_count=50)
 
@@ -101,7 +114,113 @@ def test_a_worker_that_cannot_start_fails_the_run_instead_of_hanging(
 ) -> None:
     store, _ = catalogue
     monkeypatch.setenv("GLASSFINDER_GL_PLATFORM", "vulkan")  # read by the spawned workers only
-    with pytest.raises(GlassFinderError, match=r"render worker could not start: .*must be one of"):
+    with pytest.raises(RenderWorkerError, match=r"render worker could not start: .*must be one of"):
         render_catalogue(
-            f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=1, limit=1
+            f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=2, limit=2
         )
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """Spawned pool workers of a process (not its resource tracker or other children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalogue, tmp_path: Path) -> None:
+    store, _ = catalogue
+    slow = RenderSpec(image_px=256, views_per_asset=40, face_count=50)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            render_catalogue(f"{store.uri}/{CATALOG_MANIFEST_KEY}", slow, LocalStore(tmp_path), workers=2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(workers := _pool_workers(os.getpid())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the pool never started two worker processes"
+    time.sleep(2)  # let them start rendering
+    os.kill(workers[0], signal.SIGKILL)
+    thread.join(60)
+    assert not thread.is_alive(), "the render hung after a worker died"
+    assert len(errors) == 1 and isinstance(errors[0], RenderWorkerError)
+    assert "render worker process died" in str(errors[0]) and "-9" in str(errors[0])
+
+
+def test_one_worker_renders_in_process(catalogue, tmp_path: Path) -> None:
+    store, _ = catalogue
+    report = render_catalogue(
+        f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=1, limit=2
+    )
+    assert report.rendered == 2 and report.worker_pids == {os.getpid()}
+    report = render_catalogue(
+        f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path / "two"), workers=2, limit=2
+    )
+    assert report.rendered == 2 and len(report.worker_pids) == 2 and os.getpid() not in report.worker_pids
+
+
+def test_a_store_outage_fails_the_render_and_quarantines_nothing_then_a_retry_completes(
+    catalogue, seaweed: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, rows = catalogue
+    remote = new_bucket_store(seaweed)
+    for row in rows:
+        key = catalog_asset_key(row["asset_sha256"])
+        remote.put(key, local.get(key))
+    remote.put(CATALOG_MANIFEST_KEY, local.get(CATALOG_MANIFEST_KEY))
+    out = LocalStore(tmp_path)
+    with flaky_proxy(seaweed.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("GLASSFINDER_S3_MAX_ATTEMPTS", "2")
+        proxy.only_paths_containing = "/catalog/assets/"
+        proxy.fail_with_503 = 1000  # the assets' store is down
+        with pytest.raises(StoreUnavailableError):
+            render_catalogue(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
+        assert not list(out.list(asset_quarantine_prefix(SPEC.spec_hash)))  # nothing quarantined
+        proxy.fail_with_503 = 0  # back up: the retry renders everything
+        report = render_catalogue(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
+    assert (report.rendered, report.quarantined) == (2, [])
+
+
+def test_a_corrupt_asset_is_quarantined_once_for_good(catalogue, tmp_path: Path) -> None:
+    store, rows = catalogue
+    broken = rows[2]
+    key = catalog_asset_key(broken["asset_sha256"])
+    pristine = store.get(key)
+    assert str(rows[2]["asset_uri"]).startswith("assets/")
+    root = tmp_path / "cat"
+    copy = LocalStore(root)
+    for info in store.list(""):
+        copy.put(info.key, store.get(info.key))
+    # Bytes that match the manifest's sha256 but are no GLB: the asset itself is bad.
+    manifest = read_manifest_rows(copy, CATALOG_MANIFEST_KEY)
+    bad = b"glTF this is not a mesh"
+    for row in manifest:
+        if row["product_id"] == broken["product_id"]:
+            row["asset_sha256"] = hashlib.sha256(bad).hexdigest()
+            copy.put(f"catalog/{row['asset_uri']}", bad)  # asset URIs are relative to the manifest
+    write_manifest(copy, CATALOG_MANIFEST_KEY, manifest)
+    out = LocalStore(tmp_path / "out")
+    first = render_catalogue(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
+    (q,) = first.quarantined
+    assert q["product_id"] == broken["product_id"] and q["reason"] == "BadAssetError" and q["retry"] is False
+    again = render_catalogue(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
+    (known,) = again.quarantined
+    assert known.get("known") is True and again.rendered == 0  # not tried again
+    assert pristine  # the original catalogue is untouched

@@ -325,7 +325,7 @@ def publish_version(
         if not force_reason:
             raise GateRefusedError(
                 f"quality gate refused index {name} (CURRENT v{current_version}): {why}; "
-                "pass --force with --reason to override"
+                "pass {option:force} to override"
             )
         gate_record["forced"] = force_reason
         log.warning("quality gate overridden for %s: %s (reason: %s)", name, why, force_reason)
@@ -422,7 +422,7 @@ def promote(
     passed, why = gate_check(manifest.get("evaluation"), current_eval, gate or GateConfig())
     if not passed and not force_reason:
         raise GateRefusedError(
-            f"quality gate refused promoting index {name} v{version}: {why}; pass --force with --reason"
+            f"quality gate refused promoting index {name} v{version}: {why}; pass {{option:force}}"
         )
     _move_current(store, name, version, etag, reason=force_reason or "promote", manifest_sha256=raw_sha)
     return manifest

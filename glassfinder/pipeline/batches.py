@@ -41,6 +41,7 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """Render the batch's assets under every spec of the plan; returns the batch with the figures."""
     store = open_store(batch["store"])
     figures: dict[str, Any] = {"rendered": 0, "views": 0, "skipped": 0, "seconds": 0.0, "quarantined": []}
+    pids: set[int] = set()
     reports = render_catalogue_specs(
         batch["manifest"],
         [load_saved_spec(store, h) for h in batch["render_specs"]],
@@ -54,8 +55,11 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
         figures["skipped"] += report.skipped
         figures["seconds"] = report.seconds
         figures["quarantined"] += [{**q, "spec_hash": report.spec_hash} for q in report.quarantined]
+        pids |= report.worker_pids
+    figures["worker_processes"] = len(pids)
     log.info(
-        "batch %d: %d assets, %d renders made (%d views), %d already there, %d quarantined in %.1f s",
+        "batch %d: %d assets, %d renders made (%d views), %d already there, %d quarantined in %.1f s "
+        "by %d process(es)",
         batch["batch"],
         len(batch["assets"]),
         figures["rendered"],
@@ -63,6 +67,7 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
         figures["skipped"],
         len(figures["quarantined"]),
         figures["seconds"],
+        figures["worker_processes"],
     )
     return {**batch, "render": figures}
 

@@ -25,6 +25,7 @@ from glassfinder.catalog.ingest import (
     read_catalogue,
     write_catalogue_manifest,
 )
+from glassfinder.catalog.sources import roots_from_env
 from glassfinder.errors import GlassFinderError
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.store import open_store
@@ -129,7 +130,10 @@ def onboard_products(
     merged = {str(r["product_id"]): r for r in before}
     if products or manifest_delta:
         uri = manifest_delta or _delta_uri(store, products or [])
-        report = ingest_manifest(uri, dest=store, update_catalogue=False)
+        # Rows given inline name assets in the pipeline's own store (relative keys are made
+        # store URIs): the store is their root, besides the operator's.
+        roots = None if manifest_delta else [store.uri, *roots_from_env()]
+        report = ingest_manifest(uri, dest=store, update_catalogue=False, asset_roots=roots)
         for row in report.accepted:
             merged[str(row["product_id"])] = row
         for q in report.quarantined:

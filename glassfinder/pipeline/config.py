@@ -68,14 +68,14 @@ def _common_params() -> dict[str, dict[str, Any]]:
             "description": "The index to publish (indexes/<name>/).",
         },
         "catalog_spec": {
-            "default": "catalog",
+            "default": settings.catalog_spec(),
             "type": "string",
             "minLength": 1,
             "title": "Catalogue render spec",
             "description": "Preset (catalog, queries, default), inline JSON, a JSON file or a store URI.",
         },
         "query_spec": {
-            "default": "queries",
+            "default": settings.query_spec(),
             "type": ["null", "string"],
             "title": "Evaluation render spec",
             "description": "Held-out query views every new version is evaluated on (null: no evaluation).",

@@ -58,6 +58,10 @@ def summarise(
             failed.append(f"render ({batches - len(renders)} of {batches} batches)")
         if "embed" in stages and len(embeds) < batches:
             failed.append(f"embed ({batches - len(embeds)} of {batches} batches)")
+    # Stages skipped by design are reported as such, never as failures.
+    skipped_why = {s: "not requested" for s in skipped if s in stages}
+    if plan is not None and batches == 0:
+        skipped_why |= {s: "nothing to do" for s in ("render", "embed") if s in stages}
     quarantined: list[dict[str, Any]] = []
     for q in (catalogue or {}).get("quarantined", []):
         quarantined.append({"stage": "ingest", **q})
@@ -73,6 +77,7 @@ def summarise(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ok": not failed,
         "failed_stages": failed,
+        "skipped_stages": skipped_why,
         "catalogue": {
             k: catalogue.get(k) for k in ("manifest", "products", "changed", "removed") if k in catalogue
         }
@@ -82,6 +87,7 @@ def summarise(
         "reused": plan["reused"] if plan else None,
         "rendered": _sum(renders, "rendered"),
         "views_rendered": _sum(renders, "views"),
+        "render_worker_processes": max((int(r.get("worker_processes") or 0) for r in renders), default=0),
         "embedded": _sum(embeds, "embedded"),
         "views_embedded": _sum(embeds, "views"),
         "quarantined": len(quarantined),
@@ -101,6 +107,8 @@ def summarise(
         else "no index step"
     )
     evaluation = index.get("evaluation") or {}
+    for stage, why in skipped_why.items():
+        log.info("%s %s: %s skipped: %s", dag_id, run_id, stage, why)
     log.info(
         "%s %s: %s renders made, %s reused, %s embedded, %d quarantined; index %s%s; record %s/%s",
         dag_id,

@@ -38,9 +38,33 @@ def _fail_fast(fn: F) -> F:
         except GlassFinderError as exc:
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+            raise AirflowFailException(f"{type(exc).__name__}: {exc.speak('dag')}") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+class NoModelError(GlassFinderError):
+    """No embedding model is published under the configured name yet."""
+
+
+def _waiting_for_a_model(
+    cfg: PipelineConfig, catalogue: Mapping[str, Any], exc: NoModelError
+) -> dict[str, Any]:
+    """An empty plan that says why: nothing can be indexed before a model is published."""
+    log.warning("%s", exc)
+    empty = plan_work(
+        open_store(cfg.store),
+        catalogue["manifest"],
+        [],
+        product_ids=[],
+        assets_per_batch=cfg.assets_per_batch,
+        max_batches=cfg.max_batches,
+    )
+    return {**empty, "no_model": str(exc)}
+
+
+def _no_model_result(plan: Mapping[str, Any]) -> dict[str, Any]:
+    return {"published": False, "reason": "no model yet", "version": None, "message": plan["no_model"]}
 
 
 def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
@@ -48,7 +72,7 @@ def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
 
     sha, _ = current_sha(open_store(cfg.store), cfg.model)
     if sha is None:
-        raise GlassFinderError(
+        raise NoModelError(
             f"no model named {cfg.model!r} is published in {cfg.store}: run the glassfinder_training_data "
             "DAG with train=true (or `glassfinder train`) first"
         )
@@ -74,13 +98,21 @@ def onboard_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
 # --- planning -----------------------------------------------------------------------------------
 @_fail_fast
 def plan_reindex(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
-    """Every catalogue product, embedded with the models' CURRENT under the catalogue spec."""
+    """Every catalogue product, embedded with the models' CURRENT under the catalogue spec.
+
+    Before any model exists (a deployment's first night) there is nothing to index: the plan is
+    empty and says why, so the run records "no model yet" instead of failing.
+    """
     cfg = PipelineConfig.from_params(params)
+    try:
+        target = _model_target(cfg)
+    except NoModelError as exc:
+        return _waiting_for_a_model(cfg, catalogue, exc)
     return plan_work(
         open_store(cfg.store),
         catalogue["manifest"],
         cfg.specs,
-        embed=_model_target(cfg),
+        embed=target,
         assets_per_batch=cfg.assets_per_batch,
         max_batches=cfg.max_batches,
         render_workers=cfg.render_workers,
@@ -95,7 +127,10 @@ def plan_onboarding(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> 
 
     cfg = PipelineConfig.from_params(params)
     store = open_store(cfg.store)
-    target = publish_stage.index_embed_target(store, cfg) or _model_target(cfg)
+    try:
+        target = publish_stage.index_embed_target(store, cfg) or _model_target(cfg)
+    except NoModelError as exc:
+        return _waiting_for_a_model(cfg, catalogue, exc)
     specs = [
         load_saved_spec(store, target[2]) if target[2] != cfg.catalog_spec.spec_hash else cfg.catalog_spec
     ]
@@ -157,6 +192,8 @@ def embed(batch: dict[str, Any]) -> dict[str, Any]:
 # --- publishing and training --------------------------------------------------------------------
 @_fail_fast
 def publish_reindex(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
+    if plan.get("no_model"):
+        return _no_model_result(plan)
     return publish_stage.publish_full(PipelineConfig.from_params(params), dict(plan))
 
 
@@ -164,6 +201,8 @@ def publish_reindex(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[
 def publish_onboarding(
     params: Mapping[str, Any], plan: Mapping[str, Any], catalogue: Mapping[str, Any]
 ) -> dict[str, Any]:
+    if plan.get("no_model"):
+        return _no_model_result(plan)
     return publish_stage.publish_incremental(PipelineConfig.from_params(params), dict(plan), dict(catalogue))
 
 

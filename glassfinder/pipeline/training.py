@@ -76,7 +76,7 @@ def train_config(params: Mapping[str, Any], spec_hash: str) -> Any:
             seed=int(get("train_seed")),
         )
     except GlassFinderError as exc:
-        raise ParamError(f"training params: {exc}") from exc
+        raise ParamError(f"training params: {exc.speak('dag')}") from exc
 
 
 def train_and_register(

@@ -19,8 +19,12 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
-from collections.abc import Collection
+import types
+from collections.abc import Collection, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,13 @@ import numpy as np
 from glassfinder import layout
 from glassfinder.catalog.ingest import resolve_asset, split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.errors import GlassFinderError, ObjectExistsError
+from glassfinder.errors import (
+    BadAssetError,
+    GlassFinderError,
+    ObjectExistsError,
+    StoreError,
+    StoreUnavailableError,
+)
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
 
@@ -49,6 +59,8 @@ class RenderReport:
     views: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: The processes that rendered (one: in-process; more: a pool), for operators and tests.
+    worker_pids: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,8 @@ def render_asset_views(
 
     try:
         data = task.asset_store.get(task.asset_key)
+    except StoreUnavailableError:
+        raise  # the store's fault, not the asset's: fail the task, for Airflow to retry
     except GlassFinderError as exc:
         raise AssetUnavailableError(f"asset {task.asset_key} cannot be read: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
@@ -169,10 +183,13 @@ def render_asset_views(
         raise AssetUnavailableError(
             f"asset {task.asset_key}: sha256 {digest} differs from the manifest's {task.asset_sha256}"
         )
-    asset = AssetMeshes(import_glb(data))
+    try:
+        asset = AssetMeshes(import_glb(data))
+    except Exception as exc:  # any parser error: these bytes will never load
+        raise BadAssetError(f"asset {task.asset_key} cannot be loaded: {type(exc).__name__}: {exc}") from exc
     missing = [p for p in ("frame", "lens_left", "lens_right") if p not in asset.parts]
     if missing:
-        raise GlassFinderError(f"asset {task.asset_key} has no {missing} part(s): ingest it first")
+        raise BadAssetError(f"asset {task.asset_key} has no {missing} part(s): ingest it first")
     n = spec.views_per_asset
     images, eyes, landmarks, boxes, views, face_ids, poses = [], [], [], [], [], [], []
     if photos and photo_renderer is None:
@@ -233,8 +250,12 @@ def render_asset_views(
 
 
 def _render_task(task: AssetTask) -> dict[str, Any]:
+    return {**_render_one(task), "pid": os.getpid()}
+
+
+def _render_one(task: AssetTask) -> dict[str, Any]:
     if "init_error" in _WORKER:
-        return {"status": "worker_failed", "message": _WORKER["init_error"]}
+        return {"status": "worker_failed", "message": _WORKER["init_error"], "spec_hash": task.spec_hash}
     spec, out, renderer = _WORKER["specs"][task.spec_hash], _WORKER["out"], _WORKER["renderer"]
     if renderer.size_px != spec.image_px:
         renderer.set_size(spec.image_px)
@@ -250,7 +271,11 @@ def _render_task(task: AssetTask) -> dict[str, Any]:
             crop_store=out,
             photo_renderer=_WORKER["photo_renderer"],
         )
-    except Exception as exc:
+    except StoreError:
+        raise  # an outage or a permission problem: the task fails and Airflow retries it
+    except GlassFinderError as exc:
+        # The asset's fault (bad bytes, a frame that cannot be fitted): quarantined, for good
+        # unless it could not be fetched. Anything else (a bug, a GL failure) fails the task.
         record = {
             "product_id": task.product_id,
             "asset": task.asset_key,
@@ -266,6 +291,84 @@ def _render_task(task: AssetTask) -> dict[str, Any]:
     except ObjectExistsError:
         return {"status": "skipped", "spec_hash": spec.spec_hash, "key": key}
     return {"status": "rendered", "spec_hash": spec.spec_hash, "key": key, "views": table.num_rows}
+
+
+# --- pools -------------------------------------------------------------------------------------
+class RenderWorkerError(GlassFinderError):
+    """A render worker could not start or died: a fault of the machine, not of an asset."""
+
+
+@contextlib.contextmanager
+def _spawn_without_main() -> Iterator[None]:
+    """Start spawned workers without re-running the parent's `__main__`.
+
+    A spawned child re-imports the parent's main script. Under an Airflow worker that script is
+    the `airflow` entry point, whose import configures Airflow against the database URL that the
+    task supervisor has blanked, so every child died and the pool replaced it forever. Render
+    workers need nothing from `__main__`, so the children are started with a stand-in.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _worker_died(procs: list[Any], exc: BaseException) -> RenderWorkerError:
+    for proc in procs:
+        proc.join(1)  # the pool has seen a death; give the exit codes a moment to settle
+    codes = sorted({p.exitcode for p in procs if p.exitcode})
+    return RenderWorkerError(
+        f"a render worker process died (exit codes {codes or 'unknown'}; its error is in the log "
+        f"above): {exc}"
+    )
+
+
+def run_tasks(
+    tasks: list[AssetTask],
+    specs: list[Any],
+    out: ObjectStore,
+    photos: dict[str, list[Any] | None],
+    workers: int,
+) -> Iterator[dict[str, Any]]:
+    """Each task's result, rendered in this process for one worker, else in a spawned pool.
+
+    A pool that loses a worker fails at once (RenderWorkerError) instead of replacing it:
+    a worker that died once will die again, and a replaced worker hides why.
+    """
+    spec_jsons = [s.canonical_json() for s in specs]
+    if not tasks:
+        return
+    if workers <= 1:
+        _init_worker(spec_jsons, out, 1, photos)
+        try:
+            for task in tasks:
+                yield _checked(_render_task(task))
+        finally:
+            _WORKER.clear()
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(spec_jsons, out, workers, photos)
+    ) as pool:
+        with _spawn_without_main():  # every worker is started by the first `workers` submits
+            futures = [pool.submit(_render_task, task) for task in tasks]
+        procs = list(getattr(pool, "_processes", {}).values())  # for their exit codes
+        try:
+            for future in as_completed(futures):
+                yield _checked(future.result())
+        except BrokenProcessPool as exc:
+            raise _worker_died(procs, exc) from exc
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if result["status"] == "worker_failed":
+        raise RenderWorkerError(f"render worker could not start: {result['message']}")
+    return result
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -383,27 +486,20 @@ def render_catalogue_specs(
 
         names = ", ".join(s.spec_hash for s in specs)
         bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {names}")
-    if tasks:
-        ctx = multiprocessing.get_context("spawn")
-        spec_jsons = [s.canonical_json() for s in specs]
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(spec_jsons, out, workers, photos)) as pool:
-            for result in pool.imap_unordered(_render_task, tasks):
-                status = result.pop("status")
-                if status == "worker_failed":
-                    raise GlassFinderError(f"render worker could not start: {result['message']}")
-                report = reports[result.pop("spec_hash")]
-                if status == "rendered":
-                    report.rendered += 1
-                    report.views += int(result["views"])
-                elif status == "skipped":
-                    report.skipped += 1
-                else:
-                    report.quarantined.append(result)
-                    log.warning(
-                        "quarantined %s (%s): %s", result["product_id"], result["asset"], result["message"]
-                    )
-                if bar is not None:
-                    bar.update(1)
+    for result in run_tasks(tasks, specs, out, photos, workers):
+        status = result.pop("status")
+        report = reports[result.pop("spec_hash")]
+        report.worker_pids.add(int(result.pop("pid")))
+        if status == "rendered":
+            report.rendered += 1
+            report.views += int(result["views"])
+        elif status == "skipped":
+            report.skipped += 1
+        else:
+            report.quarantined.append(result)
+            log.warning("quarantined %s (%s): %s", result["product_id"], result["asset"], result["message"])
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start

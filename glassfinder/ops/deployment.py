@@ -1,0 +1,382 @@
+"""A single-machine Airflow deployment of GlassFinder: start, check and stop it as one unit.
+
+`glassfinder airflow up` writes an `airflow.cfg` into its Airflow home (LocalExecutor, the
+repository's `dags/` and `plugins/`, loopback only), migrates the metadata database, creates
+the pools the DAGs need, and starts api-server, scheduler, dag-processor and triggerer, each
+in its own process group, recording their PIDs (and kernel start times, so a recycled PID is
+never mistaken for ours) in `deployment.json`. `down` stops exactly those process groups.
+
+Airflow's own `standalone` would do much of this, but its log servers bind 0.0.0.0 and it
+neither creates pools nor stops cleanly by PID, hence this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glassfinder import settings
+from glassfinder.errors import GlassFinderError
+
+log = logging.getLogger(__name__)
+
+#: The pools the DAGs use, with their slots: created by every deployment (this module, compose's
+#: init), because the scheduler leaves a task of a missing pool `scheduled` forever.
+REQUIRED_POOLS: dict[str, tuple[int, str]] = {
+    settings.GPU_POOL: (1, "GlassFinder embedding and training: one task at a time per GPU"),
+}
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+STATE_FILE = "deployment.json"
+PASSWORDS_FILE = "passwords.json"
+SECRETS_FILE = "secrets.json"
+USER = "admin"
+DEFAULT_HOME = ".glassfinder/airflow"
+DEFAULT_PORT = 8080
+
+
+class DeploymentError(GlassFinderError):
+    """The local Airflow deployment could not be started, checked or stopped."""
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """What a single-machine deployment runs with; every path is made absolute."""
+
+    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME))
+    port: int = DEFAULT_PORT
+    #: The metadata database; SQLite in the home when None (PostgreSQL for anything shared).
+    db_url: str | None = None
+    store: str = field(default_factory=settings.store_uri)
+    dags_folder: Path | None = None
+    plugins_folder: Path | None = None
+    parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise DeploymentError(f"--port must be within 1-65535, got {self.port}")
+        if self.parallelism < 1:
+            raise DeploymentError(f"--parallelism must be >= 1, got {self.parallelism}")
+        object.__setattr__(self, "home", self.home.expanduser().resolve())
+        if "://" not in self.store:
+            object.__setattr__(self, "store", str(Path(self.store).expanduser().resolve()))
+        repo = source_root()
+        for name, default in (("dags_folder", repo / "dags"), ("plugins_folder", repo / "plugins")):
+            folder = (getattr(self, name) or default).expanduser().resolve()
+            if not folder.is_dir():
+                flag = "--" + name.replace("_folder", "").replace("_", "-")
+                raise DeploymentError(f"{flag} folder {folder} does not exist: pass the repository's {name}")
+            object.__setattr__(self, name, folder)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database(self) -> str:
+        return self.db_url or f"sqlite:///{self.home / 'airflow.db'}"
+
+
+def source_root() -> Path:
+    """The checkout this package runs from (an editable install): it holds dags/ and plugins/."""
+    return Path(__file__).resolve().parents[2]
+
+
+def airflow_cfg(cfg: DeploymentConfig) -> str:
+    """The airflow.cfg of the deployment: everything that differs from Airflow's defaults."""
+    lines = {
+        "core": {
+            "dags_folder": cfg.dags_folder,
+            "plugins_folder": cfg.plugins_folder,
+            "executor": "LocalExecutor",
+            "parallelism": cfg.parallelism,
+            "load_examples": "False",
+            "execution_api_server_url": f"{cfg.url}/execution/",
+            "auth_manager": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "simple_auth_manager_users": f"{USER}:admin",
+            "simple_auth_manager_passwords_file": cfg.home / PASSWORDS_FILE,
+        },
+        "database": {"sql_alchemy_conn": cfg.database},
+        # One secret for every component: the api-server checks the tokens the scheduler's
+        # task runners are given (each process would otherwise make up its own).
+        "api_auth": {"jwt_secret": secrets_of(cfg.home)["jwt_secret"]},
+        "api": {
+            "host": "127.0.0.1",
+            "port": cfg.port,
+            "base_url": cfg.url,
+            "secret_key": secrets_of(cfg.home)["secret_key"],
+        },
+        "logging": {"base_log_folder": cfg.home / "logs"},
+        "scheduler": {"standalone_dag_processor": "True"},
+        "dag_processor": {"refresh_interval": 30},
+    }
+    out = ["# Written by `glassfinder airflow up`; rewritten on every start.\n"]
+    for section, values in lines.items():
+        out.append(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    return "\n".join(out)
+
+
+def component_env(cfg: DeploymentConfig) -> dict[str, str]:
+    """The environment of every component: the caller's, minus its own Airflow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env |= {
+        "AIRFLOW_HOME": str(cfg.home),
+        "AIRFLOW_CONFIG": str(cfg.home / "airflow.cfg"),
+        "GLASSFINDER_STORE_URI": cfg.store,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+def _airflow() -> str:
+    found = shutil.which("airflow", path=str(Path(sys.executable).parent)) or shutil.which("airflow")
+    if not found:
+        raise DeploymentError("the `airflow` command is not installed beside glassfinder: run .ci/setup")
+    return found
+
+
+def _commands(cfg: DeploymentConfig) -> dict[str, list[str]]:
+    airflow = _airflow()
+    return {
+        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(cfg.port)],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+    }
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...); None if gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The kernel's start time of a live process (clock ticks since boot); None if it is gone."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    return _start_ticks(int(entry["pid"])) == entry["start_ticks"]
+
+
+def read_state(home: Path) -> dict[str, Any] | None:
+    path = home.expanduser().resolve() / STATE_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DeploymentError(
+            f"{path} is unreadable ({exc}): stop the processes by hand, then delete it"
+        ) from exc
+
+
+def _run(cmd: list[str], env: dict[str, str], logfile: Path, what: str, timeout_s: float) -> None:
+    with logfile.open("ab") as out:
+        try:
+            done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeploymentError(f"{what} took over {timeout_s:.0f} s; see {logfile}") from None
+    if done.returncode:
+        raise DeploymentError(f"{what} failed (exit {done.returncode}): {_tail(logfile)} (log: {logfile})")
+
+
+def _tail(logfile: Path, lines: int = 3) -> str:
+    try:
+        text = logfile.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def secrets_of(home: Path) -> dict[str, str]:
+    """The deployment's signing secrets, made on the first start and kept (0600) in its home."""
+    path = home / SECRETS_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        made = {"jwt_secret": secrets.token_urlsafe(32), "secret_key": secrets.token_urlsafe(32)}
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(made))
+        return made
+
+
+def password(home: Path) -> str:
+    """The admin password of the deployment (made on the first `up`, kept across restarts)."""
+    path = home / PASSWORDS_FILE
+    try:
+        return str(json.loads(path.read_text())[USER])
+    except (OSError, ValueError, KeyError):
+        pw = secrets.token_urlsafe(12)
+        path.write_text(json.dumps({USER: pw}))
+        path.chmod(0o600)
+        return pw
+
+
+def prepare(cfg: DeploymentConfig, *, timeout_s: float = 600) -> None:
+    """Write the config, migrate the database and create the pools (safe to repeat)."""
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    (cfg.home / "logs").mkdir(exist_ok=True)
+    config = cfg.home / "airflow.cfg"
+    config.touch(mode=0o600)  # it holds the signing secrets
+    config.write_text(airflow_cfg(cfg))
+    password(cfg.home)
+    env, airflow = component_env(cfg), _airflow()
+    logfile = cfg.home / "logs" / "setup.log"
+    log.info("migrating the Airflow database %s", cfg.database.split("@")[-1])
+    _run([airflow, "db", "migrate"], env, logfile, "airflow db migrate", timeout_s)
+    for pool, (slots, description) in REQUIRED_POOLS.items():
+        _run(
+            [airflow, "pools", "set", pool, str(slots), description],
+            env,
+            logfile,
+            f"creating pool {pool}",
+            120,
+        )
+
+
+def up(cfg: DeploymentConfig, *, wait_s: float = 180) -> dict[str, Any]:
+    """Start the deployment and wait until Airflow reports every component healthy; its state."""
+    state = read_state(cfg.home)
+    if state and any(_alive(c) for c in state["components"].values()):
+        raise DeploymentError(
+            f"a deployment is already running from {cfg.home} at {state['url']}: "
+            "`glassfinder airflow status` shows it, `glassfinder airflow down` stops it"
+        )
+    if not _port_free(cfg.port):
+        raise DeploymentError(f"port {cfg.port} on 127.0.0.1 is in use: pass another --port")
+    prepare(cfg)
+    env = component_env(cfg)
+    state = {"url": cfg.url, "user": USER, "home": str(cfg.home), "store": cfg.store, "components": {}}
+    try:
+        for name, cmd in _commands(cfg).items():
+            logfile = cfg.home / "logs" / f"{name}.log"
+            with logfile.open("ab") as out:
+                proc = subprocess.Popen(
+                    cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cfg.home
+                )
+            state["components"][name] = {
+                "pid": proc.pid,
+                "start_ticks": _start_ticks(proc.pid),
+                "log": str(logfile),
+                "command": cmd[1:],
+            }
+            (cfg.home / STATE_FILE).write_text(json.dumps(state, indent=2))
+        wait_healthy(cfg.home, state, wait_s)
+    except BaseException:
+        stop(cfg.home)
+        raise
+    log.info("Airflow is up at %s (user %s)", cfg.url, USER)
+    return state
+
+
+def health(url: str) -> dict[str, Any] | None:
+    """Airflow's own health report (metadatabase, scheduler, dag processor, triggerer), or None."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5) as resp:  # noqa: S310
+            return dict(json.load(resp))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def unhealthy(report: dict[str, Any] | None) -> list[str]:
+    """The components the health report does not call healthy (all of them if there is none)."""
+    if report is None:
+        return ["api-server"]
+    return sorted(k for k, v in report.items() if isinstance(v, dict) and v.get("status") != "healthy")
+
+
+def wait_healthy(home: Path, state: dict[str, Any], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    bad: list[str] = []
+    while time.monotonic() < deadline:
+        for name, entry in state["components"].items():
+            if not _alive(entry):
+                raise DeploymentError(f"{name} exited during start-up: {_tail(Path(entry['log']))}")
+        bad = unhealthy(health(state["url"]))
+        if not bad:
+            return
+        time.sleep(1)
+    raise DeploymentError(f"not healthy within {wait_s:.0f} s: {', '.join(bad)}; logs in {home / 'logs'}")
+
+
+def status(home: Path) -> dict[str, Any]:
+    """Which components run, Airflow's health report and any required pool that is missing."""
+    state = read_state(home)
+    if state is None:
+        return {"running": False, "home": str(home.expanduser().resolve()), "components": {}}
+    components = {name: ("running" if _alive(e) else "stopped") for name, e in state["components"].items()}
+    report = health(state["url"]) if any(v == "running" for v in components.values()) else None
+    return {
+        "running": all(v == "running" for v in components.values()),
+        "home": state["home"],
+        "url": state["url"],
+        "user": state["user"],
+        "store": state["store"],
+        "components": components,
+        "unhealthy": unhealthy(report),
+        "health": report,
+    }
+
+
+def stop(home: Path, *, grace_s: float = 30) -> list[str]:
+    """Stop exactly the process groups `up` started (SIGTERM, then SIGKILL); the names stopped."""
+    home = home.expanduser().resolve()
+    state = read_state(home)
+    if state is None:
+        return []
+    # Only groups whose leader is ours now: a group, once signalled, stays ours while it exists
+    # (its id cannot be reused before its last member is gone).
+    groups = {name: int(e["pid"]) for name, e in state["components"].items() if _alive(e)}
+    for pgid in groups.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_group_exists(g) for g in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pgid in groups.items():
+        if _group_exists(pgid):
+            log.warning("%s did not stop within %.0f s: killing its process group", name, grace_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return sorted(groups)
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether a live (not zombie) process is still in the group."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat(entry.name)
+            if fields and int(fields[2]) == pgid:
+                return True
+    return False
