@@ -245,7 +245,9 @@ def test_fine_tuning_from_the_packaged_model_resumes_exactly(
 
 
 @pytest.mark.slow
-def test_brief_fine_tuning_beats_the_imagenet_initialised_baseline(rendered: LocalStore, tmp_path: Path) -> None:
+def test_brief_fine_tuning_beats_the_imagenet_initialised_baseline(
+    rendered: LocalStore, tmp_path: Path
+) -> None:
     from glassfinder.embed.mobilenet import PretrainedWeightsError
     from glassfinder.embed.model import mobilenet_config
 
@@ -353,3 +355,25 @@ def test_cli_train_embed_eval(
     evaluation = reader.manifest["evaluation"]
     assert evaluation["queries"] == 48 and evaluation["aggregation"] in ("max", "mean")
     assert reader.manifest["model_sha"] == sha and reader.manifest["counts"]["products"] == 24
+
+
+def test_a_fresh_store_embeds_and_publishes_with_the_packaged_model(
+    rendered: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No `train` step: `embed` and `index publish` without --model use glassfinder/models/glasses."""
+    from glassfinder.embed import packaged
+
+    if not packaged.available("glasses"):
+        pytest.skip("no packaged default model in this checkout")
+    sha = packaged.packaged_sha("glasses")
+    store = LocalStore(tmp_path / "fresh")
+    for item in rendered.list("renders/"):  # the rendered gallery, in a store with no model
+        store.put(item.key, rendered.get(item.key))
+    store.put(CATALOG_MANIFEST_KEY, rendered.get(CATALOG_MANIFEST_KEY))
+    assert main(["embed", "--store", str(store.root), "--spec", GALLERY_SPEC.spec_hash]) == 0
+    assert f"model glasses@{sha} spec {GALLERY_SPEC.spec_hash}: 24 shards" in capsys.readouterr().out
+    args = ["index", "publish", "--store", str(store.root), "--name", "fresh"]
+    args += ["--manifest", f"{store.root}/{CATALOG_MANIFEST_KEY}", "--spec", GALLERY_SPEC.spec_hash]
+    assert main(args) == 0
+    assert f"192 vectors of glasses@{sha}" in capsys.readouterr().out
+    assert not store.exists("models/glasses/CURRENT")

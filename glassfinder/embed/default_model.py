@@ -105,6 +105,8 @@ def write_packaged(result: Any, spec: Any, out_dir: Path, extra: dict[str, Any])
         "retrain": "python -m glassfinder.embed.default_model",
         **extra,
     }
+    if "products" in card:  # how much of the generated catalogue was rendered and used
+        card["training_data"]["products"] = card.pop("products")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path(MODEL_NAME, out_dir).write_bytes(weights)
     card_path(MODEL_NAME, out_dir).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -237,7 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         result,
         training_spec(),
         out_dir,
-        {"depth_comparison": comparison, "kept": kept, "augment": asdict(config.augment)},
+        {
+            "depth_comparison": comparison,
+            "kept": kept,
+            "augment": asdict(config.augment),
+            "products": {
+                "generated": args.products,
+                "rendered_and_used": min(args.products, args.render_limit or args.products),
+                "train": result.train_products,
+                "val": result.val_products,
+            },
+        },
     )
     print(f"packaged {MODEL_NAME}@{card['model_sha']} ({card['weights_bytes'] / 1e6:.1f} MB)")
     return 0
