@@ -48,6 +48,10 @@ class BadInputError(GlassFinderError):
     """What the caller gave is wrong (a name, a param, a field): refuse it; a retry cannot help."""
 
 
+class NotFoundError(GlassFinderError):
+    """What was asked for does not exist (a key, a version): a 404, not an outage."""
+
+
 class PointerConflictError(RetryableError):
     """A CURRENT pointer moved between reading and swapping it: re-read and try again."""
 
@@ -61,7 +65,7 @@ class InvalidStoreURIError(StoreError):
     """The store URI cannot be parsed or names an unsupported scheme."""
 
 
-class InvalidKeyError(StoreError):
+class InvalidKeyError(StoreError, BadInputError):
     """An object key is empty, absolute, or escapes the store root."""
 
 
@@ -73,7 +77,7 @@ class StoreAuthError(StoreError):
     """The credentials were rejected or lack permission."""
 
 
-class ObjectNotFoundError(StoreError):
+class ObjectNotFoundError(StoreError, NotFoundError):
     """The key does not exist."""
 
 
@@ -81,11 +85,11 @@ class ObjectExistsError(StoreError):
     """A create-only write found the key already present."""
 
 
-class StaleWriteError(StoreError):
+class StaleWriteError(StoreError, RetryableError):
     """A compare-and-swap write found a different version than expected."""
 
 
-class StoreUnavailableError(StoreError):
+class StoreUnavailableError(StoreError, RetryableError):
     """The store kept failing with transient errors after every retry."""
 
 
@@ -113,8 +117,12 @@ class IndexStoreError(GlassFinderError):
     """An index cannot be built, published, promoted or read."""
 
 
-class PublishConflictError(IndexStoreError):
+class PublishConflictError(IndexStoreError, RetryableError):
     """Another publisher took the version number or moved CURRENT first."""
+
+
+class VersionNotFoundError(IndexStoreError, NotFoundError):
+    """The index version was never published (or only partly)."""
 
 
 class GateRefusedError(IndexStoreError):
@@ -148,3 +156,16 @@ class CatalogueShrinkError(GlassFinderError):
 # --- index signing ------------------------------------------------------------------------------
 class IndexSignatureError(IndexStoreError):
     """A version's manifest is unsigned or its HMAC does not match the readers' key."""
+
+
+def http_status(exc: GlassFinderError) -> int:
+    """The HTTP status that answers a request which failed with `exc`."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, RetryableError):
+        return 503
+    if isinstance(exc, StoreAuthError | BucketNotFoundError | InvalidStoreURIError):
+        return 502  # the server's own store is misconfigured: not the client's fault
+    if isinstance(exc, BadInputError):
+        return 400
+    return 500

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 
 _HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -16,13 +16,13 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 def _hex(field: str, value: str) -> str:
     if not isinstance(value, str) or not _HEX_RE.match(value):
-        raise GlassFinderError(f"{field} must be 8-64 lowercase hex digits, got {value!r}")
+        raise BadInputError(f"{field} must be 8-64 lowercase hex digits, got {value!r}")
     return value
 
 
 def _name(field: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise GlassFinderError(
+        raise BadInputError(
             f"{field} must be 1-64 lowercase letters, digits, '_', '.' or '-', got {value!r}"
         )
     return value
@@ -31,7 +31,7 @@ def _name(field: str, value: str) -> str:
 def view_key(asset_sha256: str, spec_hash: str, face_id: str, view_index: int) -> str:
     """The identity of one rendered view: what makes its pixels, and nothing else."""
     if view_index < 0:
-        raise GlassFinderError(f"view_index must be >= 0, got {view_index}")
+        raise BadInputError(f"view_index must be >= 0, got {view_index}")
     return f"{_hex('asset_sha256', asset_sha256)}/{_hex('spec_hash', spec_hash)}/{face_id}/{view_index}"
 
 
@@ -51,7 +51,7 @@ def feature_shard_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
 def index_version_prefix(name: str, version: int) -> str:
     """Folder of one immutable index version."""
     if version < 1:
-        raise GlassFinderError(f"index version must be >= 1, got {version}")
+        raise BadInputError(f"index version must be >= 1, got {version}")
     return f"indexes/{_name('index name', name)}/v{version}/"
 
 

@@ -16,7 +16,13 @@ from typing import Any
 
 from glassfinder import layout
 from glassfinder.embed.model import EmbeddingNet, ModelConfig, load_weights, model_sha, weights_bytes
-from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError, StaleWriteError
+from glassfinder.errors import (
+    GlassFinderError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PointerConflictError,
+    StaleWriteError,
+)
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.pointer import read_pointer, swap_pointer
 
@@ -93,7 +99,7 @@ def set_current(store: ObjectStore, name: str, sha: str) -> None:
     try:
         swap_pointer(store, key, {"model_sha": sha, "previous": previous}, etag)
     except StaleWriteError as exc:
-        raise GlassFinderError(
+        raise PointerConflictError(
             f"model {name} CURRENT moved while publishing {sha} (another publisher?): re-read and retry"
         ) from exc
 

@@ -38,6 +38,7 @@ from glassfinder.errors import (
     ObjectNotFoundError,
     PublishConflictError,
     StaleWriteError,
+    VersionNotFoundError,
 )
 from glassfinder.index import signing
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex
@@ -142,7 +143,7 @@ def _read_manifest_raw(store: ObjectStore, name: str, version: int) -> tuple[dic
     try:
         raw = store.get(key)
     except ObjectNotFoundError:
-        raise IndexStoreError(
+        raise VersionNotFoundError(
             f"index {name} v{version} has no manifest in {store.uri} (never published, or partial)"
         ) from None
     try:

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from glassfinder import layout, settings
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.errors import GlassFinderError, http_status
 from glassfinder.index.versions import list_versions, read_current, read_manifest
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -184,7 +184,7 @@ def create_app(store_uri: str | None = None, *, require_login: bool = False) -> 
             layout.index_current_key(name)
             return version_rows(store(), name)
         except GlassFinderError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+            raise HTTPException(status_code=http_status(exc), detail=str(exc)) from exc
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -198,15 +198,15 @@ def create_app(store_uri: str | None = None, *, require_login: bool = False) -> 
     def manifest(name: str, version: int) -> dict[str, Any]:
         try:
             return read_manifest(store(), name, version)
-        except (ObjectNotFoundError, GlassFinderError) as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        except GlassFinderError as exc:
+            raise HTTPException(status_code=http_status(exc), detail=str(exc)) from exc
 
     @app.get("/api/runs/{dag_id}")
     def runs(dag_id: str, limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
         try:
             return run_rows(store(), dag_id, limit)
         except GlassFinderError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+            raise HTTPException(status_code=http_status(exc), detail=str(exc)) from exc
 
     @app.get("/", response_class=HTMLResponse)
     def page(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder import settings
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError, GlassFinderError
 from glassfinder.index.versions import GateConfig
 from glassfinder.render.spec import RenderSpec, load_spec
 
@@ -39,7 +39,7 @@ TASK_DEFAULTS: dict[str, Any] = {
 }
 
 
-class ParamError(GlassFinderError):
+class ParamError(BadInputError):
     """A run param is missing, of the wrong type or out of range."""
 
 

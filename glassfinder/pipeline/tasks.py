@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from glassfinder.errors import GlassFinderError, PublishConflictError, StaleWriteError, StoreUnavailableError
+from glassfinder.errors import GlassFinderError, RetryableError
 from glassfinder.pipeline import catalogue as catalogue_stage
 from glassfinder.pipeline import publish as publish_stage
 from glassfinder.pipeline.batches import embed_batch, render_batch
@@ -24,8 +24,6 @@ from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-#: Failures another attempt may not meet: left to the task's retries.
-RETRYABLE = (StoreUnavailableError, StaleWriteError, PublishConflictError)
 
 
 def _fail_fast(fn: F) -> F:
@@ -33,8 +31,8 @@ def _fail_fast(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except RETRYABLE:
-            raise
+        except RetryableError:
+            raise  # an outage or a lost race: the task's retries are for exactly this
         except GlassFinderError as exc:
             from airflow.sdk.exceptions import AirflowFailException
 

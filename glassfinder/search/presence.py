@@ -27,7 +27,13 @@ from PIL import Image
 from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop
 from glassfinder.embed.augment import AugmentConfig, augment_crop
-from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError, StaleWriteError
+from glassfinder.errors import (
+    GlassFinderError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PointerConflictError,
+    StaleWriteError,
+)
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.pointer import read_pointer, swap_pointer
@@ -309,7 +315,7 @@ def publish_presence(store: ObjectStore, model: PresenceModel, card: dict[str, A
     try:
         swap_pointer(store, key, {"sha": sha, "previous": (previous or {}).get("sha")}, etag)
     except StaleWriteError as exc:
-        raise GlassFinderError(
+        raise PointerConflictError(
             f"{store.uri}/{key} moved while publishing {sha} (another publisher?): re-read and retry"
         ) from exc
     return sha
