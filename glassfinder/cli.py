@@ -135,7 +135,7 @@ def cmd_catalog_generate(args: argparse.Namespace) -> int:
 
 def cmd_catalog_sheet(args: argparse.Namespace) -> int:
     from glassfinder.catalog.ingest import split_uri
-    from glassfinder.catalog.sheet import contact_sheet
+    from glassfinder.render.catalog_sheet import contact_sheet
 
     store, key = split_uri(args.manifest)
     sheet = contact_sheet(store, key, limit=args.limit, columns=args.columns, tile_px=args.tile_px)
@@ -222,7 +222,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         sheet.save(args.out)
         print(f"wrote {args.out}: {args.product} in {args.views} views (spec {spec.spec_hash})")
         return 0
-    from glassfinder.render.job import quarantine_key, render_catalogue
+    from glassfinder.layout import render_quarantine_report_key
+    from glassfinder.render.job import render_catalogue
     from glassfinder.store import open_store
 
     out = open_store(args.out)
@@ -236,7 +237,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         f"in {report.seconds:.1f} s"
     )
     if report.quarantined:
-        print(f"quarantine report: {out.uri}/{quarantine_key(report.spec_hash)}")
+        print(f"quarantine report: {out.uri}/{render_quarantine_report_key(report.spec_hash)}")
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from glassfinder import settings
 from glassfinder.catalog.generate import GenerateReport, generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, IngestReport, ingest_manifest
-from glassfinder.catalog.sheet import contact_sheet
+from glassfinder.render.catalog_sheet import contact_sheet
 from glassfinder.store import open_store
 from glassfinder.store.check import StoreCheckReport, check_store
 

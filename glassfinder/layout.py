@@ -6,6 +6,7 @@ re-run finds finished work by key and nightly runs only do what changed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from glassfinder.errors import BadInputError
@@ -22,9 +23,7 @@ def _hex(field: str, value: str) -> str:
 
 def _name(field: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise BadInputError(
-            f"{field} must be 1-64 lowercase letters, digits, '_', '.' or '-', got {value!r}"
-        )
+        raise BadInputError(f"{field} must be 1-64 lowercase letters, digits, '_', '.' or '-', got {value!r}")
     return value
 
 
@@ -33,6 +32,46 @@ def view_key(asset_sha256: str, spec_hash: str, face_id: str, view_index: int) -
     if view_index < 0:
         raise BadInputError(f"view_index must be >= 0, got {view_index}")
     return f"{_hex('asset_sha256', asset_sha256)}/{_hex('spec_hash', spec_hash)}/{face_id}/{view_index}"
+
+
+def render_prefix(spec_hash: str) -> str:
+    """Everything rendered under one spec: its shards, spec.json and quarantine records."""
+    return f"renders/{_hex('spec_hash', spec_hash)}/"
+
+
+def render_spec_key(spec_hash: str) -> str:
+    """The render spec itself, saved beside the shards it names."""
+    return f"{render_prefix(spec_hash)}spec.json"
+
+
+def render_quarantine_report_key(spec_hash: str) -> str:
+    """The quarantine report of the last whole-catalog render under a spec."""
+    return f"{render_prefix(spec_hash)}quarantine.json"
+
+
+def render_quarantine_prefix(spec_hash: str) -> str:
+    return f"{render_prefix(spec_hash)}quarantine/"
+
+
+def render_quarantine_key(spec_hash: str, asset_sha256: str) -> str:
+    """Why one asset could not be rendered under a spec."""
+    return f"{render_quarantine_prefix(spec_hash)}{_hex('asset_sha256', asset_sha256)}.json"
+
+
+def feature_prefix(model_sha: str, spec_hash: str) -> str:
+    """Every feature shard of one (model, spec)."""
+    return f"features/{_hex('model_sha', model_sha)}/{_hex('spec_hash', spec_hash)}/"
+
+
+#: Inline onboarding rows and delta manifests given in a run's conf.
+CATALOG_DELTA_PREFIX = "catalog/deltas/"
+#: Analysed photo-bank faces (landmarks, pose, crops).
+FACE_PHOTO_CACHE_PREFIX = "faces/photos/"
+
+
+def source_watch_key(source_uri: str) -> str:
+    """Where the export watcher keeps the last etag it announced for one source manifest."""
+    return f"catalog/watch/{hashlib.sha256(source_uri.encode()).hexdigest()[:16]}.json"
 
 
 def render_shard_key(spec_hash: str, asset_sha256: str) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from glassfinder.catalog.generate import generate_catalog
-from glassfinder.catalog.sheet import contact_sheet
+from glassfinder.render.catalog_sheet import contact_sheet
 from glassfinder.store import LocalStore
 from glassfinder.store.seaweed import SeaweedServer
 from tests.conftest import new_bucket_store

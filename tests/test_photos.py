@@ -19,7 +19,8 @@ from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.faces import photos as photos_mod
 from glassfinder.faces.photos import PhotoBank, PhotoError, analyse_photo
-from glassfinder.render.job import quarantine_key, render_catalogue
+from glassfinder.layout import render_quarantine_report_key as quarantine_key
+from glassfinder.render.job import render_catalogue
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.store import LocalStore
 from glassfinder.store.shards import read_shard

@@ -19,11 +19,12 @@ from glassfinder.catalog.ingest import (
 )
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import StaleWriteError
+from glassfinder.layout import render_quarantine_key as asset_quarantine_key
 from glassfinder.pipeline.catalogue import diff_rows
 from glassfinder.pipeline.config import ParamError, PipelineConfig, param_specs
 from glassfinder.pipeline.plan import batch_size_for, plan_work
 from glassfinder.pipeline.training import training_spec
-from glassfinder.render.job import asset_quarantine_key, known_quarantine, render_catalogue
+from glassfinder.render.job import known_quarantine, render_catalogue
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import LocalStore
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
 from glassfinder.errors import GlassFinderError
@@ -57,7 +58,7 @@ def eyes_of(table: pa.Table) -> np.ndarray:
 
 def shard_keys(store: ObjectStore, spec_hash: str) -> list[str]:
     """Every image shard of one render spec, sorted."""
-    return [i.key for i in store.list(f"renders/{spec_hash}/") if i.key.endswith(".parquet")]
+    return [i.key for i in store.list(layout.render_prefix(spec_hash)) if i.key.endswith(".parquet")]
 
 
 def iter_shard_crops(

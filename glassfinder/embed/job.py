@@ -42,10 +42,6 @@ class EmbedReport:
     seconds: float = 0.0
 
 
-def feature_prefix(model_sha: str, spec_hash: str) -> str:
-    return f"features/{model_sha}/{spec_hash}/"
-
-
 def _load_one(store: ObjectStore, key: str, embedder: Embedder) -> tuple[str, pa.Table, np.ndarray]:
     for item in iter_shard_crops(store, [key], embedder.geometry):
         return item
@@ -105,7 +101,7 @@ def embed_catalogue(
         wanted = {layout.render_shard_key(spec_hash, a) for a in assets}
         keys = [k for k in keys if k in wanted]
     report.shards = len(keys)
-    existing = {i.key for i in out.list(feature_prefix(model_sha, spec_hash))}
+    existing = {i.key for i in out.list(layout.feature_prefix(model_sha, spec_hash))}
     todo = []
     for key in keys:
         asset = key.rsplit("/", 1)[-1].removesuffix(".parquet")

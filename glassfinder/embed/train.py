@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_matrix
 from glassfinder.embed.augment import AugmentConfig, augment_crop
 from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
@@ -442,7 +443,6 @@ def train_and_publish(
     publish: bool = True,
 ) -> tuple[TrainResult, str | None]:
     """Train, then publish weights + card and move the name's CURRENT (unless publish=False)."""
-    from glassfinder import layout
     from glassfinder.embed.registry import publish_model
 
     layout.model_current_key(name)  # reject a bad name before hours of training, not after
@@ -452,9 +452,8 @@ def train_and_publish(
     card = result.card()
     card["render_specs"] = {}
     for spec_hash in config.spec_hashes:
-        from glassfinder.render.job import spec_key
 
-        if store.exists(spec_key(spec_hash)):
-            card["render_specs"][spec_hash] = json.loads(store.get(spec_key(spec_hash)))
+        if store.exists(layout.render_spec_key(spec_hash)):
+            card["render_specs"][spec_hash] = json.loads(store.get(layout.render_spec_key(spec_hash)))
     sha = publish_model(store, name, result.model, card)
     return result, sha

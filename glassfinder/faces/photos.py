@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from glassfinder import layout
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
 from glassfinder.faces.base import Head
 from glassfinder.store.base import ObjectStore
@@ -38,7 +39,7 @@ MAX_ABS_YAW_DEG = 55.0
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 #: The identity whose geometry is the generic head for pose estimation and occlusion.
 GENERIC_HEAD_SEED = 0
-CACHE_PREFIX = "faces/photos/"
+CACHE_PREFIX = layout.FACE_PHOTO_CACHE_PREFIX
 
 
 class PhotoError(GlassFinderError):

@@ -13,7 +13,8 @@ import logging
 from typing import Any
 
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
-from glassfinder.render.job import render_catalogue_specs, spec_key
+from glassfinder.layout import render_spec_key as spec_key
+from glassfinder.render.job import render_catalogue_specs
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from glassfinder import layout
 from glassfinder.catalog.ingest import (
     CATALOG_MANIFEST_KEY,
     QUARANTINE_KEY,
@@ -34,7 +35,7 @@ from glassfinder.store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 #: Where onboarding keeps the inline rows it was given, as a manifest named by its content.
-DELTA_PREFIX = "catalog/deltas/"
+DELTA_PREFIX = layout.CATALOG_DELTA_PREFIX
 
 
 def _pixels_key(row: dict[str, Any]) -> tuple[Any, ...]:

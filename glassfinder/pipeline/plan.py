@@ -18,9 +18,8 @@ from typing import Any
 from glassfinder import layout
 from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.embed.job import feature_prefix
 from glassfinder.errors import GlassFinderError, ObjectExistsError
-from glassfinder.render.job import known_quarantine, spec_key
+from glassfinder.render.job import known_quarantine
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
 
@@ -39,7 +38,7 @@ def batch_size_for(count: int, assets_per_batch: int, max_batches: int) -> int:
 def save_spec(store: ObjectStore, spec: RenderSpec) -> str:
     """Store a spec under its hash (content-addressed, so a second write is the same bytes)."""
     with contextlib.suppress(ObjectExistsError):
-        store.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
+        store.put(layout.render_spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
     return spec.spec_hash
 
 
@@ -76,9 +75,9 @@ def plan_work(
         sha = str(row.get("asset_sha256") or "")
         if len(sha) == 64:
             assets.setdefault(sha, []).append(str(row["product_id"]))
-    rendered = {h: _listed(store, f"renders/{h}/") for h in spec_hashes}
+    rendered = {h: _listed(store, layout.render_prefix(h)) for h in spec_hashes}
     final = {h: known_quarantine(store, h) for h in spec_hashes}
-    featured = _listed(store, feature_prefix(embed[1], embed[2])) if embed else set()
+    featured = _listed(store, layout.feature_prefix(embed[1], embed[2])) if embed else set()
     to_render = dict.fromkeys(spec_hashes, 0)
     to_embed, work, known = 0, [], []
     for sha, products in assets.items():

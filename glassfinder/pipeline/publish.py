@@ -13,7 +13,6 @@ from typing import Any
 from glassfinder import layout
 from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.embed.job import feature_prefix
 from glassfinder.errors import GlassFinderError
 from glassfinder.index.pipeline import build_and_publish, content_digest, update_and_publish
 from glassfinder.index.versions import PublishResult, read_current, read_ids, read_manifest
@@ -34,7 +33,7 @@ def _featured_pairs(
     store: ObjectStore, rows: list[dict[str, Any]], model_sha: str, spec_hash: str
 ) -> set[tuple[str, str]]:
     """(product id, asset sha256) of every row whose asset has a feature shard for (model, spec)."""
-    featured = {i.key for i in store.list(feature_prefix(model_sha, spec_hash))}
+    featured = {i.key for i in store.list(layout.feature_prefix(model_sha, spec_hash))}
     return {
         (str(r["product_id"]), str(r["asset_sha256"]))
         for r in rows

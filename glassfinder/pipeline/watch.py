@@ -8,7 +8,6 @@ a restarted triggerer neither misses a change nor announces the same one twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from glassfinder import layout
 from glassfinder.catalog.ingest import split_uri
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
 from glassfinder.store import open_store
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def marker_key(source_uri: str) -> str:
     """Where the last announced etag of one source manifest is kept."""
-    return f"catalog/watch/{hashlib.sha256(source_uri.encode()).hexdigest()[:16]}.json"
+    return layout.source_watch_key(source_uri)
 
 
 def check_source(source_uri: str, store_uri: str) -> dict[str, Any] | None:

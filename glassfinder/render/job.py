@@ -77,24 +77,10 @@ class AssetUnavailableError(GlassFinderError):
     """The asset's bytes could not be fetched or do not match the manifest: worth a retry later."""
 
 
-def quarantine_key(spec_hash: str) -> str:
-    """The quarantine report of the last whole-catalogue render under a spec."""
-    return f"renders/{spec_hash}/quarantine.json"
-
-
-def asset_quarantine_prefix(spec_hash: str) -> str:
-    return f"renders/{spec_hash}/quarantine/"
-
-
-def asset_quarantine_key(spec_hash: str, asset_sha256: str) -> str:
-    """The record of why one asset could not be rendered under a spec."""
-    return f"{asset_quarantine_prefix(spec_hash)}{asset_sha256}.json"
-
-
 def known_quarantine(store: ObjectStore, spec_hash: str) -> dict[str, dict[str, Any]]:
     """asset sha256 -> record, for the assets whose failure under this spec is final."""
     records = {}
-    for info in store.list(asset_quarantine_prefix(spec_hash)):
+    for info in store.list(layout.render_quarantine_prefix(spec_hash)):
         try:
             record = json.loads(store.get(info.key))
         except (GlassFinderError, json.JSONDecodeError):
@@ -102,10 +88,6 @@ def known_quarantine(store: ObjectStore, spec_hash: str) -> dict[str, dict[str, 
         if isinstance(record, dict) and not record.get("retry", True):
             records[info.key.rsplit("/", 1)[-1].removesuffix(".json")] = record
     return records
-
-
-def spec_key(spec_hash: str) -> str:
-    return f"renders/{spec_hash}/spec.json"
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -284,7 +266,7 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
             "message": str(exc),
             "retry": isinstance(exc, AssetUnavailableError),
         }
-        out.put(asset_quarantine_key(spec.spec_hash, task.asset_sha256), json.dumps(record).encode())
+        out.put(layout.render_quarantine_key(spec.spec_hash, task.asset_sha256), json.dumps(record).encode())
         return {"status": "quarantined", "spec_hash": spec.spec_hash, **record}
     try:
         write_shard(out, key, table, "image", create_only=True)
@@ -425,7 +407,7 @@ def _tasks_for(
     mkey: str,
 ) -> list[AssetTask]:
     """The assets still to render under `spec`; the others are counted in the report."""
-    existing = {i.key for i in out.list(f"renders/{spec.spec_hash}/")}
+    existing = {i.key for i in out.list(layout.render_prefix(spec.spec_hash))}
     final = known_quarantine(out, spec.spec_hash)
     tasks = []
     for row in rows:
@@ -475,7 +457,7 @@ def render_catalogue_specs(
     photos: dict[str, list[Any] | None] = {}
     for spec in specs:
         with contextlib.suppress(ObjectExistsError):  # the spec is content-addressed: same bytes
-            out.put(spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
+            out.put(layout.render_spec_key(spec.spec_hash), spec.canonical_json().encode(), create_only=True)
         report = reports[spec.spec_hash]
         photos[spec.spec_hash] = _photo_bank(spec, out, report)
         tasks += _tasks_for(rows, spec, out, report, mstore, mkey)
@@ -505,6 +487,9 @@ def render_catalogue_specs(
     seconds = time.perf_counter() - start
     for report in reports.values():
         if assets is None:
-            out.put(quarantine_key(report.spec_hash), json.dumps(report.quarantined, indent=2).encode())
+            out.put(
+                layout.render_quarantine_report_key(report.spec_hash),
+                json.dumps(report.quarantined, indent=2).encode(),
+            )
         report.seconds = seconds
     return list(reports.values())
