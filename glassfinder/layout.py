@@ -12,7 +12,9 @@ import re
 from glassfinder.errors import BadInputError
 
 _HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+#: Model and index names (also the DAG params' JSON-schema pattern).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 def _hex(field: str, value: str) -> str:

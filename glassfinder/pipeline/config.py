@@ -15,12 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from glassfinder import settings
+from jsonschema import Draft202012Validator
+
+from glassfinder import layout, settings
 from glassfinder.errors import BadInputError, GlassFinderError
 from glassfinder.index.versions import GateConfig
 from glassfinder.render.spec import RenderSpec, load_spec
 
-_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_NAME_PATTERN = layout.NAME_PATTERN
 #: Assets per mapped render/embed task, at least; raised when the catalogue would need more
 #: than `max_batches` tasks.
 DEFAULT_ASSETS_PER_BATCH = 32
@@ -324,10 +326,21 @@ def _spec(name: str, value: Any) -> RenderSpec:
         raise ParamError(f"param {name!r}: {exc}") from exc
 
 
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ParamError(f"param {name!r} must be an integer >= {low}, got {value!r}")
-    return value
+def check_params(params: Mapping[str, Any], specs: dict[str, dict[str, Any]]) -> None:
+    """Check the given params against the very schema the trigger form shows (types, bounds,
+    enums), so the bounds are written once: in the Param specs."""
+    schema = {
+        "type": "object",
+        "properties": {
+            name: {k: v for k, v in spec.items() if k not in ("title", "description", "default")}
+            for name, spec in specs.items()
+        },
+    }
+    errors = sorted(Draft202012Validator(schema).iter_errors(dict(params)), key=lambda e: list(e.path))
+    if errors:
+        raise ParamError(
+            "; ".join(f"param {'.'.join(str(p) for p in e.path)!r}: {e.message}" for e in errors)
+        )
 
 
 def _absolute(uri: str) -> str:
@@ -359,26 +372,10 @@ class PipelineConfig:
         unknown = sorted(set(params) - set(specs) - unknown_ok)
         if unknown:
             raise ParamError(f"unknown param(s) {unknown}; known: {sorted(specs)}")
+        check_params({k: v for k, v in params.items() if k in specs}, specs)
         get = lambda name: _get(params, specs, name)  # noqa: E731
         query = get("query_spec")
-        workers = get("render_workers")
-        device = get("device")
-        if device not in (None, "cpu", "cuda"):
-            raise ParamError(f"param 'device' must be null, 'cpu' or 'cuda', got {device!r}")
-        drops = {k: get(k) for k in ("max_top1_drop", "max_top10_drop")}
-        for k, v in drops.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
-                raise ParamError(f"param {k!r} must be a number within 0..1, got {v!r}")
         store = get("store")
-        if not isinstance(store, str) or not store:
-            raise ParamError(f"param 'store' must be a store URI, got {store!r}")
-        from glassfinder import layout
-
-        for name, check in (("model", layout.model_current_key), ("index", layout.index_current_key)):
-            try:
-                check(get(name))
-            except GlassFinderError as exc:
-                raise ParamError(f"param {name!r}: {exc}") from exc
         store = _absolute(store)
         return cls(
             store=store,
@@ -387,11 +384,11 @@ class PipelineConfig:
             query_spec=_spec("query_spec", query) if query else None,
             model=get("model"),
             index=get("index"),
-            assets_per_batch=_int("assets_per_batch", get("assets_per_batch"), 1),
-            max_batches=_int("max_batches", get("max_batches"), 1),
-            render_workers=None if workers is None else _int("render_workers", workers, 1),
-            device=device,
-            gate=GateConfig(float(drops["max_top1_drop"]), float(drops["max_top10_drop"])),
+            assets_per_batch=get("assets_per_batch"),
+            max_batches=get("max_batches"),
+            render_workers=get("render_workers"),
+            device=get("device"),
+            gate=GateConfig(float(get("max_top1_drop")), float(get("max_top10_drop"))),
             force_reason=get("force_reason") or None,
         )
 

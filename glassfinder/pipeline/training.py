@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from glassfinder.errors import GlassFinderError
-from glassfinder.pipeline.config import ParamError, PipelineConfig, param_specs, work_dir
+from glassfinder.pipeline.config import ParamError, PipelineConfig, check_params, param_specs, work_dir
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import open_store
 
@@ -42,16 +42,15 @@ def training_spec(params: Mapping[str, Any]) -> RenderSpec:
     for name in SPEC_PARAMS:
         if name in params:
             fields[name] = params[name]
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        raise ParamError(f"unknown param(s) {unknown}; known: {sorted(specs)}")
+    check_params(params, specs)
     overrides = params.get("spec_overrides") or {}
-    if not isinstance(overrides, dict):
-        raise ParamError(f"param 'spec_overrides' must be an object, got {type(overrides).__name__}")
     clash = sorted(set(overrides) & set(SPEC_PARAMS))
     if clash:
         raise ParamError(f"param 'spec_overrides' repeats {clash}: set them as params of their own")
     fields.update(overrides)
-    unknown = sorted(set(params) - set(specs))
-    if unknown:
-        raise ParamError(f"unknown param(s) {unknown}; known: {sorted(specs)}")
 
     try:
         return RenderSpec.from_json(json.dumps(fields), where="training render spec (run params)")
