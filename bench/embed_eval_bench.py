@@ -20,25 +20,62 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+#: The 'catalog' preset's look (256 px, tighter framing, mostly clear optical lenses) on faces
+#: 0-799; queries on held-out faces 900-999 (bench/photo_bench.py renders the same gallery).
 CATALOGUE_SPEC = {
-    "image_px": 160,
+    "image_px": 256,
     "views_per_asset": 6,
     "face_first": 0,
     "face_count": 800,
     "fit_jitter": 0.5,
+    "framing_m": [0.20, 0.26],
+    "lens_palette": "optical",
 }
 QUERY_SPEC = {**CATALOGUE_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
-#: Training set-ups compared on a subset before the full run (TrainConfig fields).
+#: Training set-ups compared (TrainConfig fields; "arch": "resnet" is the small CNN trained from
+#: scratch - the network before the ImageNet backbone - else the ImageNet MobileNetV2 default;
+#: "epochs" overrides --compare-epochs).
 CANDIDATES: dict[str, dict] = {
-    "arcface-m28.6-s32": {"loss": "arcface", "margin": 28.6, "scale": 32.0, "lr": 2e-3},
-    "arcface-m10-s16": {"loss": "arcface", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
-    "arcface-m20-s30": {"loss": "arcface", "margin": 20.0, "scale": 30.0, "lr": 4e-3},
-    "subcenter-m10-s16": {"loss": "subcenter", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
-    "proxyanchor-a32": {"loss": "proxyanchor", "margin": 0.1, "scale": 32.0, "loss_lr": 1e-1, "lr": 4e-3},
+    "arcface-m28.6-s32": {"arch": "resnet", "loss": "arcface", "margin": 28.6, "scale": 32.0, "lr": 2e-3},
+    "arcface-m10-s16": {"arch": "resnet", "loss": "arcface", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
+    "arcface-m20-s30": {"arch": "resnet", "loss": "arcface", "margin": 20.0, "scale": 30.0, "lr": 4e-3},
+    "subcenter-m10-s16": {"arch": "resnet", "loss": "subcenter", "margin": 10.0, "scale": 16.0, "lr": 4e-3},
+    "proxyanchor-a32": {
+        "arch": "resnet",
+        "loss": "proxyanchor",
+        "margin": 0.1,
+        "scale": 32.0,
+        "loss_lr": 1e-1,
+        "lr": 4e-3,
+    },
+    "resnet-20ep": {"arch": "resnet", "lr": 4e-3, "batch_size": 128, "epochs": 20},
+    "mnv2-8ep": {"lr": 1e-3, "batch_size": 64, "epochs": 8},
 }
+
+
+def spec_of(raw: dict) -> Any:
+    from glassfinder.render.spec import OPTICAL_LENS_PALETTE, RenderSpec
+
+    fields = dict(raw)
+    if fields.get("lens_palette") == "optical":
+        fields["lens_palette"] = [[name, list(rgba)] for name, rgba in OPTICAL_LENS_PALETTE]
+    return RenderSpec.from_json(json.dumps(fields))
+
+
+def train_config(cat_spec: str, candidate: str, epochs: int) -> Any:
+    from glassfinder.embed.model import ModelConfig
+    from glassfinder.embed.train import TrainConfig
+
+    fields = dict(CANDIDATES[candidate])
+    if fields.pop("arch", "mnv2") == "resnet":
+        fields.setdefault("batch_size", 128)
+        fields["model"] = ModelConfig()
+    fields["epochs"] = fields.get("epochs", epochs)
+    return TrainConfig(spec_hashes=(cat_spec,), **fields)
 
 
 def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
@@ -46,7 +83,6 @@ def prepare(work: Path, products: int, seed: int, query_products: int | None) ->
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.render.job import render_catalogue
-    from glassfinder.render.spec import RenderSpec
     from glassfinder.store.local import LocalStore
 
     store = LocalStore(work / "store")
@@ -58,7 +94,7 @@ def prepare(work: Path, products: int, seed: int, query_products: int | None) ->
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     hashes = []
     for name, raw in (("catalogue", CATALOGUE_SPEC), ("query", QUERY_SPEC)):
-        spec = RenderSpec.from_json(json.dumps(raw))
+        spec = spec_of(raw)
         limit = query_products if name == "query" else None
         report = render_catalogue(manifest, spec, store, progress=True, limit=limit)
         print(
@@ -89,6 +125,9 @@ def main() -> None:
     parser.add_argument("--compare-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--compare-only", action="store_true", help="report the comparison; skip the full run of the best"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("PML").setLevel(logging.WARNING)
@@ -109,14 +148,22 @@ def main() -> None:
     manifest = {str(r["product_id"]): r for r in read_manifest_rows(store, CATALOG_MANIFEST_KEY)}
     base = TrainConfig(spec_hashes=(cat_spec,), epochs=args.epochs)
     train_views, val_views = load_training_views(store, base, progress=True)
-    probe = Embedder(build_model(base.model, seed=base.seed).eval(), device=args.device)
+    probe = Embedder(build_model(base.model, seed=base.seed, pretrained=False).eval(), device=args.device)
     sets = load_eval_sets(store, cat_spec, query_spec, probe, progress=True)
+    extra: dict[str, Embedder] = {}
+    from glassfinder.embed import packaged
+
+    if packaged.available("glasses"):  # the shipped model never trained on this catalogue's seed
+        from glassfinder.embed.registry import load_model
+
+        default = load_model(store, f"glasses@{packaged.packaged_sha('glasses')}")
+        extra[f"packaged@{default.sha}"] = Embedder(default.model, device=args.device)
 
     def subset(views: ViewSet, keep: set[str]) -> ViewSet:
         return views.subset(np.array([p in keep for p in views.product_ids]))
 
     def run(candidate: str, epochs: int, keep: set[str] | None, tag: str) -> dict:
-        config = TrainConfig(spec_hashes=(cat_spec,), epochs=epochs, **CANDIDATES[candidate])
+        config = train_config(cat_spec, candidate, epochs)
         tv, vv, es = train_views, val_views, sets
         if keep is not None:
             tv, vv = subset(train_views, keep), subset(val_views, keep)
@@ -127,9 +174,17 @@ def main() -> None:
         )
         trained = Embedder(result.model, device=args.device)
         baseline = Embedder(build_model(config.model, seed=config.seed).eval(), device=args.device)
-        report = evaluate_models(es, {candidate: trained, "untrained-baseline": baseline}, manifest=manifest)
+        label = (
+            "imagenet-baseline"
+            if config.model.architecture != "glassfinder-resnet-v1"
+            else "untrained-baseline"
+        )
+        report = evaluate_models(es, {candidate: trained, label: baseline, **extra}, manifest=manifest)
         report["training"] = result.card()
         write_report(report, work / "eval" / tag)
+        # Published under its own name so bench/photo_bench.py can search photos with it too.
+        sha = publish_model(store, f"bench-{tag}", result.model, result.card())
+        print(f"  published bench-{tag}@{sha}")
         return {"report": report, "result": result}
 
     losses = [x for x in args.candidates.split(",") if x]
@@ -145,13 +200,21 @@ def main() -> None:
             out = run(loss, args.compare_epochs, set(keep), f"compare-{loss}")
             m = out["report"]["models"][loss]
             scores[loss] = m["open_set"].get("mAP", 0.0) + m["closed_set"].get("mAP", 0.0)
+            res = out["result"]
             print(
-                f"  {loss:<12} closed top1 {m['closed_set'].get('top1')} top10 {m['closed_set'].get('top10')}"
-                f" | open top1 {m['open_set'].get('top1')} top10 {m['open_set'].get('top10')}"
-                f" | {out['result'].history[-1]['train_img_per_s']} img/s"
+                f"  {loss}: {len(res.history)} epochs in {res.seconds:.0f} s, "
+                f"{res.history[-1]['train_img_per_s']} img/s"
             )
+            for label, entry in out["report"]["models"].items():
+                c, o = entry["closed_set"], entry["open_set"]
+                print(
+                    f"    {label:<28} closed top1 {c.get('top1')} top10 {c.get('top10')}"
+                    f" | open top1 {o.get('top1')} top10 {o.get('top10')}"
+                )
         best_loss = max(scores, key=lambda k: scores[k])
         print(f"  kept {best_loss} (best closed + open mAP)")
+        if args.compare_only:
+            return
     full = run(best_loss, args.epochs, None, f"full-{best_loss}")
     sha = publish_model(store, "glasses", full["result"].model, full["result"].card())
     report = full["report"]

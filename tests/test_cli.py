@@ -65,7 +65,8 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert "0 renders made (0 views), 24 assets reused, 0 embedded" in out
     assert "index not published (unchanged; CURRENT v1)" in out
     assert "packaged   model, closed-set top-1" in out and "imagenet   model, closed-set top-1" in out
-    assert out.count("; top 5: ") == 4  # three query views, then the photo wearing a product
+    # Three query views, the photo wearing a product, and the bare photo unless it is refused.
+    assert out.count("; top 5: ") == 4 + ("query-bare.png (no glasses): not refused" in out)
     assert "presence: packaged glasses-presence model" in out
     # The astronaut (a face no packaged model saw) wearing the first product finds it (rank 3 of
     # 24 when measured); the bare photo is refused, or said to have got past the presence check.

@@ -1,0 +1,256 @@
+"""Real-photo benchmark: catalogue frames worn on real faces, searched through the real query path.
+
+The figure that counts for the product. A generated catalogue (seed --seed; the packaged model
+never trained on it) is rendered on procedural heads 0-799 at 256 px (bench/embed_eval_bench.py's
+catalogue spec, so a shared --work renders it once) and indexed with
+each model compared. The product's renderer then puts catalogue frames on the photo bank's two
+public-domain faces - the astronaut (scikit-image; no packaged model ever saw it: the unseen
+face) and Grace Hopper (matplotlib; reported beside it, marked 'seen' only if a model trained on
+her) - and every photo is damaged like a phone photo (reframing crop, rescale, colour cast,
+blur, sensor noise, JPEG). Each goes through `QueryEngine.search`: decode, detect, align,
+glasses presence, embed, search. Reported per model and face: top-1, top-10, refusals by reason.
+
+    .venv/bin/python bench/photo_bench.py --products 300 --photos-per-face 60
+
+Models: 'packaged' (the default model shipped in glassfinder/models/), 'imagenet' (the same
+architecture straight from ImageNet, before fine-tuning), and any NAME@SHA published in the
+work store (--models packaged,imagenet,glasses@abcd...). Every stage skips what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FACES = ("astronaut", "hopper")
+#: Faces a model trained on (none of the packaged model's training views use a photo).
+SEEN_BY_PACKAGED: frozenset[str] = frozenset()
+
+
+def face_photos() -> dict[str, bytes]:
+    import matplotlib.cbook
+    import skimage.data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
+    hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    return {"astronaut": buf.getvalue(), "hopper": hopper}
+
+
+def phone_damage(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
+    """(h, w, 3) uint8 -> JPEG bytes: reframed, rescaled, colour-cast, blurred, noisy, compressed."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    # Reframe: keep 70-100% of each side, off-centre (the face stays inside).
+    fx, fy = rng.uniform(0.7, 1.0, size=2)
+    cw, ch = int(w * fx), int(h * fy)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = rgb[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+    scale = float(rng.uniform(0.6, 1.6))
+    size = (max(64, int(cw * scale)), max(64, int(ch * scale)))
+    img: np.ndarray = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    img = img * float(rng.uniform(0.85, 1.15)) * rng.uniform(0.94, 1.06, size=3)
+    if rng.random() < 0.7:
+        img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), float(rng.uniform(0.3, 1.3)))
+    img = img + rng.normal(0.0, rng.uniform(1.0, 6.0), size=img.shape)
+    out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(45, 92))])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[str, Any]]]:
+    """Catalogue + gallery renders on procedural heads (skipping what exists)."""
+    from embed_eval_bench import CATALOGUE_SPEC, spec_of
+
+    from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+    from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.render.job import render_catalogue
+    from glassfinder.store.local import LocalStore
+
+    store = LocalStore(work / "store")
+    if not store.exists(CATALOG_MANIFEST_KEY):
+        generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
+        ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
+    # The embed eval bench's gallery spec: run both with the same --work and they share renders.
+    spec = spec_of(CATALOGUE_SPEC)
+    report = render_catalogue(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
+    rate = report.views / report.seconds if report.rendered and report.seconds else 0.0
+    print(
+        f"gallery spec {spec.spec_hash} ({spec.image_px} px): {report.rendered} rendered "
+        f"({report.views} views, {rate:.1f} views/s), {report.skipped} there already"
+    )
+    return store, spec.spec_hash, read_manifest_rows(store, CATALOG_MANIFEST_KEY)
+
+
+def make_photos(work: Path, store: Any, rows: list[dict[str, Any]], per_face: int) -> list[dict[str, Any]]:
+    """The damaged photos (cached as files): the i-th wears product i (cycling), its own view seed."""
+    from glassfinder.search.samples import photo_wearing
+
+    out = work / "photos"
+    out.mkdir(parents=True, exist_ok=True)
+    faces = face_photos()
+    photos = []
+    t0, made = time.perf_counter(), 0
+    for face in FACES:
+        for i in range(per_face):
+            row = rows[i % len(rows)]
+            path = out / f"{face}-{i:03d}-{row['product_id']}.jpg"
+            if not path.exists():
+                rgb = photo_wearing(store, row, faces[face], f"{face}.png", seed=1000 + i)
+                path.write_bytes(phone_damage(rgb, np.random.default_rng([i, FACES.index(face)])))
+                made += 1
+            photos.append({"face": face, "product_id": str(row["product_id"]), "path": path})
+    if made:
+        print(f"photos: {made} rendered and damaged in {time.perf_counter() - t0:.0f} s")
+    return photos
+
+
+def presence_ready(store: Any) -> str:
+    """A glasses-presence model: the packaged one, else one trained on procedural heads only."""
+    from glassfinder.search.presence import (
+        PresenceTrainConfig,
+        current_presence_sha,
+        train_and_publish_presence,
+    )
+
+    sha = current_presence_sha(store)
+    if sha is None:  # never trained on a photo: the astronaut stays unseen
+        sha, _ = train_and_publish_presence(store, PresenceTrainConfig())
+    return sha
+
+
+def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
+    """label -> NAME@SHA published in the store (the ImageNet baseline is published on demand)."""
+    from glassfinder.embed.model import ModelConfig, build_model
+    from glassfinder.embed.packaged import read_packaged
+    from glassfinder.embed.registry import publish_model
+
+    refs = {}
+    default = read_packaged("glasses")
+    for label in wanted:
+        if label == "packaged":
+            refs[label] = f"glasses@{default.sha}"
+        elif label == "imagenet":
+            config = ModelConfig.from_dict(default.card["config"])
+            model = build_model(config, seed=int(default.card["training"]["seed"])).eval()
+            sha = publish_model(
+                store, "imagenet-baseline", model, {"note": "ImageNet-initialised, untrained"}
+            )
+            refs[label] = f"imagenet-baseline@{sha}"
+        else:
+            refs[label] = label
+    return refs
+
+
+def index_for(store: Any, label: str, ref: str, manifest_uri: str, spec_hash: str) -> str:
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.registry import load_model
+    from glassfinder.index.pipeline import build_and_publish
+
+    loaded = load_model(store, ref)
+    report = embed_catalogue(store, spec_hash, Embedder(loaded.model), loaded.sha, progress=True)
+    if report.embedded:
+        print(f"{label}: {report.views} views embedded in {report.seconds:.0f} s")
+    name = f"photo-bench-{label.replace('@', '-')}"
+    build_and_publish(
+        store,
+        name,
+        manifest_uri=manifest_uri,
+        model_ref=f"{loaded.name}@{loaded.sha}",
+        spec_hash=spec_hash,
+        query_spec=None,
+        force_reason="photo bench",
+    )
+    return name
+
+
+def search_all(store: Any, index: str, photos: list[dict[str, Any]]) -> dict[str, Any]:
+    from glassfinder.search.query import QueryEngine, QueryRefusedError
+
+    engine = QueryEngine(store, index)
+    by_face: dict[str, dict[str, Any]] = {}
+    for p in photos:
+        f = by_face.setdefault(p["face"], {"ranks": [], "refused": Counter(), "ms": [], "photos": 0})
+        f["photos"] += 1
+        try:
+            result = engine.search(p["path"].read_bytes(), p["path"].name, k=10)
+        except QueryRefusedError as exc:
+            f["refused"][exc.reason] += 1
+            f["ranks"].append(None)
+            continue
+        ids = [h.product_id for h in result.hits]
+        f["ranks"].append(ids.index(p["product_id"]) + 1 if p["product_id"] in ids else None)
+        f["ms"].append(result.timings_ms["total"])
+    out = {}
+    for face, f in by_face.items():
+        ranks = [r or 0 for r in f["ranks"]]
+        n = f["photos"]
+        out[face] = {
+            "photos": n,
+            "top1": round(sum(r == 1 for r in ranks) / n, 3),
+            "top10": round(sum(1 <= r <= 10 for r in ranks) / n, 3),
+            "refused": sum(f["refused"].values()),
+            "refusals": dict(f["refused"]),
+            "p50_ms": round(float(np.median(f["ms"])), 1) if f["ms"] else None,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--work", default=".glassfinder/embed-bench")
+    parser.add_argument("--products", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7, help="catalogue seed (the packaged model's is 4242)")
+    parser.add_argument("--photos-per-face", type=int, default=60)
+    parser.add_argument("--models", default="packaged,imagenet", help="packaged, imagenet, or NAME@SHA")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+
+    work = Path(args.work)
+    store, spec_hash, rows = prepare(work, args.products, args.seed)
+    photos = make_photos(work, store, rows, args.photos_per_face)
+    presence = presence_ready(store)
+    refs = model_refs(store, [m for m in args.models.split(",") if m])
+    report: dict[str, Any] = {
+        "products": len(rows),
+        "catalogue_seed": args.seed,
+        "gallery_spec": spec_hash,
+        "presence_sha": presence,
+        "photos_per_face": args.photos_per_face,
+        "models": {},
+    }
+    for label, ref in refs.items():
+        index = index_for(store, label, ref, f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec_hash)
+        report["models"][label] = {"ref": ref, "faces": search_all(store, index, photos)}
+    print(f"\n{len(rows)} products; {args.photos_per_face} photos per face; presence {presence}")
+    print(f"{'model':<40} {'face':<18} {'top1':>6} {'top10':>6} {'refused':>8}  p50 ms  refusals")
+    for label, entry in report["models"].items():
+        for face, f in entry["faces"].items():
+            tag = f"{face} (seen)" if label == "packaged" and face in SEEN_BY_PACKAGED else face
+            tag = tag if face == "hopper" or label != "packaged" else f"{face} (unseen)"
+            print(
+                f"{label + ' ' + entry['ref']:<40.40} {tag:<18} {f['top1']:>6.3f} {f['top10']:>6.3f} "
+                f"{f['refused']:>4}/{f['photos']:<3}  {f['p50_ms']}  {f['refusals']}"
+            )
+    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"report: {work / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
