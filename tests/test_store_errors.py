@@ -14,7 +14,6 @@ import pytest
 
 from glassfinder.errors import (
     BucketNotFoundError,
-    GlassFinderError,
     InvalidStoreURIError,
     ObjectExistsError,
     StaleWriteError,
@@ -185,9 +184,25 @@ def test_prefix_rooted_stores_are_isolated(seaweed: SeaweedServer, tmp_path: Pat
     assert [i.key for i in whole.list()] == ["tenant-a/x", "tenant-b/x"]
 
 
-def test_errors_share_one_family() -> None:
-    for exc in (BucketNotFoundError, StoreAuthError, StoreUnavailableError, InvalidStoreURIError):
-        assert issubclass(exc, GlassFinderError)
+def test_a_missing_bucket_is_one_clear_cli_line_and_exit_1(seaweed: SeaweedServer, tmp_path: Path) -> None:
+    """The store's errors reach the user as the CLI's one line (no traceback), naming the bucket."""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": seaweed.endpoint_url,
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+        "AWS_REGION": "us-east-1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "glassfinder.cli", "store", "ls", "--store", "s3://no-such-bucket-gf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("glassfinder: error:") and "no-such-bucket-gf" in line
 
 
 # --- local crash atomicity ----------------------------------------------------------------------
