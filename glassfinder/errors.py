@@ -20,6 +20,22 @@ OPTIONS: dict[str, dict[Audience, str]] = {
     "resume": {"cli": "--resume", "dag": "a retry of the task (it resumes by itself)"},
     "work_dir": {"cli": "another --work-dir", "dag": "another train_seed"},
     "epochs": {"cli": "--epochs", "dag": "the epochs param"},
+    "asset_root": {
+        "cli": "--asset-root (or $GLASSFINDER_ASSET_ROOTS)",
+        "dag": "$GLASSFINDER_ASSET_ROOTS in the workers' environment",
+    },
+    "max_asset_bytes": {
+        "cli": "--max-asset-bytes (or $GLASSFINDER_MAX_ASSET_BYTES)",
+        "dag": "$GLASSFINDER_MAX_ASSET_BYTES in the workers' environment",
+    },
+    "allow_shrink": {
+        "cli": "--allow-shrink with --reason (the reason is recorded)",
+        "dag": "an operator's `glassfinder catalog ingest --allow-shrink --reason R` (recorded)",
+    },
+    "max_shrink": {
+        "cli": "--max-shrink (or $GLASSFINDER_MAX_CATALOGUE_SHRINK)",
+        "dag": "$GLASSFINDER_MAX_CATALOGUE_SHRINK in the workers' environment",
+    },
 }
 _OPTION = re.compile(r"\{option:(\w+)\}")
 
@@ -134,7 +150,7 @@ class IndexCorruptError(IndexStoreError):
 
 
 # --- catalogue ----------------------------------------------------------------------------------
-class AssetSourceError(GlassFinderError):
+class AssetSourceError(BadInputError):
     """A manifest row's asset is refused before or while it is read (never parsed).
 
     `reason` is the short code the quarantine report carries (outside_roots, not_a_file,
@@ -146,8 +162,10 @@ class AssetSourceError(GlassFinderError):
         self.reason = reason
 
 
-class CatalogueShrinkError(GlassFinderError):
-    """An ingest would empty the catalogue or remove more of it than allowed; nothing changed."""
+class CatalogueShrinkError(BadInputError):
+    """An ingest would empty the catalogue or remove more of it than allowed; nothing changed.
+
+    Bad input, not an outage: retrying the same export cannot help, an operator must look."""
 
     #: The refused export's ingest report (its quarantine says why the rows were bad).
     report: object | None = None

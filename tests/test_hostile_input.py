@@ -348,8 +348,13 @@ def test_removing_too_much_of_the_catalogue_needs_a_recorded_reason(
 ) -> None:
     half = _manifest(export, _good_rows(2), "half.json")
     before = _snapshot(catalogue)
-    with pytest.raises(CatalogueShrinkError, match=r"would remove 2 of the catalogue's 4 products \(50%"):
+    with pytest.raises(
+        CatalogueShrinkError, match=r"would remove 2 of the catalogue's 4 products \(50%"
+    ) as err:
         ingest_manifest(half, dest=catalogue)
+    assert "--allow-shrink with --reason" in str(err.value)  # each audience is told its own way out
+    assert "`glassfinder catalog ingest --allow-shrink" in err.value.speak("dag")
+    assert "$GLASSFINDER_MAX_CATALOGUE_SHRINK in the workers' environment" in err.value.speak("dag")
     assert _snapshot(catalogue) == before
     assert ingest_manifest(half, dest=catalogue, max_shrink_fraction=0.5).manifest_changed
     assert len(read_catalogue(catalogue)[0]) == 2

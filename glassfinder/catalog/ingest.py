@@ -305,10 +305,10 @@ def check_shrink(
     else:
         return change
     if not allow_reason:
-        or_raise = f", or raise --max-shrink / ${MAX_SHRINK_ENV}" if after else ""
+        or_raise = ", or raise {option:max_shrink}" if after else ""
         raise CatalogueShrinkError(
-            f"{why}; the catalogue was left as it was ({len(before)} products). If this is meant, pass "
-            f"--allow-shrink with --reason (the reason is recorded){or_raise}"
+            f"{why}; the catalogue was left as it was ({len(before)} products). If this is meant, use "
+            "{option:allow_shrink}" + or_raise
         )
     log.warning("catalogue shrink allowed: %s (reason: %s)", why, allow_reason)
     return {**change, "allowed_reason": allow_reason, "why": why}

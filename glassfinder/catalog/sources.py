@@ -184,7 +184,7 @@ class AssetRoots:
             asset_uri,
             "outside_roots",
             f"resolves to {where}, outside the allowed roots ({self.describe()}); an operator who "
-            f"trusts it adds its folder with --asset-root or ${ROOTS_ENV}",
+            "trusts it adds its folder with {option:asset_root}",
         )
 
     # --- local files ---------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class AssetRoots:
                 asset_uri,
                 "too_large",
                 f"{where} has {size:,} bytes, more than the asset budget of {self.max_bytes:,} bytes "
-                f"(--max-asset-bytes, ${MAX_BYTES_ENV})",
+                "({option:max_asset_bytes})",
             )
 
     def _read_bounded(self, asset_uri: str, fh: BinaryIO, where: str) -> bytes:
@@ -240,7 +240,7 @@ class AssetRoots:
                     asset_uri,
                     "too_large",
                     f"{where} goes on past the asset budget of {self.max_bytes:,} bytes "
-                    f"(--max-asset-bytes, ${MAX_BYTES_ENV}); stopped reading",
+                    "({option:max_asset_bytes}); stopped reading",
                 )
             buf.write(chunk)
         return buf.getvalue()
