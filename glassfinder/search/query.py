@@ -239,10 +239,16 @@ class QueryEngine:
         A version that fails verification raises and leaves the old one serving.
         """
         info = self.store.head(layout.index_current_key(self.index_name))
-        serving = self._serving
-        if info.etag == serving.reader.etag and current_presence_sha(self.store) == serving.presence_sha:
+        presence = current_presence_sha(self.store)
+
+        def unchanged() -> bool:
+            return info.etag == self._serving.reader.etag and presence == self._serving.presence_sha
+
+        if unchanged():
             return False
         with self._lock:
+            if unchanged():  # another thread reloaded while this one waited for the lock
+                return False
             fresh = self._load()
             old = self._serving
             self._serving = fresh
