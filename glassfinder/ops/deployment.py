@@ -97,7 +97,8 @@ def source_root() -> Path:
 
 def airflow_cfg(cfg: DeploymentConfig) -> str:
     """The airflow.cfg of the deployment: everything that differs from Airflow's defaults."""
-    lines = {
+    keys = secrets_of(cfg.home)
+    lines: dict[str, dict[str, object]] = {
         "core": {
             "dags_folder": cfg.dags_folder,
             "plugins_folder": cfg.plugins_folder,
@@ -112,12 +113,12 @@ def airflow_cfg(cfg: DeploymentConfig) -> str:
         "database": {"sql_alchemy_conn": cfg.database},
         # One secret for every component: the api-server checks the tokens the scheduler's
         # task runners are given (each process would otherwise make up its own).
-        "api_auth": {"jwt_secret": secrets_of(cfg.home)["jwt_secret"]},
+        "api_auth": {"jwt_secret": keys["jwt_secret"]},
         "api": {
             "host": "127.0.0.1",
             "port": cfg.port,
             "base_url": cfg.url,
-            "secret_key": secrets_of(cfg.home)["secret_key"],
+            "secret_key": keys["secret_key"],
         },
         "logging": {"base_log_folder": cfg.home / "logs"},
         "scheduler": {"standalone_dag_processor": "True"},
