@@ -120,7 +120,7 @@ def make_photos(work: Path, store: Any, rows: list[dict[str, Any]], per_face: in
 
 def presence_ready(store: Any) -> str:
     """A glasses-presence model: the packaged one, else one trained on procedural heads only."""
-    from glassfinder.search.presence import (
+    from glassfinder.embed.presence import (
         PresenceTrainConfig,
         current_presence_sha,
         train_and_publish_presence,

@@ -40,10 +40,10 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.model import ModelConfig, build_model
+    from glassfinder.embed.presence import PresenceTrainConfig, train_and_publish_presence
     from glassfinder.embed.registry import publish_model
     from glassfinder.index.build import IndexParams, build_index
     from glassfinder.index.versions import publish_version
-    from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
     from glassfinder.store import LocalStore
 
     store = LocalStore(root / "store")

@@ -494,7 +494,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_presence_train(args: argparse.Namespace) -> int:
-    from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
+    from glassfinder.embed.presence import PresenceTrainConfig, train_and_publish_presence
 
     config = PresenceTrainConfig(pairs=args.pairs, photo_pairs=args.photo_pairs, seed=args.seed)
     sha, report = train_and_publish_presence(_open(args), config, photo_bank=args.photo_bank)

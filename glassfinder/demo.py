@@ -302,7 +302,7 @@ def run_demo(
     if photo is None:
         say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
     else:
-        from glassfinder.search.presence import (
+        from glassfinder.embed.presence import (
             PresenceTrainConfig,
             load_presence,
             packaged_presence,

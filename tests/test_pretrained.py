@@ -167,7 +167,7 @@ def test_packaged_presence_model_is_verified_and_used_by_a_fresh_store(
 ) -> None:
     import shutil
 
-    from glassfinder.search.presence import (
+    from glassfinder.embed.presence import (
         PRESENCE_MODEL_NAME,
         current_presence_sha,
         load_presence,

@@ -34,11 +34,11 @@ from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.cli import REFUSED_EXIT, main
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.job import embed_catalogue
+from glassfinder.embed.presence import PresenceTrainConfig, train_and_publish_presence
 from glassfinder.embed.train import TrainConfig, train_and_publish
 from glassfinder.index.pipeline import build_and_publish
 from glassfinder.render.job import render_catalogue
 from glassfinder.render.spec import RenderSpec
-from glassfinder.search.presence import PresenceTrainConfig, train_and_publish_presence
 from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
 from glassfinder.search.samples import photo_wearing
 from glassfinder.search.service import ServiceLimits, create_app

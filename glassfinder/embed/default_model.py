@@ -120,7 +120,7 @@ def package_presence(store: Any, out_dir: Path) -> dict[str, Any]:
     No photo bank: the astronaut is never used, and Grace Hopper wears glasses in her photo, so
     she cannot stand for a bare face. The held-out figures are on procedural heads.
     """
-    from glassfinder.search.presence import (
+    from glassfinder.embed.presence import (
         PRESENCE_MODEL_NAME,
         PresenceTrainConfig,
         catalogue_assets,

@@ -23,14 +23,14 @@ from PIL import Image, ImageOps
 
 from glassfinder import layout
 from glassfinder.embed.align import align_crop
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
-from glassfinder.faces.photos import PhotoError, detect_face
-from glassfinder.search.presence import (
+from glassfinder.embed.presence import (
     PRESENCE_GEOMETRY,
     PresenceModel,
     current_presence_sha,
     load_presence,
 )
+from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.faces.photos import PhotoError, detect_face
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
