@@ -214,3 +214,18 @@ def test_render_failures_of_the_content_are_final_and_of_the_store_are_retried(t
         "known" not in by_product["rotten"]
         and "differs from the manifest's" in by_product["rotten"]["message"]
     )
+
+
+def test_training_params_default_to_the_training_recipe_and_fine_tune_the_packaged_model(
+    tmp_path: Path,
+) -> None:
+    from glassfinder.embed.train import TrainConfig
+    from glassfinder.pipeline.training import train_config
+    from glassfinder.store import LocalStore
+
+    recipe = TrainConfig(spec_hashes=("0" * 16,))
+    specs = param_specs("training")
+    assert (specs["batch_size"]["default"], specs["lr"]["default"]) == (recipe.batch_size, recipe.lr)
+    config = train_config({}, "0" * 16, LocalStore(tmp_path))
+    assert config.init_from.startswith("glasses@") and config.model == recipe.model
+    assert train_config({"init": "imagenet"}, "0" * 16, LocalStore(tmp_path)).init_from == ""

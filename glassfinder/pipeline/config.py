@@ -267,8 +267,16 @@ def _training_params() -> dict[str, dict[str, Any]]:
             "title": "Train a model",
             "description": "Train on the new shards, publish the model and move its CURRENT.",
         },
+        "init": {
+            "default": "default",
+            "type": "string",
+            "minLength": 1,
+            "title": "Start from",
+            "description": "'default' fine-tunes the packaged model; 'imagenet' a fresh MobileNetV2; "
+            "'scratch' the small CNN; or NAME[@SHA] of a published model.",
+        },
         "epochs": {
-            "default": 20,
+            "default": 10,
             "type": "integer",
             "minimum": 1,
             "maximum": 1000,
@@ -276,14 +284,14 @@ def _training_params() -> dict[str, dict[str, Any]]:
             "description": "Training epochs.",
         },
         "batch_size": {
-            "default": 128,
+            "default": 64,
             "type": "integer",
             "minimum": 4,
             "title": "Batch size",
             "description": "Training batch (a multiple of 4 views per product).",
         },
         "lr": {
-            "default": 4e-3,
+            "default": 1e-3,
             "type": "number",
             "exclusiveMinimum": 0,
             "title": "Learning rate",

@@ -18,6 +18,7 @@ from glassfinder.errors import GlassFinderError
 from glassfinder.pipeline.config import ParamError, PipelineConfig, check_params, param_specs, work_dir
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import open_store
+from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def training_spec(params: Mapping[str, Any]) -> RenderSpec:
         raise ParamError(f"training render spec from the run params is invalid: {exc}") from exc
 
 
-def train_config(params: Mapping[str, Any], spec_hash: str) -> Any:
-    from glassfinder.embed.train import TrainConfig
+def train_config(params: Mapping[str, Any], spec_hash: str, store: ObjectStore) -> Any:
+    """The training run the params ask for; by default it fine-tunes the packaged model."""
+    from glassfinder.embed.train import TrainConfig, resolve_init
 
     defaults = param_specs("training")
 
@@ -67,12 +69,15 @@ def train_config(params: Mapping[str, Any], spec_hash: str) -> Any:
         return params.get(name, defaults[name]["default"])
 
     try:
+        model, init_from = resolve_init(store, str(get("init")), None)
         return TrainConfig(
             spec_hashes=(spec_hash,),
             epochs=int(get("epochs")),
             batch_size=int(get("batch_size")),
             lr=float(get("lr")),
             seed=int(get("train_seed")),
+            model=model,
+            init_from=init_from,
         )
     except GlassFinderError as exc:
         raise ParamError(f"training params: {exc.speak('dag')}") from exc
@@ -86,7 +91,7 @@ def train_and_register(
 
     store, name = open_store(cfg.store), cfg.model
     (spec_hash,) = plan["render_specs"]
-    config = train_config(params, spec_hash)
+    config = train_config(params, spec_hash, store)
     # Checkpoints per (spec, config): a retried task resumes where the failed attempt stopped.
     run_key = hashlib.sha256(config.to_json().encode()).hexdigest()[:12]
     result, sha = train_and_publish(
