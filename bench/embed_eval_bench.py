@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +79,11 @@ def train_config(cat_spec: str, candidate: str, epochs: int) -> Any:
 
 def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
     """Generate, ingest and render (skipping what exists); (store uri, catalogue spec, query spec)."""
-    from glassfinder.catalog.generate import generate_catalog
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+    from glassfinder.embed.default_model import prepare_catalogue
     from glassfinder.render.job import render_catalogue
-    from glassfinder.store.local import LocalStore
 
-    store = LocalStore(work / "store")
-    if not store.exists(CATALOG_MANIFEST_KEY):
-        t0 = time.perf_counter()
-        generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
-        ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
-        print(f"catalogue: {products} products generated and ingested in {time.perf_counter() - t0:.0f} s")
+    store = prepare_catalogue(work, products, seed)
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     hashes = []
     for name, raw in (("catalogue", CATALOGUE_SPEC), ("query", QUERY_SPEC)):

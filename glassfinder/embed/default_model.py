@@ -47,8 +47,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare_catalogue(work: Path, products: int) -> Any:
-    """The training catalogue, generated and ingested once into work/store."""
+def prepare_catalogue(work: Path, products: int, seed: int = TRAINING_SEED) -> Any:
+    """A generated catalogue, generated and ingested once into work/store (reused by the benches)."""
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.store.local import LocalStore
@@ -56,9 +56,9 @@ def prepare_catalogue(work: Path, products: int) -> Any:
     store = LocalStore(work / "store")
     if not store.exists(CATALOG_MANIFEST_KEY):
         t0 = time.perf_counter()
-        generate_catalog(LocalStore(work / "src"), products, TRAINING_SEED, progress=True)
+        generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
         ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
-        print(f"catalogue: {products} products (seed {TRAINING_SEED}) in {time.perf_counter() - t0:.0f} s")
+        print(f"catalogue: {products} products (seed {seed}) in {time.perf_counter() - t0:.0f} s")
     return store
 
 
