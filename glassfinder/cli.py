@@ -633,7 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_airflow)
         p.add_argument("--home", default=".glassfinder/airflow", help="AIRFLOW_HOME of the deployment")
     up_args = af.choices["up"]
-    up_args.add_argument("--port", type=int, default=8080, help="api-server port on 127.0.0.1")
+    up_args.add_argument(
+        "--port", type=_int_between(1, 65535), default=8080, help="api-server port on 127.0.0.1"
+    )
     up_args.add_argument(
         "--db-url",
         default=None,
@@ -644,8 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up_args.add_argument("--dags", default=None, help="DAG folder (default: the checkout's dags/)")
     up_args.add_argument("--plugins", default=None, help="plugin folder (default: the checkout's plugins/)")
-    up_args.add_argument("--parallelism", type=int, default=4, help="task slots of the LocalExecutor")
-    up_args.add_argument("--wait", type=float, default=180, help="seconds to wait for a healthy start")
+    up_args.add_argument(
+        "--parallelism", type=_int_between(1, 256), default=4, help="task slots of the LocalExecutor"
+    )
+    up_args.add_argument(
+        "--wait", type=_float_between(1, 3600), default=180, help="seconds to wait for a healthy start"
+    )
     af.choices["status"].add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add(sub, "demo", cmd_demo, "run the main job on embedded defaults and show the result")
