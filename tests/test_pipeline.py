@@ -229,3 +229,13 @@ def test_training_params_default_to_the_training_recipe_and_fine_tune_the_packag
     config = train_config({}, "0" * 16, LocalStore(tmp_path))
     assert config.init_from.startswith("glasses@") and config.model == recipe.model
     assert train_config({"init": "imagenet"}, "0" * 16, LocalStore(tmp_path)).init_from == ""
+
+
+def test_onboarding_with_nothing_changed_before_the_first_index_publishes_nothing(tmp_path: Path) -> None:
+    """The export watcher may fire while the first re-index is still embedding: no error."""
+    from glassfinder.pipeline.publish import publish_incremental
+
+    cfg = PipelineConfig.from_params({"store": str(tmp_path)})
+    plan = {"manifest": f"{tmp_path}/catalog/manifest.parquet", "batches": [], "embed": None}
+    result = publish_incremental(cfg, plan, {"changed": [], "removed": []})
+    assert result == {"published": False, "reason": "no changes", "version": None}

@@ -118,6 +118,11 @@ def publish_incremental(cfg: PipelineConfig, plan: dict[str, Any], changes: dict
     store = open_store(cfg.store)
     current = current_manifest(store, cfg.index)
     if current is None:
+        if not changes["changed"] and not changes["removed"]:
+            # Nothing changed and nothing to derive from (say the export watcher fired while the
+            # first re-index is still embedding): the re-index publishes the first version.
+            log.info("index %s has no CURRENT version and nothing changed: nothing to publish", cfg.index)
+            return {"published": False, "reason": "no changes", "version": None}
         log.info("index %s has no CURRENT version: publishing a full build instead of a child", cfg.index)
         return publish_full(cfg, plan)
     model_sha, spec_hash = str(current["model_sha"]), str(current["spec_hash"])
