@@ -236,6 +236,6 @@ def test_onboarding_with_nothing_changed_before_the_first_index_publishes_nothin
     from glassfinder.pipeline.publish import publish_incremental
 
     cfg = PipelineConfig.from_params({"store": str(tmp_path)})
-    plan = {"manifest": f"{tmp_path}/catalog/manifest.parquet", "batches": [], "embed": None}
+    plan: dict[str, Any] = {"manifest": f"{tmp_path}/catalog/manifest.parquet", "batches": [], "embed": None}
     result = publish_incremental(cfg, plan, {"changed": [], "removed": []})
     assert result == {"published": False, "reason": "no changes", "version": None}
