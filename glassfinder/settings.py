@@ -17,6 +17,8 @@ DEFAULT_MODEL_NAME = "glasses"
 DEFAULT_INDEX_NAME = "catalog"
 #: Celery queue and Airflow pool of the tasks that want a GPU (embedding, training).
 GPU_QUEUE = "gpu"
+#: Every GlassFinder DAG id starts with this (what the plugin's listeners look after).
+DAG_PREFIX = "glassfinder_"
 GPU_POOL = "gpu"
 
 

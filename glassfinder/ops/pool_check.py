@@ -14,10 +14,10 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
+from glassfinder import settings
 from glassfinder.ops.deployment import REQUIRED_POOLS
 
 log = logging.getLogger(__name__)
-DAG_PREFIX = "glassfinder_"
 
 
 def missing_pools() -> list[str]:
@@ -52,5 +52,5 @@ def _check(dag_id: str) -> None:
 @hookimpl
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
     dag_id = str(getattr(dag_run, "__dict__", {}).get("dag_id", ""))
-    if dag_id.startswith(DAG_PREFIX):
+    if dag_id.startswith(settings.DAG_PREFIX):
         threading.Thread(target=_check, args=(dag_id,), name="glassfinder-pool-check", daemon=True).start()

@@ -26,7 +26,6 @@ from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)
 METRICS_RECORD = "metrics.json"
-DAG_PREFIX = "glassfinder_"
 
 
 def _seconds(start: Any, end: Any) -> float | None:
@@ -116,7 +115,7 @@ def write_record(run: dict[str, Any]) -> str | None:
     """Read the run's tasks and write its metrics to its store; the key written, or None."""
     try:
         run = complete(run)
-        if not str(run["dag_id"]).startswith(DAG_PREFIX):
+        if not str(run["dag_id"]).startswith(settings.DAG_PREFIX):
             return None
         conf = run["conf"] or {}
         store = open_store(conf.get("store") or settings.store_uri())
@@ -143,7 +142,7 @@ def record_run(dag_run: Any, state: str) -> str | None:
     """Record a GlassFinder run's metrics from a thread of its own; the key, or None."""
     try:
         run = snapshot(dag_run, state)
-        if run["dag_id"] is not None and not str(run["dag_id"]).startswith(DAG_PREFIX):
+        if run["dag_id"] is not None and not str(run["dag_id"]).startswith(settings.DAG_PREFIX):
             return None
         result: list[str | None] = [None]
         worker = threading.Thread(
