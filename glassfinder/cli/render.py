@@ -1,0 +1,54 @@
+"""`glassfinder render`: try-on image shards of a catalogue, or a sheet of one product."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from glassfinder.cli.common import SubParsers
+from glassfinder.errors import GlassFinderError
+from glassfinder.layout import render_quarantine_report_key
+from glassfinder.store import open_store
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from glassfinder.render.spec import load_spec  # numpy: imported on use, keeping --help fast
+
+    spec = load_spec(args.spec)
+    if args.action == "sheet":
+        from glassfinder.render.sheet import tryon_sheet  # pyrender: imported on use
+
+        if not args.product:
+            raise GlassFinderError("render sheet needs --product ID")
+        sheet = tryon_sheet(args.manifest, args.product, spec, views=args.views)
+        sheet.save(args.out)
+        print(f"wrote {args.out}: {args.product} in {args.views} views (spec {spec.spec_hash})")
+        return 0
+    from glassfinder.render.job import render_catalogue  # trimesh: imported on use
+
+    out = open_store(args.out)
+    report = render_catalogue(
+        args.manifest, spec, out, workers=args.workers, progress=sys.stderr.isatty(), limit=args.limit
+    )
+    rate = report.views / report.seconds if report.seconds else 0.0
+    print(
+        f"spec {report.spec_hash}: {report.assets} assets, {report.rendered} rendered ({report.views} views, "
+        f"{rate:.1f} views/s), {report.skipped} already there, {len(report.quarantined)} quarantined "
+        f"in {report.seconds:.1f} s"
+    )
+    if report.quarantined:
+        print(f"quarantine report: {out.uri}/{render_quarantine_report_key(report.spec_hash)}")
+    return 0
+
+
+def register(sub: SubParsers) -> None:
+    p = sub.add_parser("render", help="render try-on image shards of a catalogue (or a sheet of one product)")
+    p.set_defaults(func=cmd_render)
+    p.add_argument("action", nargs="?", choices=("sheet",), help="'sheet': a contact sheet of one product")
+    p.add_argument("--manifest", required=True, help="catalogue manifest URI (from catalog ingest)")
+    p.add_argument("--spec", default="default", help="render spec: 'default', a JSON file or a store URI")
+    p.add_argument("--out", required=True, help="store URI for shards, or the PNG for 'sheet'")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    p.add_argument("--limit", type=int, default=None, help="render only the first N products")
+    p.add_argument("--product", default=None, help="product id ('sheet')")
+    p.add_argument("--views", type=int, default=16, help="views on the sheet")
