@@ -1,10 +1,18 @@
 """From feature shards to a published index: collect, build, evaluate, publish; and incremental updates.
 
+The one build-and-publish flow: the CLI, the benches and the pipeline's publishing tasks all
+come here (glassfinder.pipeline.publish only turns task params into these calls and their
+outcome into JSON).
+
 The catalogue manifest decides what is indexed: every product whose asset has a feature shard
 for (model, spec). Products without one are reported, not silently dropped. Evaluation embeds
 the held-out query views (damaged, other faces) with the index's model and searches the
 candidate exactly as the serving reader does, with max and mean aggregation; the better one is
 what the version serves.
+
+A full run that skips an unchanged catalogue (publish_if_changed) first compares what it would
+index with what CURRENT indexes (content_digest): the same products, assets, model and spec
+publish nothing, so a quiet night leaves one version, not a duplicate a night.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from glassfinder.index.versions import (
     fetch_current_verified,
     load_files,
     publish_version,
+    read_current,
+    read_ids,
+    read_manifest,
 )
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
@@ -43,6 +54,21 @@ class FeatureSet:
     vectors: np.ndarray
     meta: pa.Table
     missing: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PublishOutcome:
+    """What a publishing run did: the version it published, or (result None) why it published none.
+
+    version: CURRENT's version when nothing was published (None without CURRENT).
+    report: what the run tells its caller besides (products not indexed, added and removed
+    products; an unchanged CURRENT's product count and evaluation).
+    """
+
+    result: PublishResult | None
+    reason: str | None = None
+    version: int | None = None
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +101,40 @@ def catalogue_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
     mstore, mkey = split_uri(manifest_uri)
     digest = hashlib.sha256(mstore.get(mkey)).hexdigest()
     return read_manifest_rows(mstore, mkey), digest
+
+
+def featured_pairs(
+    store: ObjectStore, rows: list[dict[str, Any]], model_sha: str, spec_hash: str
+) -> set[tuple[str, str]]:
+    """(product id, asset sha256) of every row whose asset has a feature shard for (model, spec).
+
+    From one listing, without reading a shard: what a build from `rows` would index.
+    """
+    featured = {i.key for i in store.list(layout.feature_prefix(model_sha, spec_hash))}
+    return {
+        (str(r["product_id"]), str(r["asset_sha256"]))
+        for r in rows
+        if r.get("asset_sha256")
+        and layout.feature_shard_key(model_sha, spec_hash, str(r["asset_sha256"])) in featured
+    }
+
+
+def current_manifest(store: ObjectStore, name: str) -> dict[str, Any] | None:
+    """The manifest of the index's CURRENT version, or None before the first publish."""
+    current, _ = read_current(store, name)
+    return read_manifest(store, name, int(current["version"])) if current else None
+
+
+def current_embed_target(store: ObjectStore, name: str) -> tuple[str, str, str] | None:
+    """(model name, model sha, spec hash) CURRENT's index was built with, or None without CURRENT.
+
+    An incremental version must embed its new products exactly as its parent did, whatever
+    the models' CURRENT says now.
+    """
+    current = current_manifest(store, name)
+    if current is None:
+        return None
+    return str(current["model"]), str(current["model_sha"]), str(current["spec_hash"])
 
 
 def collect_features(
@@ -182,7 +242,39 @@ def build_and_publish(
     device: str | None = None,
 ) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
     """A full rebuild from the catalogue's feature shards, evaluated, published through the gate."""
-    rows, digest = catalogue_rows(manifest_uri)
+    return _build_full(
+        store,
+        name,
+        catalogue_rows(manifest_uri),
+        manifest_uri=manifest_uri,
+        model_ref=model_ref,
+        spec_hash=spec_hash,
+        query_spec=query_spec,
+        params=params,
+        gate=gate,
+        force_reason=force_reason,
+        publish=publish,
+        device=device,
+    )
+
+
+def _build_full(
+    store: ObjectStore,
+    name: str,
+    catalogue: tuple[list[dict[str, Any]], str],
+    *,
+    manifest_uri: str,
+    model_ref: str,
+    spec_hash: str,
+    query_spec: str | None,
+    params: IndexParams | None,
+    gate: GateConfig | None,
+    force_reason: str | None,
+    publish: bool,
+    device: str | None,
+) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
+    """build_and_publish from the catalogue (rows, digest) already read from `manifest_uri`."""
+    rows, digest = catalogue
     model_sha = _model_sha(store, model_ref)
     features = collect_features(store, rows, model_sha, spec_hash)
     for m in features.missing:
@@ -209,6 +301,58 @@ def build_and_publish(
             store, name, built, info, evaluation=evaluation, gate=gate, force_reason=force_reason
         )
     return built, info | {"evaluation": evaluation}, result, features
+
+
+def publish_if_changed(
+    store: ObjectStore,
+    name: str,
+    *,
+    manifest_uri: str,
+    model_ref: str,
+    spec_hash: str,
+    query_spec: str | None,
+    gate: GateConfig | None = None,
+    force_reason: str | None = None,
+    device: str | None = None,
+) -> PublishOutcome:
+    """A full rebuild published through the gate, unless CURRENT already holds the same content.
+
+    model_ref: NAME@SHA, the model whose feature shards are indexed.
+    """
+    catalogue = catalogue_rows(manifest_uri)
+    model_sha = _model_sha(store, model_ref)
+    expected = content_digest(featured_pairs(store, catalogue[0], model_sha, spec_hash), model_sha, spec_hash)
+    current = current_manifest(store, name)
+    if current is not None and current.get("content_digest") == expected:
+        log.info(
+            "index %s: CURRENT v%d already holds these %d products (same assets, model, spec): "
+            "nothing to publish",
+            name,
+            current["version"],
+            current["counts"]["products"],
+        )
+        return PublishOutcome(
+            None,
+            "unchanged",
+            current["version"],
+            {"products": current["counts"]["products"], "evaluation": current.get("evaluation")},
+        )
+    _, _, result, features = _build_full(
+        store,
+        name,
+        catalogue,
+        manifest_uri=manifest_uri,
+        model_ref=model_ref,
+        spec_hash=spec_hash,
+        query_spec=query_spec,
+        params=None,
+        gate=gate,
+        force_reason=force_reason,
+        publish=True,
+        device=device,
+    )
+    assert result is not None  # publish=True
+    return PublishOutcome(result, report={"not_indexed": features.missing})
 
 
 def load_current(store: ObjectStore, name: str) -> tuple[int, dict[str, Any], BuiltIndex]:
@@ -241,8 +385,38 @@ def update_and_publish(
     The copy keeps CURRENT's model, spec and trained quantiser; only the named products change.
     """
     version, parent, built = load_current(store, name)
+    catalogue = catalogue_rows(manifest_uri) if manifest_uri else None
+    return _derive_child(
+        store,
+        name,
+        (version, parent, built),
+        catalogue,
+        remove_products=remove_products,
+        only_products=only_products,
+        query_spec=query_spec,
+        gate=gate,
+        force_reason=force_reason,
+        device=device,
+    )
+
+
+def _derive_child(
+    store: ObjectStore,
+    name: str,
+    loaded: tuple[int, dict[str, Any], BuiltIndex],
+    catalogue: tuple[list[dict[str, Any]], str] | None,
+    *,
+    remove_products: list[str] | None,
+    only_products: list[str] | None,
+    query_spec: str | None,
+    gate: GateConfig | None,
+    force_reason: str | None,
+    device: str | None,
+) -> tuple[PublishResult, dict[str, int]]:
+    """update_and_publish from CURRENT as loaded and the catalogue (rows, digest) as read, if any."""
+    version, parent, built = loaded
     model_sha, spec_hash = parent["model_sha"], parent["spec_hash"]
-    rows, digest = catalogue_rows(manifest_uri) if manifest_uri else ([], parent["catalog_digest"])
+    rows, digest = catalogue if catalogue is not None else ([], parent["catalog_digest"])
     if only_products is not None:
         wanted = set(only_products)
         rows = [r for r in rows if str(r.get("product_id")) in wanted]
@@ -289,3 +463,90 @@ def update_and_publish(
         store, name, child, info, evaluation=evaluation, gate=gate, force_reason=force_reason, parent=version
     )
     return result, counts
+
+
+def publish_changes(
+    store: ObjectStore,
+    name: str,
+    *,
+    manifest_uri: str,
+    changed: list[str],
+    removed: list[str],
+    model_ref: str | None,
+    spec_hash: str | None,
+    query_spec: str | None,
+    gate: GateConfig | None = None,
+    force_reason: str | None = None,
+    device: str | None = None,
+) -> PublishOutcome:
+    """Publish a child of CURRENT with the changed products added and the removed ones gone.
+
+    model_ref, spec_hash: what the changed products were embedded with (NAME@SHA); it must be
+    what CURRENT was built with. A changed product without a feature shard is not indexed, and
+    loses any vectors CURRENT had for it. Without a CURRENT version there is nothing to derive
+    from: a full build is published instead (evaluated on `query_spec`; a child keeps its
+    parent's evaluation queries).
+    """
+    current = current_manifest(store, name)
+    if current is None:
+        if not changed and not removed:
+            # Nothing changed and nothing to derive from (say the export watcher fired while the
+            # first re-index is still embedding): the re-index publishes the first version.
+            log.info("index %s has no CURRENT version and nothing changed: nothing to publish", name)
+            return PublishOutcome(None, "no changes", None)
+        log.info("index %s has no CURRENT version: publishing a full build instead of a child", name)
+        if model_ref is None or spec_hash is None:
+            raise IndexStoreError(f"index {name} has no CURRENT version and no model to build one with")
+        return publish_if_changed(
+            store,
+            name,
+            manifest_uri=manifest_uri,
+            model_ref=model_ref,
+            spec_hash=spec_hash,
+            query_spec=query_spec,
+            gate=gate,
+            force_reason=force_reason,
+            device=device,
+        )
+    model_sha, current_spec = str(current["model_sha"]), str(current["spec_hash"])
+    planned = {"model": model_ref, "spec_hash": spec_hash} if model_ref is not None else None
+    if planned != {"model": f"{current['model']}@{model_sha}", "spec_hash": current_spec}:
+        raise GlassFinderError(
+            f"onboarding planned for {planned} but index {name} CURRENT v{current['version']} "
+            f"uses {current['model']}@{model_sha} spec {current_spec}: "
+            "CURRENT moved during the run; run again"
+        )
+    catalogue = catalogue_rows(manifest_uri)
+    wanted = set(changed)
+    featured = {
+        pid
+        for pid, _ in featured_pairs(
+            store, [r for r in catalogue[0] if r["product_id"] in wanted], model_sha, current_spec
+        )
+    }
+    not_indexed = sorted(wanted - featured)
+    for pid in not_indexed:
+        log.warning("not indexed: %s has no feature shard (quarantined earlier in this run?)", pid)
+    indexed = set(read_ids(store, name, int(current["version"])).column("product_id").to_pylist())
+    gone = sorted(set(removed) & indexed)
+    # A changed product whose new renders failed keeps no stale vectors either.
+    gone += sorted((set(not_indexed) & indexed) - set(gone))
+    if not featured and not gone:
+        log.info("index %s: no product to add or remove: nothing to publish", name)
+        return PublishOutcome(None, "no changes", current["version"], {"not_indexed": not_indexed})
+    result, counts = _derive_child(
+        store,
+        name,
+        load_current(store, name),
+        catalogue,
+        only_products=sorted(featured),
+        remove_products=gone,
+        query_spec=None,
+        gate=gate,
+        force_reason=force_reason,
+        device=device,
+    )
+    return PublishOutcome(
+        result,
+        report={"added": sorted(featured), "removed": gone, "changes": counts, "not_indexed": not_indexed},
+    )
