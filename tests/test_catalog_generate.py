@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -135,3 +136,39 @@ def test_build_is_pure() -> None:
     assert sorted(a.graph.nodes_geometry) == sorted(b.graph.nodes_geometry)
     for name in a.geometry:
         np.testing.assert_array_equal(a.geometry[name].vertices, b.geometry[name].vertices)
+
+
+@pytest.mark.parametrize(
+    ("family", "changes", "present", "absent"),
+    [
+        (
+            "round",
+            {"rim": "full", "material": "metal", "bridge": "double", "nose_pads": True},
+            {"nose_pads", "nose_pads.arms", "temple_left.tip", "temple_right.tip"},
+            {"frame.nylon", "frame.wire"},
+        ),
+        (
+            "rectangle",
+            {"rim": "half", "material": "acetate", "bridge": "keyhole", "nose_pads": False},
+            {"frame.nylon"},
+            {"nose_pads", "temple_left.tip", "frame.wire"},
+        ),
+        (
+            "oval",
+            {"rim": "rimless", "material": "metal", "bridge": "saddle", "nose_pads": True},
+            {"nose_pads", "temple_left.tip"},
+            {"frame.nylon", "frame.wire"},
+        ),
+        ("browline", {"nose_pads": False}, {"frame.wire"}, {"frame.nylon", "nose_pads", "temple_left.tip"}),
+    ],
+)
+def test_each_frame_style_gets_its_parts(
+    family: str, changes: dict[str, object], present: set[str], absent: set[str]
+) -> None:
+    """Each rim, material and pad variant adds (only) its own nodes to the asset."""
+    rng = np.random.default_rng([4, FAMILIES.index(family)])
+    design = dataclasses.replace(sample_design(rng, family), **changes)  # type: ignore[arg-type]
+    colourway = sample_colourways(rng, design, 1)[0]
+    nodes = set(build_frame(design, colourway).graph.nodes_geometry)
+    assert set(REQUIRED_PARTS) | {"frame.hinge", "temple_left", "temple_right"} | present <= nodes
+    assert not nodes & absent
