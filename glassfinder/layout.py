@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 from glassfinder.errors import BadInputError
 
@@ -65,8 +66,36 @@ def feature_prefix(model_sha: str, spec_hash: str) -> str:
     return f"features/{_hex('model_sha', model_sha)}/{_hex('spec_hash', spec_hash)}/"
 
 
+#: The catalogue: its manifest, content-addressed assets, ingest caches and records.
+CATALOG_DIR = "catalog/"
+#: The clean catalogue manifest every later stage reads; rewritten only by compare-and-swap.
+CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
+#: The quarantine report of the last catalogue ingest (refused rows and why).
+CATALOG_QUARANTINE_KEY = f"{CATALOG_DIR}quarantine.json"
 #: Inline onboarding rows and delta manifests given in a run's conf.
-CATALOG_DELTA_PREFIX = "catalog/deltas/"
+CATALOG_DELTA_PREFIX = f"{CATALOG_DIR}deltas/"
+
+
+def catalog_asset_key(sha256: str) -> str:
+    """Store key of a normalised asset; manifests name it relative to their own folder."""
+    return f"{CATALOG_DIR}assets/{sha256}.glb"
+
+
+def catalog_ingest_cache_key(normaliser_version: int, max_triangles: int, source_sha256: str) -> str:
+    """Cached outcome of normalising the source file with this sha256 under these settings."""
+    return f"{CATALOG_DIR}ingested/n{normaliser_version}-t{max_triangles}/{source_sha256}.json"
+
+
+def catalog_override_key(when: float) -> str:
+    """Key of the record of an allowed catalogue shrink made at `when` (epoch seconds)."""
+    return f"{CATALOG_DIR}overrides/shrink-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}.json"
+
+
+def catalog_delta_key(data: bytes) -> str:
+    """An onboarding delta manifest, named by its content."""
+    return f"{CATALOG_DELTA_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}.json"
+
+
 #: Analysed photo-bank faces (landmarks, pose, crops).
 FACE_PHOTO_CACHE_PREFIX = "faces/photos/"
 
@@ -89,16 +118,31 @@ def feature_shard_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
     )
 
 
+def index_prefix(name: str) -> str:
+    """Everything of one index: its versions, CURRENT and pins."""
+    return f"indexes/{_name('index name', name)}/"
+
+
 def index_version_prefix(name: str, version: int) -> str:
     """Folder of one immutable index version."""
     if version < 1:
         raise BadInputError(f"index version must be >= 1, got {version}")
-    return f"indexes/{_name('index name', name)}/v{version}/"
+    return f"{index_prefix(name)}v{version}/"
 
 
 def index_current_key(name: str) -> str:
     """Pointer to the live version of an index; moved only by compare-and-swap."""
-    return f"indexes/{_name('index name', name)}/CURRENT"
+    return f"{index_prefix(name)}CURRENT"
+
+
+def index_pins_prefix(name: str) -> str:
+    """The pins of an index: versions gc never deletes."""
+    return f"{index_prefix(name)}pins/"
+
+
+def index_pin_key(name: str, version: int) -> str:
+    """The pin of one index version (its body says why)."""
+    return f"{index_pins_prefix(name)}v{version}"
 
 
 def model_prefix(name: str, model_sha: str) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from glassfinder import layout
 from glassfinder.catalog.loader import DEFAULT_MAX_TRIANGLES, NORMALISER_VERSION, AssetError, load_asset
 from glassfinder.catalog.manifest import (
     KINDS,
@@ -51,22 +52,21 @@ from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-CATALOG_DIR = "catalog/"
-CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
-QUARANTINE_KEY = "catalog/quarantine.json"
+# The catalogue's keys are layout's; these names stay importable from here.
+CATALOG_DIR = layout.CATALOG_DIR
+CATALOG_MANIFEST_KEY = layout.CATALOG_MANIFEST_KEY
+QUARANTINE_KEY = layout.CATALOG_QUARANTINE_KEY
+catalog_asset_key = layout.catalog_asset_key
+override_key = layout.catalog_override_key
 #: Share of the current catalogue a full export may remove without --allow-shrink.
 DEFAULT_MAX_SHRINK_FRACTION = 0.25
 MAX_SHRINK_ENV = "GLASSFINDER_MAX_CATALOGUE_SHRINK"
 
 
-def catalog_asset_key(sha256: str) -> str:
-    """Store key of a normalised asset; manifests name it relative to their own folder."""
-    return f"{CATALOG_DIR}assets/{sha256}.glb"
-
-
 def ingest_cache_key(source_sha256: str, max_triangles: int) -> str:
-    """Cached outcome of normalising the source file with this sha256 under these settings."""
-    return f"{CATALOG_DIR}ingested/n{NORMALISER_VERSION}-t{max_triangles}/{source_sha256}.json"
+    """Cached outcome of normalising the source file with this sha256 under these settings
+    (and this loader's normaliser version)."""
+    return layout.catalog_ingest_cache_key(NORMALISER_VERSION, max_triangles, source_sha256)
 
 
 def resolve_asset(manifest_store: ObjectStore, manifest_key: str, asset_uri: str) -> tuple[ObjectStore, str]:
@@ -314,11 +314,6 @@ def check_shrink(
     return {**change, "allowed_reason": allow_reason, "why": why}
 
 
-def override_key(when: float) -> str:
-    """Key of the record of an allowed catalogue shrink made at `when` (epoch seconds)."""
-    return f"{CATALOG_DIR}overrides/shrink-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when))}.json"
-
-
 def record_override(dest: ObjectStore, shrink: dict[str, Any]) -> str:
     """Write the allowed shrink (who-knows-why becomes a file an auditor can read); its key."""
     now = time.time()
@@ -364,6 +359,18 @@ def read_catalogue(dest: ObjectStore) -> tuple[list[dict[str, Any]], str | None]
     """(rows, etag) of the catalogue manifest in `dest`; ([], None) before the first ingest."""
     etag = catalogue_etag(dest)
     return (read_manifest_rows(dest, CATALOG_MANIFEST_KEY) if etag else []), etag
+
+
+def catalog_assets(store: ObjectStore, limit: int = 64) -> list[tuple[str, bytes]]:
+    """(sha256, normalised GLB) of up to `limit` products of the store's catalogue, spread over it:
+    frames to put on faces when rendering training data for the face models."""
+    rows, _ = read_catalogue(store)
+    if not rows:
+        raise GlassFinderError(
+            f"{store.uri}/{CATALOG_MANIFEST_KEY} lists no products: ingest a catalogue first"
+        )
+    picked = rows[:: max(1, len(rows) // limit)][:limit]
+    return [(r["asset_sha256"], store.get(catalog_asset_key(r["asset_sha256"]))) for r in picked]
 
 
 def catalogue_etag(dest: ObjectStore) -> str | None:

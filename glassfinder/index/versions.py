@@ -113,7 +113,7 @@ def load_files(files: dict[str, bytes]) -> tuple[Any, pa.Table, np.ndarray]:
 
 # --- reading the index folder ---------------------------------------------------------------------
 def index_root(name: str) -> str:
-    return layout.index_current_key(name).rsplit("/", 1)[0] + "/"
+    return layout.index_prefix(name)
 
 
 def list_versions(store: ObjectStore, name: str) -> dict[int, bool]:
@@ -445,7 +445,7 @@ def rollback(store: ObjectStore, name: str, *, to: int | None = None, reason: st
 
 
 def pin_key(name: str, version: int) -> str:
-    return f"{index_root(name)}pins/v{version}"
+    return layout.index_pin_key(name, version)
 
 
 def pin(store: ObjectStore, name: str, version: int, reason: str) -> None:
@@ -464,8 +464,7 @@ def gc(store: ObjectStore, name: str, *, keep: int, dry_run: bool = False) -> li
     versions = list_versions(store, name)
     current, _ = read_current(store, name)
     protected = {int(current["version"])} if current else set()
-    pins_prefix = f"{index_root(name)}pins/"
-    protected |= {int(i.key.rsplit("/v", 1)[1]) for i in store.list(pins_prefix)}
+    protected |= {int(i.key.rsplit("/v", 1)[1]) for i in store.list(layout.index_pins_prefix(name))}
     complete = [v for v, ok in versions.items() if ok]
     protected |= set(complete[-keep:])
     newest = max(complete, default=0)

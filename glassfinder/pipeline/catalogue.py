@@ -9,7 +9,6 @@ bad rows with their reason and report which products changed in a way that chang
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -106,7 +105,7 @@ def _delta_uri(store: ObjectStore, products: list[dict[str, Any]]) -> str:
             asset = f"{store.uri}/{asset}"
         rows.append({**row, "asset_uri": asset})
     data = json.dumps(rows, sort_keys=True).encode()
-    key = f"{DELTA_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}.json"
+    key = layout.catalog_delta_key(data)
     store.put(key, data)
     return f"{store.uri}/{key}"
 
