@@ -48,6 +48,12 @@ def face_photos() -> dict[str, bytes]:
 
 def phone_damage(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
     """(h, w, 3) uint8 -> JPEG bytes: reframed, rescaled, colour-cast, blurred, noisy, compressed."""
+    return phone_damage_mapped(rgb, rng)[0]
+
+
+def phone_damage_mapped(rgb: np.ndarray, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+    """phone_damage, and the 2x3 affine from the input's pixels to the damaged photo's (pixel
+    centres at integers), so a point known on the input (an eye) is known on the photo."""
     import cv2
 
     h, w = rgb.shape[:2]
@@ -67,7 +73,9 @@ def phone_damage(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
     ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(45, 92))])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
+    sx, sy = size[0] / cw, size[1] / ch
+    mapping = np.array([[sx, 0, (0.5 - x0) * sx - 0.5], [0, sy, (0.5 - y0) * sy - 0.5]])
+    return buf.tobytes(), mapping
 
 
 def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[str, Any]]]:
@@ -116,20 +124,6 @@ def make_photos(work: Path, store: Any, rows: list[dict[str, Any]], per_face: in
     if made:
         print(f"photos: {made} rendered and damaged in {time.perf_counter() - t0:.0f} s")
     return photos
-
-
-def presence_ready(store: Any) -> str:
-    """A glasses-presence model: the packaged one, else one trained on procedural heads only."""
-    from glassfinder.embed.presence import (
-        PresenceTrainConfig,
-        current_presence_sha,
-        train_and_publish_presence,
-    )
-
-    sha = current_presence_sha(store)
-    if sha is None:  # never trained on a photo: the astronaut stays unseen
-        sha, _ = train_and_publish_presence(store, PresenceTrainConfig())
-    return sha
 
 
 def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
@@ -225,20 +219,22 @@ def main() -> None:
     work = Path(args.work)
     store, spec_hash, rows = prepare(work, args.products, args.seed)
     photos = make_photos(work, store, rows, args.photos_per_face)
-    presence = presence_ready(store)
+    from glassfinder.embed.face_net import packaged_analyzer
+
+    face_model = packaged_analyzer()[0]
     refs = model_refs(store, [m for m in args.models.split(",") if m])
     report: dict[str, Any] = {
         "products": len(rows),
         "catalogue_seed": args.seed,
         "gallery_spec": spec_hash,
-        "presence_sha": presence,
+        "face_model_sha": face_model,
         "photos_per_face": args.photos_per_face,
         "models": {},
     }
     for label, ref in refs.items():
         index = index_for(store, label, ref, f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec_hash)
         report["models"][label] = {"ref": ref, "faces": search_all(store, index, photos)}
-    print(f"\n{len(rows)} products; {args.photos_per_face} photos per face; presence {presence}")
+    print(f"\n{len(rows)} products; {args.photos_per_face} photos per face; face analysis {face_model}")
     print(f"{'model':<40} {'face':<18} {'top1':>6} {'top10':>6} {'refused':>8}  p50 ms  refusals")
     for label, entry in report["models"].items():
         for face, f in entry["faces"].items():

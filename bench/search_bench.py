@@ -1,10 +1,10 @@
 """Query latency and throughput of the search path on CPU against a catalogue-sized index.
 
-Builds a local store with a real model (untrained: latency does not depend on the weights), a
-glasses-presence model, and an index of `--products` products x `--views` views whose vectors are
+Builds a local store with a real model (untrained: latency does not depend on the weights), the
+packaged face-analysis model, and an index of `--products` products x `--views` views whose vectors are
 family-clustered synthetic unit vectors (rendering 3,200 products is the pipeline bench's job).
 Queries are the two public-domain photos with rendered glasses. Prints p50/p99 per stage
-(decode, detect, align+embed, search) in-process, then requests per second and latency over
+(decode, detect, face analysis, align+embed, search) in-process, then requests per second and latency over
 loopback HTTP at each concurrency level.
 
     .venv/bin/python bench/search_bench.py --products 3200 --queries 100
@@ -40,7 +40,6 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.model import ModelConfig, build_model
-    from glassfinder.embed.presence import PresenceTrainConfig, train_and_publish_presence
     from glassfinder.embed.registry import publish_model
     from glassfinder.index.build import IndexParams, build_index
     from glassfinder.index.versions import publish_version
@@ -52,10 +51,7 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     ingest_manifest(f"{source.uri}/manifest.parquet", dest=store)
     model = build_model(ModelConfig(), seed=seed).eval()
     sha = publish_model(store, "glasses", model, {"training": {"seed": seed}})
-    bank = LocalStore(root / "bank")
     astronaut = _png(skimage.data.astronaut())
-    bank.put("astronaut.png", astronaut)
-    train_and_publish_presence(store, PresenceTrainConfig(pairs=120, photo_pairs=24), photo_bank=bank.uri)
 
     rng = np.random.default_rng(seed)
     dim = model.config.dim
@@ -137,7 +133,7 @@ def main() -> None:
                 for stage, ms in result.timings_ms.items():
                     stages.setdefault(stage, []).append(ms)
         print(f"in-process, one query at a time ({len(stages.get('total', []))} timed, {refused} refused):")
-        for stage in ("decode", "detect", "align_embed", "search", "total"):
+        for stage in ("decode", "detect", "analyse", "align_embed", "search", "total"):
             v = stages[stage]
             print(f"  {stage:<12} p50 {pct(v, 50):8.2f} ms   p99 {pct(v, 99):8.2f} ms")
 

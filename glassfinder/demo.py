@@ -2,15 +2,17 @@
 
 Everything goes through the Airflow DAGs, run in this process with `dag.test()` on a SQLite
 Airflow under .glassfinder/airflow, against the local store: a generated sample catalogue is
-exported to `incoming/`, the training-data DAG renders it and trains the first model, the
+exported to `incoming/`, the training-data DAG renders it (the packaged model needs no training), the
 nightly re-index renders the held-out query views, embeds, evaluates and publishes index v1, a
-search runs against the published index, and a second night shows that nothing is redone.
+search runs against the published index, and a second night shows that nothing is redone. What
+it did and measured is also written as `demo-report.json` beside the sheets.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,6 @@ from glassfinder.store.check import StoreCheckReport, check_store
 
 #: Stages of the product not built yet, with the issue that brings each.
 PENDING_STAGES: tuple[tuple[str, str], ...] = ()
-#: The glasses-presence check when the package ships none: pairs on procedural heads only (the
-#: astronaut, the demo's query face, is never used to train or calibrate a model).
-DEMO_PRESENCE_PAIRS = 300
 DEMO_PRODUCTS = 24
 DEMO_SEED = 0
 #: The training-data DAG renders the catalogue but trains nothing: the demo searches with the
@@ -59,6 +58,23 @@ class DemoReport:
     search_top5: float
     photo_searches: list[PhotoSearch] = field(default_factory=list)
     pending: tuple[tuple[str, str], ...] = field(default=PENDING_STAGES)
+
+    def figures(self) -> dict[str, Any]:
+        """What the demo did and measured, as plain data (written beside the sheets as JSON)."""
+        runs = {"training": self.training, "nightly": self.nightly, "quiet_night": self.quiet_night}
+        return {
+            "store": self.store_uri,
+            "ingested": self.ingested.summary(),
+            "runs": {
+                k: {"dag_id": r.dag_id, "state": r.state, "summary": r.summary} for k, r in runs.items()
+            },
+            "model_vs_untrained": self.model_vs_untrained,
+            "search": {"top1": self.search_top1, "top5": self.search_top5, "shown": len(self.searches)},
+            "photo_searches": [
+                {k: str(v) if isinstance(v, Path) else v for k, v in asdict(p).items()}
+                for p in self.photo_searches
+            ],
+        }
 
 
 def _search(store_uri: str, index_name: str, query_spec: str) -> tuple[list[SearchShown], float, float]:
@@ -94,6 +110,11 @@ def _search(store_uri: str, index_name: str, query_spec: str) -> tuple[list[Sear
 class PhotoSearch:
     photo: Path
     answer: str  # the line shown
+    truth: str | None = None  # the product worn (None: the bare face)
+    rank: int | None = None  # of the worn product in the top 5
+    refused: str | None = None  # the reason code, when refused
+    eyes_xy: list[list[float]] | None = None
+    glasses_probability: float | None = None
 
 
 def _sample_photo() -> bytes | None:
@@ -131,11 +152,13 @@ def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) 
         try:
             result = engine.search(path.read_bytes(), path.name, k=5)
         except QueryRefusedError as exc:
-            shown.append(PhotoSearch(path, f"{path.name}: refused ({exc.reason}): {exc}"))
+            shown.append(
+                PhotoSearch(path, f"{path.name}: refused ({exc.reason}): {exc}", truth, refused=exc.reason)
+            )
             continue
         ids = [h.product_id for h in result.hits]
         t = result.timings_ms
-        if truth is None:  # the bare face got past the presence check
+        if truth is None:  # the bare face got past the glasses-presence check
             what = (
                 f"{path.name} (no glasses): not refused (p(glasses)={result.glasses_probability:.2f} >= "
                 f"{result.glasses_threshold:.2f}: the packaged check never saw a real bare face)"
@@ -148,6 +171,10 @@ def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) 
                 path,
                 f"{what} in {t['total']:.0f} ms; top 5: "
                 + ", ".join(f"{h.product_id} {h.score:.3f}" for h in result.hits),
+                truth,
+                rank=ids.index(truth) + 1 if truth in ids else None,
+                eyes_xy=result.eyes_xy,
+                glasses_probability=round(result.glasses_probability, 4),
             )
         )
     return shown
@@ -302,31 +329,18 @@ def run_demo(
     if photo is None:
         say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
     else:
-        from glassfinder.embed.presence import (
-            PresenceTrainConfig,
-            load_presence,
-            packaged_presence,
-            train_and_publish_presence,
-        )
+        from glassfinder.embed.face_net import PACKAGED_NAME, packaged_analyzer
+        from glassfinder.embed.packaged import read_packaged
 
-        if packaged_presence() is not None:
-            # The packaged check: trained on procedural heads only, never on the astronaut.
-            sha, _, card = load_presence(store)
-            v = card["evaluation"]["validation"]
-            say(
-                f"presence: packaged glasses-presence model {sha} (held-out renders: false refusal "
-                f"{v['false_refusal']:.3f}, false accept {v['false_accept']:.3f})"
-            )
-        else:  # no packaged check: train one on procedural heads (never on the query's face)
-            sha, report = train_and_publish_presence(
-                store, PresenceTrainConfig(pairs=DEMO_PRESENCE_PAIRS, photo_pairs=0)
-            )
-            v = report["validation"]
-            say(
-                f"presence: glasses-presence model {sha} (held-out renders: false refusal "
-                f"{v['false_refusal']:.3f}, false accept {v['false_accept']:.3f}) in "
-                f"{sum(report['seconds'].values()):.0f} s"
-            )
+        # The packaged face analysis: trained on procedural heads only, never on the astronaut.
+        sha, _ = packaged_analyzer()
+        card = read_packaged(PACKAGED_NAME).card["evaluation"]
+        eyes, presence = card["eye_error_ipd"]["network_all"], card["presence"]
+        say(
+            f"face analysis: packaged model {sha} (held-out renders: eye error median {eyes['median']:.3f} "
+            f"of the pupil distance; glasses presence false refusal {presence['false_refusal']:.3f}, "
+            f"false accept {presence['false_accept']:.3f})"
+        )
         photo_searches = _photo_search(store.uri, settings.index_name(), sheet_path.parent, photo)
         for shown in photo_searches:
             say(f"search: {shown.answer}")
@@ -337,7 +351,7 @@ def run_demo(
         say("stages still to come:")
         for stage, what in PENDING_STAGES:
             say(f"  --  {stage}: {what}")
-    return DemoReport(
+    report = DemoReport(
         store.uri,
         check,
         generated,
@@ -353,3 +367,7 @@ def run_demo(
         top5,
         photo_searches,
     )
+    figures_path = sheet_path.with_name("demo-report.json")
+    figures_path.write_text(json.dumps(report.figures(), indent=2, default=str) + "\n")
+    say(f"report: {figures_path}")
+    return report

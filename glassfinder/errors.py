@@ -64,6 +64,17 @@ class BadInputError(GlassFinderError):
     """What the caller gave is wrong (a name, a param, a field): refuse it; a retry cannot help."""
 
 
+class RefusedError(BadInputError):
+    """An upload the product will not search (not an image, no face, no glasses): refuse it with
+    a stable `reason` code and a message for the shopper. HTTP: 413 too large, 415 unreadable,
+    422 otherwise (see http_status)."""
+
+    reason: str = "refused"
+    #: Reason codes of uploads that are not a readable image of an accepted format (HTTP 415).
+    UNREADABLE = frozenset({"not_an_image", "unsupported_format"})
+    TOO_LARGE = frozenset({"too_many_pixels", "upload_too_large"})
+
+
 class NotFoundError(GlassFinderError):
     """What was asked for does not exist (a key, a version): a 404, not an outage."""
 
@@ -184,6 +195,10 @@ def http_status(exc: GlassFinderError) -> int:
         return 503
     if isinstance(exc, StoreAuthError | BucketNotFoundError | InvalidStoreURIError):
         return 502  # the server's own store is misconfigured: not the client's fault
+    if isinstance(exc, RefusedError):
+        if exc.reason in RefusedError.TOO_LARGE:
+            return 413
+        return 415 if exc.reason in RefusedError.UNREADABLE else 422
     if isinstance(exc, BadInputError):
         return 400
     return 500

@@ -100,6 +100,16 @@ def catalog_delta_key(data: bytes) -> str:
 FACE_PHOTO_CACHE_PREFIX = "faces/photos/"
 
 
+def face_photo_analysis_key(photo_sha256: str) -> str:
+    """A photo-bank photo's analysis (landmarks, pose, or why it is unusable), by its bytes' sha256."""
+    return f"{FACE_PHOTO_CACHE_PREFIX}{photo_sha256}.json"
+
+
+def face_photo_crop_key(photo_sha256: str) -> str:
+    """The square face crop renders are composited onto."""
+    return f"{FACE_PHOTO_CACHE_PREFIX}{photo_sha256}.png"
+
+
 def source_watch_key(source_uri: str) -> str:
     """Where the export watcher keeps the last etag it announced for one source manifest."""
     return f"catalog/watch/{hashlib.sha256(source_uri.encode()).hexdigest()[:16]}.json"

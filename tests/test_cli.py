@@ -31,7 +31,10 @@ def run_cli(
 
 
 def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
-    """The README's main job: the DAGs through an embedded Airflow, then a search, on defaults."""
+    """The README's main job: the DAGs through an embedded Airflow, then a search, on defaults.
+
+    Asserted on what it produces (the store, the run records, its figures), not on its wording.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLASSFINDER_", "AIRFLOW"))}
     proc = subprocess.run(
         [sys.executable, "-m", "glassfinder.cli", "demo"],
@@ -42,45 +45,51 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "compare-and-swap" in out
-    assert "ingested 24 of 24 (0 quarantined)" in out
-    store = tmp_path / ".glassfinder" / "store"
-    assert (store / "incoming" / "manifest.parquet").is_file()  # the shop's export the nightly reads
+    assert "[DAG TEST]" not in proc.stdout  # Airflow's own logging stays out of the way
+    out_dir = tmp_path / ".glassfinder"
+    store = out_dir / "store"
+    report = json.loads((out_dir / "demo-report.json").read_text())
+
+    # The shop's export, ingested whole; the pictures a person looks at.
+    assert (store / "incoming" / "manifest.parquet").is_file()
+    assert report["ingested"]["accepted"] == report["ingested"]["rows"] == 24
     assert len(list((store / "catalog" / "assets").glob("*.glb"))) == 24
-    assert (store / "catalog" / "manifest.parquet").is_file()
-    assert (tmp_path / ".glassfinder" / "contact-sheet.png").stat().st_size > 10_000
-    assert "glassfinder_training_data success" in out and "24 renders made (144 views)" in out
-    # No training step: the packaged default model serves the fresh store.
-    assert "model glasses@" in out and "packaged default, no training step" in out
+    for picture in ("contact-sheet.png", "tryon-sheet.png", "query-wearing.png"):
+        assert (out_dir / picture).stat().st_size > 10_000, picture
+    assert not any(p.is_file() for p in (store / "tmp").rglob("*"))  # store check cleaned up
+
+    # Three DAG runs, each with its records: training data (no training: the packaged model
+    # serves the fresh store), the first night (publishes v1), a night with nothing to do.
+    runs = report["runs"]
+    assert {r["state"] for r in runs.values()} == {"success"}
+    assert runs["training"]["summary"]["views_rendered"] == 24 * 6
     assert not (store / "models" / "glasses" / "CURRENT").exists()
-    assert (
-        "glassfinder_catalog_reindex success" in out
-        and "24 embedded, 0 quarantined; published index v1" in out
-    )
+    first, quiet = runs["nightly"]["summary"], runs["quiet_night"]["summary"]
+    assert first["embedded"] == 24 and first["quarantined"] == 0
+    assert first["index"]["published"] and first["index"]["version"] == 1
+    assert quiet["rendered"] == quiet["embedded"] == 0 and not quiet["index"]["published"]
+    assert json.loads((store / "indexes" / "catalog" / "CURRENT").read_text())["version"] == 1
     assert len(list((store / "renders").rglob("*.parquet"))) == 48  # catalogue + query views
     assert len(list((store / "features").rglob("*.parquet"))) == 24
-    assert json.loads((store / "indexes" / "catalog" / "CURRENT").read_text())["version"] == 1
-    assert "the next night): glassfinder_catalog_reindex success" in out
-    assert "0 renders made (0 views), 24 assets reused, 0 embedded" in out
-    assert "index not published (unchanged; CURRENT v1)" in out
-    assert "packaged   model, closed-set top-1" in out and "imagenet   model, closed-set top-1" in out
-    # Three query views, the photo wearing a product, and the bare photo unless it is refused.
-    assert out.count("; top 5: ") == 4 + ("query-bare.png (no glasses): not refused" in out)
-    assert "presence: packaged glasses-presence model" in out
-    # The astronaut (a face no packaged model saw) wearing the first product finds it (rank 3 of
-    # 24 when measured); the bare photo is refused, or said to have got past the presence check.
-    assert "search: query-wearing.png (wearing gf0-00000-0): gf0-00000-0 at rank" in out
-    assert (
-        "search: query-bare.png: refused (no_glasses)" in out
-        or "search: query-bare.png (no glasses): not refused" in out
+    assert len(list((store / "runs").glob("*/*/summary.json"))) == 3
+    assert len(list((store / "runs").glob("*/*/metrics.json"))) == 3
+
+    # Figures in range: the packaged model well above its ImageNet starting point and chance.
+    models = report["model_vs_untrained"]["models"]
+    assert models["packaged"]["closed_set"]["top1"] >= 0.5
+    assert models["packaged"]["closed_set"]["top1"] > models["imagenet"]["closed_set"]["top1"] + 0.2
+    assert report["search"]["top5"] >= 0.6 and report["search"]["shown"] == 3
+
+    # The astronaut (a face no packaged model saw) wearing the first product finds it in the top
+    # 3, with her eyes where they are. Her bare photo is searched or refused for want of glasses
+    # (today searched: an open gap of issue #16), and either way said so.
+    worn, bare = report["photo_searches"]
+    assert worn["truth"] == "gf0-00000-0" and worn["rank"] is not None and worn["rank"] <= 3, worn
+    (lx, ly), (rx, ry) = worn["eyes_xy"]
+    assert lx > rx and abs(ly - ry) < 0.2 * (lx - rx)  # the subject's left eye on the image's right
+    assert bare["truth"] is None and (bare["refused"] == "no_glasses" or bare["glasses_probability"] >= 0), (
+        bare
     )
-    assert (tmp_path / ".glassfinder" / "query-wearing.png").stat().st_size > 10_000
-    runs = list((store / "runs").glob("*/*/summary.json"))
-    assert len(runs) == 3 and len(list((store / "runs").glob("*/*/metrics.json"))) == 3
-    assert (tmp_path / ".glassfinder" / "tryon-sheet.png").stat().st_size > 10_000
-    assert not any(p.is_file() for p in (store / "tmp").rglob("*"))  # store check cleaned up
-    assert "[DAG TEST]" not in out  # Airflow's own logging stays out of the way
 
 
 def test_store_commands_against_s3(seaweed: SeaweedServer, tmp_path: Path) -> None:

@@ -162,32 +162,39 @@ def test_shipped_default_model_matches_its_card() -> None:
     assert model.card["training_data"]["catalogue_seed"] not in (0, 1, 5, 7, 11, 99)
 
 
-def test_packaged_presence_model_is_verified_and_used_by_a_fresh_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: Path) -> None:
+    """The shipped face-analysis weights load against their card; a flipped byte is refused, and
+    a weights file with a key the network does not have never half-loads."""
+    import io
     import shutil
 
-    from glassfinder.embed.presence import (
-        PRESENCE_MODEL_NAME,
-        current_presence_sha,
-        load_presence,
-        packaged_presence,
-    )
+    from glassfinder.embed import face_net
 
-    shipped = packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}.card.json"
-    if not shipped.is_file():
-        pytest.skip("no packaged presence model in this checkout")
     models = tmp_path / "models"
     models.mkdir()
-    for suffix in (".json", ".card.json"):
-        shutil.copy(packaged.MODELS_DIR / f"{PRESENCE_MODEL_NAME}{suffix}", models)
-    monkeypatch.setattr(packaged, "MODELS_DIR", models)
-    store = LocalStore(tmp_path / "store")
-    sha = json.loads(shipped.read_text())["sha"]
-    assert current_presence_sha(store) == sha and load_presence(store)[0] == sha
-    params = models / f"{PRESENCE_MODEL_NAME}.json"
-    raw = json.loads(params.read_text())
-    raw["threshold"] = 0.0  # a model that accepts everything must not pass for the shipped one
-    params.write_text(json.dumps(raw))
+    for name in (f"{face_net.PACKAGED_NAME}.pt", f"{face_net.PACKAGED_NAME}.card.json"):
+        shutil.copy(packaged.MODELS_DIR / name, models)
+    card = json.loads((models / f"{face_net.PACKAGED_NAME}.card.json").read_text())
+    sha, analyzer = face_net.packaged_analyzer(models)
+    assert sha == card["model_sha"] and 0.0 < analyzer.threshold < 1.0
+    assert (models / f"{face_net.PACKAGED_NAME}.pt").stat().st_size <= 25 * 1024 * 1024
+    assert "MIT" in card["imagenet"]["licence"] and "astronaut" in card["data"]["faces"]
+
+    weights = models / f"{face_net.PACKAGED_NAME}.pt"
+    original = weights.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    weights.write_bytes(bytes(flipped))
+    face_net.packaged_analyzer.cache_clear()
     with pytest.raises(packaged.PackagedModelError, match="does not match its card"):
-        packaged_presence()
+        face_net.packaged_analyzer(models)
+
+    net, meta = face_net.load_weights(original, "the shipped file")
+    state = net.state_dict()
+    state["fuse.9.weight"] = torch.zeros(1)
+    blob = io.BytesIO()
+    torch.save({"state_dict": state, "meta": meta}, blob)
+    with pytest.raises(
+        GlassFinderError, match=r"(?s)face-analysis weights x\.pt cannot be loaded .*fuse\.9\.weight"
+    ):
+        face_net.load_weights(blob.getvalue(), "x.pt")

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from glassfinder.cli import airflow, catalog, demo, index, models, presence, render, search, shard, store
+from glassfinder.cli import airflow, catalog, demo, index, models, render, search, shard, store
 from glassfinder.cli.catalog import MAX_ASSET_BYTES_LIMIT
 from glassfinder.cli.common import JSON_ERRORS, USAGE_EXIT, Parser, run
 from glassfinder.cli.search import MAX_MEGAPIXELS, MAX_TOP_K, REFUSED_EXIT
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: The command groups, in the order `glassfinder --help` lists their commands.
-GROUPS = (airflow, demo, store, catalog, render, models, index, search, presence, shard)
+GROUPS = (airflow, demo, store, catalog, render, models, index, search, shard)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,11 +40,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     t = result.timings_ms
+    (lx, ly), (rx, ry) = result.eyes_xy
+    faces = f"the largest of {result.faces_found} faces" if result.faces_found > 1 else "face"
+    border = ", cut by the photo's border" if result.face_at_border else ""
     print(
-        f"{path.name}: face {result.face_box_xyxy} (score {result.detection_score:.2f}), glasses "
-        f"p={result.glasses_probability:.2f}; index {result.index} v{result.index_version}; "
-        f"{t['total']:.0f} ms (detect {t['detect']:.0f}, align+embed {t['align_embed']:.0f}, "
-        f"search {t['search']:.1f})"
+        f"{path.name}: {faces} {result.face_box_xyxy}{border} (score {result.detection_score:.2f}), "
+        f"eyes ({lx:.0f}, {ly:.0f}) ({rx:.0f}, {ry:.0f}), glasses p={result.glasses_probability:.2f}; "
+        f"index {result.index} v{result.index_version}; {t['total']:.0f} ms (detect {t['detect']:.0f}, "
+        f"analyse {t['analyse']:.0f}, align+embed {t['align_embed']:.0f}, search {t['search']:.1f})"
     )
     for hit in result.hits:
         name = hit.product.get("display_name") or ""

@@ -113,48 +113,6 @@ def write_packaged(result: Any, spec: Any, out_dir: Path, extra: dict[str, Any])
     return card
 
 
-def package_presence(store: Any, out_dir: Path) -> dict[str, Any]:
-    """Train the glasses-presence model on the training catalogue (procedural heads only) and
-    write `glasses-presence.json` + its card into out_dir.
-
-    No photo bank: the astronaut is never used, and Grace Hopper wears glasses in her photo, so
-    she cannot stand for a bare face. The held-out figures are on procedural heads.
-    """
-    from glassfinder.embed.presence import (
-        PRESENCE_MODEL_NAME,
-        PresenceTrainConfig,
-        catalogue_assets,
-        presence_sha,
-        train_presence,
-    )
-
-    config = PresenceTrainConfig(seed=TRAINING_SEED)
-    model, report = train_presence(catalogue_assets(store), config)
-    sha = presence_sha(model)
-    card = {
-        "kind": "glasses-presence",
-        "sha": sha,
-        "photo_bank": None,
-        "training_data": {
-            "catalogue_seed": TRAINING_SEED,
-            "faces": "procedural heads only (no photo; the astronaut photo is never used)",
-        },
-        "evaluation": report,
-        "retrain": "python -m glassfinder.embed.default_model --presence-only",
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{PRESENCE_MODEL_NAME}.json").write_bytes(model.to_json())
-    (out_dir / f"{PRESENCE_MODEL_NAME}.card.json").write_text(
-        json.dumps(card, indent=2, sort_keys=True) + "\n"
-    )
-    v = report["validation"]
-    print(
-        f"packaged {PRESENCE_MODEL_NAME} {sha}: held-out false refusal {v['false_refusal']:.3f}, "
-        f"false accept {v['false_accept']:.3f}"
-    )
-    return card
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=".glassfinder/default-model", help="resumable work folder")
@@ -168,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", default=None, help=f"skip the comparison: one of {list(CANDIDATES)}")
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
     parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--presence-only", action="store_true", help="only (re)train the packaged glasses-presence model"
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("PML").setLevel(logging.WARNING)
@@ -184,9 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
-    if args.presence_only:
-        package_presence(prepare_catalogue(work, args.products), out_dir)
-        return 0
     store, spec_hash = prepare(work, args.products, args.render_limit)
     base = TrainConfig(spec_hashes=(spec_hash,), epochs=args.epochs, model=mobilenet_config())
     train_views, val_views = load_training_views(store, base, progress=True)

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,6 @@ MAX_ABS_YAW_DEG = 55.0
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 #: The identity whose geometry is the generic head for pose estimation and occlusion.
 GENERIC_HEAD_SEED = 0
-CACHE_PREFIX = layout.FACE_PHOTO_CACHE_PREFIX
 
 
 class PhotoError(GlassFinderError):
@@ -92,11 +90,10 @@ def _dlib() -> tuple[Any, Any]:
     return models
 
 
-@lru_cache(maxsize=1)
 def generic_head() -> Head:
-    from glassfinder.faces.procedural import build_head
+    from glassfinder.faces.procedural import head
 
-    return build_head(GENERIC_HEAD_SEED)
+    return head(GENERIC_HEAD_SEED)
 
 
 def generic_model_points() -> np.ndarray:
@@ -142,6 +139,91 @@ class DetectedFace:
     def eyes_xy(self) -> np.ndarray:
         """(2, 2) float: [subject's left eye, subject's right eye] centres (means of the corners)."""
         return np.stack([self.landmarks5_xy[0:2].mean(axis=0), self.landmarks5_xy[2:4].mean(axis=0)])
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """One detection: box in the pixels of the image it was found in, and dlib's score."""
+
+    box_xyxy: tuple[int, int, int, int]
+    score: float
+
+    @property
+    def area(self) -> int:
+        return (self.box_xyxy[2] - self.box_xyxy[0] + 1) * (self.box_xyxy[3] - self.box_xyxy[1] + 1)
+
+
+def detect_boxes(rgb: np.ndarray, *, threshold: float, upsample: int = 1) -> list[FaceBox]:
+    """Every face dlib's HOG detector finds at or above `threshold`, most confident first."""
+    detector, _ = _dlib()
+    dets, scores, _ = detector.run(np.ascontiguousarray(rgb), upsample, min(threshold, 0.0))
+    found = [
+        FaceBox((d.left(), d.top(), d.right(), d.bottom()), round(float(s), 3))
+        for d, s in zip(dets, scores, strict=True)
+        if s >= threshold
+    ]
+    return sorted(found, key=lambda f: -f.score)
+
+
+@dataclass(frozen=True)
+class QueryFace:
+    """The face a query searches: the largest one found, in the photo's own pixels."""
+
+    box_xyxy: tuple[int, int, int, int]
+    score: float
+    faces_found: int
+    at_border: bool  # the box comes within 10% of its width of an edge: the face may be cut off
+
+
+def _shrunk(rgb: np.ndarray, side_px: int) -> tuple[np.ndarray, float]:
+    if max(rgb.shape[:2]) <= side_px:
+        return rgb, 1.0
+    scale = side_px / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)), scale
+
+
+def find_query_face(
+    rgb: np.ndarray,
+    name: str,
+    *,
+    threshold: float,
+    fast_side_px: int = 320,
+    full_side_px: int = 1024,
+    min_face_px: int = 40,
+) -> QueryFace:
+    """The largest face of a shopper's photo, or a PhotoError saying why there is none to search.
+
+    dlib's HOG finds faces of 80 px and more, and its cost grows with the area it scans, so the
+    passes go from cheap to thorough and stop at the first that finds a face: a copy shrunk to
+    `fast_side_px` (~11 ms: a face filling a quarter of the photo, as in most shoppers' photos),
+    then one shrunk to `full_side_px`, then each upsampled twice (HOG's pyramid then also sees
+    faces down to ~40 px, and faces it scored just below the threshold, e.g. behind dark lenses;
+    ~4x the cost, paid only when the cheaper passes found nothing). Several faces: the
+    largest is searched, and `faces_found` says so. A face in profile is not found by this
+    frontal detector and is refused as `no_face`, the message saying what to do.
+    """
+    found: list[FaceBox] = []
+    scale = 1.0
+    tried: set[tuple[int, int]] = set()
+    for side, upsample in ((fast_side_px, 0), (full_side_px, 0), (fast_side_px, 1), (full_side_px, 1)):
+        small, scale = _shrunk(rgb, side)
+        if (small.shape[1], upsample) in tried:
+            continue
+        tried.add((small.shape[1], upsample))
+        found = detect_boxes(small, threshold=threshold, upsample=upsample)
+        if found:
+            break
+    if not found:
+        raise PhotoError(name, "no_face", "no face found (a face must look roughly toward the camera)")
+    best = max(found, key=lambda f: f.area)
+    x0, y0, x1, y1 = (round(v / scale) for v in best.box_xyxy)
+    if x1 - x0 + 1 < min_face_px:
+        raise PhotoError(name, "face_too_small", f"the face is {x1 - x0 + 1} px wide, below {min_face_px} px")
+    h, w = rgb.shape[:2]
+    margin = 0.1 * (x1 - x0 + 1)  # dlib's box is tight: a face cut by the edge ends just inside it
+    at_border = x0 - margin < 0 or y0 - margin < 0 or x1 + margin >= w or y1 + margin >= h
+    return QueryFace((x0, y0, x1, y1), best.score, len(found), at_border)
 
 
 def detect_face(
@@ -276,7 +358,7 @@ class PhotoBank:
     cache: ObjectStore
 
     def _cache_key(self, digest: str) -> str:
-        return f"{CACHE_PREFIX}{digest}.json"
+        return layout.face_photo_analysis_key(digest)
 
     def scan(self) -> tuple[list[tuple[PhotoFace, str]], list[dict[str, str]]]:
         """(usable faces with their crop keys, quarantined photos with reasons), in key order."""
@@ -298,7 +380,7 @@ class PhotoBank:
             fields: dict[str, Any] = dict(cached["face"])
             fields["crop_box"] = tuple(fields["crop_box"])
             face = PhotoFace(**fields)
-            usable.append((face, f"{CACHE_PREFIX}{digest}.png"))
+            usable.append((face, layout.face_photo_crop_key(digest)))
         return usable, quarantined
 
     def _analyse_and_cache(self, data: bytes, name: str, digest: str) -> dict[str, Any]:
@@ -310,7 +392,7 @@ class PhotoBank:
         else:
             buf = io.BytesIO()
             Image.fromarray(crop).save(buf, format="PNG")
-            self.cache.put(f"{CACHE_PREFIX}{digest}.png", buf.getvalue())
+            self.cache.put(layout.face_photo_crop_key(digest), buf.getvalue())
             record = {"face": asdict(face)}
         self.cache.put(self._cache_key(digest), json.dumps(record).encode())
         return record

@@ -1,6 +1,7 @@
 """Default models shipped inside the package (see glassfinder.embed.packaged): weights + cards.
 
-`glasses.pt` / `glasses.card.json`: the embedding model; `glasses-presence.json` /
-`glasses-presence.card.json`: the glasses-presence check. Retrain both with
-`python -m glassfinder.embed.default_model`.
+`glasses.pt` / `glasses.card.json`: the embedding model, retrained by
+`python -m glassfinder.embed.default_model`. `face-analysis.pt` / `face-analysis.card.json`: eye
+centres, landmarks and glasses presence of a face crop, retrained by
+`python -m glassfinder.embed.face_train --work DIR`.
 """

@@ -1,9 +1,10 @@
-"""One query: photo bytes -> face and landmarks -> aligned eye band -> embedding -> top-k products.
+"""One query: photo bytes -> face box -> face analysis -> aligned eye band -> embedding -> top-k products.
 
-Anything that is not a face wearing glasses is refused with a reason code and the message the
-shopper sees. The engine serves one (index version, model, presence model) triple at a time and
-swaps to a new triple atomically when the index's CURRENT moves, so a request never mixes an
-index with another version's model.
+dlib's HOG detector finds the face; the face-analysis network (embed/face_net.py) places the eyes
+and says whether glasses are worn. Anything that is not a face wearing glasses is refused with a
+reason code and the message the shopper sees. The engine serves one (index version, model) pair
+at a time and swaps to a new pair atomically when the index's CURRENT moves, so a request never
+mixes an index with another version's model.
 """
 
 from __future__ import annotations
@@ -23,14 +24,10 @@ from PIL import Image, ImageOps
 
 from glassfinder import layout
 from glassfinder.embed.align import align_crop
-from glassfinder.embed.presence import (
-    PRESENCE_GEOMETRY,
-    PresenceModel,
-    current_presence_sha,
-    load_presence,
-)
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
-from glassfinder.faces.photos import PhotoError, detect_face
+from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
+from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
+from glassfinder.faces.photos import PhotoError, find_query_face
+from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -41,8 +38,10 @@ REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
-#: (the glasses-presence check and the landmarks still stand between a false face and a search).
+#: (the face-analysis network's glasses presence still stands between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
+#: Detection runs at this size first (fast), then at the larger one if no face was found.
+DETECT_FAST_SIDE_PX = 320
 DETECT_MAX_SIDE_PX = 1024
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
@@ -50,7 +49,7 @@ MAX_TOP_K = 100
 MAX_PHOTO_BYTES = 64 * 1024 * 1024
 
 
-class QueryRefusedError(GlassFinderError):
+class QueryRefusedError(RefusedError):
     """A photo that cannot be searched: `reason` is a stable code, the message says why."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -125,10 +124,14 @@ class QueryResult:
     index: str
     index_version: int
     model_sha: str
-    presence_sha: str
+    face_model_sha: str
     image_size: tuple[int, int]  # width, height
     face_box_xyxy: tuple[int, int, int, int]
-    landmarks_xy: list[list[float]]
+    faces_found: int
+    face_at_border: bool
+    eyes_xy: list[list[float]]  # the subject's left eye first
+    landmarks_xy: list[list[float]]  # in LANDMARK_NAMES order
+    glasses_box_xyxy: list[float]
     detection_score: float
     glasses_probability: float
     glasses_threshold: float
@@ -142,10 +145,15 @@ class QueryResult:
             "index": self.index,
             "index_version": self.index_version,
             "model_sha": self.model_sha,
-            "presence_sha": self.presence_sha,
+            "face_model_sha": self.face_model_sha,
             "image_size": list(self.image_size),
             "face_box_xyxy": list(self.face_box_xyxy),
+            "faces_found": self.faces_found,
+            "face_at_border": self.face_at_border,
+            "eyes_xy": self.eyes_xy,
             "landmarks_xy": self.landmarks_xy,
+            "landmark_names": list(FACE_LANDMARKS),
+            "glasses_box_xyxy": self.glasses_box_xyxy,
             "detection_score": self.detection_score,
             "glasses_probability": round(self.glasses_probability, 4),
             "glasses_threshold": round(self.glasses_threshold, 4),
@@ -159,13 +167,13 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class Serving:
-    """The triple a query runs against; replaced whole when CURRENT moves."""
+    """What a query runs against; replaced whole when CURRENT moves."""
 
     reader: Any  # IndexReader, never reloaded: a new CURRENT gets a new Serving
     embedder: Any
     model_sha: str
-    presence_sha: str
-    presence: PresenceModel
+    face_model_sha: str
+    face: FaceAnalyzer
     products: dict[str, dict[str, Any]]
 
 
@@ -226,23 +234,22 @@ class QueryEngine:
         manifest = reader.manifest
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
-        presence_sha, presence, _ = load_presence(self.store)
-        return Serving(reader, embedder, sha, presence_sha, presence, catalogue_products(self.store))
+        face_sha, face = packaged_analyzer()
+        return Serving(reader, embedder, sha, face_sha, face, catalogue_products(self.store))
 
     @property
     def serving(self) -> Serving:
         return self._serving
 
     def refresh(self) -> bool:
-        """Serve CURRENT's version if it moved (or the presence model did); True when it changed.
+        """Serve CURRENT's version if it moved; True when it changed.
 
         A version that fails verification raises and leaves the old one serving.
         """
         info = self.store.head(layout.index_current_key(self.index_name))
-        presence = current_presence_sha(self.store)
 
         def unchanged() -> bool:
-            return info.etag == self._serving.reader.etag and presence == self._serving.presence_sha
+            return info.etag == self._serving.reader.etag
 
         if unchanged():
             return False
@@ -253,11 +260,7 @@ class QueryEngine:
             old = self._serving
             self._serving = fresh
         log.info(
-            "search: now serving %s v%d (was v%d), presence %s",
-            self.index_name,
-            fresh.reader.version,
-            old.reader.version,
-            fresh.presence_sha,
+            "search: now serving %s v%d (was v%d)", self.index_name, fresh.reader.version, old.reader.version
         )
         return True
 
@@ -268,32 +271,37 @@ class QueryEngine:
         """Top-k products for a photo, or QueryRefusedError saying why it cannot be searched."""
         if not 1 <= k <= MAX_TOP_K:
             raise GlassFinderError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
-        s = self._serving  # one triple for the whole query
+        s = self._serving  # one (index, model) pair for the whole query
         t0 = time.perf_counter()
         rgb = decode_photo(data, name, max_pixels=max_pixels)
         t1 = time.perf_counter()
         try:
-            face = detect_face(rgb, name, max_side_px=DETECT_MAX_SIDE_PX, threshold=QUERY_DETECTION_THRESHOLD)
+            face = find_query_face(
+                rgb,
+                name,
+                threshold=QUERY_DETECTION_THRESHOLD,
+                fast_side_px=DETECT_FAST_SIDE_PX,
+                full_side_px=DETECT_MAX_SIDE_PX,
+            )
         except PhotoError as exc:
             raise QueryRefusedError(exc.reason, str(exc).removeprefix("photo ")) from exc
+        if face.faces_found > 1:
+            log.info("search %s: %d faces found, searching the largest", name, face.faces_found)
         t2 = time.perf_counter()
-        band = align_crop(rgb, face.eyes_xy(), PRESENCE_GEOMETRY)
-        p_glasses = float(s.presence.probability(band[None])[0])
-        if p_glasses < s.presence.threshold:
+        analysis = s.face.analyse(rgb, face.box_xyxy)
+        p_glasses = analysis.glasses_probability
+        if p_glasses < s.face.threshold:
             raise QueryRefusedError(
                 "no_glasses",
                 f"{name}: the face does not seem to wear glasses "
-                f"(p={p_glasses:.2f} < {s.presence.threshold:.2f})",
+                f"(p={p_glasses:.2f} < {s.face.threshold:.2f})",
             )
-        crop = (
-            band
-            if s.embedder.geometry == PRESENCE_GEOMETRY
-            else align_crop(rgb, face.eyes_xy(), s.embedder.geometry)
-        )
-        vector = s.embedder.embed(crop[None])
         t3 = time.perf_counter()
-        (found,) = s.reader.search(vector, k)
+        crop = align_crop(rgb, analysis.eyes_xy, s.embedder.geometry)
+        vector = s.embedder.embed(crop[None])
         t4 = time.perf_counter()
+        (found,) = s.reader.search(vector, k)
+        t5 = time.perf_counter()
         hits = [
             Hit(
                 i + 1,
@@ -310,20 +318,25 @@ class QueryEngine:
             index=self.index_name,
             index_version=s.reader.version,
             model_sha=s.model_sha,
-            presence_sha=s.presence_sha,
+            face_model_sha=s.face_model_sha,
             image_size=(rgb.shape[1], rgb.shape[0]),
             face_box_xyxy=face.box_xyxy,
-            landmarks_xy=face.landmarks5_xy.round(1).tolist(),
+            faces_found=face.faces_found,
+            face_at_border=face.at_border,
+            eyes_xy=analysis.eyes_xy.round(1).tolist(),
+            landmarks_xy=analysis.landmarks_xy.round(1).tolist(),
+            glasses_box_xyxy=analysis.glasses_box_xyxy.round(1).tolist(),
             detection_score=face.score,
             glasses_probability=p_glasses,
-            glasses_threshold=s.presence.threshold,
+            glasses_threshold=s.face.threshold,
             hits=hits,
             timings_ms={
                 "decode": ms(t0, t1),
                 "detect": ms(t1, t2),
-                "align_embed": ms(t2, t3),
-                "search": ms(t3, t4),
-                "total": ms(t0, t4),
+                "analyse": ms(t2, t3),
+                "align_embed": ms(t3, t4),
+                "search": ms(t4, t5),
+                "total": ms(t0, t5),
             },
             aligned_crop=crop,
         )

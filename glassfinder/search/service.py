@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, http_status
 from glassfinder.search.query import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_TOP_K,
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 #: Refusals that mean the upload itself is wrong (not a photo we can read), answered 415.
-UNREADABLE = ("not_an_image", "unsupported_format")
 
 
 @dataclass(frozen=True)
@@ -204,12 +203,7 @@ def create_app(
         return await request_validation_exception_handler(request, exc)
 
     def refusal(exc: QueryRefusedError) -> JSONResponse:
-        if isinstance(exc, ImageTooLargeError):
-            status = 413
-        elif exc.reason in UNREADABLE:
-            status = 415
-        else:
-            status = 422
+        status = 413 if isinstance(exc, ImageTooLargeError) else http_status(exc)
         requests.labels(outcome=exc.reason).inc()
         return JSONResponse(
             {"refused": True, "reason": exc.reason, "message": REFUSAL_MESSAGE, "detail": exc.detail},
@@ -293,7 +287,7 @@ def create_app(
             "index": engine.index_name,
             "index_version": s.reader.version,
             "model_sha": s.model_sha,
-            "presence_sha": s.presence_sha,
+            "face_model_sha": s.face_model_sha,
             "vectors": int(s.reader.manifest.get("counts", {}).get("vectors", 0)),
         }
 

@@ -1,0 +1,198 @@
+"""Face analysis for glasses wearers: landmarks, glasses presence and the glasses' box from one network.
+
+Built like PIPNet (Jin et al. 2021): on a low-resolution map (stride 8 of a face crop), each
+landmark gets a heatmap score per cell, an in-cell offset, and offsets to its nearest neighbours
+in the mean shape; a landmark's position is its own estimate averaged with its neighbours'
+estimates of it, which keeps the shape consistent where one part is hidden (dark lenses hide the
+pupils; the frame and the face around them still say where they are). The trunk is ImageNet
+MobileNetV2 cut after its 96-channel stage, with the stride-16 features upsampled onto the
+stride-8 map. A pooled head gives the glasses-presence logit and the glasses' box.
+
+Why one network and not dlib's 5 points plus a HOG classifier: both were made for bare faces; a
+frame across the eyes moves dlib's eye corners and confuses HOG, and neither learns from the
+renders whose truth is exact. Written in plain torch because torchvision does not import beside
+this torch build (see embed/mobilenet.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from glassfinder.embed.face_data import INPUT_PX, crop_matrix, cut
+from glassfinder.embed.mobilenet import _conv_bn_relu, mobilenet_v2_features
+from glassfinder.errors import GlassFinderError
+from glassfinder.render.face_views import FACE_LANDMARKS
+
+STRIDE = 8
+TRUNK_DEPTH = 14  # features[:7] -> 32 channels at stride 8; features[7:14] -> 96 at stride 16
+NEIGHBOURS = 4
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def neighbour_table(mean_shape: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """(L, k) indices of each landmark's k nearest others in the mean shape."""
+    d = np.linalg.norm(mean_shape[:, None] - mean_shape[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+class FaceNet(nn.Module):
+    neighbours: torch.Tensor  # buffers, declared for the type checker
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, neighbours: np.ndarray) -> None:
+        super().__init__()
+        n = len(FACE_LANDMARKS)
+        if neighbours.shape != (n, NEIGHBOURS):
+            raise GlassFinderError(f"neighbour table must be ({n}, {NEIGHBOURS}), got {neighbours.shape}")
+        features, _ = mobilenet_v2_features(TRUNK_DEPTH)
+        self.features = features  # one Sequential, so ImageNet keys load as features.N...
+        self.register_buffer(
+            "neighbours", torch.as_tensor(np.ascontiguousarray(neighbours), dtype=torch.long)
+        )
+        self.fuse = nn.Sequential(_conv_bn_relu(32 + 96, 128, 3, 1), _conv_bn_relu(128, 128, 3, 1))
+        self.heat = nn.Conv2d(128, n, 1)
+        self.offset = nn.Conv2d(128, 2 * n, 1)
+        self.neighbour = nn.Conv2d(128, 2 * n * NEIGHBOURS, 1)
+        self.pooled = nn.Sequential(nn.Linear(128 + 96, 128), nn.ReLU(inplace=True), nn.Linear(128, 5))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (b, 3, H, W) float in 0..1 -> raw outputs (cells: H/8 x W/8)."""
+        x = (x - self.mean) / self.std
+        low = self.features[:7](x)
+        high = self.features[7:](low)
+        up = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        h = self.fuse(torch.cat([low, up], dim=1))
+        b, _, gh, gw = h.shape
+        n = len(FACE_LANDMARKS)
+        pooled = torch.cat([h.mean(dim=(2, 3)), high.amax(dim=(2, 3))], dim=1)
+        head = self.pooled(pooled)
+        return {
+            "heat": self.heat(h).view(b, n, gh * gw),
+            "offset": self.offset(h).view(b, n, 2, gh, gw),
+            "neighbour": self.neighbour(h).view(b, n, NEIGHBOURS, 2, gh, gw),
+            "presence": head[:, 0],
+            "box": head[:, 1:5],  # glasses box (x0, y0, x1, y1) in input / INPUT_PX units
+        }
+
+
+def decode(out: dict[str, torch.Tensor], neighbours: torch.Tensor, grid_w: int) -> torch.Tensor:
+    """Raw outputs -> (b, L, 2) landmark positions in input pixels (PIPNet's neighbour merge)."""
+    heat, off, nb = out["heat"], out["offset"], out["neighbour"]
+    b, n, _ = heat.shape
+    cell = heat.argmax(dim=2)  # (b, n)
+    cy, cx = cell // grid_w, cell % grid_w
+    bi = torch.arange(b)[:, None].expand(b, n)
+    li = torch.arange(n)[None, :].expand(b, n)
+    own_off = off[bi, li, :, cy, cx]  # (b, n, 2)
+    base = torch.stack([cx, cy], dim=-1).float()
+    own = (base + own_off) * STRIDE
+    nb_off = nb[bi, li, :, :, cy, cx]  # (b, n, K, 2): from landmark l's cell to its neighbours
+    votes = (base[:, :, None, :] + nb_off) * STRIDE  # estimates of landmark neighbours[l, k]
+    total = own.clone()
+    count = torch.ones(b, n, 1)
+    idx = neighbours.reshape(1, n * NEIGHBOURS, 1).expand(b, -1, 2)
+    total = total.scatter_add(1, idx, votes.reshape(b, n * NEIGHBOURS, 2))
+    count = count.scatter_add(1, idx[..., :1], torch.ones(b, n * NEIGHBOURS, 1))
+    return total / count
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    """What the network says about one face, in the photo's own pixels."""
+
+    landmarks_xy: np.ndarray  # (L, 2) in FACE_LANDMARKS order
+    glasses_probability: float
+    glasses_box_xyxy: np.ndarray  # (4,)
+
+    @property
+    def eyes_xy(self) -> np.ndarray:
+        """(2, 2): the subject's left eye centre, then the right (what `align_crop` takes)."""
+        return self.landmarks_xy[0:2]
+
+
+class FaceAnalyzer:
+    """A loaded network and the threshold its card calibrated for glasses presence."""
+
+    def __init__(self, net: FaceNet, threshold: float) -> None:
+        self.net = net.eval()
+        self.threshold = float(threshold)
+
+    @torch.inference_mode()
+    def analyse_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(b, INPUT_PX, INPUT_PX, 3) uint8 -> landmarks (b, L, 2) and boxes (b, 4) in crop pixels,
+        glasses probabilities (b,)."""
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
+        out = self.net(x)
+        grid_w = crops.shape[2] // STRIDE
+        lm = decode(out, self.net.neighbours, grid_w).numpy()
+        box = (out["box"] * INPUT_PX).numpy()
+        return lm, box, torch.sigmoid(out["presence"]).numpy()
+
+    def analyse(self, rgb: np.ndarray, face_box_xyxy: tuple[int, int, int, int] | np.ndarray) -> FaceAnalysis:
+        m = crop_matrix(np.asarray(face_box_xyxy, np.float32))
+        crop = cut(rgb, m)
+        lm, box, p = self.analyse_crops(crop[None])
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+        to_image = lambda pts: pts @ inv[:, :2].T + inv[:, 2]  # noqa: E731
+        return FaceAnalysis(
+            landmarks_xy=to_image(lm[0]).astype(np.float32),
+            glasses_probability=float(p[0]),
+            glasses_box_xyxy=to_image(box[0].reshape(2, 2)).reshape(4).astype(np.float32),
+        )
+
+
+def save_weights(net: FaceNet, meta: dict[str, Any]) -> bytes:
+    """Weights file: state dict plus plain-data meta (loadable with weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": net.state_dict(), "meta": meta}, buf)
+    return buf.getvalue()
+
+
+def load_weights(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
+    """Rebuild the network from a weights file, strictly (never unpickles code)."""
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state, meta = blob["state_dict"], blob["meta"]
+        net = FaceNet(np.asarray(meta["neighbours"], np.int64))
+        net.load_state_dict(state, strict=True)
+    except GlassFinderError:
+        raise
+    except Exception as exc:
+        raise GlassFinderError(
+            f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
+    return net, meta
+
+
+PACKAGED_NAME = "face-analysis"
+
+
+@functools.lru_cache(maxsize=2)
+def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer]:
+    """(model sha, analyzer) of the face-analysis model shipped in the package (sha256 checked
+    against its card; a mismatch is refused)."""
+    from glassfinder.embed.packaged import read_packaged
+
+    packaged = read_packaged(PACKAGED_NAME, models_dir)
+    net, meta = load_weights(packaged.weights, str(packaged.path))
+    if list(meta.get("landmarks", [])) != list(FACE_LANDMARKS) or int(meta.get("input_px", 0)) != INPUT_PX:
+        raise GlassFinderError(
+            f"face-analysis model {packaged.path} predicts {meta.get('landmarks')} at "
+            f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
+            "retrain it (python -m glassfinder.embed.face_train)"
+        )
+    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]))

@@ -1,0 +1,156 @@
+"""The query's face analysis on photos whose truth is known: renders of held-out identities.
+
+Each photo is a whole-face render of a procedural head the packaged network never trained on
+(identities whose index is a multiple of 5 are held out), upscaled and pasted into a larger
+picture like a phone photo, so the renderer's own projection of the pupils is the truth. What a
+shopper relies on: the eyes are found where they are (alignment hangs on them), sunglasses are
+accepted, a bare face is refused, and awkward uploads (several faces, a tiny face, a face cut by
+the border, no face) get a searched face or a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from glassfinder.catalog.generate import generate_catalog
+from glassfinder.catalog.ingest import catalog_assets, ingest_manifest
+from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
+from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
+from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
+from glassfinder.search.query import DETECT_FAST_SIDE_PX, DETECT_MAX_SIDE_PX, QUERY_DETECTION_THRESHOLD
+from glassfinder.store import LocalStore
+
+TINTED = ("tinted", (0.05, 0.05, 0.055, 0.8))
+MIRRORED = ("mirrored", (0.12, 0.25, 0.7, 0.88))
+CLEAR = ("clear", (0.95, 0.95, 0.9, 0.08))
+HELD_OUT = (995, 990, 985, 980)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, bytes]]:
+    root = tmp_path_factory.mktemp("face-analysis")
+    generate_catalog(LocalStore(root / "export"), 4, seed=21, workers=1)
+    store = LocalStore(root / "store")
+    ingest_manifest(f"{root / 'export'}/manifest.parquet", dest=store)
+    return catalog_assets(store)
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    return packaged_analyzer()[1]
+
+
+def render(
+    assets: list[tuple[str, bytes]], face: int, *, worn: bool, lens: tuple = TINTED, index: int = 0
+) -> FaceSample:
+    spec = replace(
+        FACE_SPEC,
+        face_first=face,
+        face_count=1,
+        yaw_deg=(-15.0, 15.0),
+        pitch_deg=(-6.0, 6.0),
+        roll_deg=(-6.0, 6.0),
+        lens_palette=(lens,),
+    )
+    return next(render_face_samples(assets, [index], spec=spec, worn_share=1.0 if worn else 0.0))
+
+
+def paste(canvas: np.ndarray, sample: FaceSample, scale: float, at: tuple[int, int]) -> np.ndarray:
+    """Paste the render, scaled, with its top-left at `at` (may be off the canvas); its pupils
+    in canvas pixels."""
+    img = cv2.resize(sample.rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    h, w = canvas.shape[:2]
+    x, y = at
+    sx0, sy0 = max(0, -x), max(0, -y)
+    dx0, dy0 = max(0, x), max(0, y)
+    cw, ch = min(img.shape[1] - sx0, w - dx0), min(img.shape[0] - sy0, h - dy0)
+    canvas[dy0 : dy0 + ch, dx0 : dx0 + cw] = img[sy0 : sy0 + ch, sx0 : sx0 + cw]
+    return (sample.landmarks_xy[0:2] + 0.5) * scale - 0.5 + np.array([x, y])
+
+
+def background(w: int, h: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(90, 170, size=(h // 40 + 1, w // 40 + 1, 3)).astype(np.uint8)
+    return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
+
+
+def find(rgb: np.ndarray) -> QueryFace:
+    return find_query_face(
+        rgb,
+        "upload.jpg",
+        threshold=QUERY_DETECTION_THRESHOLD,
+        fast_side_px=DETECT_FAST_SIDE_PX,
+        full_side_px=DETECT_MAX_SIDE_PX,
+    )
+
+
+def eye_error(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(found - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1]))
+
+
+def test_eyes_are_found_behind_sunglasses_and_the_face_is_accepted(assets, analyzer: FaceAnalyzer) -> None:
+    errors = []
+    for i, face in enumerate(HELD_OUT):
+        sample = render(assets, face, worn=True, lens=(TINTED, MIRRORED)[i % 2], index=i)
+        photo = background(720, 540, seed=i)
+        truth = paste(photo, sample, 2.0, (180, 60))
+        found = find(photo)
+        a = analyzer.analyse(photo, found.box_xyxy)
+        assert a.glasses_probability >= analyzer.threshold, (face, a.glasses_probability)
+        assert a.eyes_xy[0, 0] > a.eyes_xy[1, 0]  # the subject's left eye is on the image's right
+        errors.append(eye_error(a.eyes_xy, truth))
+    assert max(errors) < 0.10 and float(np.median(errors)) < 0.06, errors
+
+
+def test_a_bare_face_is_refused(assets, analyzer: FaceAnalyzer) -> None:
+    probabilities = []
+    for i, face in enumerate(HELD_OUT):
+        sample = render(assets, face, worn=False, index=i)
+        photo = background(720, 540, seed=10 + i)
+        paste(photo, sample, 2.0, (180, 60))
+        probabilities.append(analyzer.analyse(photo, find(photo).box_xyxy).glasses_probability)
+    assert all(p < analyzer.threshold for p in probabilities), (probabilities, analyzer.threshold)
+
+
+def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: FaceAnalyzer) -> None:
+    """Two faces of about the same size (so the same detection pass finds both): the larger wins."""
+    photo = background(900, 480, seed=3)
+    sample = render(assets, 995, worn=True, lens=CLEAR)
+    paste(photo, sample, 1.8, (40, 40))
+    truth = paste(photo, sample, 2.1, (450, 20))
+    found = find(photo)
+    assert found.faces_found == 2 and found.box_xyxy[0] > 450
+    a = analyzer.analyse(photo, found.box_xyxy)
+    assert eye_error(a.eyes_xy, truth) < 0.10
+
+
+def test_a_tiny_face_is_found_by_the_full_size_pass(assets, analyzer: FaceAnalyzer) -> None:
+    """A face ~100 px wide in a 1800 px photo: invisible at the fast pass's 320 px, found at 1024."""
+    photo = background(1800, 1200, seed=4)
+    truth = paste(photo, render(assets, 985, worn=True, lens=CLEAR), 1.0, (900, 500))
+    found = find(photo)
+    assert found.faces_found == 1 and not found.at_border
+    assert eye_error(analyzer.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
+
+
+def test_a_face_cut_by_the_border_is_searched_and_flagged(assets, analyzer: FaceAnalyzer) -> None:
+    photo = background(600, 480, seed=5)
+    truth = paste(photo, render(assets, 980, worn=True, lens=TINTED), 2.0, (-70, 60))
+    found = find(photo)
+    assert found.at_border
+    assert eye_error(analyzer.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
+
+
+def test_no_face_and_a_too_small_face_are_refused_with_their_reason(assets) -> None:
+    with pytest.raises(PhotoError) as err:
+        find(background(640, 480, seed=6))
+    assert err.value.reason == "no_face" and "upload.jpg" in str(err.value)
+    photo = background(400, 300, seed=7)
+    paste(photo, render(assets, 995, worn=True), 0.28, (150, 100))  # a face ~30 px wide
+    with pytest.raises(PhotoError) as err:
+        find(photo)
+    assert err.value.reason in ("no_face", "face_too_small")
