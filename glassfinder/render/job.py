@@ -44,10 +44,6 @@ from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
 
 log = logging.getLogger(__name__)
-#: Procedural heads kept per worker. A head is ~6 MB and takes ~60 ms to build; views draw
-#: faces at random from hundreds, so a big cache buys few hits: at 256 a worker grew to 4.8 GB
-#: over a 3,200-asset run.
-HEAD_CACHE = 32
 
 
 @dataclass
@@ -127,7 +123,6 @@ def _start_worker(
         specs={s.spec_hash: s for s in specs},
         out=out,
         renderer=renderer,
-        heads={},
         photos=photos,
         crops={},
         photo_renderer=photo_renderer,
@@ -138,7 +133,6 @@ def render_asset_views(
     task: AssetTask,
     spec: Any,
     renderer: Any,
-    heads: dict[str, Any],
     *,
     photos: list[Any] | None = None,
     crops: dict[str, Any] | None = None,
@@ -150,7 +144,7 @@ def render_asset_views(
     photos: the usable (PhotoFace, crop key) of a photo bank when the spec renders onto photos.
     """
     from glassfinder.catalog.build import import_glb
-    from glassfinder.faces.procedural import build_head
+    from glassfinder.faces.procedural import head
     from glassfinder.render.spec import plan_view, split_of
     from glassfinder.render.tryon import AssetMeshes, PhotoRenderer
 
@@ -188,12 +182,7 @@ def render_asset_views(
             face_ids.append(face.face_id)
             poses.append((face.yaw_deg, face.pitch_deg, face.roll_deg))
         else:
-            head = heads.get(view.face_id)
-            if head is None:
-                head = heads[view.face_id] = build_head(view.face_index)
-                if len(heads) > HEAD_CACHE:
-                    heads.pop(next(iter(heads)))
-            out = renderer.render(asset, head, view)
+            out = renderer.render(asset, head(view.face_index), view)
             face_ids.append(view.face_id)
             poses.append((view.yaw_deg, view.pitch_deg, view.roll_deg))
         images.append(out.encode(spec.image_format, spec.jpeg_quality))
@@ -247,7 +236,6 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
             task,
             spec,
             renderer,
-            _WORKER["heads"],
             photos=_WORKER["photos"].get(spec.spec_hash),
             crops=_WORKER["crops"],
             crop_store=out,

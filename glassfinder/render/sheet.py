@@ -9,7 +9,7 @@ from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset, split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError
-from glassfinder.faces.procedural import build_head
+from glassfinder.faces.procedural import head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 
@@ -32,7 +32,7 @@ def tryon_sheet(
     try:
         for i in range(views):
             view = plan_view(spec, str(row["asset_sha256"]), i, fixed_lens=fixed)
-            out = renderer.render(asset, build_head(view.face_index), view)
+            out = renderer.render(asset, head(view.face_index), view)
             x, y = (i % columns) * size, (i // columns) * (size + label)
             sheet.paste(Image.fromarray(out.rgb), (x, y))
             draw.text(
