@@ -452,7 +452,6 @@ def train_and_publish(
     card = result.card()
     card["render_specs"] = {}
     for spec_hash in config.spec_hashes:
-
         if store.exists(layout.render_spec_key(spec_hash)):
             card["render_specs"][spec_hash] = json.loads(store.get(layout.render_spec_key(spec_hash)))
     sha = publish_model(store, name, result.model, card)
