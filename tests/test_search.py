@@ -261,7 +261,6 @@ def test_service_search_and_product_pages(service: str, world: World) -> None:
         ({"other": ("a.png", ASTRONAUT, "image/png")}, "", 422, None),
     ],
     ids=[
-        "bare-face",
         "no-face",
         "corrupt",
         "wrong-type",
