@@ -47,7 +47,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare_catalogue(work: Path, products: int, seed: int = TRAINING_SEED) -> Any:
+def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> Any:
     """A generated catalogue, generated and ingested once into work/store (reused by the benches)."""
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
@@ -65,11 +65,11 @@ def prepare_catalogue(work: Path, products: int, seed: int = TRAINING_SEED) -> A
 def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple[Any, str]:
     """Generate, ingest and render the training catalogue (skipping what exists)."""
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.render.job import render_catalogue
+    from glassfinder.render.job import render_catalog
 
-    store = prepare_catalogue(work, products)
+    store = prepare_catalog(work, products)
     spec = training_spec()
-    report = render_catalogue(
+    report = render_catalog(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True, limit=render_limit
     )
     print(

@@ -31,9 +31,9 @@ MODEL_NAME = "face-analysis"
 
 def assets(work: Path) -> list[tuple[str, bytes]]:
     from glassfinder.catalog.ingest import catalog_assets
-    from glassfinder.embed.default_model import prepare_catalogue
+    from glassfinder.embed.default_model import prepare_catalog
 
-    store = prepare_catalogue(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
+    store = prepare_catalog(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
     return catalog_assets(store, limit=TRAINING_PRODUCTS)
 
 

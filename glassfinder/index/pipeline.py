@@ -96,7 +96,7 @@ def pairs_of(ids: pa.Table) -> set[tuple[str, str]]:
     return set(zip(ids.column("product_id").to_pylist(), ids.column("asset_sha256").to_pylist(), strict=True))
 
 
-def catalogue_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
+def catalog_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
     """(manifest rows, sha256 of the manifest's bytes: the catalogue digest)."""
     mstore, mkey = split_uri(manifest_uri)
     digest = hashlib.sha256(mstore.get(mkey)).hexdigest()
@@ -245,7 +245,7 @@ def build_and_publish(
     return _build_full(
         store,
         name,
-        catalogue_rows(manifest_uri),
+        catalog_rows(manifest_uri),
         manifest_uri=manifest_uri,
         model_ref=model_ref,
         spec_hash=spec_hash,
@@ -261,7 +261,7 @@ def build_and_publish(
 def _build_full(
     store: ObjectStore,
     name: str,
-    catalogue: tuple[list[dict[str, Any]], str],
+    catalog: tuple[list[dict[str, Any]], str],
     *,
     manifest_uri: str,
     model_ref: str,
@@ -274,7 +274,7 @@ def _build_full(
     device: str | None,
 ) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
     """build_and_publish from the catalogue (rows, digest) already read from `manifest_uri`."""
-    rows, digest = catalogue
+    rows, digest = catalog
     model_sha = _model_sha(store, model_ref)
     features = collect_features(store, rows, model_sha, spec_hash)
     for m in features.missing:
@@ -319,9 +319,9 @@ def publish_if_changed(
 
     model_ref: NAME@SHA, the model whose feature shards are indexed.
     """
-    catalogue = catalogue_rows(manifest_uri)
+    catalog = catalog_rows(manifest_uri)
     model_sha = _model_sha(store, model_ref)
-    expected = content_digest(featured_pairs(store, catalogue[0], model_sha, spec_hash), model_sha, spec_hash)
+    expected = content_digest(featured_pairs(store, catalog[0], model_sha, spec_hash), model_sha, spec_hash)
     current = current_manifest(store, name)
     if current is not None and current.get("content_digest") == expected:
         log.info(
@@ -340,7 +340,7 @@ def publish_if_changed(
     _, _, result, features = _build_full(
         store,
         name,
-        catalogue,
+        catalog,
         manifest_uri=manifest_uri,
         model_ref=model_ref,
         spec_hash=spec_hash,
@@ -385,12 +385,12 @@ def update_and_publish(
     The copy keeps CURRENT's model, spec and trained quantiser; only the named products change.
     """
     version, parent, built = load_current(store, name)
-    catalogue = catalogue_rows(manifest_uri) if manifest_uri else None
+    catalog = catalog_rows(manifest_uri) if manifest_uri else None
     return _derive_child(
         store,
         name,
         (version, parent, built),
-        catalogue,
+        catalog,
         remove_products=remove_products,
         only_products=only_products,
         query_spec=query_spec,
@@ -404,7 +404,7 @@ def _derive_child(
     store: ObjectStore,
     name: str,
     loaded: tuple[int, dict[str, Any], BuiltIndex],
-    catalogue: tuple[list[dict[str, Any]], str] | None,
+    catalog: tuple[list[dict[str, Any]], str] | None,
     *,
     remove_products: list[str] | None,
     only_products: list[str] | None,
@@ -416,7 +416,7 @@ def _derive_child(
     """update_and_publish from CURRENT as loaded and the catalogue (rows, digest) as read, if any."""
     version, parent, built = loaded
     model_sha, spec_hash = parent["model_sha"], parent["spec_hash"]
-    rows, digest = catalogue if catalogue is not None else ([], parent["catalog_digest"])
+    rows, digest = catalog if catalog is not None else ([], parent["catalog_digest"])
     if only_products is not None:
         wanted = set(only_products)
         rows = [r for r in rows if str(r.get("product_id")) in wanted]
@@ -516,12 +516,12 @@ def publish_changes(
             f"uses {current['model']}@{model_sha} spec {current_spec}: "
             "CURRENT moved during the run; run again"
         )
-    catalogue = catalogue_rows(manifest_uri)
+    catalog = catalog_rows(manifest_uri)
     wanted = set(changed)
     featured = {
         pid
         for pid, _ in featured_pairs(
-            store, [r for r in catalogue[0] if r["product_id"] in wanted], model_sha, current_spec
+            store, [r for r in catalog[0] if r["product_id"] in wanted], model_sha, current_spec
         )
     }
     not_indexed = sorted(wanted - featured)
@@ -538,7 +538,7 @@ def publish_changes(
         store,
         name,
         load_current(store, name),
-        catalogue,
+        catalog,
         only_products=sorted(featured),
         remove_products=gone,
         query_spec=None,

@@ -342,7 +342,7 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- driver -------------------------------------------------------------------------------------
-def render_catalogue(
+def render_catalog(
     manifest_uri: str,
     spec: Any,
     out: ObjectStore,
@@ -357,7 +357,7 @@ def render_catalogue(
     assets: render only the rows with these asset sha256s (a batch of a mapped task); the
     catalogue-wide quarantine report is then left to whoever planned the batches.
     """
-    (report,) = render_catalogue_specs(
+    (report,) = render_catalog_specs(
         manifest_uri, [spec], out, workers=workers, progress=progress, limit=limit, assets=assets
     )
     return report
@@ -423,7 +423,7 @@ def _tasks_for(
     return tasks
 
 
-def render_catalogue_specs(
+def render_catalog_specs(
     manifest_uri: str,
     specs: list[Any],
     out: ObjectStore,
@@ -433,7 +433,7 @@ def render_catalogue_specs(
     limit: int | None = None,
     assets: Collection[str] | None = None,
 ) -> list[RenderReport]:
-    """`render_catalogue` for several specs at once, in one pool: workers start once, not per spec."""
+    """`render_catalog` for several specs at once, in one pool: workers start once, not per spec."""
     start = time.perf_counter()
     reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
     mstore, mkey = split_uri(manifest_uri)

@@ -188,7 +188,7 @@ def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def catalogue_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
+def catalog_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
     """Display metadata per product from the store's catalogue manifest ({} if there is none)."""
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
@@ -235,7 +235,7 @@ class QueryEngine:
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
         face_sha, face = packaged_analyzer()
-        return Serving(reader, embedder, sha, face_sha, face, catalogue_products(self.store))
+        return Serving(reader, embedder, sha, face_sha, face, catalog_products(self.store))
 
     @property
     def serving(self) -> Serving:
