@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ from glassfinder import layout
 from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError, IndexStoreError, ObjectNotFoundError
-from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, build_index
+from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, apply_search_params, build_index
 from glassfinder.index.search import AGGREGATIONS, ProductSearcher, evaluate_searcher
 from glassfinder.index.versions import (
     GateConfig,
@@ -43,6 +43,9 @@ from glassfinder.index.versions import (
 )
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
+
+if TYPE_CHECKING:  # embed.infer pulls torch: kept off the DAG-parse path
+    from glassfinder.embed.infer import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +184,9 @@ def id_table(meta: pa.Table, first_id: int = 0) -> pa.Table:
     )
 
 
-def evaluation_queries(store: ObjectStore, query_spec: str, embedder: Any, *, seed: int = 0) -> QuerySet:
+def evaluation_queries(store: ObjectStore, query_spec: str, embedder: Embedder, *, seed: int = 0) -> QuerySet:
     """The held-out query views of `query_spec`, damaged like photos and embedded."""
+    # embed.augment, embed.data pull cv2: kept off the DAG-parse path
     from glassfinder.embed.augment import QUERY_DAMAGE
     from glassfinder.embed.data import load_views
 
@@ -210,6 +214,7 @@ def evaluate_built(built: BuiltIndex, queries: QuerySet) -> dict[str, Any]:
 
 def _model_sha(store: ObjectStore, model_ref: str) -> str:
     """The sha a model reference names (NAME resolves through its CURRENT)."""
+    # embed.registry pulls torch: kept off the DAG-parse path
     from glassfinder.embed.registry import current_sha, parse_model_ref
 
     name, sha = parse_model_ref(model_ref)
@@ -220,7 +225,8 @@ def _model_sha(store: ObjectStore, model_ref: str) -> str:
     return sha
 
 
-def _embedder(store: ObjectStore, model_ref: str, device: str | None) -> Any:
+def _embedder(store: ObjectStore, model_ref: str, device: str | None) -> Embedder:
+    # embed.infer, embed.registry pull torch: kept off the DAG-parse path
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.registry import load_model
 
@@ -360,8 +366,6 @@ def load_current(store: ObjectStore, name: str) -> tuple[int, dict[str, Any], Bu
     current, _, manifest, files = fetch_current_verified(store, name)
     version = int(current["version"])
     index, ids, vectors = load_files(files)
-    from glassfinder.index.build import apply_search_params
-
     apply_search_params(index, manifest.get("search_params", {}))
     built = BuiltIndex(index, manifest["factory"], ids, vectors, dict(manifest.get("search_params", {})))
     return version, manifest, built
