@@ -4,7 +4,7 @@ Prints, on CPU (and on CUDA when present, or with --device cuda):
 - training img/s: full steps (sampling, alignment jitter and photometric augmentation in the
   prefetch thread, forward, margin loss, backward, optimiser) over real renders;
 - bare forward img/s: the model alone on a ready tensor, at the pipeline's batch size;
-- pipeline img/s: `embed_catalogue` from image shards to written feature shards (read Parquet,
+- pipeline img/s: `embed_catalog` from image shards to written feature shards (read Parquet,
   decode, align, forward, write), and its ratio to the bare forward (aim: >= 0.85).
 
 By default it renders a small catalogue into a temporary folder first, as PNG and as JPEG
@@ -23,7 +23,7 @@ from pathlib import Path
 def render_sample(root: Path, products: int, views: int, image_px: int, image_format: str) -> tuple[str, str]:
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
-    from glassfinder.render.job import render_catalogue
+    from glassfinder.render.job import render_catalog
     from glassfinder.render.spec import RenderSpec
     from glassfinder.store.local import LocalStore
 
@@ -32,7 +32,7 @@ def render_sample(root: Path, products: int, views: int, image_px: int, image_fo
         generate_catalog(LocalStore(root / "sample"), products, seed=11)
         ingest_manifest(str(root / "sample" / "manifest.parquet"), dest=store)
     spec = RenderSpec(image_px=image_px, views_per_asset=views, fit_jitter=0.5, image_format=image_format)
-    render_catalogue(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
+    render_catalog(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
     return store.uri, spec.spec_hash
 
 
@@ -41,7 +41,7 @@ def bench_device(store_uri: str, spec_hash: str, device: str, batch: int, train_
     import torch
 
     from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.model import ModelConfig, build_model, model_sha, to_input, weights_bytes
     from glassfinder.embed.train import TrainConfig, load_training_views, train_model
     from glassfinder.store import open_store
@@ -88,7 +88,7 @@ def bench_device(store_uri: str, spec_hash: str, device: str, batch: int, train_
         bare = reps * batch / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         out = LocalStore(tmp)
-        report = embed_catalogue(store, spec_hash, embedder, model_sha(weights_bytes(model)), out=out)
+        report = embed_catalog(store, spec_hash, embedder, model_sha(weights_bytes(model)), out=out)
     pipeline = report.views / report.seconds
     print(f"[{device}] bare forward: {bare:.0f} img/s (batch {batch}, ready tensor)")
     print(

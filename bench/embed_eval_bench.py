@@ -80,16 +80,16 @@ def train_config(cat_spec: str, candidate: str, epochs: int) -> Any:
 def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
     """Generate, ingest and render (skipping what exists); (store uri, catalogue spec, query spec)."""
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.embed.default_model import prepare_catalogue
-    from glassfinder.render.job import render_catalogue
+    from glassfinder.embed.default_model import prepare_catalog
+    from glassfinder.render.job import render_catalog
 
-    store = prepare_catalogue(work, products, seed)
+    store = prepare_catalog(work, products, seed)
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     hashes = []
     for name, raw in (("catalogue", CATALOGUE_SPEC), ("query", QUERY_SPEC)):
         spec = spec_of(raw)
         limit = query_products if name == "query" else None
-        report = render_catalogue(manifest, spec, store, progress=True, limit=limit)
+        report = render_catalog(manifest, spec, store, progress=True, limit=limit)
         print(
             f"render {name} spec {spec.spec_hash}: {report.rendered} rendered ({report.views} views) "
             f"{report.skipped} already there in {report.seconds:.0f} s"

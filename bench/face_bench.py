@@ -59,11 +59,11 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
-    from glassfinder.embed.default_model import prepare_catalogue
+    from glassfinder.embed.default_model import prepare_catalog
     from glassfinder.faces.photos import CROP_PX, analyse_photo
     from glassfinder.search.samples import photo_wearing
 
-    store = prepare_catalogue(work, products, seed=CATALOGUE_SEED)
+    store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     faces = face_photos()
     astro_face, _ = analyse_photo(faces["astronaut"], "astronaut.png")

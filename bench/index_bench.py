@@ -52,16 +52,16 @@ def latencies(fn, queries: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def catalogue_part(args: argparse.Namespace) -> None:
+def catalog_part(args: argparse.Namespace) -> None:
     from glassfinder.index.build import IndexParams, build_index
-    from glassfinder.index.pipeline import catalogue_rows, collect_features, id_table
+    from glassfinder.index.pipeline import catalog_rows, collect_features, id_table
     from glassfinder.index.search import ProductSearcher
 
     if args.store:
         from glassfinder.store import open_store
 
         store = open_store(args.store)
-        rows, _ = catalogue_rows(f"{store.uri}/{args.manifest_key}")
+        rows, _ = catalog_rows(f"{store.uri}/{args.manifest_key}")
         features = collect_features(store, rows, args.model_sha, args.spec)
         vectors, meta, source = features.vectors, features.meta, f"feature shards of {args.store}"
     else:
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--recall-target", type=float, default=0.95)
     parser.add_argument("--skip-million", action="store_true")
     args = parser.parse_args()
-    catalogue_part(args)
+    catalog_part(args)
     if not args.skip_million:
         million_part(args)
 

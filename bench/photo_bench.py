@@ -85,7 +85,7 @@ def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[s
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
     from glassfinder.catalog.manifest import read_manifest_rows
-    from glassfinder.render.job import render_catalogue
+    from glassfinder.render.job import render_catalog
     from glassfinder.store.local import LocalStore
 
     store = LocalStore(work / "store")
@@ -94,7 +94,7 @@ def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[s
         ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
     # The embed eval bench's gallery spec: run both with the same --work and they share renders.
     spec = spec_of(CATALOGUE_SPEC)
-    report = render_catalogue(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
+    report = render_catalog(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
     rate = report.views / report.seconds if report.rendered and report.seconds else 0.0
     print(
         f"gallery spec {spec.spec_hash} ({spec.image_px} px): {report.rendered} rendered "
@@ -151,12 +151,12 @@ def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
 
 def index_for(store: Any, label: str, ref: str, manifest_uri: str, spec_hash: str) -> str:
     from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model
     from glassfinder.index.pipeline import build_and_publish
 
     loaded = load_model(store, ref)
-    report = embed_catalogue(store, spec_hash, Embedder(loaded.model), loaded.sha, progress=True)
+    report = embed_catalog(store, spec_hash, Embedder(loaded.model), loaded.sha, progress=True)
     if report.embedded:
         print(f"{label}: {report.views} views embedded in {report.seconds:.0f} s")
     name = f"photo-bench-{label.replace('@', '-')}"

@@ -40,25 +40,25 @@ NEW_MODEL = Asset(*model_asset(settings.model_name()))
 )
 def glassfinder_catalog_reindex() -> None:
     @task
-    def sync_catalogue(params=None):
-        return tasks.sync_catalogue(params)
+    def sync_catalog(params=None):
+        return tasks.sync_catalog(params)
 
     @task
-    def plan(catalogue, params=None):
-        return tasks.plan_reindex(params, catalogue)
+    def plan(catalog, params=None):
+        return tasks.plan_reindex(params, catalog)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(plan, params=None):
         return tasks.publish_reindex(params, plan)
 
-    catalogue = sync_catalogue()
-    planned = plan(catalogue)
+    catalog = sync_catalog()
+    planned = plan(catalog)
     rendered, embedded = render_and_embed(planned)
     published = publish(planned)
     embedded >> published
     summary(
         ["catalogue", "plan", "render", "embed", "publish"],
-        catalogue=catalogue,
+        catalog=catalog,
         plan=planned,
         rendered=rendered,
         embedded=embedded,

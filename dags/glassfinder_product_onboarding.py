@@ -48,24 +48,24 @@ SOURCE_CHANGED = Asset(
 def glassfinder_product_onboarding() -> None:
     @task
     def merge_products(params=None):
-        return tasks.onboard_catalogue(params)
+        return tasks.onboard_catalog(params)
 
     @task
-    def plan(catalogue, params=None):
-        return tasks.plan_onboarding(params, catalogue)
+    def plan(catalog, params=None):
+        return tasks.plan_onboarding(params, catalog)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def publish(plan, catalogue, params=None):
-        return tasks.publish_onboarding(params, plan, catalogue)
+    def publish(plan, catalog, params=None):
+        return tasks.publish_onboarding(params, plan, catalog)
 
-    catalogue = merge_products()
-    planned = plan(catalogue)
+    catalog = merge_products()
+    planned = plan(catalog)
     rendered, embedded = render_and_embed(planned)
-    published = publish(planned, catalogue)
+    published = publish(planned, catalog)
     embedded >> published
     summary(
         ["catalogue", "plan", "render", "embed", "publish"],
-        catalogue=catalogue,
+        catalog=catalog,
         plan=planned,
         rendered=rendered,
         embedded=embedded,

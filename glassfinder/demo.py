@@ -10,17 +10,38 @@ it did and measured is also written as `demo-report.json` beside the sheets.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glassfinder import settings
+import numpy as np
+from PIL import Image
+
+from glassfinder import airflow_local, settings
+from glassfinder.airflow_local import DagRunResult
 from glassfinder.catalog.generate import GenerateReport, generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, IngestReport, ingest_manifest
+from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.embed.augment import QUERY_DAMAGE
+from glassfinder.embed.data import load_views
+from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
+from glassfinder.embed.face_net import PACKAGED_NAME, packaged_analyzer
+from glassfinder.embed.infer import Embedder
+from glassfinder.embed.model import build_model
+from glassfinder.embed.packaged import read_packaged
+from glassfinder.embed.registry import load_model, published_sha
+from glassfinder.errors import GlassFinderError
+from glassfinder.index.reader import IndexReader
 from glassfinder.render.catalog_sheet import contact_sheet
+from glassfinder.render.sheet import tryon_sheet
+from glassfinder.render.spec import load_spec
+from glassfinder.search.query import QueryEngine, QueryRefusedError
+from glassfinder.search.samples import photo_wearing
 from glassfinder.store import open_store
+from glassfinder.store.base import ObjectStore
 from glassfinder.store.check import StoreCheckReport, check_store
 
 #: Stages of the product not built yet, with the issue that brings each.
@@ -49,9 +70,9 @@ class DemoReport:
     ingested: IngestReport
     sheet_path: Path
     tryon_sheet_path: Path
-    training: Any  # airflow_local.DagRunResult
-    nightly: Any
-    quiet_night: Any
+    training: DagRunResult
+    nightly: DagRunResult
+    quiet_night: DagRunResult
     model_vs_untrained: dict[str, Any]
     searches: list[SearchShown]
     search_top1: float
@@ -79,14 +100,6 @@ class DemoReport:
 
 def _search(store_uri: str, index_name: str, query_spec: str) -> tuple[list[SearchShown], float, float]:
     """Held-out query views (other faces, damaged like photos) searched against CURRENT."""
-    import numpy as np
-
-    from glassfinder.embed.augment import QUERY_DAMAGE
-    from glassfinder.embed.data import load_views
-    from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.registry import load_model
-    from glassfinder.index.reader import IndexReader
-
     store = open_store(store_uri)
     reader = IndexReader(store, index_name)
     embedder = Embedder(load_model(store, f"{reader.manifest['model']}@{reader.manifest['model_sha']}").model)
@@ -119,14 +132,10 @@ class PhotoSearch:
 
 def _sample_photo() -> bytes | None:
     """scikit-image's public-domain astronaut portrait (a bare face), when scikit-image is installed."""
-    try:
+    try:  # scikit-image: an optional extra (the test extra), only for this sample photo
         import skimage.data
     except ImportError:
         return None
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
     return buf.getvalue()
@@ -134,12 +143,6 @@ def _sample_photo() -> bytes | None:
 
 def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) -> list[PhotoSearch]:
     """The sample face wearing a catalogue product (rendered), then bare: a search and a refusal."""
-    from PIL import Image
-
-    from glassfinder.catalog.manifest import read_manifest_rows
-    from glassfinder.search.query import QueryEngine, QueryRefusedError
-    from glassfinder.search.samples import photo_wearing
-
     store = open_store(store_uri)
     row = read_manifest_rows(store, CATALOG_MANIFEST_KEY)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,10 +183,8 @@ def _photo_search(store_uri: str, index_name: str, out_dir: Path, photo: bytes) 
     return shown
 
 
-def _packaged_model_line(store: Any, say: Callable[[str], None]) -> str:
+def _packaged_model_line(store: ObjectStore, say: Callable[[str], None]) -> str:
     """Say which model the demo searches with (the packaged default, unless the store has one)."""
-    from glassfinder.embed.registry import load_model, published_sha
-
     name = settings.model_name()
     loaded = load_model(store, name)
     published = published_sha(store, name)[0] is not None
@@ -205,12 +206,6 @@ def _packaged_model_line(store: Any, say: Callable[[str], None]) -> str:
 
 def _model_vs_untrained(store_uri: str, gallery_spec: str, query_spec: str, model_ref: str) -> dict[str, Any]:
     """The model beside its starting point: the ImageNet-initialised network before fine-tuning."""
-    from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
-    from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.model import build_model
-    from glassfinder.embed.registry import load_model, published_sha
-    from glassfinder.errors import GlassFinderError
-
     store = open_store(store_uri)
     loaded = load_model(store, model_ref)
     embedder = Embedder(loaded.model)
@@ -225,7 +220,7 @@ def _model_vs_untrained(store_uri: str, gallery_spec: str, query_spec: str, mode
     return evaluate_models(sets, models)
 
 
-def run_line(label: str, run: Any) -> str:
+def run_line(label: str, run: DagRunResult) -> str:
     """One line on a DAG run, from its summary record."""
     s = run.summary
     index = s.get("index") or {}
@@ -255,10 +250,6 @@ def run_demo(
 
     say: receives a line on each stage as it ends.
     """
-    from glassfinder import airflow_local
-    from glassfinder.render.sheet import tryon_sheet
-    from glassfinder.render.spec import load_spec
-
     # Task logs stay in Airflow's log folder; what matters is said here and kept in each run's records.
     airflow_local.configure(sheet_path.parent / "airflow", log_level="ERROR")
     store = open_store(store_uri)
@@ -329,9 +320,6 @@ def run_demo(
     if photo is None:
         say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
     else:
-        from glassfinder.embed.face_net import PACKAGED_NAME, packaged_analyzer
-        from glassfinder.embed.packaged import read_packaged
-
         # The packaged face analysis: trained on procedural heads only, never on the astronaut.
         sha, _ = packaged_analyzer()
         card = read_packaged(PACKAGED_NAME).card["evaluation"]

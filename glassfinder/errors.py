@@ -173,7 +173,7 @@ class AssetSourceError(BadInputError):
         self.reason = reason
 
 
-class CatalogueShrinkError(BadInputError):
+class CatalogShrinkError(BadInputError):
     """An ingest would empty the catalogue or remove more of it than allowed; nothing changed.
 
     Bad input, not an outage: retrying the same export cannot help, an operator must look."""

@@ -20,7 +20,7 @@ from glassfinder.store import LocalStore, ObjectStore
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
     store = LocalStore(tmp_path_factory.mktemp("cat") / "store")
     generate_catalog(store, 40, seed=11, workers=1)
     return store
@@ -30,23 +30,23 @@ def _scene(store: ObjectStore, key: str) -> trimesh.Scene:
     return import_glb(store.get(key))
 
 
-def test_same_seed_same_bytes(catalogue: LocalStore, tmp_path: Path) -> None:
+def test_same_seed_same_bytes(catalog: LocalStore, tmp_path: Path) -> None:
     again = LocalStore(tmp_path / "again")
     generate_catalog(again, 40, seed=11, workers=2)  # a different worker count changes nothing
-    assert again.get(MANIFEST_KEY) == catalogue.get(MANIFEST_KEY)
-    keys = [i.key for i in catalogue.list("assets/")]
+    assert again.get(MANIFEST_KEY) == catalog.get(MANIFEST_KEY)
+    keys = [i.key for i in catalog.list("assets/")]
     assert keys == [i.key for i in again.list("assets/")] and len(keys) == 40
-    assert all(catalogue.get(k) == again.get(k) for k in keys[:5])
+    assert all(catalog.get(k) == again.get(k) for k in keys[:5])
 
 
-def test_other_seed_other_catalogue() -> None:
+def test_other_seed_other_catalog() -> None:
     a = build_family(1, 0, 2)
     b = build_family(2, 0, 2)
     assert a[0][1] != b[0][1]
 
 
-def test_manifest_rows_are_real_eyewear(catalogue: LocalStore) -> None:
-    rows = pq.read_table(io.BytesIO(catalogue.get(MANIFEST_KEY))).to_pylist()
+def test_manifest_rows_are_real_eyewear(catalog: LocalStore) -> None:
+    rows = pq.read_table(io.BytesIO(catalog.get(MANIFEST_KEY))).to_pylist()
     assert len(rows) == 40 and len({r["product_id"] for r in rows}) == 40
     for r in rows:
         assert 44 <= r["lens_width_mm"] <= 62 and 26 <= r["lens_height_mm"] <= 56
@@ -84,9 +84,9 @@ def test_plan_covers_every_family_and_style() -> None:
     assert lenses == {"clear", "tinted", "gradient", "mirrored"}
 
 
-def test_assets_follow_the_convention(catalogue: LocalStore) -> None:
-    for info in list(catalogue.list("assets/"))[:12]:
-        scene = _scene(catalogue, info.key)
+def test_assets_follow_the_convention(catalog: LocalStore) -> None:
+    for info in list(catalog.list("assets/"))[:12]:
+        scene = _scene(catalog, info.key)
         roles = {part_of(n) for n in scene.graph.nodes_geometry}
         assert set(REQUIRED_PARTS) | {"temple_left", "temple_right"} <= roles
         assert None not in roles

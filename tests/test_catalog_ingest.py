@@ -140,7 +140,7 @@ def _without_lenses(glb: bytes) -> trimesh.Scene:
     return out
 
 
-def _put_catalogue(store: ObjectStore, family: list[tuple[dict, bytes]]) -> list[dict]:
+def _put_catalog(store: ObjectStore, family: list[tuple[dict, bytes]]) -> list[dict]:
     rows = []
     for row, glb in family:
         store.put(row["asset_uri"], glb)
@@ -150,7 +150,7 @@ def _put_catalogue(store: ObjectStore, family: list[tuple[dict, bytes]]) -> list
 
 def test_manifest_ingestion_quarantines_bad_rows_and_keeps_the_rest(family, tmp_path) -> None:
     src = LocalStore(tmp_path / "src")
-    rows = _put_catalogue(src, family)
+    rows = _put_catalog(src, family)
     src.put("assets/broken.glb", family[0][1][:500])
     rows += [
         {"product_id": rows[0]["product_id"], "asset_uri": rows[1]["asset_uri"], "kind": "optical"},
@@ -194,7 +194,7 @@ def test_manifest_ingestion_quarantines_bad_rows_and_keeps_the_rest(family, tmp_
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet"])
 def test_manifest_formats(family, tmp_path, fmt: str) -> None:
     src = LocalStore(tmp_path)
-    rows = _put_catalogue(src, family)
+    rows = _put_catalog(src, family)
     if fmt == "json":
         src.put("m.json", json.dumps(rows).encode())
     elif fmt == "jsonl":

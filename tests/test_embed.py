@@ -18,12 +18,12 @@ from glassfinder.cli import main
 from glassfinder.embed.align import CropGeometry, align_crop, align_matrix
 from glassfinder.embed.evaluate import evaluate_models, load_eval_sets, rank_products
 from glassfinder.embed.infer import Embedder
-from glassfinder.embed.job import embed_catalogue
+from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.model import ModelConfig, build_model, model_sha, weights_bytes
 from glassfinder.embed.registry import WEIGHTS_FILE, current_sha, load_model, publish_model, set_current
 from glassfinder.embed.train import TrainConfig, load_training_views, train_model
 from glassfinder.errors import GlassFinderError
-from glassfinder.render.job import render_catalogue
+from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.local import LocalStore
@@ -53,7 +53,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
     ingest_manifest(str(root / "sample" / "manifest.parquet"), dest=store)
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     for spec in (GALLERY_SPEC, QUERY_SPEC):
-        report = render_catalogue(manifest, spec, store, workers=2)
+        report = render_catalog(manifest, spec, store, workers=2)
         assert report.rendered == 24 and not report.quarantined
     return store
 
@@ -282,7 +282,7 @@ def test_embed_job_writes_feature_shards_skips_existing_and_reports_unreadable(
     sha = model_sha(weights_bytes(model))
     embedder = Embedder(model, device="cpu", batch_size=16)
 
-    first = embed_catalogue(src, spec_hash, embedder, sha, out=out)
+    first = embed_catalog(src, spec_hash, embedder, sha, out=out)
     assert (first.shards, first.embedded, first.skipped, first.views) == (4, 3, 0, 24)
     assert [q["shard"] for q in first.quarantined] == [broken]
     assert "not a readable Parquet file" in first.quarantined[0]["message"]
@@ -296,7 +296,7 @@ def test_embed_job_writes_feature_shards_skips_existing_and_reports_unreadable(
         assert set(table.column("model_sha").to_pylist()) == {sha}
         assert embeddings_of(table).tobytes() == embedder.embed(crops).tobytes()
 
-    again = embed_catalogue(src, spec_hash, embedder, sha, out=out)
+    again = embed_catalog(src, spec_hash, embedder, sha, out=out)
     assert (again.embedded, again.skipped, len(again.quarantined)) == (0, 3, 1)
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from glassfinder.catalog.generate import build_family
-from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest, read_catalogue
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest, read_catalog
 from glassfinder.catalog.sources import AssetRoots
 from glassfinder.errors import (
     AssetSourceError,
-    CatalogueShrinkError,
+    CatalogShrinkError,
     GlassFinderError,
     IndexCorruptError,
     IndexSignatureError,
@@ -35,7 +35,7 @@ from glassfinder.index.versions import INDEX_FILE, MANIFEST_FILE, fetch_verified
 from glassfinder.store import LocalStore, S3Config, S3Store
 from glassfinder.store.seaweed import SeaweedServer, new_server
 from tests.conftest import new_bucket_store, s3_config
-from tests.test_index import built_from, make_catalogue, publish
+from tests.test_index import built_from, make_catalog, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def _good_rows(n: int) -> list[dict]:
 
 
 @pytest.fixture
-def catalogue(tmp_path: Path, export: Path) -> LocalStore:
+def catalog(tmp_path: Path, export: Path) -> LocalStore:
     """A store whose catalogue already holds the four good products."""
     dest = LocalStore(tmp_path / "store")
     ingest_manifest(_manifest(export, _good_rows(4), "first.json"), dest=dest)
@@ -100,7 +100,7 @@ def catalogue(tmp_path: Path, export: Path) -> LocalStore:
 
 
 def _snapshot(store: LocalStore) -> tuple[str | None, bytes]:
-    _, etag = read_catalogue(store)
+    _, etag = read_catalog(store)
     return etag, store.get(CATALOG_MANIFEST_KEY) if etag else b""
 
 
@@ -330,45 +330,43 @@ def test_triangle_and_byte_budgets_must_be_positive(tmp_path: Path, export: Path
     ],
     ids=["zero-byte-json", "header-only-csv", "empty-array", "every-row-bad"],
 )  # fmt: skip
-def test_an_export_with_no_valid_product_leaves_the_catalogue(
-    catalogue: LocalStore, export: Path, name: str, content: str
+def test_an_export_with_no_valid_product_leaves_the_catalog(
+    catalog: LocalStore, export: Path, name: str, content: str
 ) -> None:
     (export / name).write_text(content)
-    before = _snapshot(catalogue)
+    before = _snapshot(catalog)
     with pytest.raises(
-        CatalogueShrinkError, match=r"yielded no valid product .* left as it was \(4 products\)"
+        CatalogShrinkError, match=r"yielded no valid product .* left as it was \(4 products\)"
     ):
-        ingest_manifest(str(export / name), dest=catalogue)
-    assert _snapshot(catalogue) == before
-    assert len(read_catalogue(catalogue)[0]) == 4
+        ingest_manifest(str(export / name), dest=catalog)
+    assert _snapshot(catalog) == before
+    assert len(read_catalog(catalog)[0]) == 4
 
 
-def test_removing_too_much_of_the_catalogue_needs_a_recorded_reason(
-    catalogue: LocalStore, export: Path
-) -> None:
+def test_removing_too_much_of_the_catalog_needs_a_recorded_reason(catalog: LocalStore, export: Path) -> None:
     half = _manifest(export, _good_rows(2), "half.json")
-    before = _snapshot(catalogue)
+    before = _snapshot(catalog)
     with pytest.raises(
-        CatalogueShrinkError, match=r"would remove 2 of the catalogue's 4 products \(50%"
+        CatalogShrinkError, match=r"would remove 2 of the catalogue's 4 products \(50%"
     ) as err:
-        ingest_manifest(half, dest=catalogue)
+        ingest_manifest(half, dest=catalog)
     assert "--allow-shrink with --reason" in str(err.value)  # each audience is told its own way out
     assert "`glassfinder catalog ingest --allow-shrink" in err.value.speak("dag")
     assert "$GLASSFINDER_MAX_CATALOGUE_SHRINK in the workers' environment" in err.value.speak("dag")
-    assert _snapshot(catalogue) == before
-    assert ingest_manifest(half, dest=catalogue, max_shrink_fraction=0.5).manifest_changed
-    assert len(read_catalogue(catalogue)[0]) == 2
+    assert _snapshot(catalog) == before
+    assert ingest_manifest(half, dest=catalog, max_shrink_fraction=0.5).manifest_changed
+    assert len(read_catalog(catalog)[0]) == 2
     empty = _manifest(export, [], "empty.json")
-    report = ingest_manifest(empty, dest=catalogue, allow_shrink_reason="shop closes its optical range")
-    assert read_catalogue(catalogue)[0] == [] and report.shrink is not None
-    (record,) = [i.key for i in catalogue.list("catalog/overrides/")]
-    body = json.loads(catalogue.get(record))
+    report = ingest_manifest(empty, dest=catalog, allow_shrink_reason="shop closes its optical range")
+    assert read_catalog(catalog)[0] == [] and report.shrink is not None
+    (record,) = [i.key for i in catalog.list("catalog/overrides/")]
+    body = json.loads(catalog.get(record))
     assert body["allowed_reason"] == "shop closes its optical range"
     assert (body["before"], body["after"]) == (2, 0)
 
 
 def test_cli_refuses_bad_budgets_and_a_shrink_without_reason(
-    catalogue: LocalStore, export: Path, capsys
+    catalog: LocalStore, export: Path, capsys
 ) -> None:
     from glassfinder.catalog import sources
     from glassfinder.cli import MAX_ASSET_BYTES_LIMIT, MAX_TOP_K, main
@@ -376,7 +374,7 @@ def test_cli_refuses_bad_budgets_and_a_shrink_without_reason(
 
     assert (MAX_TOP_K, MAX_ASSET_BYTES_LIMIT) == (query.MAX_TOP_K, sources.MAX_ASSET_BYTES_LIMIT)
     manifest = _manifest(export, [], "empty.json")
-    store = ["--store", catalogue.uri]
+    store = ["--store", catalog.uri]
     for flag, value in (("--max-triangles", "0"), ("--max-triangles", "-1"), ("--max-asset-bytes", "0")):
         with pytest.raises(SystemExit) as exit_:
             main(["catalog", "ingest", manifest, flag, value, *store])
@@ -387,16 +385,16 @@ def test_cli_refuses_bad_budgets_and_a_shrink_without_reason(
     assert "yielded no valid product" in err.err and "report:" in err.out  # the report is still written
     assert main(["catalog", "ingest", manifest, "--allow-shrink", *store]) == 1
     assert "--allow-shrink needs --reason" in capsys.readouterr().err
-    assert len(read_catalogue(catalogue)[0]) == 4
+    assert len(read_catalog(catalog)[0]) == 4
     assert main(["catalog", "ingest", manifest, "--allow-shrink", "--reason", "test", *store]) == 0
-    assert read_catalogue(catalogue)[0] == []
+    assert read_catalog(catalog)[0] == []
 
 
 # --- 4. tampering is half-detected ----------------------------------------------------------------
 @pytest.fixture
 def published(tmp_path: Path) -> LocalStore:
     store = LocalStore(tmp_path / "index-store")
-    manifest_uri, _ = make_catalogue(store, 6)
+    manifest_uri, _ = make_catalog(store, 6)
     publish(store, built_from(store, manifest_uri))
     return store
 
@@ -442,7 +440,7 @@ def test_signed_manifests_refuse_a_publisher_without_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalStore(tmp_path / "signed")
-    manifest_uri, _ = make_catalogue(store, 6)
+    manifest_uri, _ = make_catalog(store, 6)
     built = built_from(store, manifest_uri)
     monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
     publish(store, built)
@@ -504,7 +502,7 @@ def test_a_paused_store_is_a_clear_error_within_the_deadline(
     assert store.get("new") == b"x" if store.exists("new") else True  # whole or absent, never a part
 
 
-def test_an_ingest_from_a_paused_store_stops_and_keeps_the_catalogue(
+def test_an_ingest_from_a_paused_store_stops_and_keeps_the_catalog(
     pausable: SeaweedServer, family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stalled store is not a bad asset: the ingest fails within the deadline instead of

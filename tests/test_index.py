@@ -48,7 +48,7 @@ def _vectors(rng: np.random.Generator, centre: np.ndarray, n: int) -> np.ndarray
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_catalogue(store: ObjectStore, products: int, *, seed: int = 0, first: int = 0) -> tuple[str, dict]:
+def make_catalog(store: ObjectStore, products: int, *, seed: int = 0, first: int = 0) -> tuple[str, dict]:
     """Feature shards for `products` synthetic products and a JSON manifest naming them."""
     rng = np.random.default_rng(seed)
     rows, centres = [], {}
@@ -87,9 +87,9 @@ def evaluation(top1: float, top10: float, query_spec: str = "q" * 16) -> dict[st
 
 
 def built_from(store: ObjectStore, manifest_uri: str, **params: Any):
-    from glassfinder.index.pipeline import catalogue_rows
+    from glassfinder.index.pipeline import catalog_rows
 
-    rows, _ = catalogue_rows(manifest_uri)
+    rows, _ = catalog_rows(manifest_uri)
     features = collect_features(store, rows, MODEL_SHA, SPEC)
     return build_index(features.vectors, id_table(features.meta), IndexParams(**params))
 
@@ -116,7 +116,7 @@ def test_flat_search_is_exact_and_per_product(tmp_path: Path) -> None:
     from glassfinder.store.local import LocalStore
 
     store = LocalStore(tmp_path)
-    uri, centres = make_catalogue(store, 40)
+    uri, centres = make_catalog(store, 40)
     built = built_from(store, uri)
     assert built.factory == "IDMap2,Flat" and len(built) == 40 * VIEWS
     q, truth = queries_for(centres)
@@ -165,7 +165,7 @@ def s3(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> S3Store:
 
 
 def test_publish_reader_gate_rollback_and_gc(s3: S3Store) -> None:
-    uri, centres = make_catalogue(s3, 30)
+    uri, centres = make_catalog(s3, 30)
     built = built_from(s3, uri)
     first = publish(s3, built, evaluation(0.8, 0.95))
     assert (first.version, first.parent, first.promoted) == (1, None, True)
@@ -198,7 +198,7 @@ def test_publish_reader_gate_rollback_and_gc(s3: S3Store) -> None:
 
 
 def test_reader_refuses_a_corrupted_version_and_keeps_serving(s3: S3Store) -> None:
-    uri, _ = make_catalogue(s3, 10)
+    uri, _ = make_catalog(s3, 10)
     built = built_from(s3, uri)
     publish(s3, built)
     reader = IndexReader(s3, "catalog")
@@ -216,7 +216,7 @@ def test_reader_refuses_a_corrupted_version_and_keeps_serving(s3: S3Store) -> No
 
 
 def test_two_concurrent_publishers_one_winner(s3: S3Store) -> None:
-    uri, _ = make_catalogue(s3, 10)
+    uri, _ = make_catalog(s3, 10)
     built = built_from(s3, uri)
     publish(s3, built)
     barrier = threading.Barrier(2)
@@ -267,7 +267,7 @@ def test_server_killed_mid_publish_leaves_current_and_next_publish_completes(
         monkeypatch.setenv(name, value)
     try:
         store = new_bucket_store(server, max_attempts=2, connect_timeout_s=0.5)
-        uri, centres = make_catalogue(store, 10)
+        uri, centres = make_catalog(store, 10)
         built = built_from(store, uri)
         publish(store, built)
         with pytest.raises(StoreError):
@@ -300,8 +300,8 @@ def test_incremental_version_searches_like_a_full_rebuild(tmp_path: Path) -> Non
     from glassfinder.store.local import LocalStore
 
     store = LocalStore(tmp_path)
-    base_uri, centres = make_catalogue(store, 25)
-    new_uri, new_centres = make_catalogue(store, 5, first=25)
+    base_uri, centres = make_catalog(store, 25)
+    new_uri, new_centres = make_catalog(store, 5, first=25)
     built = built_from(store, base_uri)
     publish(store, built)
     result, counts = update_and_publish(
@@ -330,7 +330,7 @@ def test_index_cli_list_show_rollback(tmp_path: Path, capsys: pytest.CaptureFixt
     from glassfinder.store.local import LocalStore
 
     store = LocalStore(tmp_path)
-    uri, _ = make_catalogue(store, 8)
+    uri, _ = make_catalog(store, 8)
     built = built_from(store, uri)
     publish(store, built)
     publish(store, built)

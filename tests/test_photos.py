@@ -20,7 +20,7 @@ from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.faces import photos as photos_mod
 from glassfinder.faces.photos import PhotoBank, PhotoError, analyse_photo
 from glassfinder.layout import render_quarantine_report_key as quarantine_key
-from glassfinder.render.job import render_catalogue
+from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.store import LocalStore
 from glassfinder.store.shards import read_shard
@@ -129,7 +129,7 @@ def test_render_job_on_a_photo_bank(bank_store: LocalStore, tmp_path: Path) -> N
     out = LocalStore(tmp_path / "pipeline")
     ingest_manifest(str(tmp_path / "sample" / "manifest.parquet"), dest=out)
     spec = RenderSpec(image_px=96, views_per_asset=2, face_source=f"photos:{bank_store.uri}")
-    report = render_catalogue(f"{out.uri}/{CATALOG_MANIFEST_KEY}", spec, out, workers=1)
+    report = render_catalog(f"{out.uri}/{CATALOG_MANIFEST_KEY}", spec, out, workers=1)
     assert (report.rendered, report.views) == (2, 4)
     assert sorted(q["reason"] for q in report.quarantined) == [
         "no_face",

@@ -13,18 +13,18 @@ from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import (
     CATALOG_MANIFEST_KEY,
-    catalogue_etag,
+    catalog_etag,
     ingest_manifest,
-    write_catalogue_manifest,
+    write_catalog_manifest,
 )
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import StaleWriteError
 from glassfinder.layout import render_quarantine_key as asset_quarantine_key
-from glassfinder.pipeline.catalogue import diff_rows
+from glassfinder.pipeline.catalog import diff_rows
 from glassfinder.pipeline.config import ParamError, PipelineConfig, param_specs
 from glassfinder.pipeline.plan import batch_size_for, plan_work
 from glassfinder.pipeline.training import training_spec
-from glassfinder.render.job import known_quarantine, render_catalogue
+from glassfinder.render.job import known_quarantine, render_catalog
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import LocalStore
 
@@ -40,7 +40,7 @@ def test_batches_never_exceed_the_mapping_limit(
     assert -(-count // size) == batches <= most
 
 
-def _fake_catalogue(store: LocalStore, n: int) -> str:
+def _fake_catalog(store: LocalStore, n: int) -> str:
     rows = [
         {"product_id": f"P{i:05d}", "asset_uri": f"assets/{i}.glb", "asset_sha256": f"{i:064x}"}
         for i in range(n)
@@ -52,7 +52,7 @@ def _fake_catalogue(store: LocalStore, n: int) -> str:
 
 def test_plan_covers_every_missing_asset_once_within_the_batch_limit(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    manifest = _fake_catalogue(store, 1000)
+    manifest = _fake_catalog(store, 1000)
     spec, queries = RenderSpec(image_px=64), RenderSpec(image_px=64, seed=1)
     done = f"{7:064x}"
     store.put(layout.render_shard_key(spec.spec_hash, done), b"x")
@@ -130,7 +130,7 @@ def test_training_spec_comes_from_the_params() -> None:
         training_spec({"spec_overrides": 3})
 
 
-def test_catalogue_diff_sees_pixels_not_metadata() -> None:
+def test_catalog_diff_sees_pixels_not_metadata() -> None:
     row = {
         "product_id": "A",
         "asset_sha256": "1" * 64,
@@ -163,26 +163,26 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[d
     return store, rows
 
 
-def test_ingest_reuses_earlier_outcomes_and_rewrites_the_catalogue_only_on_change(
+def test_ingest_reuses_earlier_outcomes_and_rewrites_the_catalog_only_on_change(
     source, tmp_path: Path
 ) -> None:
     src, _ = source
     dest = LocalStore(tmp_path / "dest")
     first = ingest_manifest(f"{src.uri}/manifest.json", dest=dest)
     assert (len(first.accepted), first.reused, first.manifest_changed) == (3, 0, True)
-    etag = catalogue_etag(dest)
+    etag = catalog_etag(dest)
     again = ingest_manifest(f"{src.uri}/manifest.json", dest=dest)
     assert (len(again.accepted), again.reused, again.manifest_changed) == (3, 3, False)
-    assert catalogue_etag(dest) == etag  # not rewritten
+    assert catalog_etag(dest) == etag  # not rewritten
     assert [(q.product_id, q.reason) for q in again.quarantined] == [
         ("broken", "unparseable")
     ]  # cached, same reason
     assert again.quarantined[0].message == first.quarantined[0].message
     assert again.accepted == first.accepted
     # A writer holding an old etag loses instead of dropping what another writer added.
-    assert write_catalogue_manifest(dest, first.accepted[:2], expected_etag=etag)
+    assert write_catalog_manifest(dest, first.accepted[:2], expected_etag=etag)
     with pytest.raises(StaleWriteError, match="changed while it was being updated"):
-        write_catalogue_manifest(dest, first.accepted, expected_etag=etag)
+        write_catalog_manifest(dest, first.accepted, expected_etag=etag)
     assert len(read_manifest_rows(dest, CATALOG_MANIFEST_KEY)) == 2
 
 
@@ -200,14 +200,14 @@ def test_render_failures_of_the_content_are_final_and_of_the_store_are_retried(t
     ]
     store.put("catalog/manifest.json", json.dumps(rows).encode())
     manifest = f"{store.uri}/catalog/manifest.json"
-    first = render_catalogue(manifest, spec, store, workers=1)
+    first = render_catalog(manifest, spec, store, workers=1)
     assert first.rendered == 0 and sorted(q["product_id"] for q in first.quarantined) == ["garbage", "rotten"]
     records = {
         sha: json.loads(store.get(asset_quarantine_key(spec.spec_hash, sha))) for sha in (final, rotten)
     }
     assert (records[final]["retry"], records[rotten]["retry"]) == (False, True)
     assert set(known_quarantine(store, spec.spec_hash)) == {final}
-    again = render_catalogue(manifest, spec, store, workers=1)
+    again = render_catalog(manifest, spec, store, workers=1)
     by_product = {q["product_id"]: q for q in again.quarantined}
     assert by_product["garbage"].get("known") is True  # not tried again
     assert (

@@ -23,7 +23,7 @@ from glassfinder.errors import GlassFinderError, StoreUnavailableError
 from glassfinder.layout import render_quarantine_prefix as asset_quarantine_prefix
 from glassfinder.layout import render_quarantine_report_key as quarantine_key
 from glassfinder.layout import render_spec_key as spec_key
-from glassfinder.render.job import RenderWorkerError, render_catalogue
+from glassfinder.render.job import RenderWorkerError, render_catalog
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import LocalStore
 from glassfinder.store.seaweed import SeaweedServer
@@ -35,7 +35,7 @@ SPEC = RenderSpec(image_px=96, views_per_asset=3, face_count=50)
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[dict]]:
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, list[dict]]:
     root = tmp_path_factory.mktemp("render-cat")
     generate_catalog(LocalStore(root / "sample"), 4, seed=8, workers=1)
     store = LocalStore(root / "pipeline")
@@ -43,17 +43,15 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, lis
     return store, report.accepted
 
 
-def test_render_catalogue_to_s3_skips_existing_and_quarantines_broken(
-    catalogue, seaweed: SeaweedServer
-) -> None:
-    store, rows = catalogue
+def test_render_catalog_to_s3_skips_existing_and_quarantines_broken(catalog, seaweed: SeaweedServer) -> None:
+    store, rows = catalog
     broken = rows[1]
     pristine = store.get(catalog_asset_key(broken["asset_sha256"]))
     store.put(catalog_asset_key(broken["asset_sha256"]), b"bit rot")  # the stored asset went bad
     try:
         out = new_bucket_store(seaweed)
         manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
-        first = render_catalogue(manifest, SPEC, out, workers=2)
+        first = render_catalog(manifest, SPEC, out, workers=2)
         assert (first.assets, first.rendered, first.skipped, first.views) == (4, 3, 0, 9)
         assert [q["product_id"] for q in first.quarantined] == [broken["product_id"]]
         assert "differs from the manifest's" in first.quarantined[0]["message"]
@@ -72,18 +70,18 @@ def test_render_catalogue_to_s3_skips_existing_and_quarantines_broken(
             assert img.size == (96, 96)
             eyes = np.array(table.column("eye_left_xy").to_pylist())
             assert ((eyes > 0) & (eyes < 96)).all()
-        again = render_catalogue(manifest, SPEC, out, workers=1)
+        again = render_catalog(manifest, SPEC, out, workers=1)
         assert (again.rendered, again.skipped, len(again.quarantined)) == (0, 3, 1)
     finally:
         store.put(catalog_asset_key(broken["asset_sha256"]), pristine)
 
 
-def test_same_spec_same_shard_bytes_in_another_run(catalogue, tmp_path: Path) -> None:
-    store, rows = catalogue
+def test_same_spec_same_shard_bytes_in_another_run(catalog, tmp_path: Path) -> None:
+    store, rows = catalog
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
-    render_catalogue(manifest, SPEC, a, workers=1, limit=2)
-    render_catalogue(manifest, SPEC, b, workers=2, limit=2)
+    render_catalog(manifest, SPEC, a, workers=1, limit=2)
+    render_catalog(manifest, SPEC, b, workers=2, limit=2)
     for row in rows[:2]:
         key = layout.render_shard_key(SPEC.spec_hash, row["asset_sha256"])
         images_a = read_shard(a, key, "image", columns=["image"]).column("image").to_pylist()
@@ -107,14 +105,12 @@ def test_spec_hash_follows_every_knob(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_cannot_start_fails_the_run_instead_of_hanging(
-    catalogue, tmp_path: Path, monkeypatch
+    catalog, tmp_path: Path, monkeypatch
 ) -> None:
-    store, _ = catalogue
+    store, _ = catalog
     monkeypatch.setenv("GLASSFINDER_GL_PLATFORM", "vulkan")  # read by the spawned workers only
     with pytest.raises(RenderWorkerError, match=r"render worker could not start: .*must be one of"):
-        render_catalogue(
-            f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=2, limit=2
-        )
+        render_catalog(f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=2, limit=2)
 
 
 def _pool_workers(pid: int) -> list[int]:
@@ -132,14 +128,14 @@ def _pool_workers(pid: int) -> list[int]:
     return found
 
 
-def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalogue, tmp_path: Path) -> None:
-    store, _ = catalogue
+def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalog, tmp_path: Path) -> None:
+    store, _ = catalog
     slow = RenderSpec(image_px=256, views_per_asset=40, face_count=50)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            render_catalogue(f"{store.uri}/{CATALOG_MANIFEST_KEY}", slow, LocalStore(tmp_path), workers=2)
+            render_catalog(f"{store.uri}/{CATALOG_MANIFEST_KEY}", slow, LocalStore(tmp_path), workers=2)
         except BaseException as exc:
             errors.append(exc)
 
@@ -157,22 +153,22 @@ def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalogu
     assert "render worker process died" in str(errors[0]) and "-9" in str(errors[0])
 
 
-def test_one_worker_renders_in_process(catalogue, tmp_path: Path) -> None:
-    store, _ = catalogue
-    report = render_catalogue(
+def test_one_worker_renders_in_process(catalog, tmp_path: Path) -> None:
+    store, _ = catalog
+    report = render_catalog(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path), workers=1, limit=2
     )
     assert report.rendered == 2 and report.worker_pids == {os.getpid()}
-    report = render_catalogue(
+    report = render_catalog(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path / "two"), workers=2, limit=2
     )
     assert report.rendered == 2 and len(report.worker_pids) == 2 and os.getpid() not in report.worker_pids
 
 
 def test_a_store_outage_fails_the_render_and_quarantines_nothing_then_a_retry_completes(
-    catalogue, seaweed: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    catalog, seaweed: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    local, rows = catalogue
+    local, rows = catalog
     remote = new_bucket_store(seaweed)
     for row in rows:
         key = catalog_asset_key(row["asset_sha256"])
@@ -188,15 +184,15 @@ def test_a_store_outage_fails_the_render_and_quarantines_nothing_then_a_retry_co
         proxy.only_paths_containing = "/catalog/assets/"
         proxy.fail_with_503 = 1000  # the assets' store is down
         with pytest.raises(StoreUnavailableError):
-            render_catalogue(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
+            render_catalog(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
         assert not list(out.list(asset_quarantine_prefix(SPEC.spec_hash)))  # nothing quarantined
         proxy.fail_with_503 = 0  # back up: the retry renders everything
-        report = render_catalogue(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
+        report = render_catalog(f"{remote.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1, limit=2)
     assert (report.rendered, report.quarantined) == (2, [])
 
 
-def test_a_corrupt_asset_is_quarantined_once_for_good(catalogue, tmp_path: Path) -> None:
-    store, rows = catalogue
+def test_a_corrupt_asset_is_quarantined_once_for_good(catalog, tmp_path: Path) -> None:
+    store, rows = catalog
     broken = rows[2]
     key = catalog_asset_key(broken["asset_sha256"])
     pristine = store.get(key)
@@ -214,10 +210,10 @@ def test_a_corrupt_asset_is_quarantined_once_for_good(catalogue, tmp_path: Path)
             copy.put(f"catalog/{row['asset_uri']}", bad)  # asset URIs are relative to the manifest
     write_manifest(copy, CATALOG_MANIFEST_KEY, manifest)
     out = LocalStore(tmp_path / "out")
-    first = render_catalogue(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
+    first = render_catalog(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
     (q,) = first.quarantined
     assert q["product_id"] == broken["product_id"] and q["reason"] == "BadAssetError" and q["retry"] is False
-    again = render_catalogue(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
+    again = render_catalog(f"{copy.uri}/{CATALOG_MANIFEST_KEY}", SPEC, out, workers=1)
     (known,) = again.quarantined
     assert known.get("known") is True and again.rendered == 0  # not tried again
     assert pristine  # the original catalogue is untouched

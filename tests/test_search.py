@@ -33,11 +33,11 @@ from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.cli import REFUSED_EXIT, main
 from glassfinder.embed.infer import Embedder
-from glassfinder.embed.job import embed_catalogue
+from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.train import TrainConfig, train_and_publish
 from glassfinder.faces.photos import CROP_PX, analyse_photo
 from glassfinder.index.pipeline import build_and_publish
-from glassfinder.render.job import render_catalogue
+from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
 from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
 from glassfinder.search.samples import photo_wearing
@@ -70,7 +70,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
     manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     spec = RenderSpec(image_px=192, views_per_asset=6, face_source=f"photos:{faces.uri}", fit_jitter=0.5)
-    render_catalogue(manifest_uri, spec, store, workers=1)
+    render_catalog(manifest_uri, spec, store, workers=1)
     trained, sha = train_and_publish(
         store,
         TrainConfig(spec_hashes=(spec.spec_hash,), epochs=25, batch_size=16, lr=5e-3),
@@ -79,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     )
     model = trained.model
     assert sha is not None
-    embed_catalogue(store, spec.spec_hash, Embedder(model, batch_size=16), sha)
+    embed_catalog(store, spec.spec_hash, Embedder(model, batch_size=16), sha)
     build_and_publish(
         store,
         "catalog",

@@ -41,7 +41,7 @@ from glassfinder.catalog.manifest import (
 from glassfinder.catalog.sources import AssetRoots, max_asset_bytes_from_env, roots_from_env
 from glassfinder.errors import (
     AssetSourceError,
-    CatalogueShrinkError,
+    CatalogShrinkError,
     GlassFinderError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -145,7 +145,7 @@ def ingest_manifest(
     dest: ObjectStore | None = None,
     max_triangles: int = DEFAULT_MAX_TRIANGLES,
     progress: bool = False,
-    update_catalogue: bool = True,
+    update_catalog: bool = True,
     asset_roots: Sequence[str] | None = None,
     max_asset_bytes: int | None = None,
     max_shrink_fraction: float | None = None,
@@ -153,7 +153,7 @@ def ingest_manifest(
 ) -> IngestReport:
     """Validate every row of the manifest at `manifest_uri`; write normalised assets to `dest`.
 
-    update_catalogue: make the accepted rows `dest`'s whole catalogue manifest (a full export);
+    update_catalog: make the accepted rows `dest`'s whole catalogue manifest (a full export);
         False leaves the manifest to the caller (a delta of new products, merged by onboarding).
     asset_roots: store URIs assets may come from besides the export's own folder
         (None: $GLASSFINDER_ASSET_ROOTS).
@@ -167,7 +167,7 @@ def ingest_manifest(
         raise GlassFinderError(f"max_triangles must be a positive number of triangles, got {max_triangles}")
     shrink_limit = _shrink_fraction(max_shrink_fraction)
     start = time.perf_counter()
-    current_rows, start_etag = read_catalogue(dest) if dest is not None and update_catalogue else ([], None)
+    current_rows, start_etag = read_catalog(dest) if dest is not None and update_catalog else ([], None)
     base, key = split_uri(manifest_uri)
     roots = AssetRoots.for_manifest(
         base,
@@ -238,15 +238,15 @@ def ingest_manifest(
         for name in ("lens_width_mm", "lens_height_mm", "bridge_mm", "temple_mm"):
             clean[name] = float(clean[name]) if clean.get(name) not in (None, "") else None
         report.accepted.append(clean)
-    if dest is not None and update_catalogue:
+    if dest is not None and update_catalog:
         try:
             report.shrink = check_shrink(
                 current_rows, report, max_fraction=shrink_limit, allow_reason=allow_shrink_reason
             )
-        except CatalogueShrinkError as exc:
+        except CatalogShrinkError as exc:
             exc.report = report  # the quarantine says why the rows were bad
             raise
-        report.manifest_changed = write_catalogue_manifest(dest, report.accepted, expected_etag=start_etag)
+        report.manifest_changed = write_catalog_manifest(dest, report.accepted, expected_etag=start_etag)
         if report.manifest_changed and report.shrink and report.shrink.get("allowed_reason"):
             record_override(dest, report.shrink)
     report.seconds = time.perf_counter() - start
@@ -275,7 +275,7 @@ def check_shrink(
     max_fraction: float,
     allow_reason: str | None,
 ) -> dict[str, Any]:
-    """How the catalogue would change; CatalogueShrinkError if it would empty or shrink too much.
+    """How the catalogue would change; CatalogShrinkError if it would empty or shrink too much.
 
     A careless export (zero-byte file, header-only CSV, every row bad) would otherwise replace
     the catalogue with nothing and the next nightly would publish an empty index. The operator
@@ -306,7 +306,7 @@ def check_shrink(
         return change
     if not allow_reason:
         or_raise = ", or raise {option:max_shrink}" if after else ""
-        raise CatalogueShrinkError(
+        raise CatalogShrinkError(
             f"{why}; the catalogue was left as it was ({len(before)} products). If this is meant, use "
             "{option:allow_shrink}" + or_raise
         )
@@ -355,16 +355,16 @@ def _normalised_sha(data: bytes, name: str, dest: ObjectStore | None, max_triang
     return asset.sha256, 0
 
 
-def read_catalogue(dest: ObjectStore) -> tuple[list[dict[str, Any]], str | None]:
+def read_catalog(dest: ObjectStore) -> tuple[list[dict[str, Any]], str | None]:
     """(rows, etag) of the catalogue manifest in `dest`; ([], None) before the first ingest."""
-    etag = catalogue_etag(dest)
+    etag = catalog_etag(dest)
     return (read_manifest_rows(dest, CATALOG_MANIFEST_KEY) if etag else []), etag
 
 
 def catalog_assets(store: ObjectStore, limit: int = 64) -> list[tuple[str, bytes]]:
     """(sha256, normalised GLB) of up to `limit` products of the store's catalogue, spread over it:
     frames to put on faces when rendering training data for the face models."""
-    rows, _ = read_catalogue(store)
+    rows, _ = read_catalog(store)
     if not rows:
         raise GlassFinderError(
             f"{store.uri}/{CATALOG_MANIFEST_KEY} lists no products: ingest a catalogue first"
@@ -373,14 +373,14 @@ def catalog_assets(store: ObjectStore, limit: int = 64) -> list[tuple[str, bytes
     return [(r["asset_sha256"], store.get(catalog_asset_key(r["asset_sha256"]))) for r in picked]
 
 
-def catalogue_etag(dest: ObjectStore) -> str | None:
+def catalog_etag(dest: ObjectStore) -> str | None:
     try:
         return dest.head(CATALOG_MANIFEST_KEY).etag
     except ObjectNotFoundError:
         return None
 
 
-def write_catalogue_manifest(
+def write_catalog_manifest(
     dest: ObjectStore, rows: list[dict[str, Any]], *, expected_etag: str | None
 ) -> bool:
     """Replace the catalogue manifest with `rows` unless it already holds them; True if it changed.
@@ -391,7 +391,7 @@ def write_catalogue_manifest(
     """
     where = f"catalogue manifest {dest.uri}/{CATALOG_MANIFEST_KEY}"
     data = manifest_bytes(rows)
-    current = catalogue_etag(dest)
+    current = catalog_etag(dest)
     if current != expected_etag:
         raise StaleWriteError(
             f"{where} changed while it was being updated (etag {current}, read {expected_etag})"

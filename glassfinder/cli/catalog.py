@@ -9,7 +9,7 @@ from typing import Any
 
 from glassfinder.catalog.sources import roots_from_env
 from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store
-from glassfinder.errors import CatalogueShrinkError, GlassFinderError
+from glassfinder.errors import CatalogShrinkError, GlassFinderError
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
 
@@ -73,7 +73,7 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
             max_shrink_fraction=getattr(args, "max_shrink", None),
             allow_shrink_reason=args.reason if allow else None,
         )
-    except CatalogueShrinkError as exc:
+    except CatalogShrinkError as exc:
         if exc.report is not None:
             _write_ingest_report(args, exc.report, dest)
         raise

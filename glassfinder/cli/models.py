@@ -49,13 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     # torch: imported on use, keeping --help fast
     from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model
 
     store = open_args_store(args)
     loaded = load_model(store, args.model)
     embedder = Embedder(loaded.model, device=args.device, batch_size=args.batch_size)
-    report = embed_catalogue(store, args.spec, embedder, loaded.sha, progress=sys.stderr.isatty())
+    report = embed_catalog(store, args.spec, embedder, loaded.sha, progress=sys.stderr.isatty())
     rate = report.views / report.seconds if report.seconds else 0.0
     print(
         f"model {loaded.name}@{loaded.sha} spec {report.spec_hash}: {report.shards} shards, "

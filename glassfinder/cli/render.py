@@ -24,10 +24,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         sheet.save(args.out)
         print(f"wrote {args.out}: {args.product} in {args.views} views (spec {spec.spec_hash})")
         return 0
-    from glassfinder.render.job import render_catalogue  # trimesh: imported on use
+    from glassfinder.render.job import render_catalog  # trimesh: imported on use
 
     out = open_store(args.out)
-    report = render_catalogue(
+    report = render_catalog(
         args.manifest, spec, out, workers=args.workers, progress=sys.stderr.isatty(), limit=args.limit
     )
     rate = report.views / report.seconds if report.seconds else 0.0

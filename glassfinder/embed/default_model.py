@@ -27,16 +27,27 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from glassfinder.catalog.generate import generate_catalog
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+from glassfinder.embed.data import ViewSet
+from glassfinder.embed.imagenet import SOURCE
+from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
+from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
+from glassfinder.embed.train import TrainConfig, TrainResult, load_training_views, train_model
+from glassfinder.render.job import render_catalog
+from glassfinder.render.spec import PRESETS, RenderSpec
+from glassfinder.store.local import LocalStore
+
 #: Catalogue seed of the packaged model's training data (benchmarks use 0, 5, 7, 11, 99).
 TRAINING_SEED = 4242
 TRAINING_PRODUCTS = 600
 MODEL_NAME = "glasses"
 
 
-def training_spec() -> Any:
+def training_spec() -> RenderSpec:
     """The render spec of the packaged model's training views (the 'catalog' preset's look)."""
-    from glassfinder.render.spec import PRESETS
-
     return replace(PRESETS["catalog"], views_per_asset=6, seed=TRAINING_SEED, split_fractions=(0.9, 0.1, 0.0))
 
 
@@ -47,12 +58,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare_catalogue(work: Path, products: int, seed: int = TRAINING_SEED) -> Any:
+def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> LocalStore:
     """A generated catalogue, generated and ingested once into work/store (reused by the benches)."""
-    from glassfinder.catalog.generate import generate_catalog
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
-    from glassfinder.store.local import LocalStore
-
     store = LocalStore(work / "store")
     if not store.exists(CATALOG_MANIFEST_KEY):
         t0 = time.perf_counter()
@@ -62,14 +69,11 @@ def prepare_catalogue(work: Path, products: int, seed: int = TRAINING_SEED) -> A
     return store
 
 
-def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple[Any, str]:
+def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple[LocalStore, str]:
     """Generate, ingest and render the training catalogue (skipping what exists)."""
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.render.job import render_catalogue
-
-    store = prepare_catalogue(work, products)
+    store = prepare_catalog(work, products)
     spec = training_spec()
-    report = render_catalogue(
+    report = render_catalog(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True, limit=render_limit
     )
     print(
@@ -79,12 +83,10 @@ def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple
     return store, spec.spec_hash
 
 
-def write_packaged(result: Any, spec: Any, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def write_packaged(
+    result: TrainResult, spec: RenderSpec, out_dir: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
     """Weights + card into out_dir (glassfinder/models/ by default)."""
-    from glassfinder.embed.imagenet import SOURCE
-    from glassfinder.embed.model import model_sha, weights_bytes
-    from glassfinder.embed.packaged import card_path, weights_path
-
     weights = weights_bytes(result.model)
     card = {
         **result.card(),
@@ -129,13 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("PML").setLevel(logging.WARNING)
-
-    import numpy as np
-
-    from glassfinder.embed.data import ViewSet
-    from glassfinder.embed.model import mobilenet_config
-    from glassfinder.embed.packaged import MODELS_DIR
-    from glassfinder.embed.train import TrainConfig, load_training_views, train_model
 
     work = Path(args.work)
     out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR

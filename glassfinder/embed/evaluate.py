@@ -24,9 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from glassfinder.catalog.ingest import split_uri
+from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.augment import QUERY_DAMAGE, AugmentConfig
 from glassfinder.embed.data import ViewSet, load_views
 from glassfinder.embed.infer import Embedder
+from glassfinder.embed.model import build_model
+from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError
 from glassfinder.store.base import ObjectStore
 
@@ -201,6 +205,8 @@ def confusions(truth: np.ndarray, top1: np.ndarray, manifest: dict[str, dict[str
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """report.json and topn.png (top-N accuracy curves, every model and setting) in out_dir."""
+    # matplotlib (~0.5 s) only for the report; its backend must be chosen before pyplot is imported,
+    # which at module top would set it for every importer of this module
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,9 +250,6 @@ def run_eval(
     progress: bool = False,
 ) -> tuple[dict[str, Any], Path, Path]:
     """Evaluate a published model beside its untrained twin (same architecture and seed)."""
-    from glassfinder.embed.model import build_model
-    from glassfinder.embed.registry import load_model
-
     loaded = load_model(store, model_ref)
     trained = Embedder(loaded.model, device=device)
     training_seed = int(loaded.card.get("training", {}).get("seed", 0))
@@ -254,9 +257,6 @@ def run_eval(
     sets = load_eval_sets(store, gallery_spec, query_spec, trained, seed=seed, progress=progress)
     manifest = None
     if manifest_uri:
-        from glassfinder.catalog.ingest import split_uri
-        from glassfinder.catalog.manifest import read_manifest_rows
-
         mstore, mkey = split_uri(manifest_uri)
         manifest = {str(r["product_id"]): r for r in read_manifest_rows(mstore, mkey)}
     report = evaluate_models(

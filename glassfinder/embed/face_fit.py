@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import dlib
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -24,11 +25,19 @@ from glassfinder.embed.face_data import (
     LENS_CODES,
     VAL_EVERY,
     FaceData,
+    crop_matrix,
+    cut,
     load_shards,
+    proxy_box,
     training_crop,
 )
 from glassfinder.embed.face_net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
-from glassfinder.render.face_views import FACE_LANDMARKS
+from glassfinder.embed.imagenet import SOURCE, load_mobilenet_v2_state
+from glassfinder.embed.mobilenet import load_features
+from glassfinder.embed.model import model_sha
+from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
+from glassfinder.faces.photos import _dlib
+from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +107,6 @@ def train(data: FaceData, work: Path, cfg: FitConfig) -> tuple[FaceNet, float]:
 
     Returns the network and the training seconds of every run that made it (kept in the
     checkpoint, so a resumed run reports the whole cost)."""
-    from glassfinder.embed.imagenet import load_mobilenet_v2_state
-    from glassfinder.embed.mobilenet import load_features
-
     torch.manual_seed(cfg.seed)
     train_data = data.subset(~data.held_out)
     neighbours = neighbour_table(mean_shape(train_data, np.random.default_rng(cfg.seed)))
@@ -154,8 +160,6 @@ def train(data: FaceData, work: Path, cfg: FitConfig) -> tuple[FaceNet, float]:
 
 def predict(analyzer: FaceAnalyzer, data: FaceData) -> dict[str, np.ndarray]:
     """Landmarks (image pixels of the render) and presence for every sample, crops as served."""
-    from glassfinder.embed.face_data import crop_matrix, cut, proxy_box
-
     lms, ps = [], []
     for i in range(len(data.worn)):
         box = data.det_box[i] if data.det_box[i, 0] >= 0 else proxy_box(data.landmarks[i])
@@ -175,10 +179,6 @@ def eye_errors(pred_eyes: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def dlib_eyes(data: FaceData) -> np.ndarray:
     """dlib 5-point eye centres (means of each eye's corners) on dlib's own box; NaN where none."""
-    import dlib
-
-    from glassfinder.faces.photos import _dlib
-
     _, predictor = _dlib()
     out = np.full((len(data.worn), 2, 2), np.nan)
     for i in range(len(data.worn)):
@@ -265,11 +265,6 @@ def train_and_package(
     work: Path, shards: int, cfg: FitConfig | None = None, out_dir: Path | None = None
 ) -> dict[str, Any]:
     """Train (resuming), evaluate, and write face-analysis.pt and its card into the package."""
-    from glassfinder.embed.imagenet import SOURCE
-    from glassfinder.embed.model import model_sha
-    from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
-    from glassfinder.render.face_views import FACE_SPEC
-
     cfg = cfg or FitConfig()
     torch.set_num_threads(2)
     data = load_shards(work / "shards", range(shards))

@@ -20,8 +20,14 @@ import json
 import logging
 import multiprocessing
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from glassfinder.catalog.ingest import catalog_assets
+from glassfinder.embed.default_model import prepare_catalog
+from glassfinder.embed.face_data import render_shard, shard_path
+from glassfinder.embed.face_fit import FitConfig, train_and_package
 
 TRAINING_SEED = 6161
 TRAINING_PRODUCTS = 80
@@ -30,16 +36,11 @@ MODEL_NAME = "face-analysis"
 
 
 def assets(work: Path) -> list[tuple[str, bytes]]:
-    from glassfinder.catalog.ingest import catalog_assets
-    from glassfinder.embed.default_model import prepare_catalogue
-
-    store = prepare_catalogue(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
+    store = prepare_catalog(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
     return catalog_assets(store, limit=TRAINING_PRODUCTS)
 
 
 def _render_worker(work: Path, shards: list[int]) -> None:
-    from glassfinder.embed.face_data import render_shard
-
     picked = assets(work)
     for shard in shards:
         t0 = time.perf_counter()
@@ -48,8 +49,6 @@ def _render_worker(work: Path, shards: list[int]) -> None:
 
 
 def render_all(work: Path, shards: int, workers: int) -> None:
-    from glassfinder.embed.face_data import shard_path
-
     assets(work)  # generate the catalogue once, before workers read it
     todo = [s for s in range(shards) if not shard_path(work / "shards", s).exists()]
     if not todo:
@@ -84,10 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     render_all(args.work, args.shards, args.workers)
     if args.stage == "render":
         return 0
-    from dataclasses import replace
-
-    from glassfinder.embed.face_fit import FitConfig, train_and_package
-
     cfg = FitConfig() if args.epochs is None else replace(FitConfig(), epochs=args.epochs)
     report: dict[str, Any] = train_and_package(args.work, args.shards, cfg, out_dir=args.out_dir)
     print(json.dumps(report, indent=2))

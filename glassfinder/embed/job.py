@@ -78,7 +78,7 @@ def prefetched_shards(
                 yield key, exc
 
 
-def embed_catalogue(
+def embed_catalog(
     store: ObjectStore,
     spec_hash: str,
     embedder: Embedder,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ from glassfinder import layout
 from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError, IndexStoreError, ObjectNotFoundError
-from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, build_index
+from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, apply_search_params, build_index
 from glassfinder.index.search import AGGREGATIONS, ProductSearcher, evaluate_searcher
 from glassfinder.index.versions import (
     GateConfig,
@@ -43,6 +43,9 @@ from glassfinder.index.versions import (
 )
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
+
+if TYPE_CHECKING:  # embed.infer pulls torch: kept off the DAG-parse path
+    from glassfinder.embed.infer import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def pairs_of(ids: pa.Table) -> set[tuple[str, str]]:
     return set(zip(ids.column("product_id").to_pylist(), ids.column("asset_sha256").to_pylist(), strict=True))
 
 
-def catalogue_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
+def catalog_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
     """(manifest rows, sha256 of the manifest's bytes: the catalogue digest)."""
     mstore, mkey = split_uri(manifest_uri)
     digest = hashlib.sha256(mstore.get(mkey)).hexdigest()
@@ -181,8 +184,9 @@ def id_table(meta: pa.Table, first_id: int = 0) -> pa.Table:
     )
 
 
-def evaluation_queries(store: ObjectStore, query_spec: str, embedder: Any, *, seed: int = 0) -> QuerySet:
+def evaluation_queries(store: ObjectStore, query_spec: str, embedder: Embedder, *, seed: int = 0) -> QuerySet:
     """The held-out query views of `query_spec`, damaged like photos and embedded."""
+    # embed.augment, embed.data pull cv2: kept off the DAG-parse path
     from glassfinder.embed.augment import QUERY_DAMAGE
     from glassfinder.embed.data import load_views
 
@@ -210,6 +214,7 @@ def evaluate_built(built: BuiltIndex, queries: QuerySet) -> dict[str, Any]:
 
 def _model_sha(store: ObjectStore, model_ref: str) -> str:
     """The sha a model reference names (NAME resolves through its CURRENT)."""
+    # embed.registry pulls torch: kept off the DAG-parse path
     from glassfinder.embed.registry import current_sha, parse_model_ref
 
     name, sha = parse_model_ref(model_ref)
@@ -220,7 +225,8 @@ def _model_sha(store: ObjectStore, model_ref: str) -> str:
     return sha
 
 
-def _embedder(store: ObjectStore, model_ref: str, device: str | None) -> Any:
+def _embedder(store: ObjectStore, model_ref: str, device: str | None) -> Embedder:
+    # embed.infer, embed.registry pull torch: kept off the DAG-parse path
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.registry import load_model
 
@@ -245,7 +251,7 @@ def build_and_publish(
     return _build_full(
         store,
         name,
-        catalogue_rows(manifest_uri),
+        catalog_rows(manifest_uri),
         manifest_uri=manifest_uri,
         model_ref=model_ref,
         spec_hash=spec_hash,
@@ -261,7 +267,7 @@ def build_and_publish(
 def _build_full(
     store: ObjectStore,
     name: str,
-    catalogue: tuple[list[dict[str, Any]], str],
+    catalog: tuple[list[dict[str, Any]], str],
     *,
     manifest_uri: str,
     model_ref: str,
@@ -274,7 +280,7 @@ def _build_full(
     device: str | None,
 ) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
     """build_and_publish from the catalogue (rows, digest) already read from `manifest_uri`."""
-    rows, digest = catalogue
+    rows, digest = catalog
     model_sha = _model_sha(store, model_ref)
     features = collect_features(store, rows, model_sha, spec_hash)
     for m in features.missing:
@@ -319,9 +325,9 @@ def publish_if_changed(
 
     model_ref: NAME@SHA, the model whose feature shards are indexed.
     """
-    catalogue = catalogue_rows(manifest_uri)
+    catalog = catalog_rows(manifest_uri)
     model_sha = _model_sha(store, model_ref)
-    expected = content_digest(featured_pairs(store, catalogue[0], model_sha, spec_hash), model_sha, spec_hash)
+    expected = content_digest(featured_pairs(store, catalog[0], model_sha, spec_hash), model_sha, spec_hash)
     current = current_manifest(store, name)
     if current is not None and current.get("content_digest") == expected:
         log.info(
@@ -340,7 +346,7 @@ def publish_if_changed(
     _, _, result, features = _build_full(
         store,
         name,
-        catalogue,
+        catalog,
         manifest_uri=manifest_uri,
         model_ref=model_ref,
         spec_hash=spec_hash,
@@ -360,8 +366,6 @@ def load_current(store: ObjectStore, name: str) -> tuple[int, dict[str, Any], Bu
     current, _, manifest, files = fetch_current_verified(store, name)
     version = int(current["version"])
     index, ids, vectors = load_files(files)
-    from glassfinder.index.build import apply_search_params
-
     apply_search_params(index, manifest.get("search_params", {}))
     built = BuiltIndex(index, manifest["factory"], ids, vectors, dict(manifest.get("search_params", {})))
     return version, manifest, built
@@ -385,12 +389,12 @@ def update_and_publish(
     The copy keeps CURRENT's model, spec and trained quantiser; only the named products change.
     """
     version, parent, built = load_current(store, name)
-    catalogue = catalogue_rows(manifest_uri) if manifest_uri else None
+    catalog = catalog_rows(manifest_uri) if manifest_uri else None
     return _derive_child(
         store,
         name,
         (version, parent, built),
-        catalogue,
+        catalog,
         remove_products=remove_products,
         only_products=only_products,
         query_spec=query_spec,
@@ -404,7 +408,7 @@ def _derive_child(
     store: ObjectStore,
     name: str,
     loaded: tuple[int, dict[str, Any], BuiltIndex],
-    catalogue: tuple[list[dict[str, Any]], str] | None,
+    catalog: tuple[list[dict[str, Any]], str] | None,
     *,
     remove_products: list[str] | None,
     only_products: list[str] | None,
@@ -416,7 +420,7 @@ def _derive_child(
     """update_and_publish from CURRENT as loaded and the catalogue (rows, digest) as read, if any."""
     version, parent, built = loaded
     model_sha, spec_hash = parent["model_sha"], parent["spec_hash"]
-    rows, digest = catalogue if catalogue is not None else ([], parent["catalog_digest"])
+    rows, digest = catalog if catalog is not None else ([], parent["catalog_digest"])
     if only_products is not None:
         wanted = set(only_products)
         rows = [r for r in rows if str(r.get("product_id")) in wanted]
@@ -516,12 +520,12 @@ def publish_changes(
             f"uses {current['model']}@{model_sha} spec {current_spec}: "
             "CURRENT moved during the run; run again"
         )
-    catalogue = catalogue_rows(manifest_uri)
+    catalog = catalog_rows(manifest_uri)
     wanted = set(changed)
     featured = {
         pid
         for pid, _ in featured_pairs(
-            store, [r for r in catalogue[0] if r["product_id"] in wanted], model_sha, current_spec
+            store, [r for r in catalog[0] if r["product_id"] in wanted], model_sha, current_spec
         )
     }
     not_indexed = sorted(wanted - featured)
@@ -538,7 +542,7 @@ def publish_changes(
         store,
         name,
         load_current(store, name),
-        catalogue,
+        catalog,
         only_products=sorted(featured),
         remove_products=gone,
         query_spec=None,

@@ -14,7 +14,7 @@ from typing import Any
 
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
 from glassfinder.layout import render_spec_key as spec_key
-from glassfinder.render.job import render_catalogue_specs
+from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -43,7 +43,7 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
     store = open_store(batch["store"])
     figures: dict[str, Any] = {"rendered": 0, "views": 0, "skipped": 0, "seconds": 0.0, "quarantined": []}
     pids: set[int] = set()
-    reports = render_catalogue_specs(
+    reports = render_catalog_specs(
         batch["manifest"],
         [load_saved_spec(store, h) for h in batch["render_specs"]],
         store,
@@ -76,7 +76,7 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
 def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """Embed the batch's rendered assets with the plan's pinned model; returns the figures."""
     from glassfinder.embed.infer import Embedder
-    from glassfinder.embed.job import embed_catalogue
+    from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model
 
     if not batch.get("embed"):
@@ -84,7 +84,7 @@ def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
     store = open_store(batch["store"])
     loaded = load_model(store, batch["embed"]["model"])
     embedder = Embedder(loaded.model, device=batch.get("device"))
-    report = embed_catalogue(
+    report = embed_catalog(
         store, batch["embed"]["spec_hash"], embedder, loaded.sha, assets=batch["assets"], decode_workers=None
     )
     log.info(

@@ -137,7 +137,7 @@ def _common_params() -> dict[str, dict[str, Any]]:
     }
 
 
-def _catalogue_params() -> dict[str, dict[str, Any]]:
+def _catalog_params() -> dict[str, dict[str, Any]]:
     return {
         "source_manifest": {
             "default": None,
@@ -314,9 +314,9 @@ def param_specs(dag: str) -> dict[str, dict[str, Any]]:
     """
     common = _common_params()
     if dag == "reindex":
-        return {**_catalogue_params(), **common}
+        return {**_catalog_params(), **common}
     if dag == "onboarding":
-        return {**_onboarding_params(), **_catalogue_params(), **common}
+        return {**_onboarding_params(), **_catalog_params(), **common}
     if dag == "training":
         keep = ("store", "model", "device", "assets_per_batch", "max_batches", "render_workers")
         return {**_training_params(), **{k: common[k] for k in keep}}
@@ -375,7 +375,7 @@ class PipelineConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PipelineConfig:
-        specs = {**_catalogue_params(), **_common_params()}
+        specs = {**_catalog_params(), **_common_params()}
         unknown_ok = set(_onboarding_params()) | set(_training_params())
         unknown = sorted(set(params) - set(specs) - unknown_ok)
         if unknown:

@@ -35,7 +35,7 @@ def summarise(
     run_id: str,
     *,
     store_uri: str,
-    catalogue: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
     plan: dict[str, Any] | None = None,
     rendered: Sequence[dict[str, Any]] | None = None,
     embedded: Sequence[dict[str, Any]] | None = None,
@@ -51,7 +51,7 @@ def summarise(
     renders = [r["render"] for r in (rendered or []) if r and r.get("render")]
     embeds = [e for e in (embedded or []) if e]
     batches = len(plan["batches"]) if plan else 0
-    results: dict[str, Any] = {"catalogue": catalogue, "plan": plan, "publish": published, "train": trained}
+    results: dict[str, Any] = {"catalogue": catalog, "plan": plan, "publish": published, "train": trained}
     failed = [s for s in stages if s in results and results[s] is None and s not in skipped]
     if plan is not None:
         if "render" in stages and len(renders) < batches:
@@ -63,7 +63,7 @@ def summarise(
     if plan is not None and batches == 0:
         skipped_why |= {s: "nothing to do" for s in ("render", "embed") if s in stages}
     quarantined: list[dict[str, Any]] = []
-    for q in (catalogue or {}).get("quarantined", []):
+    for q in (catalog or {}).get("quarantined", []):
         quarantined.append({"stage": "ingest", **q})
     for q in (plan or {}).get("known_quarantined", []):
         quarantined.append({"stage": "render", "known": True, **q})
@@ -79,9 +79,9 @@ def summarise(
         "failed_stages": failed,
         "skipped_stages": skipped_why,
         "catalogue": {
-            k: catalogue.get(k) for k in ("manifest", "products", "changed", "removed") if k in catalogue
+            k: catalog.get(k) for k in ("manifest", "products", "changed", "removed") if k in catalog
         }
-        if catalogue
+        if catalog
         else None,
         "assets": plan["assets"] if plan else None,
         "reused": plan["reused"] if plan else None,

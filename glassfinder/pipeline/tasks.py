@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from glassfinder.errors import GlassFinderError, RetryableError
-from glassfinder.pipeline import catalogue as catalogue_stage
+from glassfinder.pipeline import catalog as catalog_stage
 from glassfinder.pipeline import publish as publish_stage
 from glassfinder.pipeline.batches import embed_batch, render_batch
 from glassfinder.pipeline.config import PipelineConfig
@@ -46,13 +46,13 @@ class NoModelError(GlassFinderError):
 
 
 def _waiting_for_a_model(
-    cfg: PipelineConfig, catalogue: Mapping[str, Any], exc: NoModelError
+    cfg: PipelineConfig, catalog: Mapping[str, Any], exc: NoModelError
 ) -> dict[str, Any]:
     """An empty plan that says why: nothing can be indexed before a model is published."""
     log.warning("%s", exc)
     empty = plan_work(
         open_store(cfg.store),
-        catalogue["manifest"],
+        catalog["manifest"],
         [],
         product_ids=[],
         assets_per_batch=cfg.assets_per_batch,
@@ -79,13 +79,13 @@ def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
 
 # --- catalogue ----------------------------------------------------------------------------------
 @_fail_fast
-def sync_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
-    return catalogue_stage.sync_catalogue(PipelineConfig.from_params(params))
+def sync_catalog(params: Mapping[str, Any]) -> dict[str, Any]:
+    return catalog_stage.sync_catalog(PipelineConfig.from_params(params))
 
 
 @_fail_fast
-def onboard_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
-    return catalogue_stage.onboard_products(
+def onboard_catalog(params: Mapping[str, Any]) -> dict[str, Any]:
+    return catalog_stage.onboard_products(
         PipelineConfig.from_params(params),
         products=list(params.get("products") or []),
         manifest_delta=params.get("manifest_delta"),
@@ -95,7 +95,7 @@ def onboard_catalogue(params: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- planning -----------------------------------------------------------------------------------
 @_fail_fast
-def plan_reindex(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
+def plan_reindex(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[str, Any]:
     """Every catalogue product, embedded with the models' CURRENT under the catalogue spec.
 
     Before any model exists (a deployment's first night) there is nothing to index: the plan is
@@ -105,10 +105,10 @@ def plan_reindex(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dic
     try:
         target = _model_target(cfg)
     except NoModelError as exc:
-        return _waiting_for_a_model(cfg, catalogue, exc)
+        return _waiting_for_a_model(cfg, catalog, exc)
     return plan_work(
         open_store(cfg.store),
-        catalogue["manifest"],
+        catalog["manifest"],
         cfg.specs,
         embed=target,
         assets_per_batch=cfg.assets_per_batch,
@@ -119,7 +119,7 @@ def plan_reindex(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dic
 
 
 @_fail_fast
-def plan_onboarding(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> dict[str, Any]:
+def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[str, Any]:
     """Only the changed products, embedded exactly as the CURRENT index's own vectors were."""
     from glassfinder.pipeline.batches import load_saved_spec
 
@@ -128,7 +128,7 @@ def plan_onboarding(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> 
     try:
         target = publish_stage.index_embed_target(store, cfg) or _model_target(cfg)
     except NoModelError as exc:
-        return _waiting_for_a_model(cfg, catalogue, exc)
+        return _waiting_for_a_model(cfg, catalog, exc)
     specs = [
         load_saved_spec(store, target[2]) if target[2] != cfg.catalog_spec.spec_hash else cfg.catalog_spec
     ]
@@ -136,10 +136,10 @@ def plan_onboarding(params: Mapping[str, Any], catalogue: Mapping[str, Any]) -> 
         specs.append(cfg.query_spec)
     return plan_work(
         store,
-        catalogue["manifest"],
+        catalog["manifest"],
         specs,
         embed=target,
-        product_ids=list(catalogue["changed"]),
+        product_ids=list(catalog["changed"]),
         assets_per_batch=cfg.assets_per_batch,
         max_batches=cfg.max_batches,
         render_workers=cfg.render_workers,
@@ -197,11 +197,11 @@ def publish_reindex(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[
 
 @_fail_fast
 def publish_onboarding(
-    params: Mapping[str, Any], plan: Mapping[str, Any], catalogue: Mapping[str, Any]
+    params: Mapping[str, Any], plan: Mapping[str, Any], catalog: Mapping[str, Any]
 ) -> dict[str, Any]:
     if plan.get("no_model"):
         return _no_model_result(plan)
-    return publish_stage.publish_incremental(PipelineConfig.from_params(params), dict(plan), dict(catalogue))
+    return publish_stage.publish_incremental(PipelineConfig.from_params(params), dict(plan), dict(catalog))
 
 
 def should_train(params: Mapping[str, Any]) -> bool:

@@ -26,11 +26,13 @@ from collections.abc import Collection, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from glassfinder import layout
+from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset, split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import (
@@ -40,8 +42,15 @@ from glassfinder.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from glassfinder.faces.photos import PhotoBank
+from glassfinder.faces.procedural import head
+from glassfinder.render.spec import RenderSpec, plan_view, split_of
+from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
+
+if TYPE_CHECKING:  # render.tryon pulls pyrender (OpenGL): kept off the DAG-parse path
+    from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +117,14 @@ def _start_worker(
         # Mesa's llvmpipe spreads one process over every core; with a pool, one thread per
         # worker lets the Python side of one worker overlap another's rasterising.
         os.environ.setdefault("LP_NUM_THREADS", "1")
-    from glassfinder.render.spec import RenderSpec
-    from glassfinder.render.tryon import TryOnRenderer
+    # render.tryon (pyrender, OpenGL): imported in the worker only, kept off the DAG-parse path
+    from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
 
     specs = [RenderSpec.from_json(j) for j in spec_jsons]
     # One GL context per process, resized per spec (see TryOnRenderer.set_size).
     renderer = TryOnRenderer(specs[0].image_px)
     photo_renderer = None
     if any(photos.values()):
-        from glassfinder.render.tryon import PhotoRenderer
-
         photo_renderer = PhotoRenderer(renderer)
     _WORKER.update(
         specs={s.spec_hash: s for s in specs},
@@ -131,21 +138,19 @@ def _start_worker(
 
 def render_asset_views(
     task: AssetTask,
-    spec: Any,
-    renderer: Any,
+    spec: RenderSpec,
+    renderer: TryOnRenderer,
     *,
     photos: list[Any] | None = None,
     crops: dict[str, Any] | None = None,
     crop_store: ObjectStore | None = None,
-    photo_renderer: Any = None,
-) -> Any:
+    photo_renderer: PhotoRenderer | None = None,
+) -> pa.Table:
     """The image table of every view of one asset (raises on a broken asset).
 
     photos: the usable (PhotoFace, crop key) of a photo bank when the spec renders onto photos.
     """
-    from glassfinder.catalog.build import import_glb
-    from glassfinder.faces.procedural import head
-    from glassfinder.render.spec import plan_view, split_of
+    # render.tryon (pyrender, OpenGL): kept off the DAG-parse path; a renderer is at hand here
     from glassfinder.render.tryon import AssetMeshes, PhotoRenderer
 
     try:
@@ -175,8 +180,6 @@ def render_asset_views(
         if photos and photo_renderer is not None and crops is not None and crop_store is not None:
             face, crop_key = photos[view.face_index % len(photos)]
             if crop_key not in crops:
-                from glassfinder.faces.photos import PhotoBank
-
                 crops[crop_key] = PhotoBank(crop_store, "", crop_store).crop(crop_key)
             out = photo_renderer.render(asset, face, crops[crop_key], view)
             face_ids.append(face.face_id)
@@ -297,7 +300,7 @@ def _worker_died(procs: list[Any], exc: BaseException) -> RenderWorkerError:
 
 def run_tasks(
     tasks: list[AssetTask],
-    specs: list[Any],
+    specs: list[RenderSpec],
     out: ObjectStore,
     photos: dict[str, list[Any] | None],
     workers: int,
@@ -342,9 +345,9 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- driver -------------------------------------------------------------------------------------
-def render_catalogue(
+def render_catalog(
     manifest_uri: str,
-    spec: Any,
+    spec: RenderSpec,
     out: ObjectStore,
     *,
     workers: int | None = None,
@@ -357,19 +360,16 @@ def render_catalogue(
     assets: render only the rows with these asset sha256s (a batch of a mapped task); the
     catalogue-wide quarantine report is then left to whoever planned the batches.
     """
-    (report,) = render_catalogue_specs(
+    (report,) = render_catalog_specs(
         manifest_uri, [spec], out, workers=workers, progress=progress, limit=limit, assets=assets
     )
     return report
 
 
-def _photo_bank(spec: Any, out: ObjectStore, report: RenderReport) -> list[Any] | None:
+def _photo_bank(spec: RenderSpec, out: ObjectStore, report: RenderReport) -> list[Any] | None:
     """The usable photos of a spec that renders onto a photo bank (None for procedural faces)."""
     if not spec.face_source.startswith("photos:"):
         return None
-    from glassfinder.faces.photos import PhotoBank
-    from glassfinder.store import open_store
-
     # Analysed once per photo and cached in the output store; the crops travel by key.
     bank = spec.face_source.removeprefix("photos:")
     photos, bad_photos = PhotoBank(open_store(bank), "", out).scan()
@@ -388,7 +388,7 @@ def fixed_lens_of(row: dict[str, Any]) -> tuple[str, tuple[float, ...]] | None:
 
 def _tasks_for(
     rows: list[dict[str, Any]],
-    spec: Any,
+    spec: RenderSpec,
     out: ObjectStore,
     report: RenderReport,
     mstore: ObjectStore,
@@ -423,9 +423,9 @@ def _tasks_for(
     return tasks
 
 
-def render_catalogue_specs(
+def render_catalog_specs(
     manifest_uri: str,
-    specs: list[Any],
+    specs: list[RenderSpec],
     out: ObjectStore,
     *,
     workers: int | None = None,
@@ -433,7 +433,7 @@ def render_catalogue_specs(
     limit: int | None = None,
     assets: Collection[str] | None = None,
 ) -> list[RenderReport]:
-    """`render_catalogue` for several specs at once, in one pool: workers start once, not per spec."""
+    """`render_catalog` for several specs at once, in one pool: workers start once, not per spec."""
     start = time.perf_counter()
     reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
     mstore, mkey = split_uri(manifest_uri)
@@ -452,7 +452,7 @@ def render_catalogue_specs(
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = None
     if progress and tasks:
-        from tqdm import tqdm
+        from tqdm import tqdm  # tqdm (~50 ms): only for a progress bar, kept off the DAG-parse path
 
         names = ", ".join(s.spec_hash for s in specs)
         bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {names}")

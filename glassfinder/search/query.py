@@ -23,12 +23,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from glassfinder import layout
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.align import align_crop
 from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
+from glassfinder.embed.infer import Embedder
+from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
 from glassfinder.faces.photos import PhotoError, find_query_face
+from glassfinder.index.reader import IndexReader
 from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.store.base import ObjectStore
+from glassfinder.store.shards import read_shard
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +175,8 @@ class QueryResult:
 class Serving:
     """What a query runs against; replaced whole when CURRENT moves."""
 
-    reader: Any  # IndexReader, never reloaded: a new CURRENT gets a new Serving
-    embedder: Any
+    reader: IndexReader  # never reloaded: a new CURRENT gets a new Serving
+    embedder: Embedder
     model_sha: str
     face_model_sha: str
     face: FaceAnalyzer
@@ -188,11 +194,8 @@ def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def catalogue_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
+def catalog_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
     """Display metadata per product from the store's catalogue manifest ({} if there is none)."""
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.catalog.manifest import read_manifest_rows
-
     try:
         rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     except ObjectNotFoundError:
@@ -210,17 +213,14 @@ class QueryEngine:
         self.index_name = index_name
         self.device = device
         self._lock = threading.Lock()
-        self._embedders: OrderedDict[str, Any] = OrderedDict()
+        self._embedders: OrderedDict[str, Embedder] = OrderedDict()
         self._thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._serving = self._load()
 
     # --- loading and hot reload ---------------------------------------------------------------
-    def _embedder(self, model_ref: str, sha: str) -> Any:
+    def _embedder(self, model_ref: str, sha: str) -> Embedder:
         cached = self._embedders.get(sha)
         if cached is None:
-            from glassfinder.embed.infer import Embedder
-            from glassfinder.embed.registry import load_model
-
             cached = Embedder(load_model(self.store, model_ref).model, device=self.device, batch_size=1)
             self._embedders[sha] = cached
             while len(self._embedders) > 2:
@@ -228,14 +228,12 @@ class QueryEngine:
         return cached
 
     def _load(self) -> Serving:
-        from glassfinder.index.reader import IndexReader
-
         reader = IndexReader(self.store, self.index_name)
         manifest = reader.manifest
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
         face_sha, face = packaged_analyzer()
-        return Serving(reader, embedder, sha, face_sha, face, catalogue_products(self.store))
+        return Serving(reader, embedder, sha, face_sha, face, catalog_products(self.store))
 
     @property
     def serving(self) -> Serving:
@@ -360,8 +358,6 @@ class QueryEngine:
         cached = self._thumbs.get(key)
         if cached is not None:
             return cached
-        from glassfinder.store.shards import read_shard
-
         view = views[0]
         asset_sha, spec_hash = view.split("/")[:2]
         table = read_shard(

@@ -11,6 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.ingest import catalog_asset_key
+from glassfinder.faces.photos import analyse_photo
+from glassfinder.render.job import fixed_lens_of
+from glassfinder.render.spec import RenderSpec, plan_view
+from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
 from glassfinder.store.base import ObjectStore
 
 #: Seed of the render spec that sample queries draw their views from (the gallery uses others).
@@ -22,13 +28,6 @@ def photo_wearing(
     store: ObjectStore, row: dict[str, Any], photo: bytes, name: str, *, seed: int = SAMPLE_QUERY_SEED
 ) -> np.ndarray:
     """(512, 512, 3) uint8: the photo's face crop wearing the product of catalogue manifest `row`."""
-    from glassfinder.catalog.build import import_glb
-    from glassfinder.catalog.ingest import catalog_asset_key
-    from glassfinder.faces.photos import analyse_photo
-    from glassfinder.render.job import fixed_lens_of
-    from glassfinder.render.spec import RenderSpec, plan_view
-    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
-
     face, crop = analyse_photo(photo, name)
     sha = str(row["asset_sha256"])
     view = plan_view(RenderSpec(image_px=SAMPLE_QUERY_PX, seed=seed), sha, 0, fixed_lens=fixed_lens_of(row))

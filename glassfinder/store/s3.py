@@ -566,7 +566,9 @@ class S3Store(ObjectStore):
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         while True:  # one deadline per page, so a long listing is not cut off as a whole
             page = self._call(
-                prefix or None, "listing", lambda a=dict(args): self.client.list_objects_v2(**a)  # type: ignore[misc]
+                prefix or None,
+                "listing",
+                lambda a=dict(args): self.client.list_objects_v2(**a),  # type: ignore[misc]
             )
             found.extend(
                 ObjectInfo(

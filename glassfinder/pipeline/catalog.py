@@ -1,6 +1,6 @@
 """The catalogue stage: bring the shop's products into `catalog/manifest.parquet` and say what changed.
 
-Two ways in. `sync_catalogue` ingests the shop's full export (the nightly): products missing
+Two ways in. `sync_catalog` ingests the shop's full export (the nightly): products missing
 from it leave the catalogue. `onboard_products` merges new or changed products given directly
 (inline rows or a manifest delta) into the catalogue, leaving the rest as it is. Both quarantine
 bad rows with their reason and report which products changed in a way that changes pixels
@@ -22,8 +22,8 @@ from glassfinder.catalog.ingest import (
     QUARANTINE_KEY,
     IngestReport,
     ingest_manifest,
-    read_catalogue,
-    write_catalogue_manifest,
+    read_catalog,
+    write_catalog_manifest,
 )
 from glassfinder.catalog.sources import roots_from_env
 from glassfinder.errors import GlassFinderError
@@ -69,10 +69,10 @@ def _result(
     }
 
 
-def sync_catalogue(cfg: PipelineConfig) -> dict[str, Any]:
+def sync_catalog(cfg: PipelineConfig) -> dict[str, Any]:
     """Ingest the full source manifest as the catalogue; report what changed since the last sync."""
     store = open_store(cfg.store)
-    before, _ = read_catalogue(store)
+    before, _ = read_catalog(store)
     report = ingest_manifest(cfg.source_manifest, dest=store)
     store.put(QUARANTINE_KEY, report.to_json().encode())
     changed, removed = diff_rows(before, report.accepted)
@@ -123,9 +123,9 @@ def onboard_products(
     Asset event starts when the shop's export changes).
     """
     if not products and not manifest_delta and not remove_products:
-        return sync_catalogue(cfg)
+        return sync_catalog(cfg)
     store = open_store(cfg.store)
-    before, etag = read_catalogue(store)
+    before, etag = read_catalog(store)
     report = None
     merged = {str(r["product_id"]): r for r in before}
     if products or manifest_delta:
@@ -133,7 +133,7 @@ def onboard_products(
         # Rows given inline name assets in the pipeline's own store (relative keys are made
         # store URIs): the store is their root, besides the operator's.
         roots = None if manifest_delta else [store.uri, *roots_from_env()]
-        report = ingest_manifest(uri, dest=store, update_catalogue=False, asset_roots=roots)
+        report = ingest_manifest(uri, dest=store, update_catalog=False, asset_roots=roots)
         for row in report.accepted:
             merged[str(row["product_id"])] = row
         for q in report.quarantined:
@@ -144,7 +144,7 @@ def onboard_products(
     for pid in remove_products or []:
         merged.pop(pid, None)
     rows = list(merged.values())
-    write_catalogue_manifest(store, rows, expected_etag=etag)
+    write_catalog_manifest(store, rows, expected_etag=etag)
     changed, removed = diff_rows(before, rows)
     log.info(
         "onboarding: %d products changed, %d removed, %d quarantined; catalogue now %d products",
