@@ -25,8 +25,6 @@ from glassfinder.embed.face_data import (
     LENS_CODES,
     VAL_EVERY,
     FaceData,
-    crop_matrix,
-    cut,
     load_shards,
     proxy_box,
     training_crop,
@@ -159,16 +157,16 @@ def train(data: FaceData, work: Path, cfg: FitConfig) -> tuple[FaceNet, float]:
 
 
 def predict(analyzer: FaceAnalyzer, data: FaceData) -> dict[str, np.ndarray]:
-    """Landmarks (image pixels of the render) and presence for every sample, crops as served."""
-    lms, ps = [], []
+    """Landmarks (image pixels of the render) and presence for every sample, through the query
+    path's own `FaceAnalyzer.analyse` on dlib's box (or the proxy where dlib found none)."""
+    found = []
     for i in range(len(data.worn)):
         box = data.det_box[i] if data.det_box[i, 0] >= 0 else proxy_box(data.landmarks[i])
-        m = crop_matrix(box)
-        lm, _, p = analyzer.analyse_crops(cut(data.rgb[i], m)[None])
-        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-        lms.append(lm[0] @ inv[:, :2].T + inv[:, 2])
-        ps.append(p[0])
-    return {"landmarks": np.stack(lms), "p": np.asarray(ps)}
+        found.append(analyzer.analyse(data.rgb[i], box))
+    return {
+        "landmarks": np.stack([a.landmarks_xy for a in found]),
+        "p": np.asarray([a.glasses_probability for a in found]),
+    }
 
 
 def eye_errors(pred_eyes: np.ndarray, truth: np.ndarray) -> np.ndarray:
