@@ -131,8 +131,8 @@ def test_photos_with_rendered_glasses_find_their_product(engine: QueryEngine, wo
             "no_glasses",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="open gap (issue #16): the face-analysis model has seen no real bare face and "
-                "gives her bare photo p=0.83; 5 of 20 phone-damaged copies are refused",
+                reason="open gap (issue #16): the face-analysis model has seen no real bare face and accepts "
+                "her bare photo (p about 0.8-0.97); 5 of 20 phone-damaged copies are refused",
             ),
         ),
         (COFFEE, "no_face"),

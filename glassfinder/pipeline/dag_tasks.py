@@ -58,6 +58,6 @@ def summary(
     """Runs whatever happened upstream; writes the run's record and fails the run if a stage failed."""
     assert params is not None and dag is not None and run_id is not None  # injected by Airflow
     skipped = [] if "train" not in stages or tasks.should_train(params) else ["train"]
-    results = {"catalogue": catalog, "plan": plan, "rendered": rendered, "embedded": embedded}
+    results = {"catalog": catalog, "plan": plan, "rendered": rendered, "embedded": embedded}
     results |= {"published": published, "trained": trained}
     return tasks.summary(dag.dag_id, run_id, params, stages=stages, skipped=skipped, **results)
