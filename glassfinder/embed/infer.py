@@ -4,26 +4,87 @@ On CPU, inference is deterministic: the same crops give the same bytes whatever 
 travel in. The network has no batch-dependent op in eval mode, but CPU kernels choose their
 blocking by batch size (a lone crop differs from a batched one in the last bit), so every
 forward is padded to the full batch size.
+
+The query path embeds one crop at a time, where BatchNorm's own pass over every activation is a
+sizeable share of the forward: `fold_batchnorm` gives it a copy with each BatchNorm folded into
+the layer before it (the same function to ~1e-7; nothing of it is ever saved).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
+from itertools import pairwise
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from glassfinder.embed.model import EmbeddingNet, pick_device, to_input
+from glassfinder.embed.model import EmbeddingNet, _Block, pick_device, to_input
+from glassfinder.errors import GlassFinderError
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    """Fold each BatchNorm2d that directly follows a Conv2d in `seq` (in place)."""
+    names = list(seq._modules)
+    for a, b in pairwise(names):
+        conv, bn = seq._modules[a], seq._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+            seq._modules[b] = nn.Identity()
+
+
+def _fold_pair(module: nn.Module, layer: str, bn: str) -> None:
+    """Fold `module.<bn>` into `module.<layer>` (a Conv2d or Linear whose output only it reads)."""
+    first, norm = getattr(module, layer), getattr(module, bn)
+    fused = (
+        fuse_conv_bn_eval(first, norm) if isinstance(first, nn.Conv2d) else fuse_linear_bn_eval(first, norm)
+    )
+    setattr(module, layer, fused)
+    setattr(module, bn, nn.Identity())
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference-only copy of an eval-mode model with every BatchNorm folded into the
+    convolution (or linear layer) that feeds it, so one pass over the activations does both.
+
+    Folds only where the layer's output goes to the BatchNorm alone: consecutive Conv2d ->
+    BatchNorm2d in a Sequential (MobileNetV2, the face network's fuse stage, the ResNet stem and
+    skips), a ResNet block's conv1/bn1 and conv2/bn2, and the embedding head's linear/batch norm.
+    The copy's state dict has other keys: it is for running, never for saving or training.
+    """
+    if model.training:
+        raise GlassFinderError("fold_batchnorm needs an eval-mode model (it folds running statistics)")
+    folded = copy.deepcopy(model)
+    for module in list(folded.modules()):
+        if isinstance(module, nn.Sequential):
+            _fold_sequential(module)
+        elif isinstance(module, _Block):
+            _fold_pair(module, "conv1", "bn1")
+            _fold_pair(module, "conv2", "bn2")
+        elif isinstance(module, EmbeddingNet):
+            _fold_pair(module, "head", "head_bn")
+    return folded.eval()
 
 
 class Embedder:
     """A model ready for inference on one device."""
 
     def __init__(
-        self, model: EmbeddingNet, *, device: str | None = None, batch_size: int = 128, amp: bool = True
+        self,
+        model: EmbeddingNet,
+        *,
+        device: str | None = None,
+        batch_size: int = 128,
+        amp: bool = True,
+        fold: bool = False,
     ) -> None:
+        """fold: run a BatchNorm-folded copy (see `fold_batchnorm`): for a server's lone crops;
+        off by default so that training's validation embeds through the live network."""
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        self._net: nn.Module = fold_batchnorm(self.model) if fold else self.model
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"
         self.dim = model.config.dim
@@ -34,7 +95,7 @@ class Embedder:
         """(n, h, w, 3) uint8 -> (n, dim) float32, in one forward (n <= a sensible batch)."""
         x = to_input(crops).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            y = self.model(x)
+            y = self._net(x)
         return y.float().cpu().numpy()
 
     def embed(self, crops: np.ndarray) -> np.ndarray:

@@ -221,7 +221,9 @@ class QueryEngine:
     def _embedder(self, model_ref: str, sha: str) -> Embedder:
         cached = self._embedders.get(sha)
         if cached is None:
-            cached = Embedder(load_model(self.store, model_ref).model, device=self.device, batch_size=1)
+            cached = Embedder(
+                load_model(self.store, model_ref).model, device=self.device, batch_size=1, fold=True
+            )
             self._embedders[sha] = cached
             while len(self._embedders) > 2:
                 self._embedders.popitem(last=False)
