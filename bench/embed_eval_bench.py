@@ -36,7 +36,8 @@ CATALOGUE_SPEC = {
 }
 QUERY_SPEC = {**CATALOGUE_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
 #: Training set-ups compared (TrainConfig fields; "arch": "resnet" is the small CNN trained from
-#: scratch - the network before the ImageNet backbone - else the ImageNet MobileNetV2 default;
+#: scratch - the network before the ImageNet backbone -, "effl0" the ImageNet EfficientNet-Lite0
+#: with the MobileNetV2 default's head, crop and pooling, else the ImageNet MobileNetV2 default;
 #: "epochs" overrides --compare-epochs).
 CANDIDATES: dict[str, dict] = {
     "arcface-m28.6-s32": {"arch": "resnet", "loss": "arcface", "margin": 28.6, "scale": 32.0, "lr": 2e-3},
@@ -53,6 +54,8 @@ CANDIDATES: dict[str, dict] = {
     },
     "resnet-20ep": {"arch": "resnet", "lr": 4e-3, "batch_size": 128, "epochs": 20},
     "mnv2-8ep": {"lr": 1e-3, "batch_size": 64, "epochs": 8},
+    # mnv2-8ep's recipe on the other ImageNet backbone, whole trunk to 1280 channels (like mnv2's).
+    "effl0-8ep": {"arch": "effl0", "lr": 1e-3, "batch_size": 64, "epochs": 8},
 }
 
 
@@ -66,15 +69,44 @@ def spec_of(raw: dict) -> Any:
 
 
 def train_config(cat_spec: str, candidate: str, epochs: int) -> Any:
-    from glassfinder.embed.model import ModelConfig
+    from glassfinder.embed.model import ModelConfig, efficientnet_lite0_config
     from glassfinder.embed.train import TrainConfig
 
     fields = dict(CANDIDATES[candidate])
-    if fields.pop("arch", "mnv2") == "resnet":
+    arch = fields.pop("arch", "mnv2")
+    if arch == "resnet":
         fields.setdefault("batch_size", 128)
         fields["model"] = ModelConfig()
+    elif arch == "effl0":
+        fields["model"] = efficientnet_lite0_config()
     fields["epochs"] = fields.get("epochs", epochs)
     return TrainConfig(spec_hashes=(cat_spec,), **fields)
+
+
+def embed_latency_ms(model: Any, batch_sizes: tuple[int, ...] = (1, 64), rounds: int = 5) -> dict[int, float]:
+    """CPU milliseconds per crop through the Embedder, per batch size: median of `rounds` timings.
+
+    Random crops of the model's size (the network's cost does not depend on content); one
+    warm-up forward per batch size, so first-call allocation is not counted.
+    """
+    import time
+
+    from glassfinder.embed.infer import Embedder
+
+    geometry = model.config.crop
+    rng = np.random.default_rng(0)
+    out = {}
+    for bs in batch_sizes:
+        embedder = Embedder(model, device="cpu", batch_size=bs)
+        crops = rng.integers(0, 256, (bs, geometry.height, geometry.width, 3), dtype=np.uint8)
+        embedder.embed(crops)
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            embedder.embed(crops)
+            times.append((time.perf_counter() - start) * 1000 / bs)
+        out[bs] = round(float(np.median(times)), 2)
+    return out
 
 
 def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
@@ -194,9 +226,11 @@ def main() -> None:
             m = out["report"]["models"][loss]
             scores[loss] = m["open_set"].get("mAP", 0.0) + m["closed_set"].get("mAP", 0.0)
             res = out["result"]
+            ms = embed_latency_ms(res.model)
             print(
                 f"  {loss}: {len(res.history)} epochs in {res.seconds:.0f} s, "
-                f"{res.history[-1]['train_img_per_s']} img/s"
+                f"{res.history[-1]['train_img_per_s']} img/s; embedding on CPU "
+                + ", ".join(f"{v} ms/crop at batch {k}" for k, v in ms.items())
             )
             for label, entry in out["report"]["models"].items():
                 c, o = entry["closed_set"], entry["open_set"]

