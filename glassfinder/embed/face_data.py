@@ -92,6 +92,10 @@ class FaceData:
         return self.face_index % VAL_EVERY == 0
 
 
+def concat(*parts: FaceData) -> FaceData:
+    return FaceData(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in parts[0].__dict__})
+
+
 def load_shards(root: Path, shards: Sequence[int]) -> FaceData:
     parts = []
     for shard in shards:
@@ -160,4 +164,13 @@ def training_crop(
     return crop, lm.astype(np.float32), gb.reshape(4).astype(np.float32)
 
 
-__all__ = ["FACE_LANDMARKS", "FaceData", "crop_matrix", "cut", "load_shards", "render_shard", "training_crop"]
+__all__ = [
+    "FACE_LANDMARKS",
+    "FaceData",
+    "concat",
+    "crop_matrix",
+    "cut",
+    "load_shards",
+    "render_shard",
+    "training_crop",
+]

@@ -90,8 +90,15 @@ class FaceNet(nn.Module):
         }
 
 
-def decode(out: dict[str, torch.Tensor], neighbours: torch.Tensor, grid_w: int) -> torch.Tensor:
-    """Raw outputs -> (b, L, 2) landmark positions in input pixels (PIPNet's neighbour merge)."""
+def decode(
+    out: dict[str, torch.Tensor], neighbours: torch.Tensor, grid_w: int, merge: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Raw outputs -> (b, L, 2) landmark positions in input pixels.
+
+    Landmark l is its own estimate averaged with its neighbours' votes (PIPNet's merge) where
+    merge[l] (default: everywhere), else its own estimate alone: measured on held-out identities,
+    the merge made the pupils worse (their neighbours, the eye corners, are less sure of them than
+    they are of themselves), so the card's model says per landmark which to use."""
     heat, off, nb = out["heat"], out["offset"], out["neighbour"]
     b, n, _ = heat.shape
     cell = heat.argmax(dim=2)  # (b, n)
@@ -108,7 +115,8 @@ def decode(out: dict[str, torch.Tensor], neighbours: torch.Tensor, grid_w: int) 
     idx = neighbours.reshape(1, n * NEIGHBOURS, 1).expand(b, -1, 2)
     total = total.scatter_add(1, idx, votes.reshape(b, n * NEIGHBOURS, 2))
     count = count.scatter_add(1, idx[..., :1], torch.ones(b, n * NEIGHBOURS, 1))
-    return total / count
+    merged = total / count
+    return merged if merge is None else torch.where(merge[None, :, None], merged, own)
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,11 @@ class FaceAnalyzer:
     analyzer after changing the weights.
     """
 
-    def __init__(self, net: FaceNet, threshold: float) -> None:
+    def __init__(self, net: FaceNet, threshold: float, merge: list[bool] | None = None) -> None:
         self.net = net.eval()
         self._folded = fold_batchnorm(self.net)
         self.threshold = float(threshold)
+        self.merge = None if merge is None else torch.tensor(merge, dtype=torch.bool)
 
     @torch.inference_mode()
     def analyse_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,7 +155,7 @@ class FaceAnalyzer:
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
         out = self._folded(x)
         grid_w = crops.shape[2] // STRIDE
-        lm = decode(out, self.net.neighbours, grid_w).numpy()
+        lm = decode(out, self.net.neighbours, grid_w, self.merge).numpy()
         box = (out["box"] * INPUT_PX).numpy()
         return lm, box, torch.sigmoid(out["presence"]).numpy()
 
@@ -203,4 +212,4 @@ def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer
             f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
             "retrain it (python -m glassfinder.embed.face_train)"
         )
-    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]))
+    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"))

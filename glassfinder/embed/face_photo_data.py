@@ -1,0 +1,171 @@
+"""Face-analysis training samples on a real face: Grace Hopper's photo, bare and wearing frames.
+
+Renders of procedural heads teach exact geometry, but every real face scored as "wearing glasses"
+more than any rendered bare head, and real eyes (lids over the iris) sat lower than rendered ones.
+Hopper's public-domain photo (shipped with matplotlib) is the one real face training may use (the
+astronaut is the unseen test face): her own frames are inpainted away along a hand-drawn mask to
+give a bare real face, catalogue frames are rendered onto that bare face by the product's photo
+renderer, and her hand-marked pupils give the eye truth on all of them. Only the pupils are marked;
+the other landmarks are NaN and teach nothing (see face_fit.loss_of).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import matplotlib.cbook
+import numpy as np
+from PIL import Image
+
+from glassfinder.catalog.build import import_glb
+from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, FaceData
+from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, detect_boxes
+from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
+from glassfinder.render.spec import DEFAULT_LENS_PALETTE, plan_view
+from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
+
+#: Hopper's pupils on matplotlib's grace_hopper.jpg (512x600), the subject's left eye (image
+#: right) first: centres of the dark pupil discs, marked at 16x zoom (about +-1 px, 0.012 IPD).
+HOPPER_PUPILS = np.array([[305.0, 187.0], [222.0, 190.0]], np.float32)
+#: Her frames, drawn over the photo: per lens (centre x, y, semi-axes a, b, rim width, browline
+#: depth), then the bridge and both hinge ends as polygons. Everything inside is inpainted.
+HOPPER_LENSES = ((216, 202, 37, 32, 10, 16), (314, 196, 40, 32, 10, 16))
+HOPPER_FRAME_POLYGONS = (
+    ((243, 170), (284, 164), (284, 190), (243, 194)),
+    ((156, 168), (192, 168), (192, 194), (156, 192)),
+    ((336, 156), (374, 160), (374, 190), (336, 192)),
+)
+HOPPER_GLINTS = ((331, 183, 5),)  # a reflection on the right lens's browline (x, y, radius)
+#: Marks these samples in FaceData.face_index: no procedural identity is negative, and
+#: -1 % VAL_EVERY != 0, so they are never in the held-out sets the figures come from.
+PHOTO_FACE_INDEX = -1
+#: Samples are stored at the procedural renders' size so the two concatenate.
+SAMPLE_PX = FACE_SPEC.image_px
+PHOTO_DATA_NAME = "hopper.npz"
+
+log = logging.getLogger(__name__)
+#: Separates these samples' draws from the procedural renders' (seeded by [spec.seed, i]).
+PHOTO_SEED_TAG = 7
+CLEAR_LENSES = tuple(entry for entry in DEFAULT_LENS_PALETTE if entry[0] == "clear")
+
+
+def hopper_photo() -> np.ndarray:
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def hopper_frame_mask(shape: tuple[int, int]) -> np.ndarray:
+    """uint8 (h, w): 255 where her own frames (rims, browline, bridge, hinges) are."""
+    mask = np.zeros(shape, np.uint8)
+    for cx, cy, a, b, rim, brow in HOPPER_LENSES:
+        lens = np.zeros_like(mask)
+        cv2.ellipse(lens, (cx, cy), (a, b), 0, 0, 360, 255, -1)
+        inner = np.zeros_like(mask)
+        cv2.ellipse(inner, (cx, cy), (a - rim, b - rim), 0, 0, 360, 255, -1)
+        inner[: cy - b + brow] = 0  # the browline is solid: the whole top band goes
+        mask |= lens & ~inner
+    for poly in HOPPER_FRAME_POLYGONS:
+        cv2.fillPoly(mask, [np.array(poly, np.int32)], 255)
+    for x, y, r in HOPPER_GLINTS:
+        cv2.circle(mask, (x, y), r, 255, -1)
+    return mask
+
+
+def hopper_bare() -> np.ndarray:
+    """Her photo with her frames inpainted away (Telea): soft bands where the rims were, no frame."""
+    rgb = hopper_photo()
+    bgr = cv2.inpaint(
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), hopper_frame_mask(rgb.shape[:2]), 6, cv2.INPAINT_TELEA
+    )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _face_crop(rgb: np.ndarray, name: str) -> tuple[PhotoFace, np.ndarray, np.ndarray]:
+    """The photo bank's square face crop of a photo, and the 2x3 map from photo to crop pixels."""
+    face, crop = analyse_photo(_png(rgb), name)
+    x0, y0, x1, _ = face.crop_box
+    s = CROP_PX / (x1 - x0)
+    return face, crop, np.array([[s, 0, (0.5 - x0) * s - 0.5], [0, s, (0.5 - y0) * s - 0.5]], np.float32)
+
+
+def _sample(
+    rgb: np.ndarray, to_sample: np.ndarray, worn: bool, box_xyxy: np.ndarray, lens: str
+) -> dict[str, np.ndarray]:
+    """One FaceData row from a face-crop image (to_sample maps original photo pixels onto it)."""
+    small = cv2.resize(rgb, (SAMPLE_PX, SAMPLE_PX), interpolation=cv2.INTER_AREA)
+    k = SAMPLE_PX / rgb.shape[1]
+    landmarks = np.full((len(FACE_LANDMARKS), 2), np.nan, np.float32)
+    landmarks[0:2] = (HOPPER_PUPILS @ to_sample[:, :2].T + to_sample[:, 2]) * k
+    found = detect_boxes(small, threshold=DETECT_THRESHOLD)
+    return {
+        "rgb": small,
+        "landmarks": landmarks,
+        "worn": np.asarray(worn, np.bool_),
+        "glasses_box": (np.asarray(box_xyxy, np.float32) * k) if worn else np.zeros(4, np.float32),
+        "det_box": np.asarray(found[0].box_xyxy if found else (-1, -1, -1, -1), np.float32),
+        "face_index": np.asarray(PHOTO_FACE_INDEX, np.int64),
+        "lens": np.asarray(LENS_CODES.index(lens), np.int8),
+    }
+
+
+def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_copies: int) -> FaceData:
+    """`worn` renders of catalogue frames on bare Hopper, her original photo (her own frames, box
+    from the mask) and `bare_copies` copies of her bare photo (training augments each differently).
+    Draws follow FACE_SPEC's seed and the sample index, like the procedural renders."""
+    face, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    rows = [_sample(crop, to_crop, False, np.zeros(4), "")] * bare_copies
+    original = hopper_photo()
+    _, own_crop, own_to_crop = _face_crop(original, "grace_hopper.jpg")
+    ys, xs = np.nonzero(hopper_frame_mask(original.shape[:2]))
+    own_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32) @ own_to_crop[:, :2].T
+    rows.append(_sample(own_crop, own_to_crop, True, (own_box + own_to_crop[:, 2]).ravel(), "clear"))
+    renderer = TryOnRenderer(CROP_PX)
+    photo = PhotoRenderer(renderer)
+    meshes: dict[str, AssetMeshes] = {}
+    spec = FACE_SPEC
+    try:
+        for i in range(worn):
+            rng = np.random.default_rng([spec.seed, PHOTO_SEED_TAG, i])
+            sha, data = assets[int(rng.integers(len(assets)))]
+            if sha not in meshes:
+                meshes[sha] = AssetMeshes(import_glb(data))
+            # Half clear lenses (the procedural palette's share is 2 in 10): real shoppers mostly
+            # wear optical frames, and a clear lens over a real eye is the case renders lack.
+            clear = CLEAR_LENSES[int(rng.integers(len(CLEAR_LENSES)))] if rng.random() < 0.5 else None
+            view = plan_view(spec, sha, i, fixed_lens=clear)
+            out = photo.render(meshes[sha], face, crop, view)
+            rows.append(_sample(out.rgb, to_crop, True, out.glasses_box_xyxy, view.lens_style))
+    finally:
+        renderer.close()
+    missed = [r for r in rows if r["det_box"][0] < 0]
+    if missed:  # training crops are cut around the detector's box, as at query time
+        log.warning(
+            "photo samples: dlib found no face on %d of %d; they are left out", len(missed), len(rows)
+        )
+        rows = [r for r in rows if r["det_box"][0] >= 0]
+    return FaceData(**{k: np.stack([r[k] for r in rows]) for k in rows[0]})
+
+
+def load_or_render_photo_samples(
+    work: Path, assets: Sequence[tuple[str, bytes]], worn: int, bare_copies: int
+) -> FaceData:
+    """The samples of `render_photo_samples`, rendered once into `work` (atomic on disk)."""
+    path = work / PHOTO_DATA_NAME
+    if not path.exists():
+        data = render_photo_samples(assets, worn, bare_copies)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **data.__dict__)
+        tmp.replace(path)
+    with np.load(path) as z:
+        return FaceData(**{k: z[k] for k in z.files})
