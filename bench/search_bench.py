@@ -3,11 +3,12 @@
 Builds a local store with a real model (untrained: latency does not depend on the weights), the
 packaged face-analysis model, and an index of `--products` products x `--views` views whose vectors are
 family-clustered synthetic unit vectors (rendering 3,200 products is the pipeline bench's job).
-Queries are the two public-domain photos with rendered glasses. Prints p50/p99 per stage
+Queries are the two public-domain photos with rendered glasses, sent as JPEG like a phone's
+(--format png for lossless uploads, ~9 ms more to decode). Prints p50/p99 per stage
 (decode, detect, face analysis, align+embed, search) in-process, then requests per second and latency over
 loopback HTTP at each concurrency level.
 
-    .venv/bin/python bench/search_bench.py --products 3200 --queries 100
+    .venv/bin/python bench/search_bench.py --products 3200 --queries 100 [--format png]
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ import numpy as np
 
 
 def _png(a: np.ndarray) -> bytes:
+    return _encode(a, "png")
+
+
+def _encode(a: np.ndarray, fmt: str) -> bytes:
+    """Query photos as a shopper's phone sends them (JPEG, quality 90), or lossless PNG, which
+    costs ~9 ms more to decode at 512 px."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
+    Image.fromarray(a).save(buf, format=fmt.upper(), **({"quality": 90} if fmt == "jpeg" else {}))
     return buf.getvalue()
 
 
-def build_world(root: Path, products: int, views: int, seed: int) -> tuple[object, list[bytes]]:
+def build_world(
+    root: Path, products: int, views: int, seed: int, fmt: str = "jpeg"
+) -> tuple[object, list[bytes]]:
     import matplotlib.cbook
     import skimage.data
 
@@ -86,7 +95,7 @@ def build_world(root: Path, products: int, views: int, seed: int) -> tuple[objec
     hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     queries = [
-        _png(photo_wearing(store, row, photo, name))
+        _encode(photo_wearing(store, row, photo, name), fmt)
         for name, photo in (("astronaut", astronaut), ("hopper", hopper))
         for row in rows[:4]
     ]
@@ -105,6 +114,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--requests", type=int, default=48, help="HTTP requests per concurrency level")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="query photo encoding")
     args = parser.parse_args()
 
     import httpx
@@ -115,17 +125,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        store, queries = build_world(Path(tmp), args.products, args.views, args.seed)
+        store, queries = build_world(Path(tmp), args.products, args.views, args.seed, args.format)
         engine = QueryEngine(store, "catalog")  # type: ignore[arg-type]
         print(
             f"index: {args.products} products x {args.views} views = {args.products * args.views} vectors "
-            f"(set up in {time.perf_counter() - t0:.0f} s); {len(queries)} distinct query photos (512 x 512)"
+            f"(set up in {time.perf_counter() - t0:.0f} s); {len(queries)} distinct query photos "
+            f"(512 x 512 {args.format.upper()})"
         )
         stages: dict[str, list[float]] = {}
         refused = 0
         for i in range(args.queries + 3):
             try:
-                result = engine.search(queries[i % len(queries)], "q.png", k=10)
+                result = engine.search(queries[i % len(queries)], f"q.{args.format}", k=10)
             except QueryRefusedError:
                 refused += 1
                 continue
@@ -154,7 +165,8 @@ def main() -> None:
 
             def ask(i: int) -> float:
                 start = time.perf_counter()
-                r = client.post(url, files={"photo": ("q.png", queries[i % len(queries)], "image/png")})
+                photo = (f"q.{args.format}", queries[i % len(queries)], f"image/{args.format}")
+                r = client.post(url, files={"photo": photo})
                 r.raise_for_status()
                 return (time.perf_counter() - start) * 1000
 
