@@ -41,13 +41,6 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def crop_mapping(crop_box: tuple[int, int, int, int], crop_px: int) -> np.ndarray:
-    """Original photo pixels -> pixels of the square face crop photo_wearing renders onto."""
-    x0, y0, x1, _ = crop_box
-    s = crop_px / (x1 - x0)
-    return np.array([[s, 0, (0.5 - x0) * s - 0.5], [0, s, (0.5 - y0) * s - 0.5]])
-
-
 def eye_error(eyes: np.ndarray | None, truth: np.ndarray) -> float | None:
     """Mean distance of the two eyes from the truth, over the true inter-pupil distance."""
     if eyes is None:
@@ -61,14 +54,14 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.default_model import prepare_catalog
-    from glassfinder.faces.photos import CROP_PX, analyse_photo
+    from glassfinder.faces.photos import analyse_photo, crop_mapping
     from glassfinder.search.samples import photo_wearing
 
     store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     faces = face_photos()
     astro_face, _ = analyse_photo(faces["astronaut"], "astronaut.png")
-    to_crop = crop_mapping(astro_face.crop_box, CROP_PX)
+    to_crop = crop_mapping(astro_face.crop_box)
     out = work / "face-photos"
     out.mkdir(parents=True, exist_ok=True)
     photos: list[dict[str, Any]] = []

@@ -24,7 +24,7 @@ from PIL import Image
 
 from glassfinder.catalog.build import import_glb
 from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, FaceData
-from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, detect_boxes
+from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, crop_mapping, detect_boxes
 from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, plan_view
 from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
@@ -94,9 +94,7 @@ def _png(rgb: np.ndarray) -> bytes:
 def _face_crop(rgb: np.ndarray, name: str) -> tuple[PhotoFace, np.ndarray, np.ndarray]:
     """The photo bank's square face crop of a photo, and the 2x3 map from photo to crop pixels."""
     face, crop = analyse_photo(_png(rgb), name)
-    x0, y0, x1, _ = face.crop_box
-    s = CROP_PX / (x1 - x0)
-    return face, crop, np.array([[s, 0, (0.5 - x0) * s - 0.5], [0, s, (0.5 - y0) * s - 0.5]], np.float32)
+    return face, crop, crop_mapping(face.crop_box)
 
 
 def _sample(

@@ -324,6 +324,15 @@ def analyse_photo(data: bytes, name: str) -> tuple[PhotoFace, np.ndarray]:
     return face, np.asarray(crop)
 
 
+def crop_mapping(crop_box: tuple[int, int, int, int], crop_px: int = CROP_PX) -> np.ndarray:
+    """2x3 affine from a photo's pixels to those of the square face crop `analyse_photo` cut from
+    it (pixel centres at integers): how a point marked on the photo (a pupil) lands on renders
+    made on that crop."""
+    x0, y0, x1, _ = crop_box
+    s = crop_px / (x1 - x0)
+    return np.array([[s, 0, (0.5 - x0) * s - 0.5], [0, s, (0.5 - y0) * s - 0.5]])
+
+
 def _euler_deg(rvec: np.ndarray) -> tuple[float, float, float]:
     """Head yaw (turn), pitch (nod), roll (tilt) in degrees from an OpenCV rotation."""
     import cv2
