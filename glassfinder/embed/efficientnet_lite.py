@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassfinder.embed.mobilenet import PretrainedWeightsError
+from glassfinder.embed.mobilenet import strict_subset
 from glassfinder.errors import GlassFinderError
 
 Triple = tuple[float, float, float]
@@ -194,31 +194,14 @@ def check_state_dict(
     Same rules as MobileNetV2's: all expected keys with their shapes, and nothing unexpected
     beyond the cut-away layers, so a file of another network or naming can never half-load.
     """
-    missing = [k for k in expected if k not in given]
-    if missing:
-        raise PretrainedWeightsError(
-            f"ImageNet weights {where}: missing key {missing[0]!r} ({len(missing)} missing in all); "
-            "expected EfficientNet-Lite0 in the efficientnet_lite_pytorch layout (_conv_stem, _blocks.N...)"
-        )
-    unexpected = [k for k in given if k not in expected and not _dropped(k, depth)]
-    if unexpected:
-        raise PretrainedWeightsError(
-            f"ImageNet weights {where}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
-            "expected only EfficientNet-Lite0's layout (_conv_stem, _bn0, _blocks.N..., _conv_head, "
-            "_bn1, _fc)"
-        )
-    for key, want in expected.items():
-        got = given[key]
-        if not isinstance(got, torch.Tensor):
-            raise PretrainedWeightsError(
-                f"ImageNet weights {where}: key {key!r} is a {type(got).__name__}, expected a tensor"
-            )
-        if tuple(got.shape) != tuple(want.shape):
-            raise PretrainedWeightsError(
-                f"ImageNet weights {where}: key {key!r} has shape {tuple(got.shape)}, "
-                f"expected {tuple(want.shape)}"
-            )
-    return {k: given[k] for k in expected}
+    return strict_subset(
+        expected,
+        given,
+        where,
+        is_dropped=lambda key: _dropped(key, depth),
+        layout="EfficientNet-Lite0 in the efficientnet_lite_pytorch layout (_conv_stem, _blocks.N...)",
+        only="EfficientNet-Lite0's layout (_conv_stem, _bn0, _blocks.N..., _conv_head, _bn1, _fc)",
+    )
 
 
 def load_trunk(trunk: EfficientNetLiteTrunk, state: Mapping[str, torch.Tensor], where: str) -> None:

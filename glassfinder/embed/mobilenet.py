@@ -10,7 +10,7 @@ unexpected or mis-shaped key is a `PretrainedWeightsError` naming the key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -106,17 +106,38 @@ def check_state_dict(
     expected nor one of the layers cut away (`_dropped`) is refused, so a file from another
     architecture (or a renamed layout) can never half-load.
     """
+    return strict_subset(
+        expected,
+        given,
+        where,
+        is_dropped=lambda key: _dropped(key, depth),
+        layout="torchvision's mobilenet_v2 layout (features.N...)",
+        only="torchvision's mobilenet_v2 layout (features.N..., classifier.1)",
+    )
+
+
+def strict_subset(
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    where: str,
+    *,
+    is_dropped: Callable[[str], bool],
+    layout: str,
+    only: str,
+) -> dict[str, torch.Tensor]:
+    """The strict-loading rule every ImageNet trunk shares (see check_state_dict); `layout` and
+    `only` name the expected naming in the messages."""
     missing = [k for k in expected if k not in given]
     if missing:
         raise PretrainedWeightsError(
             f"ImageNet weights {where}: missing key {missing[0]!r} ({len(missing)} missing in all); "
-            "expected torchvision's mobilenet_v2 layout (features.N...)"
+            f"expected {layout}"
         )
-    unexpected = [k for k in given if k not in expected and not _dropped(k, depth)]
+    unexpected = [k for k in given if k not in expected and not is_dropped(k)]
     if unexpected:
         raise PretrainedWeightsError(
             f"ImageNet weights {where}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
-            "expected only torchvision's mobilenet_v2 layout (features.N..., classifier.1)"
+            f"expected only {only}"
         )
     for key, want in expected.items():
         got = given[key]
