@@ -59,6 +59,12 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
+def gallery_spec(views: int = CATALOGUE_SPEC["views_per_asset"]) -> dict:
+    """The catalogue spec with `views` per product: fewer views make a 3,200-product gallery
+    affordable on 2 cores (rendering is most of the time), at some cost in accuracy."""
+    return {**CATALOGUE_SPEC, "views_per_asset": views}
+
+
 def spec_of(raw: dict) -> Any:
     from glassfinder.render.spec import OPTICAL_LENS_PALETTE, RenderSpec
 
@@ -109,7 +115,9 @@ def embed_latency_ms(model: Any, batch_sizes: tuple[int, ...] = (1, 64), rounds:
     return out
 
 
-def prepare(work: Path, products: int, seed: int, query_products: int | None) -> tuple[str, str, str]:
+def prepare(
+    work: Path, products: int, seed: int, query_products: int | None, gallery_views: int
+) -> tuple[str, str, str]:
     """Generate, ingest and render (skipping what exists); (store uri, catalogue spec, query spec)."""
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.embed.default_model import prepare_catalog
@@ -118,7 +126,7 @@ def prepare(work: Path, products: int, seed: int, query_products: int | None) ->
     store = prepare_catalog(work, products, seed)
     manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     hashes = []
-    for name, raw in (("catalogue", CATALOGUE_SPEC), ("query", QUERY_SPEC)):
+    for name, raw in (("catalogue", gallery_spec(gallery_views)), ("query", QUERY_SPEC)):
         spec = spec_of(raw)
         limit = query_products if name == "query" else None
         report = render_catalog(manifest, spec, store, progress=True, limit=limit)
@@ -128,6 +136,35 @@ def prepare(work: Path, products: int, seed: int, query_products: int | None) ->
         )
         hashes.append(spec.spec_hash)
     return store.uri, hashes[0], hashes[1]
+
+
+def packaged_only(
+    work: Path, sets: Any, model: Any, packaged: dict[str, Any], manifest: dict, device: str | None
+) -> None:
+    """Every product of this catalogue is unseen by the packaged model, so every query is open-set;
+    its ImageNet start (same architecture, no fine-tuning) is the baseline beside it."""
+    from glassfinder.embed.evaluate import EvalSets, evaluate_models, write_report
+    from glassfinder.embed.infer import Embedder
+    from glassfinder.embed.model import build_model
+
+    unseen = EvalSets(sets.gallery, sets.queries, {p: "test" for p in sets.split_of})
+    baseline = Embedder(build_model(model.config, seed=0).eval(), device=device)
+    report = evaluate_models(unseen, {**packaged, "imagenet-baseline": baseline}, manifest=manifest)
+    write_report(report, work / "eval" / "packaged-only")
+    print(
+        f"\n{report['gallery_products']} products, {report['gallery_views']} catalogue views; "
+        f"{report['query_views']['open_set']} damaged query views of {report['query_products']['open_set']} "
+        "products on held-out faces, all unseen by the packaged model"
+    )
+    print(f"{'model':<28} {'top1':>6} {'top5':>6} {'top10':>6} {'mAP':>6}  mean-agg top1/top10")
+    for label, entry in report["models"].items():
+        f = entry["open_set"]
+        mean = f.get("mean_aggregation", {})
+        print(
+            f"{label:<28} {f['top1']:>6.3f} {f['top5']:>6.3f} {f['top10']:>6.3f} {f['mAP']:>6.3f}"
+            f"  {mean.get('top1')}/{mean.get('top10')}"
+        )
+    print(f"report: {work / 'eval' / 'packaged-only' / 'report.json'}")
 
 
 def main() -> None:
@@ -140,6 +177,17 @@ def main() -> None:
         type=int,
         default=None,
         help="render queries for the first N products only (rendering is most of the time on CPU)",
+    )
+    parser.add_argument(
+        "--gallery-views",
+        type=int,
+        default=CATALOGUE_SPEC["views_per_asset"],
+        help="catalogue views per product (fewer: a cheaper gallery, lower figures)",
+    )
+    parser.add_argument(
+        "--packaged-only",
+        action="store_true",
+        help="no training: the packaged model and its ImageNet start on this catalogue (all of it unseen)",
     )
     parser.add_argument(
         "--candidates",
@@ -168,11 +216,12 @@ def main() -> None:
     from glassfinder.store import open_store
 
     work = Path(args.work)
-    store_uri, cat_spec, query_spec = prepare(work, args.products, args.seed, args.query_products)
+    store_uri, cat_spec, query_spec = prepare(
+        work, args.products, args.seed, args.query_products, args.gallery_views
+    )
     store = open_store(store_uri)
     manifest = {str(r["product_id"]): r for r in read_manifest_rows(store, CATALOG_MANIFEST_KEY)}
     base = TrainConfig(spec_hashes=(cat_spec,), epochs=args.epochs)
-    train_views, val_views = load_training_views(store, base, progress=True)
     probe = Embedder(build_model(base.model, seed=base.seed, pretrained=False).eval(), device=args.device)
     sets = load_eval_sets(store, cat_spec, query_spec, probe, progress=True)
     extra: dict[str, Embedder] = {}
@@ -183,6 +232,12 @@ def main() -> None:
 
         default = load_model(store, f"glasses@{packaged.packaged_sha('glasses')}")
         extra[f"packaged@{default.sha}"] = Embedder(default.model, device=args.device)
+    if args.packaged_only:
+        if not extra:
+            parser.error("--packaged-only: no packaged model in glassfinder/models/")
+        packaged_only(work, sets, default.model, extra, manifest, args.device)
+        return
+    train_views, val_views = load_training_views(store, base, progress=True)
 
     def subset(views: ViewSet, keep: set[str]) -> ViewSet:
         return views.subset(np.array([p in keep for p in views.product_ids]))

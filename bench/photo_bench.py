@@ -79,9 +79,11 @@ def phone_damage_mapped(rgb: np.ndarray, rng: np.random.Generator) -> tuple[byte
     return buf.tobytes(), mapping
 
 
-def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[str, Any]]]:
+def prepare(
+    work: Path, products: int, seed: int, gallery_views: int
+) -> tuple[Any, str, list[dict[str, Any]]]:
     """Catalogue + gallery renders on procedural heads (skipping what exists)."""
-    from embed_eval_bench import CATALOGUE_SPEC, spec_of
+    from embed_eval_bench import gallery_spec, spec_of
 
     from glassfinder.catalog.generate import generate_catalog
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
@@ -94,7 +96,7 @@ def prepare(work: Path, products: int, seed: int) -> tuple[Any, str, list[dict[s
         generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
         ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
     # The embed eval bench's gallery spec: run both with the same --work and they share renders.
-    spec = spec_of(CATALOGUE_SPEC)
+    spec = spec_of(gallery_spec(gallery_views))
     report = render_catalog(f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True)
     rate = report.views / report.seconds if report.rendered and report.seconds else 0.0
     print(
@@ -211,6 +213,9 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7, help="catalogue seed (the packaged model's is 4242)")
     parser.add_argument("--photos-per-face", type=int, default=60)
+    parser.add_argument(
+        "--gallery-views", type=int, default=6, help="catalogue views per product (fewer: cheaper, harder)"
+    )
     parser.add_argument("--models", default="packaged,imagenet", help="packaged, imagenet, or NAME@SHA")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -218,7 +223,7 @@ def main() -> None:
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 
     work = Path(args.work)
-    store, spec_hash, rows = prepare(work, args.products, args.seed)
+    store, spec_hash, rows = prepare(work, args.products, args.seed, args.gallery_views)
     photos = make_photos(work, store, rows, args.photos_per_face)
     from glassfinder.embed.face_net import packaged_analyzer
 
@@ -230,12 +235,16 @@ def main() -> None:
         "gallery_spec": spec_hash,
         "face_model_sha": face_model,
         "photos_per_face": args.photos_per_face,
+        "gallery_views": args.gallery_views,
         "models": {},
     }
     for label, ref in refs.items():
         index = index_for(store, label, ref, f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec_hash)
         report["models"][label] = {"ref": ref, "faces": search_all(store, index, photos)}
-    print(f"\n{len(rows)} products; {args.photos_per_face} photos per face; face analysis {face_model}")
+    print(
+        f"\n{len(rows)} products, {args.gallery_views} views each; {args.photos_per_face} photos per face; "
+        f"face analysis {face_model}"
+    )
     print(f"{'model':<40} {'face':<18} {'top1':>6} {'top10':>6} {'refused':>8}  p50 ms  refusals")
     for label, entry in report["models"].items():
         for face, f in entry["faces"].items():
