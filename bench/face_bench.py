@@ -104,6 +104,8 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
         DETECT_FAST_SIDE_PX,
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
+        QueryRefusedError,
+        check_analysis,
         decode_photo,
     )
 
@@ -120,11 +122,14 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
             )  # fmt: skip
             a = analyzer.analyse(rgb, face.box_xyxy)
             rec["ms"] = (time.perf_counter() - t0) * 1000
-            rec["refused"] = "no_glasses" if a.glasses_probability < analyzer.threshold else None
-            rec["p"] = a.glasses_probability
+            rec["p"], rec["shape_disagreement"] = a.glasses_probability, a.shape_disagreement
             eyes = a.eyes_xy
+            check_analysis(a, analyzer.threshold, p["path"].name, face.box_xyxy)
+            rec["refused"] = None
         except PhotoError as exc:
             rec["refused"], eyes = exc.reason, None
+        except QueryRefusedError as exc:  # the query path's own refusal, after analysis
+            rec["refused"] = exc.reason
         try:
             old = detect_face(
                 rgb, p["path"].name, max_side_px=DETECT_MAX_SIDE_PX, threshold=QUERY_DETECTION_THRESHOLD

@@ -38,7 +38,13 @@ from glassfinder.embed.face_photo_data import (
 )
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
-from glassfinder.search.query import DETECT_FAST_SIDE_PX, DETECT_MAX_SIDE_PX, QUERY_DETECTION_THRESHOLD
+from glassfinder.search.query import (
+    DETECT_FAST_SIDE_PX,
+    DETECT_MAX_SIDE_PX,
+    QUERY_DETECTION_THRESHOLD,
+    QueryRefusedError,
+    check_analysis,
+)
 from glassfinder.store import LocalStore
 
 TINTED = ("tinted", (0.05, 0.05, 0.055, 0.8))
@@ -118,6 +124,7 @@ def test_eyes_are_found_behind_sunglasses_and_the_face_is_accepted(assets, analy
         found = find(photo)
         a = analyzer.analyse(photo, found.box_xyxy)
         assert a.glasses_probability >= analyzer.threshold, (face, a.glasses_probability)
+        assert a.looks_like_a_face, (face, a.shape_disagreement)
         assert a.eyes_xy[0, 0] > a.eyes_xy[1, 0]  # the subject's left eye is on the image's right
         errors.append(eye_error(a.eyes_xy, truth))
     assert max(errors) < 0.10 and float(np.median(errors)) < 0.06, errors
@@ -131,6 +138,29 @@ def test_a_bare_face_is_refused(assets, analyzer: FaceAnalyzer) -> None:
         paste(photo, sample, 2.0, (180, 60))
         probabilities.append(analyzer.analyse(photo, find(photo).box_xyxy).glasses_probability)
     assert all(p < analyzer.threshold for p in probabilities), (probabilities, analyzer.threshold)
+
+
+def test_a_false_detection_that_is_not_a_face_is_refused_as_no_face(analyzer: FaceAnalyzer) -> None:
+    """A detector's false face (a mission patch, a print, a texture) can score as glasses; the
+    landmarks' disagreement with their neighbours' votes refuses it before the search."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    textures = {
+        "grey.jpg": np.full((300, 300, 3), 128, np.uint8),
+        "noise.jpg": rng.integers(0, 256, (300, 300, 3), dtype=np.uint8),
+        "brick.jpg": np.repeat(skimage.data.brick()[..., None], 3, axis=2),
+        "coffee.jpg": skimage.data.coffee(),
+    }
+    for name, rgb in textures.items():
+        h, w = rgb.shape[:2]
+        side = min(h, w) // 2
+        box = (w // 2 - side // 2, h // 2 - side // 2, w // 2 + side // 2, h // 2 + side // 2)
+        a = analyzer.analyse(rgb, box)
+        assert not a.looks_like_a_face, (name, a.shape_disagreement)
+        with pytest.raises(QueryRefusedError) as refused:
+            check_analysis(a, analyzer.threshold, name, box)
+        assert refused.value.reason == "no_face" and name in str(refused.value)
 
 
 def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: FaceAnalyzer) -> None:

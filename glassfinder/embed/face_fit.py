@@ -203,6 +203,7 @@ def predict(analyzer: FaceAnalyzer, data: FaceData) -> dict[str, np.ndarray]:
     return {
         "landmarks": np.stack([a.landmarks_xy for a in found]),
         "p": np.asarray([a.glasses_probability for a in found]),
+        "face": np.asarray([a.looks_like_a_face for a in found]),
     }
 
 
@@ -306,6 +307,8 @@ def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
             "false_accept": round(float((p[test & ~held.worn] >= threshold).mean()), 4),
             "worn": int((test & held.worn).sum()),
             "bare": int((test & ~held.worn).sum()),
+            # Refused as not holding a face's shape (face_net.MAX_SHAPE_DISAGREEMENT), worn faces.
+            "shape_refusal_worn": round(float((~pred["face"][test & held.worn]).mean()), 4),
         },
         "dlib_detected_share": round(float(detected[test].mean()), 3),
     }

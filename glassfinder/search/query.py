@@ -26,7 +26,7 @@ from glassfinder import layout
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.align import align_crop
-from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
+from glassfinder.embed.face_net import MAX_SHAPE_DISAGREEMENT, FaceAnalysis, FaceAnalyzer, packaged_analyzer
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
@@ -113,6 +113,27 @@ def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
         raise QueryRefusedError("not_an_image", f"{name} is damaged ({type(exc).__name__}: {exc})") from exc
 
 
+def check_analysis(
+    analysis: FaceAnalysis, threshold: float, name: str, box_xyxy: tuple[int, int, int, int]
+) -> None:
+    """Refuse what the face-analysis network says is not a face wearing glasses: a detection
+    whose landmarks do not hold a face's shape (`no_face`: a patch, a print), then a face
+    without glasses (`no_glasses`)."""
+    if not analysis.looks_like_a_face:
+        raise QueryRefusedError(
+            "no_face",
+            f"{name}: what was detected at {list(box_xyxy)} does not hold a face's shape (its "
+            f"landmarks disagree by {analysis.shape_disagreement:.2f} of the eye distance, "
+            f"more than {MAX_SHAPE_DISAGREEMENT:.2f})",
+        )
+    if analysis.glasses_probability < threshold:
+        raise QueryRefusedError(
+            "no_glasses",
+            f"{name}: the face does not seem to wear glasses "
+            f"(p={analysis.glasses_probability:.2f} < {threshold:.2f})",
+        )
+
+
 @dataclass(frozen=True)
 class Hit:
     rank: int
@@ -141,6 +162,7 @@ class QueryResult:
     detection_score: float
     glasses_probability: float
     glasses_threshold: float
+    shape_disagreement: float
     hits: list[Hit]
     timings_ms: dict[str, float]
     aligned_crop: np.ndarray = field(repr=False)
@@ -163,6 +185,7 @@ class QueryResult:
             "detection_score": self.detection_score,
             "glasses_probability": round(self.glasses_probability, 4),
             "glasses_threshold": round(self.glasses_threshold, 4),
+            "shape_disagreement": round(self.shape_disagreement, 4),
             "hits": [
                 {"rank": h.rank, "product_id": h.product_id, "score": round(h.score, 4), "product": h.product}
                 for h in self.hits
@@ -289,13 +312,8 @@ class QueryEngine:
             log.info("search %s: %d faces found, searching the largest", name, face.faces_found)
         t2 = time.perf_counter()
         analysis = s.face.analyse(rgb, face.box_xyxy)
+        check_analysis(analysis, s.face.threshold, name, face.box_xyxy)
         p_glasses = analysis.glasses_probability
-        if p_glasses < s.face.threshold:
-            raise QueryRefusedError(
-                "no_glasses",
-                f"{name}: the face does not seem to wear glasses "
-                f"(p={p_glasses:.2f} < {s.face.threshold:.2f})",
-            )
         t3 = time.perf_counter()
         crop = align_crop(rgb, analysis.eyes_xy, s.embedder.geometry)
         vector = s.embedder.embed(crop[None])
@@ -329,6 +347,7 @@ class QueryEngine:
             detection_score=face.score,
             glasses_probability=p_glasses,
             glasses_threshold=s.face.threshold,
+            shape_disagreement=analysis.shape_disagreement,
             hits=hits,
             timings_ms={
                 "decode": ms(t0, t1),
