@@ -101,7 +101,7 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
     from glassfinder.embed.face_net import packaged_analyzer
     from glassfinder.faces.photos import PhotoError, detect_face, find_query_face
     from glassfinder.search.query import (
-        DETECT_FAST_SIDE_PX,
+        DETECT_FAST_SIDES_PX,
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
         QueryRefusedError,
@@ -118,7 +118,7 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
         try:
             face = find_query_face(
                 rgb, p["path"].name, threshold=QUERY_DETECTION_THRESHOLD,
-                fast_side_px=DETECT_FAST_SIDE_PX, full_side_px=DETECT_MAX_SIDE_PX,
+                fast_sides_px=DETECT_FAST_SIDES_PX, full_side_px=DETECT_MAX_SIDE_PX,
             )  # fmt: skip
             a = analyzer.analyse(rgb, face.box_xyxy)
             rec["ms"] = (time.perf_counter() - t0) * 1000

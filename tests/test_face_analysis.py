@@ -39,7 +39,7 @@ from glassfinder.embed.face_photo_data import (
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
 from glassfinder.search.query import (
-    DETECT_FAST_SIDE_PX,
+    DETECT_FAST_SIDES_PX,
     DETECT_MAX_SIDE_PX,
     QUERY_DETECTION_THRESHOLD,
     QueryRefusedError,
@@ -106,7 +106,7 @@ def find(rgb: np.ndarray) -> QueryFace:
         rgb,
         "upload.jpg",
         threshold=QUERY_DETECTION_THRESHOLD,
-        fast_side_px=DETECT_FAST_SIDE_PX,
+        fast_sides_px=DETECT_FAST_SIDES_PX,
         full_side_px=DETECT_MAX_SIDE_PX,
     )
 

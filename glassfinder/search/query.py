@@ -46,8 +46,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
 #: (the face-analysis network's glasses presence still stands between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
-#: Detection runs at this size first (fast), then at the larger one if no face was found.
-DETECT_FAST_SIDE_PX = 320
+#: Detection runs at these sizes first (fast), then at the larger one if no face was found
+#: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
+#: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
+DETECT_FAST_SIDES_PX = (320, 256)
 DETECT_MAX_SIDE_PX = 1024
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
@@ -303,7 +305,7 @@ class QueryEngine:
                 rgb,
                 name,
                 threshold=QUERY_DETECTION_THRESHOLD,
-                fast_side_px=DETECT_FAST_SIDE_PX,
+                fast_sides_px=DETECT_FAST_SIDES_PX,
                 full_side_px=DETECT_MAX_SIDE_PX,
             )
         except PhotoError as exc:
