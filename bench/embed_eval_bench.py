@@ -25,9 +25,10 @@ import numpy as np
 
 #: The 'catalog' preset's look (256 px, tighter framing, mostly clear optical lenses) on faces
 #: 0-799; queries on held-out faces 900-999 (bench/photo_bench.py renders the same gallery).
+GALLERY_VIEWS = 6
 CATALOGUE_SPEC = {
     "image_px": 256,
-    "views_per_asset": 6,
+    "views_per_asset": GALLERY_VIEWS,
     "face_first": 0,
     "face_count": 800,
     "fit_jitter": 0.5,
@@ -59,7 +60,7 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
-def gallery_spec(views: int = CATALOGUE_SPEC["views_per_asset"]) -> dict:
+def gallery_spec(views: int = GALLERY_VIEWS) -> dict:
     """The catalogue spec with `views` per product: fewer views make a 3,200-product gallery
     affordable on 2 cores (rendering is most of the time), at some cost in accuracy."""
     return {**CATALOGUE_SPEC, "views_per_asset": views}
@@ -181,7 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--gallery-views",
         type=int,
-        default=CATALOGUE_SPEC["views_per_asset"],
+        default=GALLERY_VIEWS,
         help="catalogue views per product (fewer: a cheaper gallery, lower figures)",
     )
     parser.add_argument(

@@ -208,13 +208,18 @@ def search_all(store: Any, index: str, photos: list[dict[str, Any]]) -> dict[str
 
 
 def main() -> None:
+    from embed_eval_bench import GALLERY_VIEWS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=".glassfinder/embed-bench")
     parser.add_argument("--products", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7, help="catalogue seed (the packaged model's is 4242)")
     parser.add_argument("--photos-per-face", type=int, default=60)
     parser.add_argument(
-        "--gallery-views", type=int, default=6, help="catalogue views per product (fewer: cheaper, harder)"
+        "--gallery-views",
+        type=int,
+        default=GALLERY_VIEWS,
+        help="catalogue views per product (fewer: cheaper, harder)",
     )
     parser.add_argument("--models", default="packaged,imagenet", help="packaged, imagenet, or NAME@SHA")
     args = parser.parse_args()
