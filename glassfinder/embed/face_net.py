@@ -123,7 +123,11 @@ def decode(
     merge[l] (default: everywhere), else its own estimate alone: measured on held-out identities,
     the merge made the pupils worse (their neighbours, the eye corners, are less sure of them than
     they are of themselves), so the card's model says per landmark which to use."""
-    own, merged = own_and_merged(out, neighbours, grid_w)
+    return pick_merged(*own_and_merged(out, neighbours, grid_w), merge)
+
+
+def pick_merged(own: torch.Tensor, merged: torch.Tensor, merge: torch.Tensor | None) -> torch.Tensor:
+    """Per landmark, the merged estimate where merge[l] (everywhere when None), else its own."""
     return merged if merge is None else torch.where(merge[None, :, None], merged, own)
 
 
@@ -183,7 +187,7 @@ class FaceAnalyzer:
         out = self._folded(x)
         grid_w = crops.shape[2] // STRIDE
         own, merged = own_and_merged(out, self.net.neighbours, grid_w)
-        lm = merged if self.merge is None else torch.where(self.merge[None, :, None], merged, own)
+        lm = pick_merged(own, merged, self.merge)
         box = (out["box"] * INPUT_PX).numpy()
         disagreement = shape_disagreement(own, merged).numpy()
         return lm.numpy(), box, torch.sigmoid(out["presence"]).numpy(), disagreement
