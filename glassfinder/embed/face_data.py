@@ -147,7 +147,7 @@ def training_crop(
     m = crop_matrix(box)
     if augment:
         w = box[2] - box[0]
-        s = rng.uniform(0.88, 1.14)
+        s = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))  # dlib's pyramid step is 1.2
         ang = np.radians(rng.normal(0, 6))
         dx, dy = rng.normal(0, 0.06 * w, 2)
         c = INPUT_PX / 2

@@ -100,7 +100,7 @@ class HeadParams:
         self.ipd = u(0.056, 0.070)
         self.eye_y = 0.004
         self.eye_w = u(0.0135, 0.0162)  # half width of the opening
-        self.eye_h = u(0.0048, 0.0068)  # half height of the opening
+        self.eye_h = u(0.0042, 0.0056)  # half height of the opening: less than the iris radius, 5 mm
         self.eye_tilt = u(-0.08, 0.12)  # outer corner up (rad)
         self.lip = u(0.003, 0.007)
         self.mouth_w = u(0.021, 0.027)
@@ -114,6 +114,8 @@ class HeadParams:
         self.hairline = u(0.045, 0.07)
         self.brow_thick = u(0.0035, 0.0065)
         self.noise_seed = int(rng.integers(2**31))
+        # Drawn last so that every earlier trait of an identity stays as it was.
+        self.lid_drop = u(0.0006, 0.0014)  # the opening's centre below the pupil, see `_face_offset`
 
 
 def _interp_palette(palette: np.ndarray, t: float) -> np.ndarray:
@@ -159,8 +161,11 @@ def _face_offset(p: HeadParams, x: np.ndarray, y: np.ndarray, *, with_eye_openin
     h -= 0.002 * _gauss(x, y, 0, my, p.mouth_w, 0.0012)
     h += p.chin * _gauss(x, y, 0, my - 0.038, 0.02, 0.012)
     if with_eye_openings:
+        # Real upper lids cover the top of the iris and lower lids meet its bottom, so the pupil
+        # sits ~1 mm above the opening's centre; a network trained on pupils at the centre
+        # placed real pupils low by ~4% of their distance.
         for sx in (1, -1):
-            dx, dy = x - sx * hx, y - ey
+            dx, dy = x - sx * hx, y - (ey - p.lid_drop)
             ct, st = np.cos(p.eye_tilt * sx), np.sin(p.eye_tilt * sx)
             rx, ry = ct * dx + st * dy, -st * dx + ct * dy
             # Almond: pointed corners, fuller on the nose side of the top lid.
@@ -283,7 +288,7 @@ def build_head(seed: int) -> Head:
         )
         dens = np.clip(inside * 1.3, 0, 1)[:, None]
         col = col * (1 - 0.85 * dens) + p.brow_colour[None, :] * 0.85 * dens
-        lash = frontal * _gauss(x, y, sx * hx, ey + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
+        lash = frontal * _gauss(x, y, sx * hx, ey - p.lid_drop + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
         col = col * (1 - 0.6 * np.clip(lash, 0, 1)[:, None])
     scalp = _hair_mask(p, verts, for_shell=False)
     col = col * (1 - scalp[:, None]) + (p.hair * 0.9)[None, :] * scalp[:, None]
@@ -315,7 +320,9 @@ def build_head(seed: int) -> Head:
         pupils[side] = centre + np.array([0, 0, r_eye])
         landmarks[f"pupil_{side}"] = pupils[side]
         for corner, cx in (("inner", -sx * p.eye_w), ("outer", sx * p.eye_w)):
-            corner_xy = np.array([sx * hx + cx * np.cos(p.eye_tilt), ey + cx * sx * np.sin(p.eye_tilt) * sx])
+            corner_xy = np.array(
+                [sx * hx + cx * np.cos(p.eye_tilt), ey - p.lid_drop + cx * sx * np.sin(p.eye_tilt) * sx]
+            )
             landmarks[f"eye_{side}_{corner}"] = _front_xyz(p, corner_xy[0], corner_xy[1]) - [0, 0, 0.002]
 
     # Ears and neck.
