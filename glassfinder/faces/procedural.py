@@ -117,6 +117,11 @@ class HeadParams:
         # Drawn last so that every earlier trait of an identity stays as it was.
         self.lid_drop = u(0.0006, 0.0014)  # the opening's centre below the pupil, see `_face_offset`
 
+    @property
+    def opening_y(self) -> float:
+        """Height of the eye openings' centre (the pupils are at `eye_y`)."""
+        return self.eye_y - self.lid_drop
+
 
 def _interp_palette(palette: np.ndarray, t: float) -> np.ndarray:
     x = t * (len(palette) - 1)
@@ -165,7 +170,7 @@ def _face_offset(p: HeadParams, x: np.ndarray, y: np.ndarray, *, with_eye_openin
         # sits ~1 mm above the opening's centre; a network trained on pupils at the centre
         # placed real pupils low by ~4% of their distance.
         for sx in (1, -1):
-            dx, dy = x - sx * hx, y - (ey - p.lid_drop)
+            dx, dy = x - sx * hx, y - p.opening_y
             ct, st = np.cos(p.eye_tilt * sx), np.sin(p.eye_tilt * sx)
             rx, ry = ct * dx + st * dy, -st * dx + ct * dy
             # Almond: pointed corners, fuller on the nose side of the top lid.
@@ -288,7 +293,7 @@ def build_head(seed: int) -> Head:
         )
         dens = np.clip(inside * 1.3, 0, 1)[:, None]
         col = col * (1 - 0.85 * dens) + p.brow_colour[None, :] * 0.85 * dens
-        lash = frontal * _gauss(x, y, sx * hx, ey - p.lid_drop + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
+        lash = frontal * _gauss(x, y, sx * hx, p.opening_y + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
         col = col * (1 - 0.6 * np.clip(lash, 0, 1)[:, None])
     scalp = _hair_mask(p, verts, for_shell=False)
     col = col * (1 - scalp[:, None]) + (p.hair * 0.9)[None, :] * scalp[:, None]
@@ -321,7 +326,7 @@ def build_head(seed: int) -> Head:
         landmarks[f"pupil_{side}"] = pupils[side]
         for corner, cx in (("inner", -sx * p.eye_w), ("outer", sx * p.eye_w)):
             corner_xy = np.array(
-                [sx * hx + cx * np.cos(p.eye_tilt), ey - p.lid_drop + cx * sx * np.sin(p.eye_tilt) * sx]
+                [sx * hx + cx * np.cos(p.eye_tilt), p.opening_y + cx * sx * np.sin(p.eye_tilt) * sx]
             )
             landmarks[f"eye_{side}_{corner}"] = _front_xyz(p, corner_xy[0], corner_xy[1]) - [0, 0, 0.002]
 
