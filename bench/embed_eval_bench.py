@@ -140,17 +140,26 @@ def prepare(
 
 
 def packaged_only(
-    work: Path, sets: Any, model: Any, packaged: dict[str, Any], manifest: dict, device: str | None
+    work: Path,
+    sets: Any,
+    model: Any,
+    packaged: dict[str, Any],
+    manifest: dict,
+    device: str | None,
+    baseline: bool = True,
 ) -> None:
     """Every product of this catalogue is unseen by the packaged model, so every query is open-set;
-    its ImageNet start (same architecture, no fine-tuning) is the baseline beside it."""
+    its ImageNet start (same architecture, no fine-tuning) is the baseline beside it (skippable: it
+    does not change when the packaged model is retrained, and embedding a big gallery twice costs)."""
     from glassfinder.embed.evaluate import EvalSets, evaluate_models, write_report
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.model import build_model
 
     unseen = EvalSets(sets.gallery, sets.queries, {p: "test" for p in sets.split_of})
-    baseline = Embedder(build_model(model.config, seed=0).eval(), device=device)
-    report = evaluate_models(unseen, {**packaged, "imagenet-baseline": baseline}, manifest=manifest)
+    models = dict(packaged)
+    if baseline:
+        models["imagenet-baseline"] = Embedder(build_model(model.config, seed=0).eval(), device=device)
+    report = evaluate_models(unseen, models, manifest=manifest)
     write_report(report, work / "eval" / "packaged-only")
     print(
         f"\n{report['gallery_products']} products, {report['gallery_views']} catalogue views; "
@@ -189,6 +198,9 @@ def main() -> None:
         "--packaged-only",
         action="store_true",
         help="no training: the packaged model and its ImageNet start on this catalogue (all of it unseen)",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="--packaged-only without the ImageNet baseline"
     )
     parser.add_argument(
         "--candidates",
@@ -236,7 +248,7 @@ def main() -> None:
     if args.packaged_only:
         if not extra:
             parser.error("--packaged-only: no packaged model in glassfinder/models/")
-        packaged_only(work, sets, default.model, extra, manifest, args.device)
+        packaged_only(work, sets, default.model, extra, manifest, args.device, not args.no_baseline)
         return
     train_views, val_views = load_training_views(store, base, progress=True)
 

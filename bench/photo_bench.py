@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 FACES = ("astronaut", "hopper")
-#: Faces a packaged model trained on: the embedding's training views use no photo, but the
-#: face-analysis model (eyes, presence) trained on Hopper's photo (embed/face_photo_data.py).
+#: Faces a packaged model trained on: both the embedding (views rendered onto her photo with her
+#: frames inpainted away, embed/default_model.py) and the face-analysis model (eyes, presence,
+#: embed/face_photo_data.py) trained on Hopper's photo.
 SEEN_BY_PACKAGED: frozenset[str] = frozenset({"hopper"})
 
 

@@ -271,6 +271,25 @@ def test_shipped_default_model_matches_its_card() -> None:
     assert model.card["training_data"]["catalogue_seed"] not in (0, 1, 5, 7, 11, 99)
 
 
+def test_the_training_catalogue_grows_to_a_larger_count_keeping_its_products(tmp_path: Path) -> None:
+    """Rerunning the retrain script with more --products extends its catalogue: the products
+    already rendered stay the same assets (their renders are reused), and new ones are added."""
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
+    from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.embed.default_model import prepare_catalog
+
+    small = read_manifest_rows(prepare_catalog(tmp_path, 4, seed=5), CATALOG_MANIFEST_KEY)
+    again = read_manifest_rows(prepare_catalog(tmp_path, 3, seed=5), CATALOG_MANIFEST_KEY)
+    assert again == small  # asking for fewer than it holds changes nothing
+    large = read_manifest_rows(prepare_catalog(tmp_path, 9, seed=5), CATALOG_MANIFEST_KEY)
+    assert len(small) == 4 and len(large) == 9
+    shas = {r["product_id"]: r["asset_sha256"] for r in large}
+    # The last family (one shape, its colourways) may have been cut short; every whole one is kept.
+    last_family = small[-1]["product_id"].rsplit("-", 1)[0]
+    whole = [r for r in small if not r["product_id"].startswith(f"{last_family}-")]
+    assert whole and all(shas.get(r["product_id"]) == r["asset_sha256"] for r in whole)
+
+
 def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: Path) -> None:
     """The shipped face-analysis weights load against their card; a flipped byte is refused, and
     a weights file with a key the network does not have never half-loads."""

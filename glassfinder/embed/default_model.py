@@ -5,21 +5,24 @@ the model, the renderer or the crop reruns this and commits `glassfinder/models/
 its card. Steps, each skipped when its output exists (the work folder is a resumable run):
 
 1. generate a catalogue with seed TRAINING_SEED (no benchmark, test or demo uses it) and render
-   it under TRAINING_SPEC: 256 px, procedural heads 0-799 (never the photo bank: the astronaut
-   photo is never used to train or calibrate a packaged model), mostly clear optical lenses;
+   it twice: on procedural heads 0-799 (training_spec: 256 px, mostly clear optical lenses), and
+   on Grace Hopper's photo with her own frames inpainted away (photo_training_spec), the one real
+   face training may use: real skin, hair and photo texture around the frame, which no procedural
+   head has. The astronaut photo is never used to train or calibrate a packaged model;
 2. compare backbone depths briefly on a subset of products (MobileNetV2 cut after the 160-channel
    stage with mean+max pooling, vs the whole trunk with GeM) and keep the best on validation mAP;
 3. fine-tune the kept one from ImageNet on every training product, with checkpoints and resume;
 4. write the weights and a card (config, data spec, figures, ImageNet weights' licence) into
    glassfinder/models/.
 
-Budget: ~30-45 min on 2 CPU cores for the default sizes.
+Budget: ~1.5 h on 2 CPU cores for the default sizes (render ~25 min, training ~1 h).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import time
@@ -28,27 +31,51 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
+from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.data import ViewSet
+from glassfinder.embed.face_photo_data import hopper_bare
 from glassfinder.embed.imagenet import SOURCE
 from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
 from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
 from glassfinder.embed.train import TrainConfig, TrainResult, load_training_views, train_model
-from glassfinder.render.job import render_catalog
+from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.spec import PRESETS, RenderSpec
 from glassfinder.store.local import LocalStore
 
 #: Catalogue seed of the packaged model's training data (benchmarks use 0, 5, 7, 11, 99).
 TRAINING_SEED = 4242
-TRAINING_PRODUCTS = 600
+TRAINING_PRODUCTS = 1000
 MODEL_NAME = "glasses"
+#: Views of each product on Hopper's photo (her pose is fixed; lenses, light and fit vary).
+PHOTO_VIEWS = 2
+HOPPER_BANK = "hopper-bank"
+HOPPER_BARE_NAME = "grace_hopper_bare.png"
 
 
 def training_spec() -> RenderSpec:
     """The render spec of the packaged model's training views (the 'catalog' preset's look)."""
     return replace(PRESETS["catalog"], views_per_asset=6, seed=TRAINING_SEED, split_fractions=(0.9, 0.1, 0.0))
+
+
+def photo_training_spec(bank: Path) -> RenderSpec:
+    """The training spec's look on the photos in `bank` (a folder; relative keeps the hash portable)."""
+    return replace(training_spec(), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
+
+
+def prepare_photo_bank(work: Path) -> Path:
+    """work/hopper-bank holding Hopper's photo with her frames inpainted away (written once)."""
+    bank = work / HOPPER_BANK
+    path = bank / HOPPER_BARE_NAME
+    if not path.exists():
+        bank.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(hopper_bare()).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+    return bank
 
 
 #: Depth/pooling candidates compared before the full run (ModelConfig overrides).
@@ -59,9 +86,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 
 
 def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> LocalStore:
-    """A generated catalogue, generated and ingested once into work/store (reused by the benches)."""
+    """A generated catalogue, generated and ingested once into work/store (reused by the benches).
+
+    Asked for more products than it holds, it is generated again at the new size: a seed's
+    families come out the same whatever the count, and ingest skips the assets it has seen.
+    """
     store = LocalStore(work / "store")
-    if not store.exists(CATALOG_MANIFEST_KEY):
+    held = len(read_manifest_rows(store, CATALOG_MANIFEST_KEY)) if store.exists(CATALOG_MANIFEST_KEY) else 0
+    if held < products:
         t0 = time.perf_counter()
         generate_catalog(LocalStore(work / "src"), products, seed, progress=True)
         ingest_manifest(str(work / "src" / "manifest.parquet"), dest=store, progress=True)
@@ -69,22 +101,25 @@ def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> Loc
     return store
 
 
-def prepare(work: Path, products: int, render_limit: int | None = None) -> tuple[LocalStore, str]:
-    """Generate, ingest and render the training catalogue (skipping what exists)."""
+def prepare(
+    work: Path, products: int, render_limit: int | None = None
+) -> tuple[LocalStore, list[RenderSpec]]:
+    """Generate, ingest and render the training catalogue under both specs (skipping what exists)."""
     store = prepare_catalog(work, products)
-    spec = training_spec()
-    report = render_catalog(
-        f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec, store, progress=True, limit=render_limit
+    specs = [training_spec(), photo_training_spec(prepare_photo_bank(work))]
+    reports = render_catalog_specs(
+        f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit
     )
-    print(
-        f"render spec {spec.spec_hash}: {report.rendered} rendered ({report.views} views), "
-        f"{report.skipped} there already, in {report.seconds:.0f} s"
-    )
-    return store, spec.spec_hash
+    for spec, report in zip(specs, reports, strict=True):
+        print(
+            f"render spec {spec.spec_hash} ({spec.face_source}): {report.rendered} rendered "
+            f"({report.views} views), {report.skipped} there already, in {report.seconds:.0f} s"
+        )
+    return store, specs
 
 
 def write_packaged(
-    result: TrainResult, spec: RenderSpec, out_dir: Path, extra: dict[str, Any]
+    result: TrainResult, specs: list[RenderSpec], out_dir: Path, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Weights + card into out_dir (glassfinder/models/ by default)."""
     weights = weights_bytes(result.model)
@@ -100,9 +135,11 @@ def write_packaged(
         "training_data": {
             "catalogue_seed": TRAINING_SEED,
             "generator": "glassfinder.catalog.generate (procedural frames)",
-            "faces": "procedural heads 0-799 only (no photo; the astronaut photo is never used)",
-            "render_spec": json.loads(spec.canonical_json()),
-            "render_spec_hash": spec.spec_hash,
+            "faces": (
+                "procedural heads 0-799, and Grace Hopper's photo (matplotlib's grace_hopper.jpg) "
+                "with her own frames inpainted away; the astronaut photo is never used"
+            ),
+            "render_specs": {s.spec_hash: json.loads(s.canonical_json()) for s in specs},
         },
         "retrain": "python -m glassfinder.embed.default_model",
         **extra,
@@ -134,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
-    store, spec_hash = prepare(work, args.products, args.render_limit)
-    base = TrainConfig(spec_hashes=(spec_hash,), epochs=args.epochs, model=mobilenet_config())
+    store, specs = prepare(work, args.products, args.render_limit)
+    base = TrainConfig(
+        spec_hashes=tuple(s.spec_hash for s in specs), epochs=args.epochs, model=mobilenet_config()
+    )
     train_views, val_views = load_training_views(store, base, progress=True)
 
     def subset(views: ViewSet, keep: set[str]) -> ViewSet:
@@ -184,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     card = write_packaged(
         result,
-        training_spec(),
+        specs,
         out_dir,
         {
             "depth_comparison": comparison,
