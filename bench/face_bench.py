@@ -99,14 +99,14 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 
 def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
     from glassfinder.embed.face_net import packaged_analyzer
-    from glassfinder.faces.photos import PhotoError, detect_face, find_query_face
+    from glassfinder.faces.photos import PhotoError, detect_face
     from glassfinder.search.query import (
-        DETECT_FAST_SIDES_PX,
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
         QueryRefusedError,
         check_analysis,
         decode_photo,
+        find_face,
     )
 
     sha, analyzer = packaged_analyzer(models_dir)
@@ -115,20 +115,16 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
         rgb = decode_photo(p["path"].read_bytes(), p["path"].name)
         rec: dict[str, Any] = {"face": p["face"], "worn": p["worn"], "lens": p["lens"]}
         t0 = time.perf_counter()
+        eyes: np.ndarray | None = None  # stays unset when no face is found
         try:
-            face = find_query_face(
-                rgb, p["path"].name, threshold=QUERY_DETECTION_THRESHOLD,
-                fast_sides_px=DETECT_FAST_SIDES_PX, full_side_px=DETECT_MAX_SIDE_PX,
-            )  # fmt: skip
+            face = find_face(rgb, p["path"].name)
             a = analyzer.analyse(rgb, face.box_xyxy)
             rec["ms"] = (time.perf_counter() - t0) * 1000
             rec["p"], rec["shape_disagreement"] = a.glasses_probability, a.shape_disagreement
             eyes = a.eyes_xy
             check_analysis(a, analyzer.threshold, p["path"].name, face.box_xyxy)
             rec["refused"] = None
-        except PhotoError as exc:
-            rec["refused"], eyes = exc.reason, None
-        except QueryRefusedError as exc:  # the query path's own refusal, after analysis
+        except QueryRefusedError as exc:  # before analysis (eyes unset) or after it
             rec["refused"] = exc.reason
         try:
             old = detect_face(

@@ -42,6 +42,7 @@ from glassfinder.search.query import (
     DETECT_FAST_SIDES_PX,
     DETECT_MAX_SIDE_PX,
     QUERY_DETECTION_THRESHOLD,
+    QUERY_WEAK_DETECTION_THRESHOLD,
     QueryRefusedError,
     check_analysis,
 )
@@ -161,6 +162,75 @@ def test_a_false_detection_that_is_not_a_face_is_refused_as_no_face(analyzer: Fa
         with pytest.raises(QueryRefusedError) as refused:
             check_analysis(a, analyzer.threshold, name, box)
         assert refused.value.reason == "no_face" and name in str(refused.value)
+
+
+def test_a_texture_the_detector_takes_for_a_face_is_refused_by_the_verifier(analyzer: FaceAnalyzer) -> None:
+    """dlib scores scikit-image's coins above the query threshold and the landmarks hold a face's
+    shape on them: before the verifier, a photo of coins was searched as a face wearing glasses."""
+    import skimage.data
+
+    coins = np.repeat(skimage.data.coins()[..., None], 3, axis=2)
+    found = find(coins)
+    assert not found.weak
+    a = analyzer.analyse(coins, found.box_xyxy)
+    assert not a.verified_as_face and not a.looks_like_a_face, a.face_probability
+    with pytest.raises(QueryRefusedError) as refused:
+        check_analysis(a, analyzer.threshold, "coins.png", found.box_xyxy)
+    assert refused.value.reason == "no_face" and "does not look like a face" in str(refused.value)
+
+
+def test_a_face_found_only_below_the_threshold_is_verified_and_analysed(
+    assets, analyzer: FaceAnalyzer
+) -> None:
+    """Large dark lenses can put a face under the detector's threshold: the best box down to the
+    weak threshold is returned, marked weak, and the verifier (not the score) accepts it."""
+    photo = background(720, 540, seed=8)
+    truth = paste(photo, render(assets, 990, worn=True, lens=TINTED), 2.0, (180, 60))
+
+    def unreachable(weak_threshold: float | None) -> QueryFace:
+        return find_query_face(
+            photo,
+            "upload.jpg",
+            threshold=5.0,
+            weak_threshold=weak_threshold,
+            fast_sides_px=DETECT_FAST_SIDES_PX,
+            full_side_px=DETECT_MAX_SIDE_PX,
+        )
+
+    with pytest.raises(PhotoError) as err:
+        unreachable(None)
+    assert err.value.reason == "no_face"
+    found = unreachable(QUERY_WEAK_DETECTION_THRESHOLD)
+    assert found.weak and found.score < 5.0
+    a = analyzer.analyse(photo, found.box_xyxy)
+    assert a.looks_like_a_face, (a.face_probability, a.shape_disagreement)
+    assert eye_error(a.eyes_xy, truth) < 0.10
+
+
+def test_the_packaged_face_verifier_separates_faces_from_textures_it_never_saw(
+    analyzer: FaceAnalyzer,
+) -> None:
+    """The card's held-out figures: faces of held-out identities, and non-face photos (sources)
+    the fit never used."""
+    from glassfinder.embed.packaged import read_packaged
+
+    assert analyzer.verifier is not None
+    held = read_packaged("face-analysis").card["verifier"]["held_out"]
+    assert held["faces"] >= 100 and held["non_faces"] >= 300
+    assert held["face_refusal"] <= 0.02 and held["non_face_accept"] <= 0.05, held
+
+
+def test_the_verifier_threshold_refuses_at_most_its_target_share_of_fit_faces() -> None:
+    from glassfinder.embed.face_verify import TARGET_FACE_REFUSAL, fit_verifier, rates
+
+    rng = np.random.default_rng(0)
+    faces = rng.normal(0.6, 1.0, (400, 8))
+    textures = rng.normal(-0.6, 1.0, (400, 8))
+    verifier = fit_verifier(faces, textures)
+    assert verifier.threshold <= 0.5
+    measured = rates(verifier, faces, textures)
+    assert measured["face_refusal"] <= TARGET_FACE_REFUSAL + 1 / len(faces)
+    assert measured["non_face_accept"] < 0.9  # overlapping classes: the low threshold lets many in
 
 
 def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: FaceAnalyzer) -> None:

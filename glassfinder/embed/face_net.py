@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from glassfinder.embed.face_data import INPUT_PX, crop_matrix, cut
+from glassfinder.embed.face_verify import FaceVerifier
 from glassfinder.embed.infer import fold_batchnorm
 from glassfinder.embed.mobilenet import _conv_bn_relu, mobilenet_v2_features
 from glassfinder.errors import GlassFinderError
@@ -87,6 +88,7 @@ class FaceNet(nn.Module):
             "neighbour": self.neighbour(h).view(b, n, NEIGHBOURS, 2, gh, gw),
             "presence": head[:, 0],
             "box": head[:, 1:5],  # glasses box (x0, y0, x1, y1) in input / INPUT_PX units
+            "pooled": pooled,  # what the face verifier (embed/face_verify.py) reads
         }
 
 
@@ -153,10 +155,22 @@ class FaceAnalysis:
     glasses_probability: float
     glasses_box_xyxy: np.ndarray  # (4,)
     shape_disagreement: float  # see `shape_disagreement`
+    #: The face verifier's probability that the box holds a face (embed/face_verify.py), and
+    #: the threshold its card set; 1.0 and 0.0 for a model without a verifier.
+    face_probability: float = 1.0
+    face_threshold: float = 0.0
+
+    @property
+    def holds_a_face_shape(self) -> bool:
+        return self.shape_disagreement <= MAX_SHAPE_DISAGREEMENT
+
+    @property
+    def verified_as_face(self) -> bool:
+        return self.face_probability >= self.face_threshold
 
     @property
     def looks_like_a_face(self) -> bool:
-        return self.shape_disagreement <= MAX_SHAPE_DISAGREEMENT
+        return self.holds_a_face_shape and self.verified_as_face
 
     @property
     def eyes_xy(self) -> np.ndarray:
@@ -173,16 +187,25 @@ class FaceAnalyzer:
     analyzer after changing the weights.
     """
 
-    def __init__(self, net: FaceNet, threshold: float, merge: list[bool] | None = None) -> None:
+    def __init__(
+        self,
+        net: FaceNet,
+        threshold: float,
+        merge: list[bool] | None = None,
+        verifier: FaceVerifier | None = None,
+    ) -> None:
         self.net = net.eval()
         self._folded = fold_batchnorm(self.net)
         self.threshold = float(threshold)
         self.merge = None if merge is None else torch.tensor(merge, dtype=torch.bool)
+        self.verifier = verifier
 
     @torch.inference_mode()
-    def analyse_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def analyse_crops(
+        self, crops: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(b, INPUT_PX, INPUT_PX, 3) uint8 -> landmarks (b, L, 2) and boxes (b, 4) in crop pixels,
-        glasses probabilities (b,), shape disagreements (b,)."""
+        glasses probabilities (b,), shape disagreements (b,), face probabilities (b,)."""
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
         out = self._folded(x)
         grid_w = crops.shape[2] // STRIDE
@@ -190,12 +213,14 @@ class FaceAnalyzer:
         lm = pick_merged(own, merged, self.merge)
         box = (out["box"] * INPUT_PX).numpy()
         disagreement = shape_disagreement(own, merged).numpy()
-        return lm.numpy(), box, torch.sigmoid(out["presence"]).numpy(), disagreement
+        pooled = out["pooled"].numpy().astype(np.float64)
+        p_face = np.ones(len(crops)) if self.verifier is None else self.verifier.probability(pooled)
+        return lm.numpy(), box, torch.sigmoid(out["presence"]).numpy(), disagreement, p_face
 
     def analyse(self, rgb: np.ndarray, face_box_xyxy: tuple[int, int, int, int] | np.ndarray) -> FaceAnalysis:
         m = crop_matrix(np.asarray(face_box_xyxy, np.float32))
         crop = cut(rgb, m)
-        lm, box, p, disagreement = self.analyse_crops(crop[None])
+        lm, box, p, disagreement, p_face = self.analyse_crops(crop[None])
         inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
         to_image = lambda pts: pts @ inv[:, :2].T + inv[:, 2]  # noqa: E731
         return FaceAnalysis(
@@ -203,6 +228,8 @@ class FaceAnalyzer:
             glasses_probability=float(p[0]),
             glasses_box_xyxy=to_image(box[0].reshape(2, 2)).reshape(4).astype(np.float32),
             shape_disagreement=float(disagreement[0]),
+            face_probability=float(p_face[0]),
+            face_threshold=0.0 if self.verifier is None else self.verifier.threshold,
         )
 
 
@@ -246,4 +273,5 @@ def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer
             f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
             "retrain it (python -m glassfinder.embed.face_train)"
         )
-    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"))
+    verifier = FaceVerifier.from_meta(meta.get("verifier"))
+    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"), verifier)

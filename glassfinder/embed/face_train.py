@@ -10,7 +10,9 @@ Steps, each skipped when its output exists (the work folder is a resumable run):
 4. render frames onto Grace Hopper's photo with her own frames inpainted away, and adapt the
    network for a few epochs on those real-face samples mixed with the renders (--no-photos skips);
 5. measure it on held-out identities beside dlib's 5-point landmarks and write the weights and a
-   card into glassfinder/models/.
+   card into glassfinder/models/;
+6. fit the face verifier on its features (embed/face_verify.py: faces against non-face photos)
+   and add it to the weights and the card.
 
 Budget: ~45 min on 2 idle CPU cores for steps 1-3, ~10 min for step 4 (much longer under other load).
 """
@@ -31,6 +33,8 @@ from glassfinder.embed.default_model import prepare_catalog
 from glassfinder.embed.face_data import render_shard, shard_path
 from glassfinder.embed.face_fit import FitConfig, train_and_package
 from glassfinder.embed.face_photo_data import load_or_render_photo_samples
+from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
+from glassfinder.embed.face_verify import fit_and_package
 
 TRAINING_SEED = 6161
 TRAINING_PRODUCTS = 80
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             args.work, assets(args.work), cfg.photo_worn, cfg.photo_bare_copies
         )
     report: dict[str, Any] = train_and_package(args.work, args.shards, photos, cfg, out_dir=args.out_dir)
+    report["verifier"] = fit_and_package(args.work, min(VERIFIER_SHARDS, args.shards), args.out_dir)
     print(json.dumps(report, indent=2))
     return 0
 

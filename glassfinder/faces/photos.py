@@ -173,6 +173,7 @@ class QueryFace:
     score: float
     faces_found: int
     at_border: bool  # the box comes within 10% of its width of an edge: the face may be cut off
+    weak: bool = False  # found only below the threshold: the caller must verify it is a face
 
 
 def _shrunk(rgb: np.ndarray, side_px: int) -> tuple[np.ndarray, float]:
@@ -191,6 +192,7 @@ def find_query_face(
     name: str,
     *,
     threshold: float,
+    weak_threshold: float | None = None,
     fast_sides_px: tuple[int, ...] = (320, 256),
     full_side_px: int = 1024,
     min_face_px: int = 40,
@@ -206,8 +208,15 @@ def find_query_face(
     sees faces down to ~40 px; ~4x the cost, paid only when the cheaper passes found nothing).
     Several faces: the largest is searched, and `faces_found` says so. A face in profile is not found by this
     frontal detector and is refused as `no_face`, the message saying what to do.
+
+    When no pass finds a face at `threshold`, the most confident box any pass found at
+    `weak_threshold` or above is returned marked `weak`: large dark lenses hide the eyes HOG
+    looks for, and such faces score well below textures that do reach the threshold, so a score
+    cannot tell them apart; the caller's face verifier must (the query path's does).
     """
     found: list[FaceBox] = []
+    weakest_allowed = threshold if weak_threshold is None else min(threshold, weak_threshold)
+    best_weak: tuple[FaceBox, float] | None = None
     scale = 1.0
     tried: set[tuple[int, int]] = set()
     passes = [(side, 0) for side in fast_sides_px]
@@ -217,9 +226,15 @@ def find_query_face(
         if (small.shape[1], upsample) in tried:
             continue
         tried.add((small.shape[1], upsample))
-        found = detect_boxes(small, threshold=threshold, upsample=upsample)
+        boxes = detect_boxes(small, threshold=weakest_allowed, upsample=upsample)
+        found = [b for b in boxes if b.score >= threshold]
         if found:
             break
+        if boxes and (best_weak is None or boxes[0].score > best_weak[0].score):
+            best_weak = (boxes[0], scale)
+    weak = not found and best_weak is not None
+    if best_weak is not None and not found:
+        found, scale = [best_weak[0]], best_weak[1]
     if not found:
         raise PhotoError(name, "no_face", "no face found (a face must look roughly toward the camera)")
     best = max(found, key=lambda f: f.area)
@@ -229,7 +244,7 @@ def find_query_face(
     h, w = rgb.shape[:2]
     margin = 0.1 * (x1 - x0 + 1)  # dlib's box is tight: a face cut by the edge ends just inside it
     at_border = x0 - margin < 0 or y0 - margin < 0 or x1 + margin >= w or y1 + margin >= h
-    return QueryFace((x0, y0, x1, y1), best.score, len(found), at_border)
+    return QueryFace((x0, y0, x1, y1), best.score, len(found), at_border, weak)
 
 
 def detect_face(

@@ -30,7 +30,7 @@ from glassfinder.embed.face_net import MAX_SHAPE_DISAGREEMENT, FaceAnalysis, Fac
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
-from glassfinder.faces.photos import PhotoError, find_query_face
+from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.index.reader import IndexReader
 from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.store.base import ObjectStore
@@ -46,6 +46,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
 #: (the face-analysis network's glasses presence still stands between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
+#: Where no face reaches that, the best box down to this score is analysed, and searched only
+#: if the face verifier takes it for a face: faces behind large dark lenses score this low.
+QUERY_WEAK_DETECTION_THRESHOLD = -1.0
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
 #: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
@@ -115,13 +118,34 @@ def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
         raise QueryRefusedError("not_an_image", f"{name} is damaged ({type(exc).__name__}: {exc})") from exc
 
 
+def find_face(rgb: np.ndarray, name: str) -> QueryFace:
+    """The face a query searches, found as the query path does, or QueryRefusedError."""
+    try:
+        return find_query_face(
+            rgb,
+            name,
+            threshold=QUERY_DETECTION_THRESHOLD,
+            weak_threshold=QUERY_WEAK_DETECTION_THRESHOLD,
+            fast_sides_px=DETECT_FAST_SIDES_PX,
+            full_side_px=DETECT_MAX_SIDE_PX,
+        )
+    except PhotoError as exc:
+        raise QueryRefusedError(exc.reason, str(exc).removeprefix("photo ")) from exc
+
+
 def check_analysis(
     analysis: FaceAnalysis, threshold: float, name: str, box_xyxy: tuple[int, int, int, int]
 ) -> None:
     """Refuse what the face-analysis network says is not a face wearing glasses: a detection
-    whose landmarks do not hold a face's shape (`no_face`: a patch, a print), then a face
-    without glasses (`no_glasses`)."""
-    if not analysis.looks_like_a_face:
+    whose landmarks do not hold a face's shape or that the face verifier does not take for a
+    face (`no_face`: a patch, a print, a texture), then a face without glasses (`no_glasses`)."""
+    if not analysis.verified_as_face:
+        raise QueryRefusedError(
+            "no_face",
+            f"{name}: what was detected at {list(box_xyxy)} does not look like a face "
+            f"(p_face={analysis.face_probability:.2f} < {analysis.face_threshold:.2f})",
+        )
+    if not analysis.holds_a_face_shape:
         raise QueryRefusedError(
             "no_face",
             f"{name}: what was detected at {list(box_xyxy)} does not hold a face's shape (its "
@@ -162,6 +186,8 @@ class QueryResult:
     landmarks_xy: list[list[float]]  # in LANDMARK_NAMES order
     glasses_box_xyxy: list[float]
     detection_score: float
+    detection_weak: bool  # below QUERY_DETECTION_THRESHOLD: searched because the verifier took it
+    face_probability: float
     glasses_probability: float
     glasses_threshold: float
     shape_disagreement: float
@@ -185,6 +211,8 @@ class QueryResult:
             "landmark_names": list(FACE_LANDMARKS),
             "glasses_box_xyxy": self.glasses_box_xyxy,
             "detection_score": self.detection_score,
+            "detection_weak": self.detection_weak,
+            "face_probability": round(self.face_probability, 4),
             "glasses_probability": round(self.glasses_probability, 4),
             "glasses_threshold": round(self.glasses_threshold, 4),
             "shape_disagreement": round(self.shape_disagreement, 4),
@@ -300,16 +328,7 @@ class QueryEngine:
         t0 = time.perf_counter()
         rgb = decode_photo(data, name, max_pixels=max_pixels)
         t1 = time.perf_counter()
-        try:
-            face = find_query_face(
-                rgb,
-                name,
-                threshold=QUERY_DETECTION_THRESHOLD,
-                fast_sides_px=DETECT_FAST_SIDES_PX,
-                full_side_px=DETECT_MAX_SIDE_PX,
-            )
-        except PhotoError as exc:
-            raise QueryRefusedError(exc.reason, str(exc).removeprefix("photo ")) from exc
+        face = find_face(rgb, name)
         if face.faces_found > 1:
             log.info("search %s: %d faces found, searching the largest", name, face.faces_found)
         t2 = time.perf_counter()
@@ -347,6 +366,8 @@ class QueryEngine:
             landmarks_xy=analysis.landmarks_xy.round(1).tolist(),
             glasses_box_xyxy=analysis.glasses_box_xyxy.round(1).tolist(),
             detection_score=face.score,
+            detection_weak=face.weak,
+            face_probability=analysis.face_probability,
             glasses_probability=p_glasses,
             glasses_threshold=s.face.threshold,
             shape_disagreement=analysis.shape_disagreement,
