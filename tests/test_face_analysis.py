@@ -45,6 +45,7 @@ from glassfinder.search.query import (
     QUERY_WEAK_DETECTION_THRESHOLD,
     QueryRefusedError,
     check_analysis,
+    find_face,
 )
 from glassfinder.store import LocalStore
 
@@ -231,6 +232,21 @@ def test_the_verifier_threshold_refuses_at_most_its_target_share_of_fit_faces() 
     measured = rates(verifier, faces, textures)
     assert measured["face_refusal"] <= TARGET_FACE_REFUSAL + 1 / len(faces)
     assert measured["non_face_accept"] < 0.9  # overlapping classes: the low threshold lets many in
+
+
+def test_a_profile_is_refused_as_no_face_even_with_the_weak_fallback(assets, analyzer: FaceAnalyzer) -> None:
+    """A head turned 80 degrees shows one eye: the frontal detector, the weak fallback and the
+    verifier must not turn it into a searched face with made-up eyes."""
+    spec = replace(FACE_SPEC, face_first=995, face_count=1, yaw_deg=(80.0, 80.0), pitch_deg=(0.0, 0.0))
+    for i, sample in enumerate(render_face_samples(assets, [0, 1], spec=spec, worn_share=1.0)):
+        photo = background(720, 540, seed=20 + i)
+        paste(photo, sample, 2.0, (180, 60))
+        with pytest.raises(QueryRefusedError) as refused:
+            face = find_face(photo, "profile.jpg")
+            check_analysis(
+                analyzer.analyse(photo, face.box_xyxy), analyzer.threshold, "profile.jpg", face.box_xyxy
+            )
+        assert refused.value.reason == "no_face" and "profile.jpg" in str(refused.value)
 
 
 def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: FaceAnalyzer) -> None:
