@@ -5,7 +5,8 @@ renderer puts catalogue frames on her photo (search/samples.py), each photo is t
 a phone photo (bench/photo_bench.py: reframing crop, rescale, colour cast, blur, noise, JPEG) with
 the geometric part tracked, so her hand-annotated pupils (ASTRONAUT_PUPILS, measured once on the
 original 512 px photo to about +-0.7 px, ~0.016 of her pupil distance) are known on every photo.
-Her bare photo and crops/rescales of it must be refused. Grace Hopper (matplotlib) wearing
+Her bare photo and crops/rescales of it must be refused, and so must non-face photos (the face
+verifier's, held-out sources reported apart from the ones it was fitted on). Grace Hopper (matplotlib) wearing
 catalogue frames is reported beside it for refusals; she is a SEEN face (the packaged model's
 second training stage uses her photo, see embed/face_photo_data.py). Figures: eye-centre error /
 inter-pupil distance for the network and for dlib's 5-point model on the same photos (its eye =
@@ -183,12 +184,41 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def non_face_refusals(views_per_photo: int, models_dir: Path | None = None) -> dict[str, Any]:
+    """Non-face photos (the face verifier's, held-out sources apart from fitted ones), whole and
+    cropped/rescaled, through the query path's detection, weak fallback and checks: how many would
+    be searched as a face wearing glasses."""
+    from glassfinder.embed.face_net import packaged_analyzer
+    from glassfinder.embed.face_verify import held_out_source, non_face_photos, photo_variant
+    from glassfinder.search.query import QueryRefusedError, check_analysis, find_face
+
+    _, analyzer = packaged_analyzer(models_dir)
+    rng = np.random.default_rng(2024)
+    out: dict[str, Any] = {}
+    for k, (name, image) in enumerate(non_face_photos()):
+        group = out.setdefault("held_out" if held_out_source(k) else "fitted", {"photos": 0, "searched": []})
+        for v in range(views_per_photo):
+            view = image if v == 0 else np.ascontiguousarray(photo_variant(image, rng))
+            group["photos"] += 1
+            try:
+                face = find_face(view, name)
+                a = analyzer.analyse(view, face.box_xyxy)
+                check_analysis(a, analyzer.threshold, name, face.box_xyxy)
+                group["searched"].append(f"{name} #{v}")
+            except QueryRefusedError:
+                pass
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=".glassfinder/face-bench")
     parser.add_argument("--products", type=int, default=24)
     parser.add_argument("--photos", type=int, default=60, help="worn photos per face")
     parser.add_argument("--bare", type=int, default=20, help="bare astronaut photos (crops, rescales)")
+    parser.add_argument(
+        "--non-face-views", type=int, default=10, help="views (whole, then crops) of each non-face photo"
+    )
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -202,6 +232,7 @@ def main() -> None:
     work = Path(args.work)
     photos = make_photos(work, args.photos, args.bare, args.products)
     summary = summarise(run(photos, args.models_dir))
+    summary["non_face_photos"] = non_face_refusals(args.non_face_views, args.models_dir)
     print(json.dumps(summary, indent=2))
     (work / "report.json").write_text(json.dumps(summary, indent=2))
 

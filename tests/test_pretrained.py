@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -318,6 +319,27 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
         face_net.packaged_analyzer(models)
 
     net, meta = face_net.load_weights(original, "the shipped file")
+
+    def ship(meta_to_ship: dict) -> None:
+        data = face_net.save_weights(net, meta_to_ship)
+        weights.write_bytes(data)
+        shipped = {**card, "weights_sha256": hashlib.sha256(data).hexdigest()}
+        (models / f"{face_net.PACKAGED_NAME}.card.json").write_text(json.dumps(shipped))
+        face_net.packaged_analyzer.cache_clear()
+
+    # The query path searches weak detections only behind a verifier: a model without one, or
+    # with one that does not fit the network's features, is refused by name.
+    ship({k: v for k, v in meta.items() if k != "verifier"})
+    with pytest.raises(GlassFinderError, match=r"face-analysis\.pt has no meta\.verifier"):
+        face_net.packaged_analyzer(models)
+    ship({**meta, "verifier": {**meta["verifier"], "coef": [1.0, 2.0, 3.0]}})
+    with pytest.raises(GlassFinderError, match=r"meta\.verifier has \[3, 224\] weights"):
+        face_net.packaged_analyzer(models)
+    ship({**meta, "verifier": {"coef": []}})
+    with pytest.raises(GlassFinderError, match=r"meta\.verifier is malformed"):
+        face_net.packaged_analyzer(models)
+    face_net.packaged_analyzer.cache_clear()
+
     state = net.state_dict()
     state["fuse.9.weight"] = torch.zeros(1)
     blob = io.BytesIO()

@@ -36,6 +36,18 @@ CROP_SHIFT = -0.05
 #: Detector threshold of the training boxes: the query path's own.
 DETECT_THRESHOLD = -0.3
 LENS_CODES = ("", "clear", "tinted", "mirrored")
+#: The catalogue whose frames the face model and its verifier train on (a seed no bench uses).
+TRAINING_SEED = 6161
+TRAINING_PRODUCTS = 80
+
+
+def training_assets(work: Path) -> list[tuple[str, bytes]]:
+    """(sha, GLB bytes) of the training catalogue, generated once into work/catalog."""
+    from glassfinder.catalog.ingest import catalog_assets
+    from glassfinder.embed.default_model import prepare_catalog
+
+    store = prepare_catalog(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
+    return catalog_assets(store, limit=TRAINING_PRODUCTS)
 
 
 def shard_path(root: Path, shard: int) -> Path:

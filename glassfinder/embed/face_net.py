@@ -28,7 +28,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from glassfinder.embed.face_data import INPUT_PX, crop_matrix, cut
-from glassfinder.embed.face_verify import FaceVerifier
 from glassfinder.embed.infer import fold_batchnorm
 from glassfinder.embed.mobilenet import _conv_bn_relu, mobilenet_v2_features
 from glassfinder.errors import GlassFinderError
@@ -147,6 +146,49 @@ def shape_disagreement(own: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
 MAX_SHAPE_DISAGREEMENT = 0.25
 
 
+#: The lowest dlib score the query path hands to the face verifier (faces behind large dark
+#: lenses score this low; the verifier, not the score, decides).
+VERIFIED_DETECTION_THRESHOLD = -1.0
+#: Width of the pooled features the verifier reads (FaceNet.forward's "pooled").
+POOLED_WIDTH = 128 + 96
+
+
+@dataclass(frozen=True)
+class FaceVerifier:
+    """Is the box a face: standardise the pooled features, then a logistic regression (fitted by
+    embed/face_verify.py); a face at probability >= threshold."""
+
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    threshold: float
+
+    def probability(self, pooled: np.ndarray) -> np.ndarray:
+        """(b, POOLED_WIDTH) -> (b,) probabilities that each box holds a face."""
+        z = (pooled - np.asarray(self.mean)) / np.asarray(self.scale)
+        logit = np.clip(z @ np.asarray(self.coef) + self.intercept, -60.0, 60.0)
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    @classmethod
+    def from_meta(cls, meta: Any, where: str) -> FaceVerifier:
+        """The verifier of a weights file's meta, or a GlassFinderError naming the file and field."""
+        try:
+            verifier = cls(**meta)
+            sizes = {len(verifier.mean), len(verifier.scale), len(verifier.coef)}
+            ok = sizes == {POOLED_WIDTH} and 0.0 < float(verifier.threshold) <= 1.0
+        except Exception as exc:  # not a dict, missing or unexpected keys
+            raise GlassFinderError(
+                f"face-analysis model {where}: meta.verifier is malformed ({exc})"
+            ) from exc
+        if not ok:
+            raise GlassFinderError(
+                f"face-analysis model {where}: meta.verifier has {sorted(sizes)} weights and threshold "
+                f"{verifier.threshold}, expected {POOLED_WIDTH} and a threshold in (0, 1]"
+            )
+        return verifier
+
+
 @dataclass(frozen=True)
 class FaceAnalysis:
     """What the network says about one face, in the photo's own pixels."""
@@ -198,7 +240,7 @@ class FaceAnalyzer:
         self._folded = fold_batchnorm(self.net)
         self.threshold = float(threshold)
         self.merge = None if merge is None else torch.tensor(merge, dtype=torch.bool)
-        self.verifier = verifier
+        self.verifier = verifier  # None while training: every box is taken for a face
 
     @torch.inference_mode()
     def analyse_crops(
@@ -273,5 +315,10 @@ def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer
             f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
             "retrain it (python -m glassfinder.embed.face_train)"
         )
-    verifier = FaceVerifier.from_meta(meta.get("verifier"))
+    if "verifier" not in meta:  # the query path searches weak detections only behind a verifier
+        raise GlassFinderError(
+            f"face-analysis model {packaged.path} has no meta.verifier: fit it "
+            "(python -m glassfinder.embed.face_verify --work DIR)"
+        )
+    verifier = FaceVerifier.from_meta(meta["verifier"], str(packaged.path))
     return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"), verifier)

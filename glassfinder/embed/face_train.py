@@ -2,7 +2,7 @@
 
 Steps, each skipped when its output exists (the work folder is a resumable run):
 
-1. generate a catalogue (seed TRAINING_SEED, which no benchmark uses) whose frames are worn;
+1. generate a catalogue (face_data.TRAINING_SEED, which no benchmark uses) whose frames are worn;
 2. render SHARDS shards of whole-face views on procedural heads (never a photo: the astronaut is
    the unseen test face) with landmark truth and dlib's box on each, split over --workers
    processes;
@@ -28,27 +28,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from glassfinder.catalog.ingest import catalog_assets
-from glassfinder.embed.default_model import prepare_catalog
-from glassfinder.embed.face_data import render_shard, shard_path
+from glassfinder.embed.face_data import render_shard, shard_path, training_assets
 from glassfinder.embed.face_fit import FitConfig, train_and_package
 from glassfinder.embed.face_photo_data import load_or_render_photo_samples
 from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
-from glassfinder.embed.face_verify import fit_and_package
+from glassfinder.embed.face_verify import fit_and_package, non_face_photos
 
-TRAINING_SEED = 6161
-TRAINING_PRODUCTS = 80
 DEFAULT_SHARDS = 30
 MODEL_NAME = "face-analysis"
 
 
-def assets(work: Path) -> list[tuple[str, bytes]]:
-    store = prepare_catalog(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
-    return catalog_assets(store, limit=TRAINING_PRODUCTS)
-
-
 def _render_worker(work: Path, shards: list[int]) -> None:
-    picked = assets(work)
+    picked = training_assets(work)
     for shard in shards:
         t0 = time.perf_counter()
         render_shard(work / "shards", shard, picked)
@@ -56,7 +47,7 @@ def _render_worker(work: Path, shards: list[int]) -> None:
 
 
 def render_all(work: Path, shards: int, workers: int) -> None:
-    assets(work)  # generate the catalogue once, before workers read it
+    training_assets(work)  # generate the catalogue once, before workers read it
     todo = [s for s in range(shards) if not shard_path(work / "shards", s).exists()]
     if not todo:
         return
@@ -92,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    non_face_photos()  # the last step needs scikit-image: fail now, not after an hour of training
     render_all(args.work, args.shards, args.workers)
     if args.stage == "render":
         return 0
@@ -99,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = None
     if not args.no_photos:
         photos = load_or_render_photo_samples(
-            args.work, assets(args.work), cfg.photo_worn, cfg.photo_bare_copies
+            args.work, training_assets(args.work), cfg.photo_worn, cfg.photo_bare_copies
         )
     report: dict[str, Any] = train_and_package(args.work, args.shards, photos, cfg, out_dir=args.out_dir)
     report["verifier"] = fit_and_package(args.work, min(VERIFIER_SHARDS, args.shards), args.out_dir)

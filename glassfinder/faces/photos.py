@@ -212,7 +212,8 @@ def find_query_face(
     When no pass finds a face at `threshold`, the most confident box any pass found at
     `weak_threshold` or above is returned marked `weak`: large dark lenses hide the eyes HOG
     looks for, and such faces score well below textures that do reach the threshold, so a score
-    cannot tell them apart; the caller's face verifier must (the query path's does).
+    cannot tell them apart; the caller's face verifier must (the query path's does). Only that
+    one box is tried: a texture that outscores a weak face gets the photo refused.
     """
     found: list[FaceBox] = []
     weakest_allowed = threshold if weak_threshold is None else min(threshold, weak_threshold)

@@ -26,7 +26,13 @@ from glassfinder import layout
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.align import align_crop
-from glassfinder.embed.face_net import MAX_SHAPE_DISAGREEMENT, FaceAnalysis, FaceAnalyzer, packaged_analyzer
+from glassfinder.embed.face_net import (
+    MAX_SHAPE_DISAGREEMENT,
+    VERIFIED_DETECTION_THRESHOLD,
+    FaceAnalysis,
+    FaceAnalyzer,
+    packaged_analyzer,
+)
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
@@ -44,11 +50,11 @@ REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
-#: (the face-analysis network's glasses presence still stands between a false face and a search).
+#: (the face verifier and the landmarks' shape check stand between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
 #: Where no face reaches that, the best box down to this score is analysed, and searched only
 #: if the face verifier takes it for a face: faces behind large dark lenses score this low.
-QUERY_WEAK_DETECTION_THRESHOLD = -1.0
+QUERY_WEAK_DETECTION_THRESHOLD = VERIFIED_DETECTION_THRESHOLD
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
 #: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
