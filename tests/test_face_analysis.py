@@ -23,6 +23,7 @@ from glassfinder.embed.face_data import INPUT_PX
 from glassfinder.embed.face_fit import FitConfig, loss_of
 from glassfinder.embed.face_net import (
     STRIDE,
+    VERIFIED_DETECTION_THRESHOLD,
     FaceAnalyzer,
     FaceNet,
     decode,
@@ -41,7 +42,6 @@ from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_sam
 from glassfinder.search.query import (
     DETECT_FAST_SIDES_PX,
     DETECT_MAX_SIDE_PX,
-    QUERY_WEAK_DETECTION_THRESHOLD,
     QueryRefusedError,
     check_analysis,
     find_face,
@@ -206,7 +206,7 @@ def test_a_face_found_only_below_the_threshold_is_verified_and_analysed(
     with pytest.raises(PhotoError) as err:
         unreachable(None)
     assert err.value.reason == "no_face"
-    found = unreachable(QUERY_WEAK_DETECTION_THRESHOLD)
+    found = unreachable(VERIFIED_DETECTION_THRESHOLD)
     assert found.weak and found.score < 5.0
     a = analyzer.analyse(photo, found.box_xyxy)
     assert a.looks_like_a_face, (a.face_probability, a.shape_disagreement)

@@ -233,9 +233,10 @@ def find_query_face(
             break
         if boxes and (best_weak is None or boxes[0].score > best_weak[0].score):
             best_weak = (boxes[0], scale)
-    weak = not found and best_weak is not None
-    if best_weak is not None and not found:
-        found, scale = [best_weak[0]], best_weak[1]
+    weak = False
+    if not found and best_weak is not None:
+        (box, scale), weak = best_weak, True
+        found = [box]
     if not found:
         raise PhotoError(name, "no_face", "no face found (a face must look roughly toward the camera)")
     best = max(found, key=lambda f: f.area)

@@ -52,9 +52,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
 #: (the face verifier and the landmarks' shape check stand between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
-#: Where no face reaches that, the best box down to this score is analysed, and searched only
-#: if the face verifier takes it for a face: faces behind large dark lenses score this low.
-QUERY_WEAK_DETECTION_THRESHOLD = VERIFIED_DETECTION_THRESHOLD
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
 #: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
@@ -131,7 +128,7 @@ def find_face(rgb: np.ndarray, name: str) -> QueryFace:
             rgb,
             name,
             threshold=QUERY_DETECTION_THRESHOLD,
-            weak_threshold=QUERY_WEAK_DETECTION_THRESHOLD,
+            weak_threshold=VERIFIED_DETECTION_THRESHOLD,  # where no face reaches the threshold
             fast_sides_px=DETECT_FAST_SIDES_PX,
             full_side_px=DETECT_MAX_SIDE_PX,
         )
