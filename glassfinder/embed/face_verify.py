@@ -102,7 +102,7 @@ def _uint8_rgb(image: np.ndarray) -> np.ndarray | None:
 
 
 def non_face_photos() -> list[tuple[str, np.ndarray]]:
-    """(name, RGB) of every non-face photo available offline, in a fixed order."""
+    """(name, RGB) of the listed non-face photos (all ship in the packages), in a fixed order."""
     try:
         import skimage.data
     except ImportError as exc:
