@@ -320,7 +320,7 @@ def run_demo(
     if photo is None:
         say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
     else:
-        # The packaged face analysis: trained on procedural heads only, never on the astronaut.
+        # The packaged face analysis: trained on procedural heads and Hopper's photo, never on the astronaut.
         sha, _ = packaged_analyzer()
         card = read_packaged(PACKAGED_NAME).card["evaluation"]
         eyes, presence = card["eye_error_ipd"]["network_all"], card["presence"]
