@@ -7,7 +7,8 @@ the geometric part tracked, so her hand-annotated pupils (ASTRONAUT_PUPILS, meas
 original 512 px photo to about +-0.7 px, ~0.016 of her pupil distance) are known on every photo.
 Her bare photo and crops/rescales of it must be refused, and so must non-face photos (the face
 verifier's, held-out sources reported apart from the ones it was fitted on). Grace Hopper (matplotlib) wearing
-catalogue frames is reported beside it for refusals; she is a SEEN face (the packaged model's
+catalogue frames is reported beside it for refusals and eye error (her hand-marked pupils,
+HOPPER_PUPILS); she is a SEEN face (the packaged model's
 second training stage uses her photo, see embed/face_photo_data.py). Figures: eye-centre error /
 inter-pupil distance for the network and for dlib's 5-point model on the same photos (its eye =
 mean of the eye's two corners), the network's median signed eye offset (a bias, unlike scatter, is
@@ -60,9 +61,11 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 
     store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
+    from glassfinder.embed.face_photo_data import HOPPER_PUPILS
+
     faces = face_photos()
-    astro_face, _ = analyse_photo(faces["astronaut"], "astronaut.png")
-    to_crop = crop_mapping(astro_face.crop_box)
+    pupils = {"astronaut": ASTRONAUT_PUPILS, "hopper": HOPPER_PUPILS.astype(np.float64)}
+    to_crop = {f: crop_mapping(analyse_photo(faces[f], f"{f}.png")[0].crop_box) for f in pupils}
     out = work / "face-photos"
     out.mkdir(parents=True, exist_ok=True)
     photos: list[dict[str, Any]] = []
@@ -71,16 +74,12 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
         for i in range(n_worn):
             path = out / f"{face}-worn-{i:03d}.jpg"
             meta = path.with_suffix(".json")
-            if not path.exists():
+            if not path.exists() or json.loads(meta.read_text())["eyes"] is None:
                 row = rows[i % len(rows)]
                 rgb = photo_wearing(store, row, faces[face], f"{face}.png", seed=2000 + i)
                 data, m = phone_damage_mapped(rgb, np.random.default_rng([i, 17, len(face)]))
-                truth = _apply(m, _apply(to_crop, ASTRONAUT_PUPILS)) if face == "astronaut" else None
-                meta.write_text(
-                    json.dumps(
-                        {"eyes": None if truth is None else truth.tolist(), "lens": row.get("lens_style")}
-                    )
-                )
+                truth = _apply(m, _apply(to_crop[face], pupils[face]))
+                meta.write_text(json.dumps({"eyes": truth.tolist(), "lens": row.get("lens_style")}))
                 path.write_bytes(data)
             photos.append({"face": face, "worn": True, "path": path, **json.loads(meta.read_text())})
     from PIL import Image
@@ -163,7 +162,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "refusals": dict(refusals),
             "refused_share": round(sum(refusals.values()) / len(sel), 3),
         }
-        if face == "astronaut":
+        if any(r.get("err") is not None for r in sel):
             offsets = np.array([r["offset"] for r in sel if "offset" in r])
             if len(offsets):
                 entry["eye_offset_network_median_xy"] = np.median(offsets, axis=0).round(4).tolist()

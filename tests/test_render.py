@@ -164,6 +164,34 @@ def test_landmarks_land_on_the_rendered_eyes(renderer: TryOnRenderer) -> None:
         big.set_size(SPEC.image_px)
 
 
+def test_window_to_pixel_index_puts_a_projected_point_on_its_rendered_pixels(renderer: TryOnRenderer) -> None:
+    """Face training's truth must be in the pixel-index convention of photos (centre of pixel i at
+    i); the projector's window coordinates are half a pixel right and low of it."""
+    import pyrender
+    import trimesh
+
+    from glassfinder.render.tryon import _look_at, _projector, window_to_pixel_index
+
+    size, point = 64, np.array([0.013, -0.021, 0.0])
+    cam_pose = _look_at(np.array([0.0, 0.0, 1.0]), np.zeros(3))
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.005)
+    ball.apply_translation(point)
+    scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[1.0, 1.0, 1.0])
+    scene.add(pyrender.Mesh.from_trimesh(ball))
+    scene.add(pyrender.PerspectiveCamera(yfov=np.radians(20), znear=0.05, zfar=5.0), pose=cam_pose)
+    renderer.set_size(size)  # the module's GL context: one per process
+    try:
+        rgba, _ = renderer._renderer.render(scene, flags=pyrender.RenderFlags.RGBA)
+    finally:
+        renderer.set_size(SPEC.image_px)
+    alpha = rgba[..., 3].astype(float)
+    ys, xs = np.mgrid[:size, :size]
+    centroid = np.array([(alpha * xs).sum(), (alpha * ys).sum()]) / alpha.sum()
+    window = _projector(cam_pose, 20.0, size)(point[None])[0]
+    assert np.abs(window_to_pixel_index(window) - centroid).max() < 0.1, (window, centroid)
+    assert np.abs(window - centroid - 0.5).max() < 0.1  # what the untranslated point was off by
+
+
 def test_heads_vary_across_seeds() -> None:
     heads = [build_head(s) for s in range(40)]
     shapes = {(round(h.anchors.head_width_m, 4), round(float(h.anchors.pupil_left[0]), 4)) for h in heads}

@@ -50,8 +50,13 @@ def training_assets(work: Path) -> list[tuple[str, bytes]]:
     return catalog_assets(store, limit=TRAINING_PRODUCTS)
 
 
+#: Bumped when what a shard holds changes meaning, so a work folder's older shards are rendered
+#: again rather than mixed in. 2: truth in pixel-index coordinates (render.tryon.window_to_pixel_index).
+SHARD_FORMAT = 2
+
+
 def shard_path(root: Path, shard: int) -> Path:
-    return root / f"shard-{shard:04d}.npz"
+    return root / f"shard-v{SHARD_FORMAT}-{shard:04d}.npz"
 
 
 def render_shard(root: Path, shard: int, assets: Sequence[tuple[str, bytes]]) -> Path:

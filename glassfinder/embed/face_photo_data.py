@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from glassfinder.catalog.build import import_glb
-from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, FaceData
+from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, SHARD_FORMAT, FaceData
 from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, crop_mapping, detect_boxes
 from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, plan_view
-from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
+from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer, window_to_pixel_index
 
 #: Hopper's pupils on matplotlib's grace_hopper.jpg (512x600), the subject's left eye (image
 #: right) first: centres of the dark pupil discs, marked at 16x zoom (about +-1 px, 0.012 IPD).
@@ -46,7 +46,7 @@ HOPPER_GLINTS = ((331, 183, 5),)  # a reflection on the right lens's browline (x
 PHOTO_FACE_INDEX = -1
 #: Samples are stored at the procedural renders' size so the two concatenate.
 SAMPLE_PX = FACE_SPEC.image_px
-PHOTO_DATA_NAME = "hopper.npz"
+PHOTO_DATA_NAME = f"hopper-v{SHARD_FORMAT}.npz"
 
 log = logging.getLogger(__name__)
 #: Separates these samples' draws from the procedural renders' (seeded by [spec.seed, i]).
@@ -100,17 +100,22 @@ def _face_crop(rgb: np.ndarray, name: str) -> tuple[PhotoFace, np.ndarray, np.nd
 def _sample(
     rgb: np.ndarray, to_sample: np.ndarray, worn: bool, box_xyxy: np.ndarray, lens: str
 ) -> dict[str, np.ndarray]:
-    """One FaceData row from a face-crop image (to_sample maps original photo pixels onto it)."""
+    """One FaceData row from a face-crop image (to_sample maps original photo pixels onto it;
+    `box_xyxy` is in its pixel-index coordinates)."""
     small = cv2.resize(rgb, (SAMPLE_PX, SAMPLE_PX), interpolation=cv2.INTER_AREA)
     k = SAMPLE_PX / rgb.shape[1]
+
+    def resized(pts: np.ndarray) -> np.ndarray:  # pixel-index coordinates through cv2.resize
+        return ((np.asarray(pts, np.float32) + 0.5) * k - 0.5).astype(np.float32)
+
     landmarks = np.full((len(FACE_LANDMARKS), 2), np.nan, np.float32)
-    landmarks[0:2] = (HOPPER_PUPILS @ to_sample[:, :2].T + to_sample[:, 2]) * k
+    landmarks[0:2] = resized(HOPPER_PUPILS @ to_sample[:, :2].T + to_sample[:, 2])
     found = detect_boxes(small, threshold=DETECT_THRESHOLD)
     return {
         "rgb": small,
         "landmarks": landmarks,
         "worn": np.asarray(worn, np.bool_),
-        "glasses_box": (np.asarray(box_xyxy, np.float32) * k) if worn else np.zeros(4, np.float32),
+        "glasses_box": resized(box_xyxy) if worn else np.zeros(4, np.float32),
         "det_box": np.asarray(found[0].box_xyxy if found else (-1, -1, -1, -1), np.float32),
         "face_index": np.asarray(PHOTO_FACE_INDEX, np.int64),
         "lens": np.asarray(LENS_CODES.index(lens), np.int8),
@@ -143,7 +148,8 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
             clear = CLEAR_LENSES[int(rng.integers(len(CLEAR_LENSES)))] if rng.random() < 0.5 else None
             view = plan_view(spec, sha, i, fixed_lens=clear)
             out = photo.render(meshes[sha], face, crop, view)
-            rows.append(_sample(out.rgb, to_crop, True, out.glasses_box_xyxy, view.lens_style))
+            box = window_to_pixel_index(out.glasses_box_xyxy)
+            rows.append(_sample(out.rgb, to_crop, True, box, view.lens_style))
     finally:
         renderer.close()
     missed = [r for r in rows if r["det_box"][0] < 0]

@@ -17,7 +17,7 @@ from glassfinder.catalog.build import import_glb
 from glassfinder.errors import GlassFinderError
 from glassfinder.faces.procedural import head
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, RenderSpec, plan_view
-from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
+from glassfinder.render.tryon import AssetMeshes, TryOnRenderer, window_to_pixel_index
 
 #: The landmarks the network predicts, in output order (pupils first: alignment uses them).
 FACE_LANDMARKS: tuple[str, ...] = (
@@ -54,7 +54,7 @@ FACE_SPEC = RenderSpec(
 
 @dataclass(frozen=True)
 class FaceSample:
-    """One render and its truth (pixels of `rgb`)."""
+    """One render and its truth (pixel-index coordinates of `rgb`: pixel i's centre at i)."""
 
     index: int
     rgb: np.ndarray  # (s, s, 3) uint8
@@ -93,13 +93,14 @@ def render_face_samples(
                     meshes[sha] = AssetMeshes(import_glb(data))
                 asset = meshes[sha]
             out = renderer.render(asset, head(view.face_index), view)
+            no_box = np.zeros(4, np.float32)
             order = [out.landmark_names.index(n) for n in FACE_LANDMARKS]
             yield FaceSample(
                 index=int(i),
                 rgb=out.rgb,
-                landmarks_xy=out.landmarks_xy[order].astype(np.float32),
+                landmarks_xy=window_to_pixel_index(out.landmarks_xy[order]),
                 worn=worn,
-                glasses_box_xyxy=out.glasses_box_xyxy.astype(np.float32),
+                glasses_box_xyxy=window_to_pixel_index(out.glasses_box_xyxy) if worn else no_box,
                 face_index=view.face_index,
                 lens_style=view.lens_style if worn else "",
             )
