@@ -11,7 +11,8 @@ its card. Steps, each skipped when its output exists (the work folder is a resum
    head has. The astronaut photo is never used to train or calibrate a packaged model;
 2. compare backbone depths briefly on a subset of products (MobileNetV2 cut after the 160-channel
    stage with mean+max pooling, vs the whole trunk with GeM) and keep the best on validation mAP;
-3. fine-tune the kept one from ImageNet on every training product, with checkpoints and resume;
+3. fine-tune the kept one from ImageNet on every training product, with checkpoints and resume
+   (`--init default` instead fine-tunes the packaged model further, e.g. on a grown catalogue);
 4. write the weights and a card (config, data spec, figures, ImageNet weights' licence) into
    glassfinder/models/.
 
@@ -41,7 +42,15 @@ from glassfinder.embed.face_photo_data import hopper_bare
 from glassfinder.embed.imagenet import SOURCE
 from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
 from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
-from glassfinder.embed.train import TrainConfig, TrainResult, load_training_views, train_model
+from glassfinder.embed.train import (
+    INIT_DEFAULT,
+    INIT_IMAGENET,
+    TrainConfig,
+    TrainResult,
+    load_training_views,
+    resolve_init,
+    train_model,
+)
 from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.spec import PRESETS, RenderSpec
 from glassfinder.store.local import LocalStore
@@ -163,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-products", type=int, default=150)
     parser.add_argument("--compare-epochs", type=int, default=2)
     parser.add_argument("--candidate", default=None, help=f"skip the comparison: one of {list(CANDIDATES)}")
+    parser.add_argument(
+        "--init",
+        choices=(INIT_IMAGENET, INIT_DEFAULT),
+        default=INIT_IMAGENET,
+        help="start from ImageNet (the default), or fine-tune the packaged model (skips the comparison)",
+    )
+    parser.add_argument(
+        "--stage", choices=("render", "all"), default="all", help="stop after rendering, or go on"
+    )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -172,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
     store, specs = prepare(work, args.products, args.render_limit)
+    if args.stage == "render":
+        return 0
+    model_config, init_from = resolve_init(store, args.init, None)
     base = TrainConfig(
-        spec_hashes=tuple(s.spec_hash for s in specs), epochs=args.epochs, model=mobilenet_config()
+        spec_hashes=tuple(s.spec_hash for s in specs),
+        epochs=args.epochs,
+        model=model_config if init_from else mobilenet_config(),
+        init_from=init_from,
     )
     train_views, val_views = load_training_views(store, base, progress=True)
 
@@ -182,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 
     comparison: dict[str, Any] = {}
     kept = args.candidate
-    if kept is None:
+    if init_from:  # fine-tuning keeps the packaged model's architecture
+        kept = init_from
+    elif kept is None:
         keep = set(sorted(set(train_views.product_ids.tolist()))[: args.compare_products])
         keep |= set(val_views.product_ids.tolist())
         for label, overrides in CANDIDATES.items():
@@ -206,13 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             comparison, key=lambda k: comparison[k]["best_val"].get("val_mean_average_precision_at_r", 0)
         )
         print(f"kept {kept}")
-    config = replace(base, model=mobilenet_config(**CANDIDATES[kept]))
+    config = base if init_from else replace(base, model=mobilenet_config(**CANDIDATES[kept]))
     t0 = time.perf_counter()
     result = train_model(
         store,
         config,
-        work_dir=work / "train" / kept,
-        resume=(work / "train" / kept / "last.pt").exists(),
+        work_dir=work / "train" / kept.replace("@", "-"),
+        resume=(work / "train" / kept.replace("@", "-") / "last.pt").exists(),
         views=(train_views, val_views),
         device=args.device,
         progress=True,
@@ -228,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "depth_comparison": comparison,
             "kept": kept,
+            "init_from": init_from or INIT_IMAGENET,
             "augment": asdict(config.augment),
             "products": {
                 "generated": args.products,
