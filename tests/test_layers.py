@@ -18,6 +18,7 @@ LEVEL = {
     "errors": 0,
     "settings": 0,
     "layout": 0,
+    "workers": 0,
     "models": 0,
     "store": 0,
     "catalog": 1,

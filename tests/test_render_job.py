@@ -153,6 +153,47 @@ def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalog,
     assert "render worker process died" in str(errors[0]) and "-9" in str(errors[0])
 
 
+def test_workers_of_a_killed_render_job_exit_instead_of_lingering(catalog, tmp_path: Path) -> None:
+    """A scheduler that kills a render task (SIGKILL, no cleanup) must not leave its spawned
+    workers holding memory and a GL context."""
+    import subprocess
+    import sys
+
+    store, _ = catalog
+    script = (
+        "import sys; from glassfinder.render.job import render_catalog; "
+        "from glassfinder.render.spec import RenderSpec; from glassfinder.store import LocalStore; "
+        "render_catalog(sys.argv[1], RenderSpec(image_px=256, views_per_asset=40, face_count=50), "
+        "LocalStore(sys.argv[2]), workers=2)"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-c", script, f"{store.uri}/{CATALOG_MANIFEST_KEY}", str(tmp_path / "out")],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _pool_workers(job.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the job never started two worker processes"
+    finally:
+        job.kill()
+        job.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lingering = [w for w in workers if alive(w)]
+    for w in lingering:  # do not leave them to the next test either
+        os.kill(w, signal.SIGKILL)
+    assert not lingering, f"render workers {lingering} outlived their killed job"
+
+
 def test_one_worker_renders_in_process(catalog, tmp_path: Path) -> None:
     store, _ = catalog
     report = render_catalog(

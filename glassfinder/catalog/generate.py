@@ -23,6 +23,7 @@ from glassfinder.catalog.design import FAMILIES, sample_colourways, sample_desig
 from glassfinder.catalog.manifest import write_manifest
 from glassfinder.errors import GlassFinderError
 from glassfinder.store.base import ObjectStore
+from glassfinder.workers import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ def iter_generate(
     if workers <= 1:
         yield from map(_job, jobs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         yield from pool.imap(_job, jobs, chunksize=4)
 
 

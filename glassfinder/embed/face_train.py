@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +34,14 @@ from glassfinder.embed.face_fit import FitConfig, train_and_package
 from glassfinder.embed.face_photo_data import load_or_render_photo_samples
 from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
 from glassfinder.embed.face_verify import fit_and_package, non_face_photos
+from glassfinder.workers import exit_with_parent
 
 DEFAULT_SHARDS = 30
 MODEL_NAME = "face-analysis"
 
 
-def _render_worker(work: Path, shards: list[int]) -> None:
+def _render_worker(work: Path, shards: list[int], parent: int) -> None:
+    exit_with_parent(parent)
     picked = training_assets(work)
     for shard in shards:
         t0 = time.perf_counter()
@@ -52,7 +55,8 @@ def render_all(work: Path, shards: int, workers: int) -> None:
     if not todo:
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_render_worker, args=(work, todo[k::workers])) for k in range(workers)]
+    args = [(work, todo[k::workers], os.getpid()) for k in range(workers)]
+    procs = [ctx.Process(target=_render_worker, args=a) for a in args]
     for p in procs:
         p.start()
     for p in procs:

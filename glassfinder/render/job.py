@@ -48,6 +48,7 @@ from glassfinder.render.spec import RenderSpec, plan_view, split_of
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
+from glassfinder.workers import exit_with_parent
 
 if TYPE_CHECKING:  # render.tryon pulls pyrender (OpenGL): kept off the DAG-parse path
     from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
@@ -100,8 +101,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    spec_jsons: list[str], out: ObjectStore, workers: int, photos: dict[str, list[Any] | None]
+    spec_jsons: list[str],
+    out: ObjectStore,
+    workers: int,
+    photos: dict[str, list[Any] | None],
+    parent_pid: int | None = None,
 ) -> None:
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     # A pool whose initializer raises respawns its workers forever and never returns: record
     # the failure instead and let every task report it.
     try:
@@ -323,7 +330,10 @@ def run_tasks(
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(spec_jsons, out, workers, photos)
+        workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(spec_jsons, out, workers, photos, os.getpid()),
     ) as pool:
         with _spawn_without_main():  # every worker is started by the first `workers` submits
             futures = [pool.submit(_render_task, task) for task in tasks]
