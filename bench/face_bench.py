@@ -56,13 +56,12 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.default_model import prepare_catalog
+    from glassfinder.embed.face_photo_data import HOPPER_PUPILS
     from glassfinder.faces.photos import analyse_photo, crop_mapping
     from glassfinder.search.samples import photo_wearing
 
     store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
-    from glassfinder.embed.face_photo_data import HOPPER_PUPILS
-
     faces = face_photos()
     pupils = {"astronaut": ASTRONAUT_PUPILS, "hopper": HOPPER_PUPILS.astype(np.float64)}
     to_crop = {f: crop_mapping(analyse_photo(faces[f], f"{f}.png")[0].crop_box) for f in pupils}

@@ -74,7 +74,9 @@ def kelvin_to_rgb(kelvin: float) -> np.ndarray:
 @dataclass
 class RenderedView:
     rgb: np.ndarray  # (h, w, 3) uint8
-    # Points are in window coordinates (pixel i spans [i, i+1)): see window_to_pixel_index.
+    # Projected points (a procedural head's eyes and landmarks, every glasses box) are in window
+    # coordinates (pixel i spans [i, i+1)), see window_to_pixel_index; a photo's eyes and
+    # landmarks come from its analysis, in pixel-index coordinates scaled to the render.
     eyes_xy: np.ndarray  # (2, 2) subject's left eye, right eye, pixels
     landmarks_xy: np.ndarray  # (k, 2) pixels, in `landmark_names` order
     landmark_names: list[str]
