@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"kept {kept}")
     config = base if init_from else replace(base, model=mobilenet_config(**CANDIDATES[kept]))
+    run_dir = work / "train" / kept.replace("@", "-")
     t0 = time.perf_counter()
     result = train_model(
         store,
         config,
-        work_dir=work / "train" / kept.replace("@", "-"),
-        resume=(work / "train" / kept.replace("@", "-") / "last.pt").exists(),
+        work_dir=run_dir,
+        resume=(run_dir / "last.pt").exists(),
         views=(train_views, val_views),
         device=args.device,
         progress=True,
