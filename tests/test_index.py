@@ -23,6 +23,7 @@ from glassfinder.index.versions import (
     IDS_FILE,
     INDEX_FILE,
     GateConfig,
+    gate_check,
     gc,
     list_versions,
     pin,
@@ -195,6 +196,24 @@ def test_publish_reader_gate_rollback_and_gc(s3: S3Store) -> None:
     publish(s3, built, evaluation(0.71, 0.95))
     assert gc(s3, "catalog", keep=1) == [2, 3]  # v4 is newest and CURRENT, v1 pinned
     assert list_versions(s3, "catalog") == {1: True, 4: True}
+
+
+def test_gate_compares_versions_on_the_products_both_hold() -> None:
+    """Onboarding a product whose own queries miss must not be refused when no existing product
+    got worse; a new product that takes existing products' hits must be."""
+    ranks = {f"p{i}": [1, 1] if i < 3 else [2, 3] for i in range(6)}  # top1 0.5 on 6 products
+    current = {**evaluation(0.5, 1.0), "ranks_by_product": ranks}
+    grown = {**evaluation(6 / 14, 1.0), "ranks_by_product": {**ranks, "new": [4, 5]}}
+    passed, why = gate_check(grown, current, GateConfig())
+    assert passed, why
+    assert "on the 6 products both evaluate" in why and "its 1 new products: top1 0.0000" in why
+    # The same overall figures, but the new product now outranks an existing one.
+    stolen = {**ranks, "p0": [2, 2], "new": [1, 1]}
+    passed, why = gate_check({**evaluation(6 / 14, 1.0), "ranks_by_product": stolen}, current, GateConfig())
+    assert not passed and "top1 0.3333 vs CURRENT 0.5000" in why
+    # Versions evaluated before ranks were recorded compare as a whole, as before.
+    passed, why = gate_check(grown, evaluation(0.5, 1.0), GateConfig())
+    assert not passed and "top1 0.4286 vs CURRENT 0.5000" in why
 
 
 def test_reader_refuses_a_corrupted_version_and_keeps_serving(s3: S3Store) -> None:

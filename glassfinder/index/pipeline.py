@@ -203,13 +203,22 @@ def evaluate_built(built: BuiltIndex, queries: QuerySet) -> dict[str, Any]:
         for agg in AGGREGATIONS
     }
     best = max(AGGREGATIONS, key=lambda a: (figures[a]["top1"], figures[a]["top10"], a == "max"))
+    ranks = {agg: figures[agg].pop("ranks_by_product") for agg in AGGREGATIONS}  # the kept one only
     return {
         **figures[best],
+        "ranks_by_product": ranks[best],
         "aggregation": best,
         "by_aggregation": figures,
         "query_spec": queries.query_spec,
         "damage_seed": queries.damage_seed,
     }
+
+
+def summary_of(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An evaluation without its per-product ranks (they serve the gate, not logs or XCom)."""
+    if not evaluation:
+        return evaluation
+    return {k: v for k, v in evaluation.items() if k != "ranks_by_product"}
 
 
 def _model_sha(store: ObjectStore, model_ref: str) -> str:
@@ -341,7 +350,7 @@ def publish_if_changed(
             None,
             "unchanged",
             current["version"],
-            {"products": current["counts"]["products"], "evaluation": current.get("evaluation")},
+            {"products": current["counts"]["products"], "evaluation": summary_of(current.get("evaluation"))},
         )
     _, _, result, features = _build_full(
         store,

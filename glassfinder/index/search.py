@@ -8,6 +8,7 @@ from the stored vectors. The evaluation of each published version says which is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,8 +88,10 @@ class ProductSearcher:
 
 def evaluate_searcher(
     searcher: ProductSearcher, queries: np.ndarray, query_products: np.ndarray, *, k: int = 10
-) -> dict[str, float | int]:
-    """top-1/5/10 and mAP@k (reciprocal rank within k) of queries whose product is indexed."""
+) -> dict[str, Any]:
+    """top-1/5/10 and mAP@k (reciprocal rank within k) of queries whose product is indexed, and
+    each query's rank by product (0: not within k), so a gate can compare versions on the products
+    both hold (versions.gate_check)."""
     indexed = set(searcher._rows_of_product)
     keep = np.array([str(p) in indexed for p in query_products])
     if not keep.any():
@@ -99,7 +102,11 @@ def evaluate_searcher(
         found = [h.product_id for h in hits]
         ranks.append(found.index(str(truth)) + 1 if str(truth) in found else 0)
     r = np.array(ranks)
+    by_product: dict[str, list[int]] = {}
+    for truth, rank in zip(query_products[keep], ranks, strict=True):
+        by_product.setdefault(str(truth), []).append(int(rank))
     return {
+        "ranks_by_product": by_product,
         "queries": len(r),
         "top1": round(float((r == 1).mean()), 4),
         "top5": round(float(((r >= 1) & (r <= 5)).mean()), 4),

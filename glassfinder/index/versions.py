@@ -279,17 +279,42 @@ def gate_check(
             False,
             f"evaluation query sets differ (candidate {cand}, CURRENT {cur}): figures are not comparable",
         )
-    drops = {
-        "top1": current["top1"] - candidate["top1"],
-        "top10": current["top10"] - candidate["top10"],
-    }
+    new, old, scope = _comparable_figures(candidate, current)
+    drops = {k: old[k] - new[k] for k in ("top1", "top10")}
     limits = {"top1": gate.max_top1_drop, "top10": gate.max_top10_drop}
     failed = [k for k in drops if drops[k] > limits[k] + 1e-9]
     figures = ", ".join(
-        f"{k} {candidate[k]:.4f} vs CURRENT {current[k]:.4f} (drop {drops[k]:+.4f}, allowed {limits[k]:.4f})"
+        f"{k} {new[k]:.4f} vs CURRENT {old[k]:.4f} (drop {drops[k]:+.4f}, allowed {limits[k]:.4f})"
         for k in drops
     )
-    return (not failed), figures
+    return (not failed), figures + scope
+
+
+def _figures_of(ranks: dict[str, list[int]], products: set[str]) -> dict[str, float]:
+    r = np.array([x for p in sorted(products) for x in ranks[p]])
+    return {"top1": float((r == 1).mean()), "top10": float(((r >= 1) & (r <= 10)).mean())}
+
+
+def _comparable_figures(
+    candidate: dict[str, Any], current: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(candidate's, CURRENT's figures, a note) on the products both versions were evaluated on.
+
+    A catalogue that grows or shrinks changes the query set: a new product whose own queries miss
+    would otherwise refuse its onboarding although no existing product got worse, and a removed
+    one could hide a loss. Versions evaluated without per-product ranks compare as a whole."""
+    cand_ranks, cur_ranks = candidate.get("ranks_by_product"), current.get("ranks_by_product")
+    if not cand_ranks or not cur_ranks:
+        return candidate, current, ""
+    shared = set(cand_ranks) & set(cur_ranks)
+    if not shared:
+        return candidate, current, " (no product in common: compared as a whole)"
+    new = set(cand_ranks) - shared
+    note = f" on the {len(shared)} products both evaluate"
+    if new:
+        added = _figures_of(cand_ranks, new)
+        note += f"; its {len(new)} new products: top1 {added['top1']:.4f}, top10 {added['top10']:.4f}"
+    return _figures_of(cand_ranks, shared), _figures_of(cur_ranks, shared), note
 
 
 def _evaluation_of(store: ObjectStore, name: str, version: int | None) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from glassfinder.index.pipeline import (
     current_manifest,
     publish_changes,
     publish_if_changed,
+    summary_of,
 )
 from glassfinder.index.versions import PublishResult
 from glassfinder.pipeline.config import PipelineConfig
@@ -34,7 +35,7 @@ def _published(result: PublishResult, extra: dict[str, Any]) -> dict[str, Any]:
         "products": m["counts"]["products"],
         "vectors": m["counts"]["vectors"],
         "factory": m["factory"],
-        "evaluation": m.get("evaluation"),
+        "evaluation": summary_of(m.get("evaluation")),
         "gate": result.gate,
         "seconds": round(result.seconds, 2),
         **extra,
