@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def link_renders(source: Path, dest: Path, spec_hash: str) -> int:
-    """Hard-link source's render shards of spec_hash into dest (skipping those there); how many."""
+def link_renders(source: Path, dest: Path, spec_hash: str, assets: set[str]) -> int:
+    """Hard-link source's render shards of spec_hash for `assets` (sha256s) into dest, skipping
+    those there; how many. Only the manifest's assets: the gallery loads every shard of a spec."""
     src = source / "renders" / spec_hash
     if not src.is_dir():
         return 0
@@ -37,6 +38,8 @@ def link_renders(source: Path, dest: Path, spec_hash: str) -> int:
     linked = 0
     for shard in src.glob("*.parquet"):
         target = out / shard.name
+        if shard.stem not in assets:
+            continue
         if not target.exists():
             os.link(shard, target)
             linked += 1
@@ -68,7 +71,9 @@ def main() -> None:
     store = prepare_catalog(work, args.products, TRAINING_SEED)
     manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     gallery, query = training_spec(), spec_of(QUERY_SPEC)
-    linked = link_renders(Path(args.training_work) / "store", work / "store", gallery.spec_hash)
+    rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
+    assets = {str(r["asset_sha256"]) for r in rows}
+    linked = link_renders(Path(args.training_work) / "store", work / "store", gallery.spec_hash, assets)
     print(f"linked {linked} render shards of {gallery.spec_hash} from {args.training_work}")
     for name, spec, limit in (("gallery", gallery, None), ("query", query, args.query_products)):
         rendered = render_catalog(manifest_uri, spec, store, progress=True, limit=limit)
@@ -83,7 +88,7 @@ def main() -> None:
     # Gallery products carry the training split ('train' / 'val'); only 'train' ones were trained on.
     trained = {p for p, s in sets.split_of.items() if s == "train"}
     query_products = set(sets.queries.product_ids.tolist())
-    manifest = {str(r["product_id"]): r for r in read_manifest_rows(store, CATALOG_MANIFEST_KEY)}
+    manifest = {str(r["product_id"]): r for r in rows}
     report = evaluate_models(sets, {f"packaged@{model.sha}": embedder}, manifest=manifest)
     report["query_products_trained"] = len(query_products & trained)
     report["query_products_held_out_for_validation"] = len(query_products - trained)
