@@ -101,12 +101,16 @@ def evaluate_searcher(
     for hits, truth in zip(results, query_products[keep], strict=True):
         found = [h.product_id for h in hits]
         ranks.append(found.index(str(truth)) + 1 if str(truth) in found else 0)
-    r = np.array(ranks)
     by_product: dict[str, list[int]] = {}
     for truth, rank in zip(query_products[keep], ranks, strict=True):
         by_product.setdefault(str(truth), []).append(int(rank))
+    return {"ranks_by_product": by_product, **rank_figures(ranks)}
+
+
+def rank_figures(ranks: list[int]) -> dict[str, Any]:
+    """Query count, top-1/5/10 and mAP@10 from each query's rank (1-based; 0: not within k)."""
+    r = np.array(ranks)
     return {
-        "ranks_by_product": by_product,
         "queries": len(r),
         "top1": round(float((r == 1).mean()), 4),
         "top5": round(float(((r >= 1) & (r <= 5)).mean()), 4),

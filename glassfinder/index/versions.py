@@ -42,6 +42,7 @@ from glassfinder.errors import (
 )
 from glassfinder.index import signing
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex
+from glassfinder.index.search import rank_figures
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.pointer import read_pointer, swap_pointer
 
@@ -290,9 +291,8 @@ def gate_check(
     return (not failed), figures + scope
 
 
-def _figures_of(ranks: dict[str, list[int]], products: set[str]) -> dict[str, float]:
-    r = np.array([x for p in sorted(products) for x in ranks[p]])
-    return {"top1": float((r == 1).mean()), "top10": float(((r >= 1) & (r <= 10)).mean())}
+def _figures_of(ranks: dict[str, list[int]], products: set[str]) -> dict[str, Any]:
+    return rank_figures([x for p in sorted(products) for x in ranks[p]])
 
 
 def _comparable_figures(
