@@ -51,10 +51,11 @@ def eye_error(eyes: np.ndarray | None, truth: np.ndarray) -> float | None:
 
 
 def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dict[str, Any]]:
-    from photo_bench import face_photos, phone_damage_mapped
+    from photo_bench import face_photos
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.embed.augment import phone_damage_mapped
     from glassfinder.embed.default_model import prepare_catalog
     from glassfinder.embed.face_photo_data import HOPPER_PUPILS
     from glassfinder.faces.photos import analyse_photo, crop_mapping
@@ -161,6 +162,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "refusals": dict(refusals),
             "refused_share": round(sum(refusals.values()) / len(sel), 3),
         }
+        ps = [r["p"] for r in sel if "p" in r]
+        if ps:  # glasses probabilities where a face was analysed, against the model's threshold
+            entry["glasses_p"] = {
+                "min": round(min(ps), 4),
+                "median": round(float(np.median(ps)), 4),
+                "max": round(max(ps), 4),
+            }
         if any(r.get("err") is not None for r in sel):
             offsets = np.array([r["offset"] for r in sel if "offset" in r])
             if len(offsets):

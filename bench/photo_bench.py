@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from glassfinder.embed.augment import phone_damage_mapped
+
 FACES = ("astronaut", "hopper")
 #: Faces a packaged model trained on: both the embedding (views rendered onto her photo with her
 #: frames inpainted away, embed/default_model.py) and the face-analysis model (eyes, presence,
@@ -51,33 +53,6 @@ def face_photos() -> dict[str, bytes]:
 def phone_damage(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
     """(h, w, 3) uint8 -> JPEG bytes: reframed, rescaled, colour-cast, blurred, noisy, compressed."""
     return phone_damage_mapped(rgb, rng)[0]
-
-
-def phone_damage_mapped(rgb: np.ndarray, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
-    """phone_damage, and the 2x3 affine from the input's pixels to the damaged photo's (pixel
-    centres at integers), so a point known on the input (an eye) is known on the photo."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    # Reframe: keep 70-100% of each side, off-centre (the face stays inside).
-    fx, fy = rng.uniform(0.7, 1.0, size=2)
-    cw, ch = int(w * fx), int(h * fy)
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    crop = rgb[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
-    scale = float(rng.uniform(0.6, 1.6))
-    size = (max(64, int(cw * scale)), max(64, int(ch * scale)))
-    img: np.ndarray = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-    img = img * float(rng.uniform(0.85, 1.15)) * rng.uniform(0.94, 1.06, size=3)
-    if rng.random() < 0.7:
-        img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), float(rng.uniform(0.3, 1.3)))
-    img = img + rng.normal(0.0, rng.uniform(1.0, 6.0), size=img.shape)
-    out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(45, 92))])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    sx, sy = size[0] / cw, size[1] / ch
-    mapping = np.array([[sx, 0, (0.5 - x0) * sx - 0.5], [0, sy, (0.5 - y0) * sy - 0.5]])
-    return buf.tobytes(), mapping
 
 
 def prepare(

@@ -22,10 +22,12 @@ from glassfinder.catalog.ingest import catalog_assets, ingest_manifest
 from glassfinder.embed.face_data import INPUT_PX
 from glassfinder.embed.face_fit import FitConfig, loss_of
 from glassfinder.embed.face_net import (
+    BAND_HALF_WIDTH,
     STRIDE,
     VERIFIED_DETECTION_THRESHOLD,
     FaceAnalyzer,
     FaceNet,
+    band_grid,
     decode,
     neighbour_table,
     packaged_analyzer,
@@ -37,6 +39,7 @@ from glassfinder.embed.face_photo_data import (
     hopper_photo,
     render_photo_samples,
 )
+from glassfinder.embed.face_presence import BandSet, PresenceConfig, fit_head, upload_crops
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
 from glassfinder.search.query import (
@@ -361,3 +364,66 @@ def test_decode_merges_neighbour_votes_only_where_the_model_says() -> None:
     assert torch.equal(mixed[0, 0::2], own[0, 0::2]) and torch.equal(mixed[0, 1::2], merged[0, 1::2])
     analyzer = packaged_analyzer()[1]
     assert analyzer.merge is not None and not analyzer.merge[:2].any()
+
+
+def _sampled_pixels(pupils: list[list[float]]) -> np.ndarray:
+    """Where the presence band samples, in input pixels: read back from maps holding each
+    cell centre's own x and y."""
+    grid = INPUT_PX // STRIDE
+    centres = torch.arange(grid).float() * STRIDE + (STRIDE - 1) / 2
+    maps = torch.stack([centres.view(1, grid).expand(grid, grid), centres.view(grid, 1).expand(grid, grid)])
+    g = band_grid(torch.tensor([pupils]), grid, grid)
+    return torch.nn.functional.grid_sample(maps[None], g, align_corners=False)[0].permute(1, 2, 0).numpy()
+
+
+def test_the_presence_band_sits_on_the_eyes_and_turns_with_them() -> None:
+    """The presence decision reads the eye band along the network's pupils: centred between them,
+    BAND_HALF_WIDTH pupil distances to each side along the eye line, whatever the head's roll."""
+    level = _sampled_pixels([[100.0, 70.0], [60.0, 70.0]])  # subject's left eye (image right) first
+    rows, cols = level.shape[:2]
+    assert np.allclose(level[rows // 2, cols // 2], [80.0, 70.0], atol=1e-3)
+    assert np.allclose(level[rows // 2, [0, -1], 0], [80 - 40 * BAND_HALF_WIDTH, 80 + 40 * BAND_HALF_WIDTH])
+    assert (np.diff(level[:, cols // 2, 1]) > 0).all()  # rows run from brow to cheek
+    turned = _sampled_pixels([[80.0, 90.0], [80.0, 50.0]])  # rolled 90 degrees
+    assert np.allclose(turned[rows // 2, cols // 2], [80.0, 70.0], atol=1e-3)
+    assert np.allclose(turned[rows // 2, [0, -1], 1], [70 - 40 * BAND_HALF_WIDTH, 70 + 40 * BAND_HALF_WIDTH])
+
+
+def test_the_presence_fit_learns_the_band_and_weighs_real_uploads_as_configured() -> None:
+    """Stage 3 fits the head alone. Here renders and real uploads show glasses in different band
+    features (the render-to-photo gap): a few real uploads, weighted as much as all the renders,
+    teach the head theirs; weighted at nothing, they would not."""
+    rng = np.random.default_rng(0)
+    n_render, n_real = 400, 40
+    worn = np.r_[np.arange(n_render) % 2 == 0, np.arange(n_real) % 2 == 0]
+    real = np.r_[np.zeros(n_render, bool), np.ones(n_real, bool)]
+    band = rng.normal(0, 1, (len(worn), 224, 5, 9)).astype(np.float32)
+    sign = np.where(worn, 3.0, -3.0)
+    band[~real, 0, 2, 4] += sign[~real]
+    band[real, 2, 2, 4] += sign[real]
+    bands = BandSet(band.astype(np.float16), worn, real)
+    net = FaceNet(neighbour_table(np.random.default_rng(1).uniform(20, 140, (10, 2))))
+    trunk = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("band_presence.")}
+
+    def accuracy(real_weight: float) -> tuple[float, float]:
+        fit_head(net.band_presence, bands, PresenceConfig(epochs=20, batch_size=32, real_weight=real_weight))
+        with torch.no_grad():
+            right = (torch.sigmoid(net.band_presence(torch.from_numpy(band))).numpy() >= 0.5) == worn
+        return float(right[~real].mean()), float(right[real].mean())
+
+    on_renders, on_real = accuracy(1.0)
+    assert on_renders > 0.95 and on_real == 1.0, (on_renders, on_real)
+    assert accuracy(0.0)[1] < 0.8
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in trunk.items())  # the trunk is untouched
+
+
+def test_presence_uploads_are_found_and_cut_as_the_query_path_does() -> None:
+    """Stage 3's real samples are whole uploads (mirrored, reframed, rescaled, damaged) of Hopper's
+    bare photo, cut from the box the query path's detector finds: every crop holds her face."""
+    crops = upload_crops([hopper_bare()], 6, np.random.default_rng(3), "grace_hopper.jpg")
+    assert len(crops) == 6 and all(c.shape == (INPUT_PX, INPUT_PX, 3) for c in crops)
+    assert len({c.tobytes() for c in crops}) == 6  # every upload drawn differently
+    for crop in crops:  # the face fills the crop: dlib finds it again at about the crop's scale
+        boxes = find_query_face(crop, "crop", threshold=-0.5)
+        width = boxes.box_xyxy[2] - boxes.box_xyxy[0]
+        assert INPUT_PX / 2.2 < width < INPUT_PX / 1.1, width

@@ -110,3 +110,31 @@ def augment_crop(
         borderMode=cv2.BORDER_REFLECT_101,
     )
     return photometric(crop, rng, cfg)
+
+
+def phone_damage_mapped(rgb: np.ndarray, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+    """A whole photo damaged like a shopper's phone upload, as JPEG bytes: reframed (70-100% of
+    each side kept, off-centre), rescaled (0.6-1.6x), colour-cast, blurred, noisy and compressed;
+    and the 2x3 affine from the input's pixels to the damaged photo's (pixel centres at integers),
+    so a point known on the input (an eye) is known on the photo. Unlike `photometric`, which
+    damages a crop, this changes what the face detector sees: its box, and so the crop itself.
+    The benches make their photos with it, and the face network's presence head trains on it."""
+    h, w = rgb.shape[:2]
+    fx, fy = rng.uniform(0.7, 1.0, size=2)
+    cw, ch = int(w * fx), int(h * fy)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = rgb[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+    scale = float(rng.uniform(0.6, 1.6))
+    size = (max(64, int(cw * scale)), max(64, int(ch * scale)))
+    img: np.ndarray = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    img = img * float(rng.uniform(0.85, 1.15)) * rng.uniform(0.94, 1.06, size=3)
+    if rng.random() < 0.7:
+        img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), float(rng.uniform(0.3, 1.3)))
+    img = img + rng.normal(0.0, rng.uniform(1.0, 6.0), size=img.shape)
+    out = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(45, 92))])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    sx, sy = size[0] / cw, size[1] / ch
+    mapping = np.array([[sx, 0, (0.5 - x0) * sx - 0.5], [0, sy, (0.5 - y0) * sy - 0.5]])
+    return buf.tobytes(), mapping

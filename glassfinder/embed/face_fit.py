@@ -32,6 +32,7 @@ from glassfinder.embed.face_data import (
 )
 from glassfinder.embed.face_net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
 from glassfinder.embed.face_photo_data import PHOTO_FACE_INDEX
+from glassfinder.embed.face_presence import PresenceConfig, fit_band_presence, upload_check
 from glassfinder.embed.imagenet import SOURCE, load_mobilenet_v2_state
 from glassfinder.embed.mobilenet import load_features
 from glassfinder.embed.model import model_sha
@@ -126,7 +127,10 @@ def _fit(
     cost)."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     steps = epochs * (len(data.worn) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # A warm-up of at least two steps: OneCycleLR divides by zero on a one-step warm-up (tiny runs).
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2.5 / steps)
+    )
     start, spent = 0, 0.0
     if ckpt.exists():
         blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -314,27 +318,50 @@ def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class TrunkInit:
+    """Stages 1-2 already done: the network they gave and what its card said about them."""
+
+    net: FaceNet
+    model_sha: str
+    stage_seconds: dict[str, float]
+    #: Its card's "faces" and "photo_samples": what stages 1-2 saw.
+    data: dict[str, Any]
+
+
 def train_and_package(
     work: Path,
     shards: int,
     photos: FaceData | None,
+    assets: list[tuple[str, bytes]],
     cfg: FitConfig | None = None,
     out_dir: Path | None = None,
+    presence_cfg: PresenceConfig | None = None,
+    init: TrunkInit | None = None,
 ) -> dict[str, Any]:
-    """Train (resuming), adapt to the real-face samples when given, evaluate, and write
-    face-analysis.pt and its card into the package."""
+    """Train (resuming) and adapt to the real-face samples when given, or start from `init`;
+    fit the presence decision on the eye band (stage 3), evaluate, and write face-analysis.pt
+    and its card into the package."""
     cfg = cfg or FitConfig()
+    presence_cfg = presence_cfg or PresenceConfig()
     torch.set_num_threads(2)
     data = load_shards(work / "shards", range(shards))
-    net, seconds = train(data, work, cfg)
-    stage_seconds = {"renders": round(seconds, 1)}
-    if photos is not None:
-        stage_seconds["photos"] = round(adapt_to_photos(net.train(), data, photos, work, cfg), 1)
-        net.eval()
+    if init is None:
+        net, seconds = train(data, work, cfg)
+        stage_seconds = {"renders": round(seconds, 1)}
+        if photos is not None:
+            stage_seconds["photos"] = round(adapt_to_photos(net.train(), data, photos, work, cfg), 1)
+    else:
+        net, stage_seconds = init.net, dict(init.stage_seconds)
+    net.eval()
+    presence_report = fit_band_presence(net, data, assets, work, presence_cfg)
+    stage_seconds["presence"] = presence_report["seconds"]
     held = data.subset(data.held_out)
     merge = choose_merge(net, held.subset(calibration_half(held)))
     report = evaluate(FaceAnalyzer(net, 0.5, merge), held)
     report["merge_votes"] = dict(zip(FACE_LANDMARKS, merge, strict=True))
+    presence_report["hopper_uploads"] = upload_check(net, report["threshold"], 60, presence_cfg.seed)
+    report["presence_stage"] = presence_report
     meta = {
         "neighbours": net.neighbours.numpy().tolist(),
         "landmarks": list(FACE_LANDMARKS),
@@ -353,6 +380,9 @@ def train_and_package(
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "meta": meta,
         "config": asdict(cfg),
+        "presence_config": asdict(presence_cfg),
+        # Stages 1-2 were run for another model (face_train --init packaged): this one's trunk is its.
+        **({} if init is None else {"trunk_model_sha": init.model_sha}),
         "data": {
             "samples": len(data.worn),
             "trained_on": int((~data.held_out).sum()),
@@ -366,6 +396,7 @@ def train_and_package(
                 "worn": int(photos.worn.sum()) if photos is not None else 0,
                 "bare": int((~photos.worn).sum()) if photos is not None else 0,
             },
+            **({} if init is None else init.data),
         },
         "evaluation": report,
         "train_seconds": round(sum(stage_seconds.values()), 1),

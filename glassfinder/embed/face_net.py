@@ -6,7 +6,9 @@ in the mean shape; a landmark's position is its own estimate averaged with its n
 estimates of it, which keeps the shape consistent where one part is hidden (dark lenses hide the
 pupils; the frame and the face around them still say where they are). The trunk is ImageNet
 MobileNetV2 cut after its 96-channel stage, with the stride-16 features upsampled onto the
-stride-8 map. A pooled head gives the glasses-presence logit and the glasses' box.
+stride-8 map. A pooled head gives the glasses' box (and a presence logit that trains the trunk);
+the glasses-presence decision comes from a head that reads only the eye band, sampled along the
+network's own pupils (`BandPresence`).
 
 Why one network and not dlib's 5 points plus a HOG classifier: both were made for bare faces; a
 frame across the eyes moves dlib's eye corners and confuses HOG, and neither learns from the
@@ -40,11 +42,64 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: The eye band the presence decision reads, in pupil distances around the pupils' midpoint
+#: (x along the eye line, y across it): a frame spans about 2.2 pupil distances and its lenses
+#: about 0.7 from brow to cheek. Cells sampled on a BAND_ROWS x BAND_COLS grid.
+BAND_HALF_WIDTH = 1.1
+BAND_HALF_HEIGHT = 0.5
+BAND_ROWS, BAND_COLS = 5, 9
+#: Channels sampled there: the fused stride-8 map (128) and the upsampled stride-16 one (96).
+BAND_CHANNELS = 128 + 96
+BAND_REDUCED = 32
+
+
 def neighbour_table(mean_shape: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
     """(L, k) indices of each landmark's k nearest others in the mean shape."""
     d = np.linalg.norm(mean_shape[:, None] - mean_shape[None], axis=2)
     np.fill_diagonal(d, np.inf)
     return np.argsort(d, axis=1)[:, :k]
+
+
+def band_grid(pupils: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(b, 2, 2) pupils in input pixels (subject's left first) -> (b, BAND_ROWS, BAND_COLS, 2)
+    sampling points of the eye band in `F.grid_sample`'s coordinates (align_corners=False) on a
+    stride-STRIDE map of grid_h x grid_w cells. The band turns and scales with the eye line."""
+    left, right = pupils[:, 0], pupils[:, 1]
+    centre = (left + right) / 2
+    along = left - right  # image right, one pupil distance long
+    across = torch.stack([-along[:, 1], along[:, 0]], dim=1)  # image down, as long
+    xs = torch.linspace(-BAND_HALF_WIDTH, BAND_HALF_WIDTH, BAND_COLS)
+    ys = torch.linspace(-BAND_HALF_HEIGHT, BAND_HALF_HEIGHT, BAND_ROWS)
+    pts = (
+        centre[:, None, None, :]
+        + xs[None, None, :, None] * along[:, None, None, :]
+        + ys[None, :, None, None] * across[:, None, None, :]
+    )
+    # Pixel centres are at integers and cell c covers pixels STRIDE*c - 0.5 ... STRIDE*(c+1) - 0.5.
+    size = torch.tensor([grid_w, grid_h], dtype=pts.dtype)
+    return (pts + 0.5) / STRIDE / size * 2 - 1
+
+
+class BandPresence(nn.Module):
+    """Glasses presence from the eye band alone. A head on the whole crop's pooled features can
+    answer from anything in it (hair, skin, background), and did: real bare faces scored as
+    "worn" more than rendered bare heads. The band holds what a frame is (rims, lenses, the
+    bridge) and little of who wears it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(BAND_CHANNELS, BAND_REDUCED, 1), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(BAND_REDUCED * BAND_ROWS * BAND_COLS, 64),
+            nn.ReLU(inplace=True),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, band: torch.Tensor) -> torch.Tensor:
+        """(b, BAND_CHANNELS, BAND_ROWS, BAND_COLS) -> (b,) presence logits."""
+        return self.head(self.reduce(band))[:, 0]
 
 
 class FaceNet(nn.Module):
@@ -67,6 +122,7 @@ class FaceNet(nn.Module):
         self.offset = nn.Conv2d(128, 2 * n, 1)
         self.neighbour = nn.Conv2d(128, 2 * n * NEIGHBOURS, 1)
         self.pooled = nn.Sequential(nn.Linear(128 + 96, 128), nn.ReLU(inplace=True), nn.Linear(128, 5))
+        self.band_presence = BandPresence()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -81,14 +137,37 @@ class FaceNet(nn.Module):
         n = len(FACE_LANDMARKS)
         pooled = torch.cat([h.mean(dim=(2, 3)), high.amax(dim=(2, 3))], dim=1)
         head = self.pooled(pooled)
+        heat = self.heat(h).view(b, n, gh * gw)
+        offset = self.offset(h).view(b, n, 2, gh, gw)
+        pupils = own_estimates(heat[:, :2].detach(), offset[:, :2].detach(), gw)
+        band = F.grid_sample(
+            torch.cat([h, up], dim=1),
+            band_grid(pupils, gh, gw),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )
         return {
-            "heat": self.heat(h).view(b, n, gh * gw),
-            "offset": self.offset(h).view(b, n, 2, gh, gw),
+            "heat": heat,
+            "offset": offset,
             "neighbour": self.neighbour(h).view(b, n, NEIGHBOURS, 2, gh, gw),
-            "presence": head[:, 0],
+            "presence": head[:, 0],  # the pooled head's: trains the trunk (stages 1-2), decides nothing
+            "presence_band": self.band_presence(band),  # the decision (face_presence.py fits it)
+            "band": band,
             "box": head[:, 1:5],  # glasses box (x0, y0, x1, y1) in input / INPUT_PX units
             "pooled": pooled,  # what the face verifier (embed/face_verify.py) reads
         }
+
+
+def own_estimates(heat: torch.Tensor, off: torch.Tensor, grid_w: int) -> torch.Tensor:
+    """(b, n, cells) heat and (b, n, 2, gh, gw) offsets -> (b, n, 2) each landmark's own
+    estimate in input pixels: its best cell plus that cell's offset."""
+    b, n, _ = heat.shape
+    cell = heat.argmax(dim=2)
+    cy, cx = cell // grid_w, cell % grid_w
+    bi = torch.arange(b)[:, None].expand(b, n)
+    li = torch.arange(n)[None, :].expand(b, n)
+    return (torch.stack([cx, cy], dim=-1).float() + off[bi, li, :, cy, cx]) * STRIDE
 
 
 def own_and_merged(
@@ -257,7 +336,7 @@ class FaceAnalyzer:
         disagreement = shape_disagreement(own, merged).numpy()
         pooled = out["pooled"].numpy().astype(np.float64)
         p_face = np.ones(len(crops)) if self.verifier is None else self.verifier.probability(pooled)
-        return lm.numpy(), box, torch.sigmoid(out["presence"]).numpy(), disagreement, p_face
+        return lm.numpy(), box, torch.sigmoid(out["presence_band"]).numpy(), disagreement, p_face
 
     def analyse(self, rgb: np.ndarray, face_box_xyxy: tuple[int, int, int, int] | np.ndarray) -> FaceAnalysis:
         m = crop_matrix(np.asarray(face_box_xyxy, np.float32))
@@ -295,6 +374,25 @@ def load_weights(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
         raise GlassFinderError(
             f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
         ) from exc
+    return net, meta
+
+
+def load_trunk(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
+    """A weights file's network for further training (face_train --init packaged): every weight
+    loaded strictly except the band presence head, which files from before it lack and which
+    stage 3 (embed/face_presence.py) fits afresh anyway."""
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state, meta = blob["state_dict"], blob["meta"]
+        net = FaceNet(np.asarray(meta["neighbours"], np.int64))
+    except Exception as exc:
+        raise GlassFinderError(
+            f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    wrong = list(unexpected) + [k for k in missing if not k.startswith("band_presence.")]
+    if wrong:
+        raise GlassFinderError(f"face-analysis weights {where} do not fit this network: {wrong[:5]}")
     return net, meta
 
 

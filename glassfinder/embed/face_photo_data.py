@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -26,8 +26,14 @@ from glassfinder.catalog.build import import_glb
 from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, SHARD_FORMAT, FaceData
 from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, crop_mapping, detect_boxes
 from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
-from glassfinder.render.spec import DEFAULT_LENS_PALETTE, plan_view
-from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer, window_to_pixel_index
+from glassfinder.render.spec import DEFAULT_LENS_PALETTE, ViewParams, plan_view
+from glassfinder.render.tryon import (
+    AssetMeshes,
+    PhotoRenderer,
+    RenderedView,
+    TryOnRenderer,
+    window_to_pixel_index,
+)
 
 #: Hopper's pupils on matplotlib's grace_hopper.jpg (512x600), the subject's left eye (image
 #: right) first: centres of the dark pupil discs, marked at 16x zoom (about +-1 px, 0.012 IPD).
@@ -126,32 +132,16 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
     """`worn` renders of catalogue frames on bare Hopper, her original photo (her own frames, box
     from the mask) and `bare_copies` copies of her bare photo (training augments each differently).
     Draws follow FACE_SPEC's seed and the sample index, like the procedural renders."""
-    face, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    _, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
     rows = [_sample(crop, to_crop, False, np.zeros(4), "")] * bare_copies
     original = hopper_photo()
     _, own_crop, own_to_crop = _face_crop(original, "grace_hopper.jpg")
     ys, xs = np.nonzero(hopper_frame_mask(original.shape[:2]))
     own_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32) @ own_to_crop[:, :2].T
     rows.append(_sample(own_crop, own_to_crop, True, (own_box + own_to_crop[:, 2]).ravel(), "clear"))
-    renderer = TryOnRenderer(CROP_PX)
-    photo = PhotoRenderer(renderer)
-    meshes: dict[str, AssetMeshes] = {}
-    spec = FACE_SPEC
-    try:
-        for i in range(worn):
-            rng = np.random.default_rng([spec.seed, PHOTO_SEED_TAG, i])
-            sha, data = assets[int(rng.integers(len(assets)))]
-            if sha not in meshes:
-                meshes[sha] = AssetMeshes(import_glb(data))
-            # Half clear lenses (the procedural palette's share is 2 in 10): real shoppers mostly
-            # wear optical frames, and a clear lens over a real eye is the case renders lack.
-            clear = CLEAR_LENSES[int(rng.integers(len(CLEAR_LENSES)))] if rng.random() < 0.5 else None
-            view = plan_view(spec, sha, i, fixed_lens=clear)
-            out = photo.render(meshes[sha], face, crop, view)
-            box = window_to_pixel_index(out.glasses_box_xyxy)
-            rows.append(_sample(out.rgb, to_crop, True, box, view.lens_style))
-    finally:
-        renderer.close()
+    for out, view in frames_on_hopper(assets, worn, PHOTO_SEED_TAG, first_view=0):
+        box = window_to_pixel_index(out.glasses_box_xyxy)
+        rows.append(_sample(out.rgb, to_crop, True, box, view.lens_style))
     missed = [r for r in rows if r["det_box"][0] < 0]
     if missed:  # training crops are cut around the detector's box, as at query time
         log.warning(
@@ -159,6 +149,44 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
         )
         rows = [r for r in rows if r["det_box"][0] >= 0]
     return FaceData(**{k: np.stack([r[k] for r in rows]) for k in rows[0]})
+
+
+#: Separates the presence stage's frame draws (embed/face_presence.py) from the samples' above.
+PRESENCE_SEED_TAG = 8
+
+
+def frames_on_hopper(
+    assets: Sequence[tuple[str, bytes]], count: int, seed_tag: int, *, first_view: int
+) -> Iterator[tuple[RenderedView, ViewParams]]:
+    """`count` catalogue frames rendered onto bare Hopper's face crop (CROP_PX), with their view
+    draws. Frame i is drawn from [FACE_SPEC.seed, seed_tag, i] and plans view first_view + i."""
+    face, crop, _ = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    renderer = TryOnRenderer(CROP_PX)
+    photo = PhotoRenderer(renderer)
+    meshes: dict[str, AssetMeshes] = {}
+    try:
+        for i in range(count):
+            rng = np.random.default_rng([FACE_SPEC.seed, seed_tag, i])
+            sha, data = assets[int(rng.integers(len(assets)))]
+            if sha not in meshes:
+                meshes[sha] = AssetMeshes(import_glb(data))
+            # Half clear lenses (the procedural palette's share is 2 in 10): real shoppers mostly
+            # wear optical frames, and a clear lens over a real eye is the case renders lack.
+            clear = CLEAR_LENSES[int(rng.integers(len(CLEAR_LENSES)))] if rng.random() < 0.5 else None
+            view = plan_view(FACE_SPEC, sha, first_view + i, fixed_lens=clear)
+            yield photo.render(meshes[sha], face, crop, view), view
+    finally:
+        renderer.close()
+
+
+#: Separates the presence stage's frame draws (embed/face_presence.py) from the samples' above.
+PRESENCE_SEED_TAG = 8
+
+
+def hopper_photos_wearing(assets: Sequence[tuple[str, bytes]], count: int) -> list[np.ndarray]:
+    """`count` catalogue frames rendered onto bare Hopper, as whole face crops (CROP_PX): photos
+    for the presence stage to damage like uploads."""
+    return [out.rgb for out, _ in frames_on_hopper(assets, count, PRESENCE_SEED_TAG, first_view=100_000)]
 
 
 def load_or_render_photo_samples(

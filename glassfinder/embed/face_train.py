@@ -9,12 +9,18 @@ Steps, each skipped when its output exists (the work folder is a resumable run):
 3. train the network from ImageNet with checkpoints every epoch (resume continues exactly);
 4. render frames onto Grace Hopper's photo with her own frames inpainted away, and adapt the
    network for a few epochs on those real-face samples mixed with the renders (--no-photos skips);
-5. measure it on held-out identities beside dlib's 5-point landmarks and write the weights and a
+5. with the trunk frozen, fit the glasses-presence decision on the eye band (embed/face_presence.py:
+   training renders and damaged uploads of Hopper's photo, bare and wearing frames);
+6. measure it on held-out identities beside dlib's 5-point landmarks and write the weights and a
    card into glassfinder/models/;
-6. fit the face verifier on its features (embed/face_verify.py: faces against non-face photos)
+7. fit the face verifier on its features (embed/face_verify.py: faces against non-face photos)
    and add it to the weights and the card.
 
-Budget: ~45 min on 2 idle CPU cores for steps 1-3, ~10 min for step 4 (much longer under other load).
+`--init packaged` skips steps 3-4 and starts step 5 from the packaged model's trunk (the card
+records which model that was, as `trunk_model_sha`).
+
+Budget: ~45 min on 2 idle CPU cores for steps 1-3, ~10 min for step 4, ~10 min for step 5 (much
+longer under other load).
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder.embed.face_data import render_shard, shard_path, training_assets
-from glassfinder.embed.face_fit import FitConfig, train_and_package
+from glassfinder.embed.face_fit import FitConfig, TrunkInit, train_and_package
+from glassfinder.embed.face_net import load_trunk
 from glassfinder.embed.face_photo_data import load_or_render_photo_samples
 from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
 from glassfinder.embed.face_verify import fit_and_package, non_face_photos
+from glassfinder.embed.packaged import read_packaged
 from glassfinder.workers import exit_with_parent
 
 DEFAULT_SHARDS = 30
@@ -66,6 +74,17 @@ def render_all(work: Path, shards: int, workers: int) -> None:
         raise SystemExit(f"render workers failed with exit codes {failed}")
 
 
+def packaged_trunk() -> TrunkInit:
+    """The packaged face model's network, as stages 1-2 left it, and their cost from its card."""
+    packaged = read_packaged(MODEL_NAME)
+    net, _ = load_trunk(packaged.weights, str(packaged.path))
+    stages = {k: v for k, v in packaged.card.get("train_seconds_by_stage", {}).items() if k != "presence"}
+    # A model that was itself refitted this way names the model its trunk came from.
+    seen = packaged.card.get("data", {})
+    data = {k: seen[k] for k in ("faces", "photo_samples") if k in seen}
+    return TrunkInit(net, packaged.card.get("trunk_model_sha", packaged.sha), stages, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glassfinder.embed.face_train", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="resumable work folder")
@@ -85,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="default: the package's glassfinder/models/"
     )
+    parser.add_argument(
+        "--init",
+        choices=("imagenet", "packaged"),
+        default="imagenet",
+        help="imagenet: all stages from ImageNet; packaged: keep the packaged model's trunk "
+        "(stages 1-2) and refit only the presence decision (stage 3)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     non_face_photos()  # the last step needs scikit-image: fail now, not after an hour of training
@@ -92,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "render":
         return 0
     cfg = FitConfig() if args.epochs is None else replace(FitConfig(), epochs=args.epochs)
-    photos = None
-    if not args.no_photos:
-        photos = load_or_render_photo_samples(
-            args.work, training_assets(args.work), cfg.photo_worn, cfg.photo_bare_copies
-        )
-    report: dict[str, Any] = train_and_package(args.work, args.shards, photos, cfg, out_dir=args.out_dir)
+    assets = training_assets(args.work)
+    photos, init = None, None
+    if args.init == "packaged":
+        init = packaged_trunk()
+    elif not args.no_photos:
+        photos = load_or_render_photo_samples(args.work, assets, cfg.photo_worn, cfg.photo_bare_copies)
+    report: dict[str, Any] = train_and_package(
+        args.work, args.shards, photos, assets, cfg, out_dir=args.out_dir, init=init
+    )
     report["verifier"] = fit_and_package(args.work, min(VERIFIER_SHARDS, args.shards), args.out_dir)
     print(json.dumps(report, indent=2))
     return 0
