@@ -159,14 +159,20 @@ class FaceNet(nn.Module):
         }
 
 
+def best_cells(heat: torch.Tensor, grid_w: int) -> tuple[torch.Tensor, ...]:
+    """(b, n, cells) heat -> each landmark's best cell (cx, cy) and the (batch, landmark) index
+    grids that pick its outputs there."""
+    b, n, _ = heat.shape
+    cell = heat.argmax(dim=2)  # (b, n)
+    bi = torch.arange(b)[:, None].expand(b, n)
+    li = torch.arange(n)[None, :].expand(b, n)
+    return cell % grid_w, cell // grid_w, bi, li
+
+
 def own_estimates(heat: torch.Tensor, off: torch.Tensor, grid_w: int) -> torch.Tensor:
     """(b, n, cells) heat and (b, n, 2, gh, gw) offsets -> (b, n, 2) each landmark's own
     estimate in input pixels: its best cell plus that cell's offset."""
-    b, n, _ = heat.shape
-    cell = heat.argmax(dim=2)
-    cy, cx = cell // grid_w, cell % grid_w
-    bi = torch.arange(b)[:, None].expand(b, n)
-    li = torch.arange(n)[None, :].expand(b, n)
+    cx, cy, bi, li = best_cells(heat, grid_w)
     return (torch.stack([cx, cy], dim=-1).float() + off[bi, li, :, cy, cx]) * STRIDE
 
 
@@ -175,15 +181,11 @@ def own_and_merged(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw outputs -> (b, L, 2) landmark positions in input pixels, twice: each landmark's own
     estimate, and that estimate averaged with its neighbours' votes for it (PIPNet's merge)."""
-    heat, off, nb = out["heat"], out["offset"], out["neighbour"]
+    heat, nb = out["heat"], out["neighbour"]
     b, n, _ = heat.shape
-    cell = heat.argmax(dim=2)  # (b, n)
-    cy, cx = cell // grid_w, cell % grid_w
-    bi = torch.arange(b)[:, None].expand(b, n)
-    li = torch.arange(n)[None, :].expand(b, n)
-    own_off = off[bi, li, :, cy, cx]  # (b, n, 2)
+    cx, cy, bi, li = best_cells(heat, grid_w)
     base = torch.stack([cx, cy], dim=-1).float()
-    own = (base + own_off) * STRIDE
+    own = (base + out["offset"][bi, li, :, cy, cx]) * STRIDE  # as own_estimates, cells shared
     nb_off = nb[bi, li, :, :, cy, cx]  # (b, n, K, 2): from landmark l's cell to its neighbours
     votes = (base[:, :, None, :] + nb_off) * STRIDE  # estimates of landmark neighbours[l, k]
     total = own.clone()
