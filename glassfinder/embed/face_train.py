@@ -19,7 +19,7 @@ Steps, each skipped when its output exists (the work folder is a resumable run):
 `--init packaged` skips steps 3-4 and starts step 5 from the packaged model's trunk (the card
 records which model that was, as `trunk_model_sha`).
 
-Budget: ~45 min on 2 idle CPU cores for steps 1-3, ~10 min for step 4, ~10 min for step 5 (much
+Budget: ~45 min on 2 idle CPU cores for steps 1-3, ~10 min for step 4, ~3 min for step 5 (much
 longer under other load).
 """
 
@@ -79,9 +79,9 @@ def packaged_trunk() -> TrunkInit:
     packaged = read_packaged(MODEL_NAME)
     net, _ = load_trunk(packaged.weights, str(packaged.path))
     stages = {k: v for k, v in packaged.card.get("train_seconds_by_stage", {}).items() if k != "presence"}
-    # A model that was itself refitted this way names the model its trunk came from.
     seen = packaged.card.get("data", {})
     data = {k: seen[k] for k in ("faces", "photo_samples") if k in seen}
+    # A model that was itself refitted this way names the model its trunk came from.
     return TrunkInit(net, packaged.card.get("trunk_model_sha", packaged.sha), stages, data)
 
 
