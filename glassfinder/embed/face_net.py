@@ -363,19 +363,25 @@ def save_weights(net: FaceNet, meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def load_weights(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
-    """Rebuild the network from a weights file, strictly (never unpickles code)."""
+def load_weights(
+    data: bytes, where: str, *, allow_missing_prefix: str | None = None
+) -> tuple[FaceNet, dict[str, Any]]:
+    """Rebuild the network from a weights file, strictly (never unpickles code). Weights whose
+    names start with `allow_missing_prefix` may be missing: see `load_trunk`."""
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         state, meta = blob["state_dict"], blob["meta"]
         net = FaceNet(np.asarray(meta["neighbours"], np.int64))
-        net.load_state_dict(state, strict=True)
+        missing, unexpected = net.load_state_dict(state, strict=allow_missing_prefix is None)
     except GlassFinderError:
         raise
     except Exception as exc:
         raise GlassFinderError(
             f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
         ) from exc
+    wrong = list(unexpected) + [k for k in missing if not k.startswith(allow_missing_prefix or "")]
+    if wrong:
+        raise GlassFinderError(f"face-analysis weights {where} do not fit this network: {wrong[:5]}")
     return net, meta
 
 
@@ -383,19 +389,7 @@ def load_trunk(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
     """A weights file's network for further training (face_train --init packaged): every weight
     loaded strictly except the band presence head, which files from before it lack and which
     stage 3 (embed/face_presence.py) fits afresh anyway."""
-    try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        state, meta = blob["state_dict"], blob["meta"]
-        net = FaceNet(np.asarray(meta["neighbours"], np.int64))
-    except Exception as exc:
-        raise GlassFinderError(
-            f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
-        ) from exc
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    wrong = list(unexpected) + [k for k in missing if not k.startswith("band_presence.")]
-    if wrong:
-        raise GlassFinderError(f"face-analysis weights {where} do not fit this network: {wrong[:5]}")
-    return net, meta
+    return load_weights(data, where, allow_missing_prefix="band_presence.")
 
 
 PACKAGED_NAME = "face-analysis"

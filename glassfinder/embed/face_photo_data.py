@@ -132,14 +132,14 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
     """`worn` renders of catalogue frames on bare Hopper, her original photo (her own frames, box
     from the mask) and `bare_copies` copies of her bare photo (training augments each differently).
     Draws follow FACE_SPEC's seed and the sample index, like the procedural renders."""
-    _, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    face, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
     rows = [_sample(crop, to_crop, False, np.zeros(4), "")] * bare_copies
     original = hopper_photo()
     _, own_crop, own_to_crop = _face_crop(original, "grace_hopper.jpg")
     ys, xs = np.nonzero(hopper_frame_mask(original.shape[:2]))
     own_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32) @ own_to_crop[:, :2].T
     rows.append(_sample(own_crop, own_to_crop, True, (own_box + own_to_crop[:, 2]).ravel(), "clear"))
-    for out, view in frames_on_hopper(assets, worn, PHOTO_SEED_TAG, first_view=0):
+    for out, view in frames_on_hopper(assets, face, crop, worn, PHOTO_SEED_TAG, first_view=0):
         box = window_to_pixel_index(out.glasses_box_xyxy)
         rows.append(_sample(out.rgb, to_crop, True, box, view.lens_style))
     missed = [r for r in rows if r["det_box"][0] < 0]
@@ -156,11 +156,17 @@ PRESENCE_SEED_TAG = 8
 
 
 def frames_on_hopper(
-    assets: Sequence[tuple[str, bytes]], count: int, seed_tag: int, *, first_view: int
+    assets: Sequence[tuple[str, bytes]],
+    face: PhotoFace,
+    crop: np.ndarray,
+    count: int,
+    seed_tag: int,
+    *,
+    first_view: int,
 ) -> Iterator[tuple[RenderedView, ViewParams]]:
-    """`count` catalogue frames rendered onto bare Hopper's face crop (CROP_PX), with their view
-    draws. Frame i is drawn from [FACE_SPEC.seed, seed_tag, i] and plans view first_view + i."""
-    face, crop, _ = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    """`count` catalogue frames rendered onto bare Hopper's face crop (`_face_crop` of
+    `hopper_bare()`), with their view draws. Frame i is drawn from [FACE_SPEC.seed, seed_tag, i]
+    and plans view first_view + i."""
     renderer = TryOnRenderer(CROP_PX)
     photo = PhotoRenderer(renderer)
     meshes: dict[str, AssetMeshes] = {}
@@ -186,7 +192,9 @@ PRESENCE_SEED_TAG = 8
 def hopper_photos_wearing(assets: Sequence[tuple[str, bytes]], count: int) -> list[np.ndarray]:
     """`count` catalogue frames rendered onto bare Hopper, as whole face crops (CROP_PX): photos
     for the presence stage to damage like uploads."""
-    return [out.rgb for out, _ in frames_on_hopper(assets, count, PRESENCE_SEED_TAG, first_view=100_000)]
+    face, crop, _ = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    frames = frames_on_hopper(assets, face, crop, count, PRESENCE_SEED_TAG, first_view=100_000)
+    return [out.rgb for out, _ in frames]
 
 
 def load_or_render_photo_samples(
