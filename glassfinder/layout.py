@@ -61,6 +61,28 @@ def render_quarantine_key(spec_hash: str, asset_sha256: str) -> str:
     return f"{render_quarantine_prefix(spec_hash)}{_hex('asset_sha256', asset_sha256)}.json"
 
 
+_RENDER_QUARANTINE_RE = re.compile(r"^renders/[0-9a-f]{8,64}/quarantine/[0-9a-f]{8,64}\.json$")
+
+
+def is_render_quarantine_key(key: str) -> bool:
+    """Whether `key` is one asset's render quarantine record (not a shard, not the run report)."""
+    return bool(_RENDER_QUARANTINE_RE.match(key))
+
+
+def feature_quarantine_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
+    """Why one asset's image shard could not be embedded by a model."""
+    return f"{feature_prefix(model_sha, spec_hash)}quarantine/{_hex('asset_sha256', asset_sha256)}.json"
+
+
+_FEATURE_QUARANTINE_RE = re.compile(
+    r"^features/[0-9a-f]{8,64}/[0-9a-f]{8,64}/quarantine/[0-9a-f]{8,64}\.json$"
+)
+
+
+def is_feature_quarantine_key(key: str) -> bool:
+    return bool(_FEATURE_QUARANTINE_RE.match(key))
+
+
 def feature_prefix(model_sha: str, spec_hash: str) -> str:
     """Every feature shard of one (model, spec)."""
     return f"features/{_hex('model_sha', model_sha)}/{_hex('spec_hash', spec_hash)}/"
@@ -70,8 +92,10 @@ def feature_prefix(model_sha: str, spec_hash: str) -> str:
 CATALOG_DIR = "catalog/"
 #: The clean catalogue manifest every later stage reads; rewritten only by compare-and-swap.
 CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
-#: The quarantine report of the last catalogue ingest (refused rows and why).
+#: The quarantine report of the last catalogue ingest (refused rows and why; dropped fields).
 CATALOG_QUARANTINE_KEY = f"{CATALOG_DIR}quarantine.json"
+#: Where `glassfinder catalog validate` writes its report: beside the manifest it checked.
+QUARANTINE_REPORT_SUFFIX = ".quarantine.json"
 #: Inline onboarding rows and delta manifests given in a run's conf.
 CATALOG_DELTA_PREFIX = f"{CATALOG_DIR}deltas/"
 
@@ -131,6 +155,18 @@ def feature_shard_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
 def index_prefix(name: str) -> str:
     """Everything of one index: its versions, CURRENT and pins."""
     return f"indexes/{_name('index name', name)}/"
+
+
+def index_quarantine_key(name: str) -> str:
+    """The products the last publish of an index could not index, and why."""
+    return f"{index_prefix(name)}quarantine.json"
+
+
+_INDEX_QUARANTINE_RE = re.compile(r"^indexes/[a-z0-9][a-z0-9_.-]{0,63}/quarantine\.json$")
+
+
+def is_index_quarantine_key(key: str) -> bool:
+    return bool(_INDEX_QUARANTINE_RE.match(key))
 
 
 def index_version_prefix(name: str, version: int) -> str:

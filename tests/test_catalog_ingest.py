@@ -168,13 +168,14 @@ def test_manifest_ingestion_quarantines_bad_rows_and_keeps_the_rest(family, tmp_
     report = ingest_manifest(str(tmp_path / "src" / "manifest.csv"), dest=dest)
     assert len(report.accepted) == 3
     assert [(q.row, q.reason) for q in report.quarantined] == [
-        (3, "duplicate_id"),
+        (0, "duplicate_id"),  # the last valid row of an id wins
         (4, "missing_asset"),
         (5, "unparseable"),
         (6, "bad_field"),
         (7, "missing_product_id"),
     ]
-    assert "already used by row 0" in report.quarantined[0].message
+    assert "also given by row 3, a later valid row, which wins" in report.quarantined[0].message
+    assert report.duplicates == {rows[0]["product_id"]: 3}
     table = pq.read_table(io.BytesIO(dest.get(CATALOG_MANIFEST_KEY))).to_pylist()
     assert [r["product_id"] for r in table] == [r["product_id"] for r, _ in family]
     for r in table:

@@ -26,18 +26,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from glassfinder import layout
+from glassfinder.catalog.columns import CellProblem, check_row, complete
 from glassfinder.catalog.loader import DEFAULT_MAX_TRIANGLES, NORMALISER_VERSION, AssetError, load_asset
-from glassfinder.catalog.manifest import (
-    KINDS,
-    LENS_POLICIES,
-    MANIFEST_SCHEMA,
-    manifest_bytes,
-    read_manifest_rows,
-)
+from glassfinder.catalog.manifest import NOT_AN_OBJECT, manifest_bytes, read_manifest_rows
 from glassfinder.catalog.sources import AssetRoots, max_asset_bytes_from_env, roots_from_env
 from glassfinder.errors import (
     AssetSourceError,
@@ -47,6 +42,7 @@ from glassfinder.errors import (
     ObjectNotFoundError,
     StaleWriteError,
 )
+from glassfinder.quarantine import QuarantineRecord, short_repr
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
 
@@ -86,13 +82,8 @@ def resolve_asset(manifest_store: ObjectStore, manifest_key: str, asset_uri: str
     return manifest_store, folder + asset_uri
 
 
-@dataclass(frozen=True)
-class QuarantinedRow:
-    row: int  # 0-based row number in the input manifest
-    product_id: str | None
-    asset_uri: str | None
-    reason: str  # short code: duplicate_id, missing_asset, unparseable, bad_scale, ...
-    message: str
+#: Ingest's records are the one quarantine record (glassfinder.quarantine), stage "ingest".
+QuarantinedRow = QuarantineRecord
 
 
 @dataclass
@@ -100,7 +91,14 @@ class IngestReport:
     manifest_uri: str
     rows: int
     accepted: list[dict[str, Any]] = field(default_factory=list)
-    quarantined: list[QuarantinedRow] = field(default_factory=list)
+    #: Rows refused, one record each (reason codes: bad_product_id, duplicate_id, bad_field, ...).
+    quarantined: list[QuarantineRecord] = field(default_factory=list)
+    #: Cells of accepted rows dropped by their column's rule (reason dropped_field): warnings.
+    dropped: list[QuarantineRecord] = field(default_factory=list)
+    #: Product ids given by more than one row -> the row that won (the last valid one).
+    duplicates: dict[str, int] = field(default_factory=dict)
+    #: Product ids that had rows but no valid one: these products are not in this ingest's output.
+    refused_products: list[str] = field(default_factory=list)
     seconds: float = 0.0
     #: Assets whose cached outcome was reused instead of parsing them again.
     reused: int = 0
@@ -118,6 +116,10 @@ class IngestReport:
             "rows": self.rows,
             "accepted": len(self.accepted),
             "quarantined": len(self.quarantined),
+            "dropped_fields": len(self.dropped),
+            "duplicate_ids": len(self.duplicates),
+            "refused_products": len(self.refused_products),
+            "refused_products_sample": self.refused_products[:20],
             "reused": self.reused,
             "manifest_changed": self.manifest_changed,
             "reasons": reasons,
@@ -126,7 +128,14 @@ class IngestReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps({**self.summary(), "quarantine": [asdict(q) for q in self.quarantined]}, indent=2)
+        return json.dumps(
+            {
+                **self.summary(),
+                "quarantine": [q.to_dict() for q in self.quarantined],
+                "dropped": [q.to_dict() for q in self.dropped],
+            },
+            indent=2,
+        )
 
 
 def split_uri(uri: str) -> tuple[ObjectStore, str]:
@@ -177,67 +186,72 @@ def ingest_manifest(
     )
     rows = read_manifest_rows(base, key)
     report = IngestReport(manifest_uri=manifest_uri, rows=len(rows))
-    seen: dict[str, int] = {}
+    winners: dict[str, tuple[int, dict[str, Any]]] = {}  # product id -> (row, clean row)
+    superseded: list[tuple[int, dict[str, Any]]] = []
+    given: dict[str, int] = {}  # every valid id a row gave -> its first row (the catalogue's order)
     iterator: Any = enumerate(rows)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, total=len(rows), unit="asset", desc="ingesting")
-    for i, row in iterator:
-        pid = (str(row.get("product_id") or "")).strip() or None
-        asset_uri = (str(row.get("asset_uri") or "")).strip() or None
-
-        def quarantine(
-            reason: str, message: str, pid: str | None = pid, asset_uri: str | None = asset_uri, i: int = i
-        ) -> None:
-            report.quarantined.append(QuarantinedRow(i, pid, asset_uri, reason, message))
-            log.warning("quarantined row %d (%s): %s", i, pid, message)
-
-        if pid is None:
-            quarantine("missing_product_id", "row has no product_id")
+    for i, raw in iterator:
+        checked = check_row(raw) if NOT_AN_OBJECT not in raw else None
+        if checked is None:
+            _quarantine(
+                report, i, None, "bad_row", "row is not an object", got=short_repr(raw[NOT_AN_OBJECT])
+            )
             continue
-        if pid in seen:
-            quarantine("duplicate_id", f"product_id {pid!r} already used by row {seen[pid]}")
+        pid = checked.values.get("product_id")
+        if pid is not None:
+            given.setdefault(pid, i)
+        for p in checked.dropped:
+            report.dropped.append(_cell_record(i, pid, p, "dropped_field", "; field dropped"))
+            log.warning("row %d (%s): dropped %s: expected %s, got %s", i, pid, p.column, p.expected,
+                        short_repr(p.got))  # fmt: skip
+        if checked.refused:
+            p = checked.refused[0]
+            report.quarantined.append(_cell_record(i, pid, p, p.reason, ""))
+            log.warning("quarantined row %d (%s): %s: expected %s, got %s", i, pid, p.column, p.expected,
+                        short_repr(p.got))  # fmt: skip
             continue
-        seen[pid] = i
-        if asset_uri is None:
-            quarantine("missing_asset", "row has no asset_uri")
-            continue
-        kind = str(row.get("kind") or "optical")
-        if kind not in KINDS:
-            quarantine("bad_field", f"kind must be one of {KINDS}, got {kind!r}")
-            continue
+        assert pid is not None  # required: a row without one was refused above
+        asset_uri = checked.values["asset_uri"]
         try:
             data = roots.read(asset_uri)
         except AssetSourceError as exc:
-            quarantine(exc.reason, str(exc))
+            _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
             continue
         try:
             asset_sha, reused = _normalised_sha(data, asset_uri, dest, max_triangles)
         except AssetError as exc:
-            quarantine(exc.reason, str(exc))
+            _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
             continue
         finally:
             del data  # one asset in memory at a time
         report.reused += reused
-        clean = {f.name: row.get(f.name) for f in MANIFEST_SCHEMA}
-        policy = str(row.get("lens_policy") or ("fixed" if kind == "sunglasses" else "palette"))
-        if policy not in LENS_POLICIES:
-            quarantine("bad_field", f"lens_policy must be one of {LENS_POLICIES}, got {policy!r}")
-            continue
+        clean = complete(checked.values)
         clean.update(
-            product_id=pid,
-            kind=kind,
-            lens_policy=policy,
             asset_sha256=asset_sha,
             asset_uri=catalog_asset_key(asset_sha).removeprefix(CATALOG_DIR),  # relative to the manifest
-            lens_style=str(row.get("lens_style") or ("tinted" if kind == "sunglasses" else "clear")),
-            lens_rgba=_rgba(row.get("lens_rgba"), kind),
-            display_name=str(row.get("display_name") or pid),
         )
-        for name in ("lens_width_mm", "lens_height_mm", "bridge_mm", "temple_mm"):
-            clean[name] = float(clean[name]) if clean.get(name) not in (None, "") else None
-        report.accepted.append(clean)
+        if pid in winners:
+            superseded.append(winners[pid])
+        winners[pid] = (i, clean)
+    # Duplicates: the last valid row of an id wins; its other valid rows are quarantined naming it.
+    for i, clean in superseded:
+        pid = str(clean["product_id"])
+        won = winners[pid][0]
+        report.duplicates[pid] = won
+        _quarantine(
+            report, i, pid, "duplicate_id",
+            f"product_id {pid!r} is also given by row {won}, a later valid row, which wins "
+            "(the last valid row of an id is the product)",
+        )  # fmt: skip
+    report.quarantined.sort(key=lambda q: q.row if q.row is not None else -1)
+    report.accepted = [winners[pid][1] for pid in given if pid in winners]
+    report.refused_products = [pid for pid in given if pid not in winners]
+    for pid in report.refused_products:
+        log.warning("product %s: every row giving it was quarantined; it is not in this ingest", pid)
     if dest is not None and update_catalog:
         try:
             report.shrink = check_shrink(
@@ -251,6 +265,26 @@ def ingest_manifest(
             record_override(dest, report.shrink)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _quarantine(
+    report: IngestReport,
+    row: int,
+    pid: str | None,
+    reason: str,
+    message: str,
+    *,
+    got: str | None = None,
+    source: str | None = None,
+) -> None:
+    report.quarantined.append(QuarantineRecord("ingest", reason, message, pid, row, got=got, source=source))
+    log.warning("quarantined row %d (%s): %s: %s", row, pid, reason, message)
+
+
+def _cell_record(row: int, pid: str | None, p: CellProblem, reason: str, suffix: str) -> QuarantineRecord:
+    got = short_repr(p.got)
+    message = f"{p.column} must be {p.expected}, got {got}{suffix}"
+    return QuarantineRecord("ingest", reason, message, pid, row, p.column, p.expected, got)
 
 
 def _shrink_fraction(value: float | None) -> float:
@@ -406,11 +440,3 @@ def write_catalog_manifest(
     except (ObjectExistsError, StaleWriteError) as exc:
         raise StaleWriteError(f"{where} was changed by another writer meanwhile: run again") from exc
     return True
-
-
-def _rgba(value: Any, kind: str) -> list[float]:
-    if isinstance(value, str) and value.strip():
-        value = json.loads(value)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return [0.04, 0.04, 0.045, 0.85] if kind == "sunglasses" else [0.9, 0.95, 1.0, 0.08]
-    return [float(v) for v in value]

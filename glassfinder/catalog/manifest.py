@@ -14,35 +14,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from glassfinder.catalog.columns import COLUMNS, KINDS, LENS_POLICIES, REQUIRED_INPUT_COLUMNS
 from glassfinder.errors import GlassFinderError
 from glassfinder.store.base import ObjectStore
 
-KINDS = ("optical", "sunglasses")
-LENS_POLICIES = ("fixed", "palette")  # sunglasses keep their lens; optical frames get a palette
+__all__ = ["KINDS", "LENS_POLICIES", "MANIFEST_SCHEMA", "REQUIRED_INPUT_COLUMNS", "ManifestError"]
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("product_id", pa.string(), nullable=False),
-        pa.field("asset_uri", pa.string(), nullable=False),
-        pa.field("asset_sha256", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("lens_policy", pa.string(), nullable=False),
-        pa.field("lens_style", pa.string(), nullable=False),
-        pa.field("lens_rgba", pa.list_(pa.float32(), 4), nullable=False),
-        pa.field("display_name", pa.string(), nullable=False),
-        pa.field("colour_name", pa.string()),
-        pa.field("family_id", pa.string()),  # products sharing a shape (colourways)
-        pa.field("shape_family", pa.string()),
-        pa.field("rim", pa.string()),
-        pa.field("material", pa.string()),
-        pa.field("bridge_style", pa.string()),
-        pa.field("lens_width_mm", pa.float32()),
-        pa.field("lens_height_mm", pa.float32()),
-        pa.field("bridge_mm", pa.float32()),
-        pa.field("temple_mm", pa.float32()),
-    ]
-)
-REQUIRED_INPUT_COLUMNS = ("product_id", "asset_uri")
+#: The manifest's columns, types and rules live in glassfinder.catalog.columns; the schema is theirs.
+MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in COLUMNS])
+#: Key of the one entry a manifest row that is not an object (a JSON number, a broken JSON line)
+#: becomes, so that ingestion quarantines that row instead of refusing the whole manifest.
+NOT_AN_OBJECT = "\x00not_an_object"
 
 
 class ManifestError(GlassFinderError):
@@ -62,7 +44,11 @@ def write_manifest(store: ObjectStore, key: str, rows: list[dict[str, Any]]) -> 
 
 
 def read_manifest_rows(store: ObjectStore, key: str) -> list[dict[str, Any]]:
-    """Rows of a Parquet, CSV or JSON (array or JSON lines) manifest, as dicts."""
+    """Rows of a Parquet, CSV or JSON (array or JSON lines) manifest, as dicts.
+
+    Text that is not UTF-8 is decoded with surrogate escapes, so a bad byte spoils only the cells
+    it sits in (their columns' rules refuse them) instead of the whole export.
+    """
     data = store.get(key)
     where = f"{store.uri}/{key}"
     suffix = key.rsplit(".", 1)[-1].lower()
@@ -70,29 +56,41 @@ def read_manifest_rows(store: ObjectStore, key: str) -> list[dict[str, Any]]:
         if suffix == "parquet":
             rows = pq.read_table(io.BytesIO(data)).to_pylist()
         elif suffix == "csv":
-            rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+            text = data.decode("utf-8-sig", errors="surrogateescape")
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
         elif suffix in ("json", "jsonl"):
-            text = data.decode("utf-8")
-            parsed = (
-                json.loads(text)
-                if text.lstrip().startswith("[")
-                else [json.loads(line) for line in text.splitlines() if line.strip()]
-            )
-            if not all(isinstance(r, dict) for r in parsed):
-                raise ManifestError(f"manifest {where}: expected a JSON array of objects (or JSON lines)")
-            rows = parsed
+            text = data.decode("utf-8", errors="surrogateescape")
+            if text.lstrip().startswith("["):
+                parsed = json.loads(text)
+                if not isinstance(parsed, list):
+                    raise ManifestError(f"manifest {where}: expected a JSON array of objects (or JSON lines)")
+                rows = [r if isinstance(r, dict) else {NOT_AN_OBJECT: r} for r in parsed]
+            else:
+                rows = [_json_line(line) for line in text.splitlines() if line.strip()]
+                if rows and all(NOT_AN_OBJECT in r for r in rows):
+                    json.loads(text)  # no line is an object: not JSON lines; say why it is not JSON
+                    raise ManifestError(f"manifest {where}: expected a JSON array of objects (or JSON lines)")
         else:
             raise ManifestError(
                 f"manifest {where}: unknown format {suffix!r}, expected .parquet, .csv or .json"
             )
     except ManifestError:
         raise
-    except (pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise ManifestError(f"manifest {where} cannot be parsed: {exc}") from exc
-    columns = set().union(*(r.keys() for r in rows)) if rows else set()
+    except (pa.ArrowException, OSError, ValueError, RecursionError, csv.Error) as exc:
+        raise ManifestError(f"manifest {where} cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    columns = {str(c) for r in rows for c in r if c is not None and c != NOT_AN_OBJECT}
     missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in columns]
     if rows and missing:
         raise ManifestError(
-            f"manifest {where}: missing required column(s) {missing}; found {sorted(columns)}"
+            f"manifest {where}: missing required column(s) {missing}; found {sorted(columns)[:50]}"
         )
     return rows
+
+
+def _json_line(line: str) -> dict[Any, Any]:
+    """One JSON-lines row; a line that is not a JSON object becomes a row to quarantine."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return {NOT_AN_OBJECT: line}
+    return value if isinstance(value, dict) else {NOT_AN_OBJECT: value}

@@ -84,6 +84,13 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
     )
     for reason, n in sorted(summary["reasons"].items()):
         print(f"  {n:>6}  {reason}")
+    if summary["dropped_fields"]:
+        print(f"{summary['dropped_fields']} bad optional field(s) dropped (rows kept; see the report)")
+    if summary["duplicate_ids"]:
+        print(f"{summary['duplicate_ids']} product id(s) given by several rows: the last valid row won")
+    if summary["refused_products"]:
+        sample = ", ".join(summary["refused_products_sample"][:5])  # ids passed the id rule: printable
+        print(f"{summary['refused_products']} product(s) with no valid row are not ingested (e.g. {sample})")
     if report.shrink and report.shrink.get("allowed_reason"):
         print(f"catalogue shrink allowed ({report.shrink['before']} -> {report.shrink['after']} products)")
     _write_ingest_report(args, report, dest)
