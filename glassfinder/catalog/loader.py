@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
 
+from glassfinder.catalog import budgets
 from glassfinder.catalog.build import export_glb
 from glassfinder.catalog.convention import REQUIRED_PARTS, bridge_centre, bridge_vertices
 from glassfinder.errors import GlassFinderError
@@ -59,12 +59,11 @@ def _format_of(name: str) -> str:
     return FORMATS[suffix]
 
 
-def _parse(data: bytes, name: str) -> trimesh.Scene:
+def _parse(data: bytes, name: str, max_triangles: int) -> trimesh.Scene:
     fmt = _format_of(name)
     if not data:
         raise AssetError(name, "unparseable", f"file is empty, expected {fmt.upper()} data")
-    if fmt == "gltf":
-        _check_gltf_buffers(data, name)
+    _check_declared(data, name, fmt, max_triangles)
     try:
         loaded = trimesh.load(io.BytesIO(data), file_type=fmt, force="scene", process=False)
     except Exception as exc:
@@ -76,14 +75,32 @@ def _parse(data: bytes, name: str) -> trimesh.Scene:
     return loaded
 
 
-def _check_gltf_buffers(data: bytes, name: str) -> None:
-    """A manifest row points at one file: glTF buffers and images must be embedded in it."""
+def _check_declared(data: bytes, name: str, fmt: str, max_triangles: int) -> None:
+    """Refuse what the file's own header or JSON says breaks a budget, before decoding any buffer."""
     try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AssetError(name, "unparseable", f"cannot be parsed as GLTF: not JSON ({exc})") from exc
+        if fmt == "obj":
+            faces = budgets.obj_face_lines(data)
+            if faces > max_triangles:
+                raise budgets.BudgetError(
+                    "too_many_triangles",
+                    f"has at least {faces:,} triangles, the budget is {max_triangles:,} "
+                    "(refused before parsing)",
+                )
+            return
+        doc = budgets.glb_json(data) if fmt == "glb" else budgets.parse_json(data)
+        if fmt == "gltf":
+            _check_gltf_buffers(doc, name)
+        budgets.check_gltf_budgets(doc, max_triangles=max_triangles)
+    except budgets.BudgetError as exc:
+        prefix = f"cannot be parsed as {fmt.upper()}: " if exc.reason == "unparseable" else ""
+        raise AssetError(name, exc.reason, prefix + str(exc)) from None
+
+
+def _check_gltf_buffers(doc: dict, name: str) -> None:
+    """A manifest row points at one file: glTF buffers and images must be embedded in it."""
     for kind in ("buffers", "images"):
-        for item in doc.get(kind, []) if isinstance(doc, dict) else []:
+        items = doc.get(kind, [])
+        for item in items if isinstance(items, list) else []:
             uri = item.get("uri") if isinstance(item, dict) else None
             if uri and not str(uri).startswith("data:"):
                 raise AssetError(
@@ -127,7 +144,7 @@ def _is_transparent(mesh: trimesh.Trimesh) -> bool:
 
 def load_asset(data: bytes, name: str, *, max_triangles: int = DEFAULT_MAX_TRIANGLES) -> NormalisedAsset:
     """Parse, validate and normalise one asset file; raise AssetError with a reason code."""
-    scene = _parse(data, name)
+    scene = _parse(data, name, max_triangles)
     fmt = _format_of(name)
     pieces: list[tuple[str, trimesh.Trimesh]] = []
     for node in scene.graph.nodes_geometry:
