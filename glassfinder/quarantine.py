@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -84,6 +85,25 @@ def short_repr(value: Any, limit: int = 80) -> str:
     """What came, for a record: repr (so control characters show escaped), cut to `limit`."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """`text` safe for one terminal line: control, format (bidi) and separator characters escaped,
+    so an id or a message cannot forge other lines or reorder what an operator reads."""
+    return "".join(
+        f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") else c
+        for c in text
+    )
+
+
+def format_record(r: QuarantineRecord) -> str:
+    """One line of `glassfinder catalog quarantine`."""
+    parts = [r.at or "-", r.stage, r.reason, r.product_id or "-"]
+    parts.append(f"row {r.row}" if r.row is not None else "-")
+    if r.field:
+        parts.append(f"{r.field}: expected {r.expected}, got {r.got}")
+    parts.append(r.message or "")
+    return printable("  ".join(parts))
 
 
 def records_json(records: Iterable[QuarantineRecord]) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 from glassfinder.catalog.generate import build_family
 from glassfinder.catalog.ingest import ingest_manifest
 from glassfinder.catalog.loader import AssetError, load_asset
+from glassfinder.store import LocalStore
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +230,44 @@ def test_broken_or_oversized_node_trees_are_refused_before_decoding(
     gltf = json.dumps({"asset": {"version": "2.0"}, **doc}).encode()
     with pytest.raises(AssetError, match=message):
         load_asset(gltf, "x.gltf")
+
+
+# --- 4. one quarantine record, one reader --------------------------------------------------------
+def test_every_stage_writes_the_one_record_and_the_cli_lists_it_unforged(
+    export: Path, tmp_path: Path, capsys
+) -> None:
+    from glassfinder import layout
+    from glassfinder.cli import main
+    from glassfinder.embed.job import _quarantine as embed_quarantine
+    from glassfinder.index.pipeline import _not_indexed, write_not_indexed
+    from glassfinder.quarantine import QuarantineRecord, read_quarantine
+
+    store = LocalStore(tmp_path / "store")
+    rows = [*_rows(4), {"product_id": "Q1", "asset_uri": "assets/nowhere.glb"}]
+    rows.append({"product_id": "P1\nFAKE 0 quarantine record(s)\u202e", "asset_uri": "assets/good-0.glb"})
+    ingest_manifest(_manifest(export, rows), dest=store)
+    assert main(["catalog", "ingest", _manifest(export, rows, "m2.json"), "--store", store.uri]) == 0
+    capsys.readouterr()
+    # A render failure and an embed failure as those stages write them, and an index's.
+    spec, model, sha = "a" * 16, "b" * 16, "c" * 64
+    render = QuarantineRecord("render", "BadAssetError", "cannot fit", "P01", asset_sha256=sha, retry=False)
+    store.put(layout.render_quarantine_key(spec, sha), json.dumps(render.to_dict()).encode())
+    embed_quarantine(store, model, spec, layout.render_shard_key(spec, sha), ValueError("not Parquet"))
+    write_not_indexed(store, "catalog", [_not_indexed({"product_id": "P02"}, "empty", "no rows")])
+    records = read_quarantine(store)
+    assert [(r.stage, r.product_id, r.reason) for r in records] == [
+        ("ingest", "Q1", "missing_asset"),
+        ("ingest", None, "bad_product_id"),
+        ("render", "P01", "BadAssetError"),
+        ("embed", None, "ValueError"),
+        ("index", "P02", "empty"),
+    ]
+    assert all(r.at for r in records) and records[1].field == "product_id"
+    assert main(["catalog", "quarantine", "--store", store.uri]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert len(lines) == 5 and not any(line.startswith("FAKE") for line in lines)
+    assert "\u202e" not in out.out and "\\u202e" in lines[1] and "5 quarantine record(s)" in out.err
+    assert main(["catalog", "quarantine", "--store", store.uri, "--stage", "embed", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["source"] == layout.render_shard_key(spec, sha)

@@ -284,7 +284,7 @@ def test_embed_job_writes_feature_shards_skips_existing_and_reports_unreadable(
 
     first = embed_catalog(src, spec_hash, embedder, sha, out=out)
     assert (first.shards, first.embedded, first.skipped, first.views) == (4, 3, 0, 24)
-    assert [q["shard"] for q in first.quarantined] == [broken]
+    assert [(q["stage"], q["source"]) for q in first.quarantined] == [("embed", broken)]
     assert "not a readable Parquet file" in first.quarantined[0]["message"]
 
     from glassfinder.embed.data import iter_shard_crops

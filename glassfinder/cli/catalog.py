@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from glassfinder.store.base import ObjectStore
 # Spelt here so `glassfinder --help` does not import the heavy module that owns it
 # (tests/test_hostile_input.py checks they agree).
 MAX_ASSET_BYTES_LIMIT = 4 * 1024**3  # glassfinder.catalog.sources.MAX_ASSET_BYTES_LIMIT
+STAGES = ("ingest", "render", "embed", "index")  # glassfinder.quarantine.STAGES
 
 
 def cmd_catalog_generate(args: argparse.Namespace) -> int:
@@ -115,6 +117,21 @@ def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStor
         print(f"report: {store.uri}/{report_key}")
 
 
+def cmd_catalog_quarantine(args: argparse.Namespace) -> int:
+    from glassfinder.quarantine import format_record, read_quarantine
+
+    records = read_quarantine(open_args_store(args), args.stage or STAGES)
+    if args.product:
+        records = [r for r in records if r.product_id == args.product]
+    for r in records:
+        # JSON is ASCII-escaped and text lines escape control and bidi characters: an id or a
+        # message from a shop's export cannot forge another line.
+        print(json.dumps(r.to_dict(), ensure_ascii=True) if args.json else format_record(r))
+    if not args.json:
+        print(f"{len(records)} quarantine record(s)", file=sys.stderr)
+    return 0
+
+
 def _ingest_args(p: argparse.ArgumentParser) -> None:
     """The options validate and ingest share."""
     p.add_argument("manifest", help="manifest URI: .parquet, .csv or .json")
@@ -159,6 +176,15 @@ def register(sub: SubParsers) -> None:
         "check every row and asset of a manifest; write the quarantine report",
     )
     _ingest_args(p)
+    p = add(
+        catalog,
+        "quarantine",
+        cmd_catalog_quarantine,
+        "list every stage's quarantine records in a store (ingest, render, embed, index)",
+    )
+    p.add_argument("--stage", action="append", choices=STAGES, help="only this stage (repeatable)")
+    p.add_argument("--product", default=None, help="only this product id")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = add(
         catalog,
         "ingest",

@@ -8,6 +8,8 @@ works on the current batch (cv2, pyarrow and torch all release the GIL).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
@@ -23,7 +25,8 @@ import pyarrow as pa
 from glassfinder import layout
 from glassfinder.embed.data import iter_shard_crops, shard_keys, view_columns
 from glassfinder.embed.infer import Embedder
-from glassfinder.errors import GlassFinderError, ObjectExistsError
+from glassfinder.errors import BadInputError, GlassFinderError, ObjectExistsError
+from glassfinder.quarantine import QuarantineRecord
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import feature_table, write_shard
 
@@ -46,6 +49,18 @@ def _load_one(store: ObjectStore, key: str, embedder: Embedder) -> tuple[str, pa
     for item in iter_shard_crops(store, [key], embedder.geometry):
         return item
     raise GlassFinderError(f"image shard {store.uri}/{key} has no rows")
+
+
+def _quarantine(out: ObjectStore, model_sha: str, spec_hash: str, key: str, exc: Exception) -> dict[str, Any]:
+    """The record of an image shard that could not be embedded, also written beside the features
+    (glassfinder.quarantine reads it back); the next run tries the shard again."""
+    asset = key.rsplit("/", 1)[-1].removesuffix(".parquet")
+    record = QuarantineRecord(
+        "embed", type(exc).__name__, str(exc), source=key, asset_sha256=asset, retry=True
+    ).to_dict()
+    with contextlib.suppress(BadInputError):  # a key naming no asset: the record stays in the report
+        out.put(layout.feature_quarantine_key(model_sha, spec_hash, asset), json.dumps(record).encode())
+    return record
 
 
 def default_decode_workers() -> int:
@@ -147,7 +162,7 @@ def embed_catalog(
         store, todo, embedder, decode_workers=decode_workers or default_decode_workers()
     ):
         if isinstance(item, Exception):
-            report.quarantined.append({"shard": key, "reason": type(item).__name__, "message": str(item)})
+            report.quarantined.append(_quarantine(out, model_sha, spec_hash, key, item))
             log.warning("skipped image shard %s/%s: %s", store.uri, key, item)
             if bar is not None:
                 bar.update(1)

@@ -41,6 +41,7 @@ from glassfinder.index.versions import (
     read_ids,
     read_manifest,
 )
+from glassfinder.quarantine import QuarantineRecord, records_json
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
 
@@ -140,6 +141,17 @@ def current_embed_target(store: ObjectStore, name: str) -> tuple[str, str, str] 
     return str(current["model"]), str(current["model_sha"]), str(current["spec_hash"])
 
 
+def _not_indexed(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """The quarantine record of a catalogue product the index could not hold."""
+    sha = str(row.get("asset_sha256") or "") or None
+    return QuarantineRecord("index", reason, message, str(row.get("product_id")), asset_sha256=sha).to_dict()
+
+
+def write_not_indexed(store: ObjectStore, name: str, records: list[dict[str, Any]]) -> None:
+    """Replace the index's quarantine records with this publish's (glassfinder.quarantine reads them)."""
+    store.put(layout.index_quarantine_key(name), records_json(QuarantineRecord.from_dict(r) for r in records))
+
+
 def collect_features(
     store: ObjectStore, rows: list[dict[str, Any]], model_sha: str, spec_hash: str
 ) -> FeatureSet:
@@ -153,14 +165,10 @@ def collect_features(
                 store, key, "feature", columns=["view_key", "product_id", "asset_sha256", "embedding"]
             )
         except (ObjectNotFoundError, GlassFinderError) as exc:
-            missing.append(
-                {"product_id": row.get("product_id"), "reason": type(exc).__name__, "message": str(exc)}
-            )
+            missing.append(_not_indexed(row, type(exc).__name__, str(exc)))
             continue
         if table.num_rows == 0:
-            missing.append(
-                {"product_id": row.get("product_id"), "reason": "empty", "message": f"{key} has no rows"}
-            )
+            missing.append(_not_indexed(row, "empty", f"{key} has no rows"))
             continue
         pid = str(row["product_id"])
         if set(table.column("product_id").to_pylist()) != {pid}:
@@ -312,6 +320,7 @@ def _build_full(
     }
     result = None
     if publish:
+        write_not_indexed(store, name, features.missing)
         result = publish_version(
             store, name, built, info, evaluation=evaluation, gate=gate, force_reason=force_reason
         )
@@ -540,6 +549,10 @@ def publish_changes(
     not_indexed = sorted(wanted - featured)
     for pid in not_indexed:
         log.warning("not indexed: %s has no feature shard (quarantined earlier in this run?)", pid)
+    if not_indexed:
+        message = "no feature shard for the product's asset (quarantined earlier in this run?)"
+        records = [_not_indexed({"product_id": p}, "no_features", message) for p in not_indexed]
+        write_not_indexed(store, name, records)
     indexed = set(read_ids(store, name, int(current["version"])).column("product_id").to_pylist())
     gone = sorted(set(removed) & indexed)
     # A changed product whose new renders failed keeps no stale vectors either.

@@ -16,6 +16,7 @@ from typing import Any
 
 from glassfinder import layout
 from glassfinder.errors import GlassFinderError
+from glassfinder.quarantine import QuarantineRecord
 from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,16 @@ def summarise(
     skipped_why = {s: "not requested" for s in skipped if s in stages}
     if plan is not None and batches == 0:
         skipped_why |= {s: "nothing to do" for s in ("render", "embed") if s in stages}
-    quarantined: list[dict[str, Any]] = []
-    for q in (catalog or {}).get("quarantined", []):
-        quarantined.append({"stage": "ingest", **q})
-    for q in (plan or {}).get("known_quarantined", []):
-        quarantined.append({"stage": "render", "known": True, **q})
+    # Every stage's refusals as the one quarantine record (glassfinder.quarantine).
+    found: list[tuple[str, dict[str, Any]]] = [("ingest", q) for q in (catalog or {}).get("quarantined", [])]
+    found += [("render", q) for q in (plan or {}).get("known_quarantined", [])]
     for r in renders:
-        quarantined += [{"stage": "render", **q} for q in r["quarantined"] if not q.get("known")]
+        found += [("render", q) for q in r["quarantined"] if not q.get("known")]
     for e in embeds:
-        quarantined += [{"stage": "embed", **q} for q in e.get("quarantined", [])]
+        found += [("embed", q) for q in e.get("quarantined", [])]
+    for q in (published or {}).get("not_indexed") or []:
+        found.append(("index", q if isinstance(q, dict) else {"product_id": q, "reason": "no_features"}))
+    quarantined = [QuarantineRecord.from_dict(q, stage=stage).to_dict() for stage, q in found]
     record: dict[str, Any] = {
         "dag_id": dag_id,
         "run_id": run_id,
@@ -126,7 +128,7 @@ def summarise(
         log.warning(
             "quarantined at %s: %s %s: %s",
             q["stage"],
-            q.get("product_id") or q.get("products") or q.get("shard"),
+            q.get("product_id") or q.get("source"),
             q.get("reason"),
             q.get("message"),
         )

@@ -44,6 +44,7 @@ from glassfinder.errors import (
 )
 from glassfinder.faces.photos import PhotoBank
 from glassfinder.faces.procedural import head
+from glassfinder.quarantine import QuarantineRecord
 from glassfinder.render.spec import RenderSpec, plan_view, split_of
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -256,14 +257,15 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
     except GlassFinderError as exc:
         # The asset's fault (bad bytes, a frame that cannot be fitted): quarantined, for good
         # unless it could not be fetched. Anything else (a bug, a GL failure) fails the task.
-        record = {
-            "product_id": task.product_id,
-            "asset": task.asset_key,
-            "asset_sha256": task.asset_sha256,
-            "reason": type(exc).__name__,
-            "message": str(exc),
-            "retry": isinstance(exc, AssetUnavailableError),
-        }
+        record = QuarantineRecord(
+            "render",
+            type(exc).__name__,
+            str(exc),
+            task.product_id,
+            source=task.asset_key,
+            asset_sha256=task.asset_sha256,
+            retry=isinstance(exc, AssetUnavailableError),
+        ).to_dict()
         out.put(layout.render_quarantine_key(spec.spec_hash, task.asset_sha256), json.dumps(record).encode())
         return {"status": "quarantined", "spec_hash": spec.spec_hash, **record}
     try:
@@ -383,7 +385,12 @@ def _photo_bank(spec: RenderSpec, out: ObjectStore, report: RenderReport) -> lis
     # Analysed once per photo and cached in the output store; the crops travel by key.
     bank = spec.face_source.removeprefix("photos:")
     photos, bad_photos = PhotoBank(open_store(bank), "", out).scan()
-    report.quarantined.extend(bad_photos)
+    report.quarantined.extend(
+        QuarantineRecord(
+            "render", str(b.get("reason")), str(b.get("message")), source=b.get("photo")
+        ).to_dict()
+        for b in bad_photos
+    )
     if not photos:
         raise GlassFinderError(f"photo bank {bank} has no usable face photo")
     return photos
@@ -413,12 +420,13 @@ def _tasks_for(
         sha = str(row.get("asset_sha256") or "")
         if len(sha) != 64:
             report.quarantined.append(
-                {
-                    "product_id": row.get("product_id"),
-                    "asset": row.get("asset_uri"),
-                    "reason": "missing_sha256",
-                    "message": "manifest row has no asset_sha256: ingest the catalogue first",
-                }
+                QuarantineRecord(
+                    "render",
+                    "missing_sha256",
+                    "manifest row has no asset_sha256: ingest the catalogue first",
+                    str(row.get("product_id")),
+                    source=str(row.get("asset_uri")),
+                ).to_dict()
             )
             continue
         if layout.render_shard_key(spec.spec_hash, sha) in existing:
@@ -477,7 +485,7 @@ def render_catalog_specs(
             report.skipped += 1
         else:
             report.quarantined.append(result)
-            log.warning("quarantined %s (%s): %s", result["product_id"], result["asset"], result["message"])
+            log.warning("quarantined %s (%s): %s", result["product_id"], result["source"], result["message"])
         if bar is not None:
             bar.update(1)
     if bar is not None:
