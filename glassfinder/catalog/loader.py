@@ -143,7 +143,21 @@ def _is_transparent(mesh: trimesh.Trimesh) -> bool:
 
 
 def load_asset(data: bytes, name: str, *, max_triangles: int = DEFAULT_MAX_TRIANGLES) -> NormalisedAsset:
-    """Parse, validate and normalise one asset file; raise AssetError with a reason code."""
+    """Parse, validate and normalise one asset file; raise AssetError with a reason code.
+
+    Whatever the bytes make a parser or a lazily decoded texture raise (found by fuzzing: a
+    corrupt embedded PNG fails in PIL only when the scene is exported) is the asset's fault and
+    becomes AssetError `unparseable`; only running out of memory is not.
+    """
+    try:
+        return _load_asset(data, name, max_triangles)
+    except (GlassFinderError, MemoryError):
+        raise
+    except Exception as exc:
+        raise AssetError(name, "unparseable", f"cannot be processed: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
     scene = _parse(data, name, max_triangles)
     fmt = _format_of(name)
     pieces: list[tuple[str, trimesh.Trimesh]] = []
