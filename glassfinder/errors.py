@@ -75,6 +75,17 @@ class RefusedError(BadInputError):
     TOO_LARGE = frozenset({"too_many_pixels", "upload_too_large"})
 
 
+class ImageRefusedError(RefusedError):
+    """Bytes the one image decoder (glassfinder.faces.decode) will not turn into pixels: not an
+    image, a format not accepted, truncated, or past the pixel or memory budget. `reason` is
+    one of RefusedError.UNREADABLE or TOO_LARGE; `detail` names the file and what came."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class NotFoundError(GlassFinderError):
     """What was asked for does not exist (a key, a version): a 404, not an outage."""
 
@@ -180,6 +191,25 @@ class CatalogShrinkError(BadInputError):
 
     #: The refused export's ingest report (its quarantine says why the rows were bad).
     report: object | None = None
+
+
+class StoreStateError(GlassFinderError):
+    """A file the serving side reads from the store is unreadable, corrupt or not a plain file
+    (a broken CURRENT, a manifest missing a field, junk inside a Parquet table, a symlink): the
+    message names the file and the fix; never retried (the same bytes fail the same way) and
+    never reported as a refusal of the shopper's photo."""
+
+
+class CorruptStoreFileError(StoreStateError):
+    """One named file (the catalogue table, an index file) cannot be read as what it should be."""
+
+
+class CorruptIndexFileError(CorruptStoreFileError, IndexCorruptError):
+    """A file of an index version, or its CURRENT, is corrupt although its checksum may match."""
+
+
+class NotAPlainFileError(StoreError, StoreStateError):
+    """A key of the local store is a symlink or not a regular file: refused, never followed."""
 
 
 # --- index signing ------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from glassfinder import layout
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.errors import GlassFinderError, ImageRefusedError, ObjectNotFoundError
 from glassfinder.faces.base import Head
 from glassfinder.store.base import ObjectStore
 
@@ -111,16 +111,18 @@ def generic_model_points() -> np.ndarray:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
+    """The photo's upright RGB through the one guarded decoder (glassfinder.faces.decode)."""
+    from glassfinder.faces.decode import decode_image
+
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PhotoError(name, "unreadable", f"is not a readable image ({exc})") from exc
-    if img.width < MIN_FACE_PX or img.height < MIN_FACE_PX:
+        rgb = decode_image(data, name)
+    except ImageRefusedError as exc:
+        raise PhotoError(name, "unreadable", f"is not a readable image ({exc.detail})") from exc
+    if rgb.shape[1] < MIN_FACE_PX or rgb.shape[0] < MIN_FACE_PX:
         raise PhotoError(
-            name, "too_small", f"is {img.width}x{img.height} px, too small to hold a usable face"
+            name, "too_small", f"is {rgb.shape[1]}x{rgb.shape[0]} px, too small to hold a usable face"
         )
-    return np.asarray(img.convert("RGB"))
+    return rgb
 
 
 @dataclass(frozen=True)
