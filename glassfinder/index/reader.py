@@ -48,7 +48,7 @@ class IndexReader:
         else:
             version, etag = self._pinned, None
             manifest, files = fetch_verified(self.store, self.name, version)
-        index, ids, vectors = load_files(files)
+        index, ids, vectors = load_files(files, where=f"index {self.name} v{version} in {self.store.uri}")
         apply_search_params(index, manifest.get("search_params", {}))
         searcher = ProductSearcher(index, ids, vectors, manifest.get("aggregation", "max"))
         log.info("index %s: serving v%d (%d vectors)", self.name, version, index.ntotal)

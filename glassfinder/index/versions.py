@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from glassfinder import layout
 from glassfinder.errors import (
+    CorruptIndexFileError,
     GateRefusedError,
     GlassFinderError,
     IndexCorruptError,
@@ -100,15 +101,31 @@ def version_files(built: BuiltIndex) -> dict[str, bytes]:
     }
 
 
-def load_files(files: dict[str, bytes]) -> tuple[Any, pa.Table, np.ndarray]:
-    """(faiss index, id table, (n, d) vectors aligned with the id table) from a version's files."""
-    index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
-    ids = pq.read_table(io.BytesIO(files[IDS_FILE]))
-    vt = pq.read_table(io.BytesIO(files[VECTORS_FILE]))
-    dim = vt.column("embedding").type.list_size
-    vectors = np.asarray(vt.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(-1, dim)
-    if not np.array_equal(np.asarray(vt.column("id")), np.asarray(ids.column("id"))):
-        raise IndexCorruptError("vectors table and id table list different ids")
+def load_files(files: dict[str, bytes], *, where: str = "index version") -> tuple[Any, pa.Table, np.ndarray]:
+    """(faiss index, id table, (n, d) vectors aligned with the id table) from a version's files.
+
+    Files whose checksums match but whose bytes FAISS or Parquet cannot read (a truncated file
+    whose checksum was re-recorded) raise CorruptIndexFileError naming the file: FAISS raises a
+    RuntimeError and pyarrow an OSError or ArrowInvalid, none of which a caller should see.
+    """
+    fname = INDEX_FILE
+    try:
+        index = faiss.deserialize_index(np.frombuffer(files[INDEX_FILE], dtype=np.uint8))
+        fname = IDS_FILE
+        ids = pq.read_table(io.BytesIO(files[IDS_FILE]))
+        fname = VECTORS_FILE
+        vt = pq.read_table(io.BytesIO(files[VECTORS_FILE]))
+        dim = vt.column("embedding").type.list_size
+        vectors = np.asarray(vt.column("embedding").combine_chunks().flatten(), dtype=np.float32)
+        vectors = vectors.reshape(-1, dim)
+        same_ids = np.array_equal(np.asarray(vt.column("id")), np.asarray(ids.column("id")))
+    except Exception as exc:  # RuntimeError (FAISS), OSError/ArrowInvalid (Parquet), KeyError, ...
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CorruptIndexFileError(
+            f"{where}: {fname} cannot be read ({type(exc).__name__}: {first_line})"
+        ) from exc
+    if not same_ids:
+        raise CorruptIndexFileError(f"{where}: {VECTORS_FILE} and {IDS_FILE} list different ids")
     return index, ids, vectors
 
 
@@ -161,6 +178,14 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
+def current_version(current: dict[str, Any], where: str) -> int:
+    """The version CURRENT names, checked: a positive integer (never a path like "../v1")."""
+    version = current.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CorruptIndexFileError(f"{where} must name a version as a positive integer, got {version!r}")
+    return version
+
+
 def current_manifest_sha256(current: dict[str, Any], name: str) -> str:
     """The manifest sha256 CURRENT records: a CURRENT without one cannot be verified."""
     sha = current.get("manifest_sha256")
@@ -196,7 +221,7 @@ def fetch_current_verified(
             f"index {name} has no CURRENT version in {store.uri}: publish one first "
             "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
         )
-    version = int(current["version"])
+    version = current_version(current, f"{store.uri}/{layout.index_current_key(name)}")
     expected_sha = current_manifest_sha256(current, name)
     manifest, files = fetch_verified(store, name, version, manifest_sha256=expected_sha)
     return current, etag, manifest, files
@@ -229,6 +254,16 @@ def _fetch(
         signing.verify(raw, signature, key, where=f"{where} ({store.uri}/{prefix}{MANIFEST_FILE})")
     files: dict[str, bytes] = {}
     for fname, expected in manifest["files"].items():
+        if (
+            not isinstance(expected, dict)
+            or isinstance(expected.get("size"), bool)
+            or not isinstance(expected.get("size"), int)
+            or not isinstance(expected.get("sha256"), str)
+        ):
+            raise CorruptIndexFileError(
+                f"{where}: {store.uri}/{prefix}{MANIFEST_FILE} entry {fname!r} must hold an integer "
+                f"size and a sha256, got {expected!r}"
+            )
         try:
             data = store.get(prefix + fname)
         except ObjectNotFoundError:
@@ -242,6 +277,26 @@ def _fetch(
             )
         files[fname] = data
     return manifest, files, raw_sha
+
+
+def newest_verified_version(store: ObjectStore, name: str, *, below: int | None = None) -> int | None:
+    """The newest complete version (below `below`, if given) whose files verify against its own
+    manifest (and its signature, with a signing key) and load; None when none does.
+
+    What a reader falls back to when CURRENT itself is broken: CURRENT's sha256 of the manifest
+    cannot be checked then, so the version is announced as a fallback (and `promote` names it).
+    """
+    for version in sorted((v for v, ok in list_versions(store, name).items() if ok), reverse=True):
+        if below is not None and version >= below:
+            continue
+        try:
+            _, files, _ = _fetch(store, name, version, None)
+            load_files(files, where=f"index {name} v{version}")
+        except GlassFinderError as exc:
+            log.warning("index %s: v%d does not verify either: %s", name, version, exc)
+            continue
+        return version
+    return None
 
 
 def read_ids(store: ObjectStore, name: str, version: int) -> pa.Table:

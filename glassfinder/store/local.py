@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import BinaryIO
 
 from glassfinder.errors import (
     InvalidStoreURIError,
+    NotAPlainFileError,
     ObjectExistsError,
     ObjectNotFoundError,
     StaleWriteError,
@@ -176,14 +178,27 @@ class LocalStore(ObjectStore):
             path.unlink()
 
     # --- reads ---------------------------------------------------------------------------------
+    def _plain(self, key: str, path: Path) -> None:
+        """Refuse a key reached through a symlink (itself or a folder on its way): keys are read as
+        plain files under the root, so a CURRENT linked to /etc/passwd is never opened."""
+        real_root = os.path.realpath(self.root)
+        if os.path.realpath(path) != os.path.join(real_root, *key.split("/")):
+            raise NotAPlainFileError(
+                f"{self.uri}/{key} is a symlink (or lies under one): the local store reads keys only as "
+                "plain files; replace it with the file itself"
+            )
+
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFoundError(f"object {key!r} not found in {self.uri}") from None
-        if not os.path.isfile(path):
+        self._plain(key, path)
+        if stat.S_ISDIR(st.st_mode):
             raise ObjectNotFoundError(f"object {key!r} not found in {self.uri} (it is a directory)")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAPlainFileError(f"{self.uri}/{key} is not a regular file (a device, FIFO or socket)")
         return ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
 
     def get(self, key: str) -> bytes:
@@ -194,12 +209,28 @@ class LocalStore(ObjectStore):
     def open_read(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below; opened first to map its errors
+            # O_NOFOLLOW: a symlink is refused, not followed; O_NONBLOCK: a FIFO does not hang open().
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFoundError(f"object {key!r} not found in {self.uri}") from None
         except PermissionError as exc:
             raise StoreAuthError(f"permission denied reading {key!r} in {self.uri}") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotAPlainFileError(
+                    f"{self.uri}/{key} is a symlink: the local store reads keys only as plain files; "
+                    "replace it with the file itself"
+                ) from None
+            raise
+        fh = os.fdopen(fd, "rb")
         with fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ObjectNotFoundError(f"object {key!r} not found in {self.uri} (it is a directory)")
+            if not stat.S_ISREG(mode):
+                raise NotAPlainFileError(f"{self.uri}/{key} is not a regular file (a device, FIFO or socket)")
+            self._plain(key, path)
+            os.set_blocking(fd, True)
             yield fh
 
     @contextlib.contextmanager
