@@ -42,7 +42,7 @@ from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
 from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
 from glassfinder.search.samples import photo_wearing
-from glassfinder.search.service import ServiceLimits, create_app
+from glassfinder.search.service import ServiceLimits, create_app, server_config
 from glassfinder.store import LocalStore
 from tests.test_photos import ASTRONAUT, HOPPER, _png
 
@@ -186,7 +186,7 @@ def running(app, **limits) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -205,8 +205,15 @@ def running(app, **limits) -> Iterator[str]:
 def service(engine: QueryEngine, world: World) -> Iterator[str]:
     samples = {"astronaut-bare.png": ASTRONAUT, "coffee.png": COFFEE}
     samples |= {f"{name}-wearing-{truth}.png": photo for name, truth, photo in world.queries}
+    # A queue deep and patient enough for the concurrency test below (admission's 503s are
+    # tests/test_service_limits.py's business).
     limits = ServiceLimits(
-        max_upload_bytes=2_000_000, max_pixels=2_000_000, max_concurrent=2, reload_interval_s=0.5
+        max_upload_bytes=2_000_000,
+        max_pixels=2_000_000,
+        max_concurrent=2,
+        queue_depth=16,
+        queue_wait_s=120.0,
+        reload_interval_s=0.5,
     )
     with running(create_app(engine, limits, samples=samples)) as url:
         yield url

@@ -69,10 +69,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServiceLimits(
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         max_pixels=args.max_megapixels * 1_000_000,
-        max_concurrent=args.max_concurrent,
+        max_decode_bytes=args.max_decode_mb * 1024 * 1024,
+        max_concurrent=args.workers,
+        queue_depth=args.queue_depth,
+        queue_wait_s=args.queue_wait,
         reload_interval_s=args.reload_interval,
+        max_header_bytes=args.max_header_kb * 1024,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout,
+        body_read_timeout_s=args.body_timeout,
+        request_timeout_s=args.request_timeout,
+        docs=args.docs,
     )
-    engine = QueryEngine(open_args_store(args), args.index or settings.index_name())
+    # fallback: a broken CURRENT starts the service on the newest version that verifies (degraded)
+    engine = QueryEngine(open_args_store(args), args.index or settings.index_name(), fallback=True)
     serve(engine, host=args.host, port=args.port, limits=limits, samples=samples)
     return 0
 
@@ -94,8 +104,48 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--max-upload-mb", type=int_between(1, 1024), default=10)
     p.add_argument("--max-megapixels", type=int_between(1, MAX_MEGAPIXELS), default=40)
     p.add_argument(
-        "--max-concurrent", type=int_between(1, 256), default=4, help="queries computed at once; more wait"
+        "--max-decode-mb",
+        type=int_between(1, 65_536),
+        default=192,
+        help="peak memory one photo's decode may hold, whatever its header claims (default 192)",
     )
+    p.add_argument(
+        "--workers",
+        "--max-concurrent",
+        type=int_between(1, 256),
+        default=2,
+        help="query workers: one per core (default 2)",
+    )
+    p.add_argument(
+        "--queue-depth",
+        type=int_between(0, 100_000),
+        default=8,
+        help="searches that may wait for a worker; past it 503 at once (default 8)",
+    )
+    p.add_argument(
+        "--queue-wait",
+        type=float_between(0.0, 3600.0),
+        default=1.0,
+        help="seconds a search may wait for a worker before its 503 (default 1)",
+    )
+    p.add_argument("--max-header-kb", type=int_between(1, 1024), default=16, help="request head size (431)")
+    p.add_argument("--max-headers", type=int_between(8, 10_000), default=64, help="header count (431)")
+    p.add_argument(
+        "--header-timeout", type=float_between(0.05, 3600.0), default=10.0, help="seconds for the head (408)"
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float_between(0.05, 3600.0),
+        default=10.0,
+        help="longest silence between body chunks, seconds (408)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float_between(0.1, 3600.0),
+        default=30.0,
+        help="whole request, body and work included, seconds (408 or 503)",
+    )
+    p.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
     p.add_argument(
         "--reload-interval",
         type=float_between(0.0, 86_400.0, open_low=True),

@@ -10,6 +10,7 @@ mixes an index with another version's model.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from glassfinder import layout
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
@@ -35,9 +36,21 @@ from glassfinder.embed.face_net import (
 )
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError, RefusedError
+from glassfinder.errors import (
+    CorruptIndexFileError,
+    CorruptStoreFileError,
+    GlassFinderError,
+    ImageRefusedError,
+    IndexStoreError,
+    NotAPlainFileError,
+    ObjectNotFoundError,
+    RefusedError,
+    StoreStateError,
+)
+from glassfinder.faces.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.index.reader import IndexReader
+from glassfinder.index.versions import newest_verified_version
 from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import read_shard
@@ -46,9 +59,6 @@ log = logging.getLogger(__name__)
 
 #: What the shopper is told whenever a photo is refused (the reference system's words).
 REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
-#: Formats a query may come in (Pillow's names).
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
-DEFAULT_MAX_PIXELS = 40_000_000
 #: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
 #: (the face verifier and the landmarks' shape check stand between a false face and a search).
 QUERY_DETECTION_THRESHOLD = -0.3
@@ -87,38 +97,22 @@ def read_photo(path: Path, *, max_bytes: int = MAX_PHOTO_BYTES) -> bytes:
     return data
 
 
-def decode_photo(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(h, w, 3) uint8 RGB of an uploaded photo, upright (EXIF orientation applied).
+def decode_photo(
+    data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of an uploaded photo, upright, through the one guarded decoder
+    (glassfinder.faces.decode: pixel and memory budgets, JPEG draft, truncation refused).
 
-    The pixel count is checked from the header before any pixel is decoded. Every way a decoder
-    can fail on hostile bytes ends in a QueryRefusedError: Pillow's own decompression-bomb guard
-    (an error past 2x Image.MAX_IMAGE_PIXELS, a warning past 1x, which callers may have turned
-    into an error) maps to `too_many_pixels`, any other decoder exception to `not_an_image`;
-    an upload must never surface as a traceback or a 500.
+    Every way a decoder can fail on hostile bytes ends in a QueryRefusedError (`too_many_pixels`
+    as ImageTooLargeError, else `not_an_image` or `unsupported_format`): an upload must never
+    surface as a traceback or a 500. `budget` wins over `max_pixels` when given.
     """
+    budget = budget or DecodeBudget(max_pixels=max_pixels)
     try:
-        img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError("too_many_pixels", f"{name} is a decompression bomb ({exc})") from exc
-    except Exception as exc:  # UnidentifiedImageError, OSError, ValueError, a plugin's own error
-        raise QueryRefusedError("not_an_image", f"{name} is not a readable image") from exc
-    if img.format not in ACCEPTED_FORMATS:
-        raise QueryRefusedError(
-            "unsupported_format", f"{name} is {img.format}, expected one of {', '.join(ACCEPTED_FORMATS)}"
-        )
-    pixels = img.width * img.height
-    if pixels > max_pixels:
-        raise ImageTooLargeError(
-            "too_many_pixels", f"{name} is {img.width}x{img.height} px, more than {max_pixels:,} pixels"
-        )
-    try:
-        img.load()
-        upright = ImageOps.exif_transpose(img)
-        return np.asarray(upright.convert("RGB"))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError("too_many_pixels", f"{name} is a decompression bomb ({exc})") from exc
-    except Exception as exc:  # truncated data, bad chunks, EXIF that cannot be parsed, ...
-        raise QueryRefusedError("not_an_image", f"{name} is damaged ({type(exc).__name__}: {exc})") from exc
+        return decode_image(data, name, budget)
+    except ImageRefusedError as exc:
+        cls = ImageTooLargeError if exc.reason in ImageRefusedError.TOO_LARGE else QueryRefusedError
+        raise cls(exc.reason, exc.detail) from exc
 
 
 def find_face(rgb: np.ndarray, name: str) -> QueryFace:
@@ -256,6 +250,14 @@ def catalog_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
         rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     except ObjectNotFoundError:
         return {}
+    except StoreStateError:
+        raise
+    except Exception as exc:  # ManifestError, or pyarrow's OSError/ArrowInvalid on junk inside the file
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CorruptStoreFileError(
+            f"catalogue table {store.uri}/{CATALOG_MANIFEST_KEY} cannot be read ({type(exc).__name__}: "
+            f"{first_line}); fix: run `glassfinder catalog ingest` again (or restore the file)"
+        ) from exc
     keep = ("product_id", "display_name", "kind", "colour_name", "shape_family", "rim", "material",
             "lens_style", "lens_width_mm", "bridge_mm", "temple_mm")  # fmt: skip
     return {r["product_id"]: _json_safe({k: r.get(k) for k in keep if k in r}) for r in rows}
@@ -264,14 +266,33 @@ def catalog_products(store: ObjectStore) -> dict[str, dict[str, Any]]:
 class QueryEngine:
     """Search photos against the CURRENT version of one index; safe to share between threads."""
 
-    def __init__(self, store: ObjectStore, index_name: str, *, device: str | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, index_name: str, *, device: str | None = None, fallback: bool = False
+    ) -> None:
+        """fallback: when CURRENT (or the version it names) cannot be served, start on the newest
+        version that verifies and say so in `degraded` (what `glassfinder serve` does, so a
+        broken pointer does not take search down); without it the error names that version."""
         self.store = store
         self.index_name = index_name
         self.device = device
         self._lock = threading.Lock()
         self._embedders: OrderedDict[str, Embedder] = OrderedDict()
         self._thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._serving = self._load()
+        #: Why the version served is not CURRENT's (None when it is): for /healthz and the logs.
+        self.degraded: str | None = None
+        self._failed_etag: str | None = None
+        try:
+            self._serving = self._load()
+        except (IndexStoreError, NotAPlainFileError) as exc:
+            good = newest_verified_version(store, index_name)
+            if good is None:
+                raise
+            fix = f"fix: `glassfinder index promote v{good}` (the newest version that verifies)"
+            if not fallback:
+                raise CorruptIndexFileError(f"{exc}; {fix}") from exc
+            self._serving = self._load(version=good)
+            self.degraded = f"CURRENT cannot be served ({exc}); serving v{good} instead; {fix}"
+            log.error("search: %s", self.degraded)
 
     # --- loading and hot reload ---------------------------------------------------------------
     def _embedder(self, model_ref: str, sha: str) -> Embedder:
@@ -285,8 +306,8 @@ class QueryEngine:
                 self._embedders.popitem(last=False)
         return cached
 
-    def _load(self) -> Serving:
-        reader = IndexReader(self.store, self.index_name)
+    def _load(self, version: int | None = None) -> Serving:
+        reader = IndexReader(self.store, self.index_name, version=version)
         manifest = reader.manifest
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
@@ -300,36 +321,75 @@ class QueryEngine:
     def refresh(self) -> bool:
         """Serve CURRENT's version if it moved; True when it changed.
 
-        A version that fails verification raises and leaves the old one serving.
+        Any error while reading the new version (a broken CURRENT, a corrupt file, an outage, a
+        bug) raises and leaves the old one serving, with `degraded` saying why; the same broken
+        CURRENT is not read again until it moves, and the next good one clears `degraded`.
         """
-        info = self.store.head(layout.index_current_key(self.index_name))
+        key = layout.index_current_key(self.index_name)
+        try:
+            info = self.store.head(key)
+        except Exception as exc:
+            self._degrade(f"{self.store.uri}/{key} cannot be read ({exc})", None)
+            raise
 
         def unchanged() -> bool:
-            return info.etag == self._serving.reader.etag
+            return info.etag in (self._serving.reader.etag, self._failed_etag)
 
         if unchanged():
             return False
         with self._lock:
             if unchanged():  # another thread reloaded while this one waited for the lock
                 return False
-            fresh = self._load()
+            try:
+                fresh = self._load()
+            except Exception as exc:
+                self._degrade(f"CURRENT ({self._named_version(key)}) cannot be served ({exc})", info.etag)
+                raise
             old = self._serving
             self._serving = fresh
+            self.degraded = None
+            self._failed_etag = None
         log.info(
             "search: now serving %s v%d (was v%d)", self.index_name, fresh.reader.version, old.reader.version
         )
         return True
 
+    def _named_version(self, key: str) -> str:
+        """What CURRENT says it names, for the log (its raw bytes when they are not JSON)."""
+        try:
+            raw = self.store.get(key)[:200]
+        except Exception as exc:
+            return f"unreadable: {type(exc).__name__}"
+        try:
+            body = json.loads(raw)
+            return f"names version {body.get('version')!r}" if isinstance(body, dict) else f"holds {raw!r}"
+        except ValueError:
+            return f"holds {raw!r}"
+
+    def _degrade(self, why: str, etag: str | None) -> None:
+        self._failed_etag = etag
+        self.degraded = f"{why}; still serving v{self._serving.reader.version}"
+        log.error("search: index %s: %s", self.index_name, self.degraded)
+
     # --- the query ----------------------------------------------------------------------------
     def search(
-        self, data: bytes, name: str, *, k: int = DEFAULT_TOP_K, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        data: bytes,
+        name: str,
+        *,
+        k: int = DEFAULT_TOP_K,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        budget: DecodeBudget | None = None,
     ) -> QueryResult:
-        """Top-k products for a photo, or QueryRefusedError saying why it cannot be searched."""
+        """Top-k products for a photo, or QueryRefusedError saying why it cannot be searched.
+
+        budget: the decoder's pixel and memory budget (default: `max_pixels` and the decoder's
+        defaults)."""
         if not 1 <= k <= MAX_TOP_K:
             raise GlassFinderError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
         s = self._serving  # one (index, model) pair for the whole query
         t0 = time.perf_counter()
-        rgb = decode_photo(data, name, max_pixels=max_pixels)
+        rgb = decode_photo(data, name, max_pixels=max_pixels, budget=budget)
         t1 = time.perf_counter()
         face = find_face(rgb, name)
         if face.faces_found > 1:

@@ -1,34 +1,38 @@
 """The search HTTP service: POST /search, product pages, health, metrics and the evaluation page.
 
-Uploads are bounded twice: by bytes, counted as the body streams in (a 413 before the whole
-body is read, whatever Content-Length claims), and by pixels, read from the image header before
-any pixel is decoded (decompression bombs). Queries run in worker threads, at most
-`max_concurrent` at once so a burst queues instead of thrashing the CPU; CURRENT is polled in
-the background and a new version is swapped in whole, so in-flight queries finish on the old one.
+Budgets a request cannot stretch, outermost first: the request head (size 431, pace 408; see
+search.http_limits), the body (size 413 as soon as the line is crossed, whatever Content-Length
+claims; pace 408), admission (a bounded queue in front of `max_concurrent` query workers, 503
+with Retry-After past it; search.admission), the decode (pixels and peak memory, whatever the
+header claims; faces.decode) and the request's total time (503). /healthz and /metrics run on
+the event loop, never behind queries. CURRENT is polled in the background and a new version is
+swapped in whole; any error reading it keeps the last good version serving and /healthz says
+`degraded` with why (still HTTP 200). /docs and /openapi.json only with `docs=True`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
-import json
 import logging
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassfinder.errors import GlassFinderError, http_status
+from glassfinder.faces.decode import DEFAULT_MAX_DECODE_BYTES, DecodeBudget
+from glassfinder.search.admission import Admission, AdmissionLimits, Overloaded
+from glassfinder.search.http_limits import HttpLimits, RequestGuard, guarded_h11
 from glassfinder.search.query import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_TOP_K,
@@ -41,18 +45,27 @@ from glassfinder.search.query import (
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
-#: Refusals that mean the upload itself is wrong (not a photo we can read), answered 415.
+ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/heic", "image/heif", "image/mpo")
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What one request may cost; checked on construction so a bad flag fails at start-up."""
+    """What one request may cost and how many may wait; checked on construction so a bad flag
+    fails at start-up. `max_concurrent` is the number of query workers (one per core)."""
 
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_concurrent: int = 4
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    max_concurrent: int = 2
+    queue_depth: int = 8
+    queue_wait_s: float = 1.0
     reload_interval_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    header_timeout_s: float = 10.0
+    body_read_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    docs: bool = False  # /docs and /openapi.json (off: they describe the service to anyone)
 
     def __post_init__(self) -> None:
         bounds = {
@@ -68,79 +81,26 @@ class ServiceLimits:
                 raise GlassFinderError(
                     f"ServiceLimits.{name} must be between {lo:,} and {hi:,}, got {value:,}"
                 )
+        # The parts' own checks (same message shape): fail at start-up, not at the first request.
+        self.decode_budget()
+        self.admission()
+        self.http()
 
+    def decode_budget(self) -> DecodeBudget:
+        return DecodeBudget(max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes)
 
-class _BodyTooLarge(Exception):
-    pass
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(self.max_concurrent, self.queue_depth, self.queue_wait_s)
 
-
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets a 413 as soon as it crosses the line.
-
-    With a Content-Length the answer comes before the body is read; a chunked upload has none,
-    so the bytes are counted as they arrive. The app (FastAPI's form parser) turns the exception
-    that stops the read into a 400 of its own: once the limit has been crossed, whatever the app
-    answers is dropped and the 413 sent instead. `on_reject` counts it (for /metrics).
-    """
-
-    def __init__(self, app: Any, max_bytes: int, *, on_reject: Callable[[], None] | None = None) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.on_reject = on_reject
-
-    async def __call__(
-        self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]], send: Any
-    ) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
-            return
-        seen = 0
-        started = False
-        too_large = False
-
-        async def counted() -> Any:
-            nonlocal seen, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            if too_large and not started:
-                return  # the app's own answer to the cut-off body (a 400): the 413 replaces it
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        with contextlib.suppress(_BodyTooLarge):
-            await self.app(scope, counted, tracking_send)
-        if too_large and not started:
-            await self._reject(send)
-
-    async def _reject(self, send: Any) -> None:
-        if self.on_reject is not None:
-            self.on_reject()
-        body = json.dumps(
-            {
-                "error": "upload_too_large",
-                "detail": f"the upload is larger than {self.max_bytes:,} bytes",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
+    def http(self) -> HttpLimits:
+        return HttpLimits(
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout_s=self.header_timeout_s,
+            max_body_bytes=self.max_upload_bytes,
+            body_read_timeout_s=self.body_read_timeout_s,
+            request_timeout_s=self.request_timeout_s,
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def _png_b64(rgb: Any) -> str:
@@ -149,9 +109,22 @@ def _png_b64(rgb: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+class ServiceApp:
+    """The service as uvicorn runs it: the guarded ASGI app, plus what the server needs beside it
+    (the HTTP limits and the hook that counts refusals made before the app sees a request)."""
+
+    def __init__(self, asgi: Any, limits: ServiceLimits, count_rejection: Callable[[str], None]) -> None:
+        self.asgi = asgi
+        self.limits = limits
+        self.count_rejection = count_rejection
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.asgi(scope, receive, send)
+
+
 def create_app(
     engine: QueryEngine, limits: ServiceLimits = ServiceLimits(), *, samples: dict[str, bytes] | None = None
-) -> Any:
+) -> ServiceApp:
     """The FastAPI app serving `engine`. samples: example photos the page offers (name -> bytes)."""
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
@@ -175,9 +148,23 @@ def create_app(
     )
     version_gauge = Gauge("glassfinder_index_version", "Index version being served", registry=registry)
     version_gauge.set_function(lambda: engine.serving.reader.version)
-    slots = threading.BoundedSemaphore(limits.max_concurrent)
+    admission = Admission(limits.admission())
+    Gauge("glassfinder_search_queued", "Searches waiting for a worker", registry=registry).set_function(
+        lambda: admission.waiting
+    )
+    Gauge("glassfinder_search_running", "Searches on a worker", registry=registry).set_function(
+        lambda: admission.running
+    )
+    degraded_gauge = Gauge(
+        "glassfinder_index_degraded", "1 while the version served is not CURRENT's", registry=registry
+    )
+    degraded_gauge.set_function(lambda: 1.0 if engine.degraded else 0.0)
+    budget = limits.decode_budget()
     page = resources.files("glassfinder.search").joinpath("static/index.html").read_text()
     sample_photos = dict(samples or {})
+
+    def count(outcome: str) -> None:
+        requests.labels(outcome=outcome).inc()
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -186,44 +173,52 @@ def create_app(
                 await asyncio.sleep(limits.reload_interval_s)
                 try:
                     await asyncio.to_thread(engine.refresh)
-                except GlassFinderError as exc:
-                    log.error(
-                        "search: keeping v%d: cannot load CURRENT: %s", engine.serving.reader.version, exc
-                    )
+                except Exception:  # any error at all: the loop must outlive it (engine.degraded says why)
+                    log.debug("search: reload failed", exc_info=True)
 
         task = asyncio.create_task(poll())
         yield
         task.cancel()
+        admission.close()
 
-    app = FastAPI(title="GlassFinder search", lifespan=lifespan)
+    docs = {} if limits.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="GlassFinder search", lifespan=lifespan, **docs)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
-        requests.labels(outcome="bad_request").inc()  # a 4xx is counted whatever its cause
+        count("bad_request")  # a 4xx is counted whatever its cause
         return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # a malformed multipart body (FastAPI's form parser)
+            count("bad_request")
+        return await http_exception_handler(request, exc)
 
     def refusal(exc: QueryRefusedError) -> JSONResponse:
         status = 413 if isinstance(exc, ImageTooLargeError) else http_status(exc)
-        requests.labels(outcome=exc.reason).inc()
+        count(exc.reason)
         return JSONResponse(
             {"refused": True, "reason": exc.reason, "message": REFUSAL_MESSAGE, "detail": exc.detail},
             status_code=status,
         )
 
     @app.get("/", response_class=HTMLResponse)
-    def index_page() -> str:
+    async def index_page() -> str:
         return page
 
     @app.post("/search")
-    def search(
-        photo: Annotated[UploadFile, File(description="a JPEG, PNG or WebP photo of a face wearing glasses")],
+    async def search(
+        photo: Annotated[
+            UploadFile, File(description="a JPEG, PNG, WebP, MPO or HEIC photo of a face wearing glasses")
+        ],
         k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K,
         debug: Annotated[bool, Query(description="add the aligned crop (base64 PNG) to the answer")] = False,
     ) -> Any:
         name = photo.filename or "upload"
         content_type = (photo.content_type or "").split(";")[0].strip().lower()
         if content_type not in ACCEPTED_CONTENT_TYPES:
-            requests.labels(outcome="unsupported_media_type").inc()
+            count("unsupported_media_type")
             return JSONResponse(
                 {
                     "error": "unsupported_media_type",
@@ -232,19 +227,29 @@ def create_app(
                 },
                 status_code=415,
             )
-        data = photo.file.read()
+        data = await photo.read()
         if not data:
-            requests.labels(outcome="empty_upload").inc()
+            count("empty_upload")
             return JSONResponse({"error": "empty_upload", "detail": f"{name} is empty"}, status_code=400)
-        with slots:
-            try:
-                result = engine.search(data, name, k=k, max_pixels=limits.max_pixels)
-            except QueryRefusedError as exc:
-                return refusal(exc)
+
+        def work() -> Any:
+            return engine.search(data, name, k=k, max_pixels=limits.max_pixels, budget=budget)
+
+        try:
+            result = await admission.run(work)
+        except Overloaded as exc:
+            count("overloaded")
+            return JSONResponse(
+                {"error": "overloaded", "detail": f"{exc}; retry in a moment"},
+                status_code=503,
+                headers={"retry-after": "1"},
+            )
+        except QueryRefusedError as exc:
+            return refusal(exc)
         for stage, ms in result.timings_ms.items():
             if stage != "total":
                 stage_seconds.labels(stage=stage).observe(ms / 1000)
-        requests.labels(outcome="ok").inc()
+        count("ok")
         body = result.to_dict()
         if debug:
             body["aligned_crop_png"] = _png_b64(result.aligned_crop)
@@ -268,11 +273,11 @@ def create_app(
         return Response(data, media_type="image/jpeg", headers={"cache-control": "public, max-age=3600"})
 
     @app.get("/samples")
-    def sample_list() -> list[str]:
+    async def sample_list() -> list[str]:
         return sorted(sample_photos)
 
     @app.get("/samples/{name}")
-    def sample(name: str) -> Response:
+    async def sample(name: str) -> Response:
         if name not in sample_photos:
             raise HTTPException(404, f"no sample photo {name!r}")
         return Response(
@@ -280,37 +285,60 @@ def create_app(
         )
 
     @app.get("/healthz")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
+        """Served on the event loop, never behind queries. `degraded` (still HTTP 200: a load
+        balancer keeps sending traffic) when the version served is not CURRENT's, with why."""
         s = engine.serving
-        return {
-            "status": "ok",
+        body: dict[str, Any] = {
+            "status": "degraded" if engine.degraded else "ok",
             "index": engine.index_name,
             "index_version": s.reader.version,
             "model_sha": s.model_sha,
             "face_model_sha": s.face_model_sha,
             "vectors": int(s.reader.manifest.get("counts", {}).get("vectors", 0)),
+            "queued": admission.waiting,
+            "running": admission.running,
         }
+        if engine.degraded:
+            body["reason"] = engine.degraded
+        return body
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimit(
-        app, limits.max_upload_bytes, on_reject=lambda: requests.labels(outcome="upload_too_large").inc()
+    return ServiceApp(RequestGuard(app, limits.http(), on_reject=count), limits, count)
+
+
+def server_config(app: ServiceApp, *, host: str, port: int, log_level: str = "info") -> Any:
+    """uvicorn's Config for `app`: the h11 protocol with the head limits (see search.http_limits)."""
+    import uvicorn
+
+    http = app.limits.http()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=guarded_h11(http, app.count_rejection),
+        h11_max_incomplete_event_size=http.max_header_bytes,
+        timeout_keep_alive=5,
+        lifespan="on",
     )
 
 
 def serve(
     engine: QueryEngine, *, host: str, port: int, limits: ServiceLimits, samples: dict[str, bytes]
 ) -> None:
-    """Run the service until interrupted (uvicorn, one process; queries use threads)."""
+    """Run the service until interrupted (uvicorn, one process; queries on their own workers)."""
     import uvicorn
 
     log.info(
-        "search service on http://%s:%d/ (index %s v%d)",
+        "search service on http://%s:%d/ (index %s v%d%s)",
         host,
         port,
         engine.index_name,
         engine.serving.reader.version,
+        f"; DEGRADED: {engine.degraded}" if engine.degraded else "",
     )
-    uvicorn.run(create_app(engine, limits, samples=samples), host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(create_app(engine, limits, samples=samples), host=host, port=port)).run()
