@@ -134,6 +134,14 @@ def face_photo_crop_key(photo_sha256: str) -> str:
     return f"{FACE_PHOTO_CACHE_PREFIX}{photo_sha256}.png"
 
 
+#: A photo bank of real bare faces (the portraits' train split) that renders can wear frames on.
+PORTRAIT_BANK_PREFIX = "faces/portraits/"
+
+
+def portrait_bank_key(portrait_id: str) -> str:
+    return f"{PORTRAIT_BANK_PREFIX}{_name('portrait_id', portrait_id.lower())}.jpg"
+
+
 def source_watch_key(source_uri: str) -> str:
     """Where the export watcher keeps the last etag it announced for one source manifest."""
     return f"catalog/watch/{hashlib.sha256(source_uri.encode()).hexdigest()[:16]}.json"
@@ -148,7 +156,7 @@ def feature_shard_key(model_sha: str, spec_hash: str, asset_sha256: str) -> str:
     """Feature shard of one asset's views under one spec, embedded by one model."""
     return (
         f"features/{_hex('model_sha', model_sha)}/{_hex('spec_hash', spec_hash)}/"
-        f"{_hex('asset_sha256', asset_sha256)}.parquet"
+        f"{_hex('asset_sha256', asset_sha256)}.arrow"
     )
 
 

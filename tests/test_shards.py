@@ -206,3 +206,20 @@ def test_schemas_are_single_sourced() -> None:
     assert feature_schema(256).field("embedding").type == pa.list_(pa.float32(), 256)
     shared = [f.name for f in feature_schema(8)][:11]
     assert shared == [f.name for f in IMAGE_SCHEMA][:11]
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -8])
+def test_truncated_feature_shard_is_corrupt(store: ObjectStore, keep: float) -> None:
+    key = layout.feature_shard_key(MODEL, SPEC, ASSET)
+    write_shard(
+        store,
+        key,
+        feature_table(views(20), model_sha=MODEL, embeddings=np.ones((20, 64), np.float32)),
+        "feature",
+    )
+    data = store.get(key)
+    assert data.startswith(b"ARROW1")  # feature shards are Arrow IPC files
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep
+    store.put(key, data[:cut])
+    with pytest.raises(ShardCorruptError, match=r"is not a readable (Arrow IPC|Parquet) file"):
+        read_shard(store, key, "feature")

@@ -1,4 +1,11 @@
-"""Parquet shard schemas (feature and image shards) and their writers/readers over a store.
+"""Shard schemas (feature and image shards) and their writers/readers over a store.
+
+Image shards are Parquet (encoded images, compressed metadata). Feature shards are Arrow IPC
+files, uncompressed: Parquet stores a fixed-size list with a repetition level per float, so a
+1,000,000 x 256 shard read at 0.07x and wrote at 0.19x the speed of numpy.load/numpy.save, while
+an IPC file is the Arrow buffers themselves: written at disk speed, read by memory-mapping, and
+its vectors reach numpy as one buffer. The reader tells the containers apart by their magic
+bytes, so Parquet feature shards written before keep reading.
 
 The schemas are defined here and nowhere else. Both shard kinds share the view columns, which
 identify a rendered view and how it was made; a feature shard adds the embedding, an image shard
@@ -13,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from glassfinder.errors import ShardCorruptError, ShardError, ShardSchemaError
@@ -28,6 +36,10 @@ ShardKind = Literal["feature", "image"]
 SCHEMA_VERSION = 1
 _META_KIND = b"glassfinder.shard_kind"
 _META_VERSION = b"glassfinder.schema_version"
+
+#: The first bytes of each container (Parquet: "PAR1"; Arrow IPC file: "ARROW1").
+_PARQUET_MAGIC = b"PAR1"
+_IPC_MAGIC = b"ARROW1"
 
 SPLITS = ("train", "val", "test")
 #: Rows per Parquet row group: small enough that nested-list decoding stays in cache (measured
@@ -244,21 +256,30 @@ def write_shard(
     check_schema(table.schema, kind, where)
     metadata = {_META_KIND: kind.encode(), _META_VERSION: str(SCHEMA_VERSION).encode()}
     table = table.replace_schema_metadata(metadata)
-    # Vectors and images do not compress; everything else is small and repetitive.
+    with store.writer(key, create_only=create_only) as fh:
+        if kind == "feature":
+            # One record batch, no compression: the file is the Arrow buffers, written as they are.
+            with ipc.new_file(fh, table.schema) as writer:
+                writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+        else:
+            _write_parquet(fh, table)
+        size = fh.tell()
+    return size
+
+
+def _write_parquet(fh: Any, table: pa.Table) -> None:
+    # Images do not compress; everything else is small and repetitive.
     no_compress = {"embedding", "image"}
     compression = {f.name: ("none" if f.name in no_compress else "zstd") for f in table.schema}
     dictionary = [f.name for f in table.schema if f.name not in no_compress | {"view_key"}]
-    with store.writer(key, create_only=create_only) as fh:
-        with pq.ParquetWriter(
-            fh,
-            table.schema,
-            compression=compression,
-            use_dictionary=dictionary,
-            write_statistics=dictionary,
-        ) as writer:
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        size = fh.tell()
-    return size
+    with pq.ParquetWriter(
+        fh,
+        table.schema,
+        compression=compression,
+        use_dictionary=dictionary,
+        write_statistics=dictionary,
+    ) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
 
 def read_shard(
@@ -269,29 +290,46 @@ def read_shard(
     columns: Sequence[str] | None = None,
     dim: int | None = None,
 ) -> pa.Table:
-    """Read and validate a shard. `columns` limits what is loaded (all are still checked)."""
+    """Read and validate a shard. `columns` limits what is loaded (all are still checked).
+
+    Feature shards (Arrow IPC) are memory-mapped: the table's buffers are the file's pages,
+    valid after the file is replaced or a downloaded copy deleted (the mapping holds them).
+    """
     where = f"{store.uri}/{key}"
+    magic = b""
     with store.local_path(key) as path:
         try:
-            parquet = pq.ParquetFile(path, memory_map=True)
-            check_schema(parquet.schema_arrow, kind, where, dim)
-            table = parquet.read(columns=list(columns) if columns is not None else None)
+            with open(path, "rb") as fh:
+                magic = fh.read(len(_IPC_MAGIC))
+            if magic == _IPC_MAGIC:
+                reader = ipc.open_file(pa.memory_map(str(path)))
+                check_schema(reader.schema, kind, where, dim)
+                table = reader.read_all()
+                if columns is not None:
+                    table = table.select(list(columns))
+            else:
+                parquet = pq.ParquetFile(path, memory_map=True)
+                check_schema(parquet.schema_arrow, kind, where, dim)
+                table = parquet.read(columns=list(columns) if columns is not None else None)
         except ShardSchemaError:
             raise
         except (pa.ArrowException, OSError) as exc:
+            container = "Arrow IPC" if magic == _IPC_MAGIC else "Parquet"
             raise ShardCorruptError(
-                f"{kind} shard {where} is not a readable Parquet file (truncated or corrupted?): {exc}"
+                f"{kind} shard {where} is not a readable {container} file (truncated or corrupted?): {exc}"
             ) from exc
     return table
 
 
 def embeddings_of(table: pa.Table) -> np.ndarray:
-    """The `embedding` column as an (n, dim) float32 array (one copy, chunk by chunk)."""
+    """The `embedding` column as an (n, dim) float32 array: one copy of each chunk's float buffer
+    (no per-row step), so the result owns its memory and outlives a memory-mapped shard."""
     column = table.column("embedding")
     dim = column.type.list_size
     out = np.empty((len(column), dim), dtype=np.float32)
     row = 0
     for chunk in column.chunks:
+        # flatten() of a null-free fixed-size list is a zero-copy slice of its values.
         out[row : row + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
         row += len(chunk)
     return out
