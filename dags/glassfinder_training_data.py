@@ -18,7 +18,7 @@ from glassfinder import settings
 from glassfinder.pipeline import tasks
 from glassfinder.pipeline.assets import model_asset
 from glassfinder.pipeline.config import TASK_DEFAULTS, param_specs
-from glassfinder.pipeline.dag_tasks import render_all, summary
+from glassfinder.pipeline.dag_tasks import render_all, summary, train
 
 NEW_MODEL = Asset(*model_asset(settings.model_name()))
 
@@ -45,13 +45,9 @@ def glassfinder_training_data() -> None:
     def train_requested(params=None):
         return tasks.should_train(params)
 
-    @task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL, outlets=[NEW_MODEL])
-    def train(plan, params=None):
-        return tasks.train(params, plan)
-
     planned = plan()
     rendered = render_all(planned)
-    trained = train(planned)
+    trained = train.override(outlets=[NEW_MODEL])(planned)
     rendered >> train_requested() >> trained
     summary(["plan", "render", "train"], plan=planned, rendered=rendered, trained=trained)
 

@@ -18,6 +18,8 @@ DEFAULT_INDEX_NAME = "catalog"
 #: Celery queue and Airflow pool of the tasks that want a GPU (embedding, training).
 GPU_QUEUE = "gpu"
 #: Every GlassFinder DAG id starts with this (what the plugin's listeners look after).
+#: Celery queue of every other task (catalogue, planning, rendering, publishing).
+DEFAULT_QUEUE = "default"
 DAG_PREFIX = "glassfinder_"
 GPU_POOL = "gpu"
 

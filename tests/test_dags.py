@@ -101,6 +101,8 @@ def test_dagbag_has_the_three_dags_and_no_import_errors_or_warnings(
         gpu = {t.task_id for t in dag.tasks if t.queue == settings.GPU_QUEUE}
         assert gpu == {t.task_id for t in dag.tasks if t.pool == settings.GPU_POOL}
         assert gpu == ({"train"} if dag_id == "glassfinder_training_data" else {"embed"})
+        # Everything else (rendering above all) on the CPU workers' queue: routing is declared.
+        assert {t.queue for t in dag.tasks if t.task_id not in gpu} == {settings.DEFAULT_QUEUE}
         mapped = {t.task_id for t in dag.tasks if t.is_mapped}
         assert mapped == ({"render"} if dag_id == "glassfinder_training_data" else {"render", "embed"})
     nightly = bag.get_dag("glassfinder_catalog_reindex")

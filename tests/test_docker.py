@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from glassfinder import settings
+from glassfinder.ops import cluster
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -107,7 +108,7 @@ def test_dockerfile_builds_both_images_from_the_repository(stages: dict[str, lis
         assert copies["dags"] == env["AIRFLOW__CORE__DAGS_FOLDER"]
         assert copies["plugins"] == env["AIRFLOW__CORE__PLUGINS_FOLDER"]
         runs = " ".join(" ".join(i.value) for i in stages[stage] if i.cmd == "RUN")
-        assert "--constraint requirements.lock -r docker/requirements-cluster.txt ." in runs
+        assert "--constraint requirements.lock ." in runs
         assert "pip check" in runs
         assert [i.value[0] for i in stages[stage] if i.cmd == "USER"] == ["50000"]
         assert next(i.value for i in stages[stage] if i.cmd == "ENTRYPOINT") == ("airflow",)
@@ -135,13 +136,8 @@ def test_gpu_worker_image_dispatches_egl_to_the_nvidia_driver(stages: dict[str, 
     assert "graphics" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # EGL needs the graphics libs
     assert env["GLASSFINDER_GL_PLATFORM"] == "egl"
     assert "download.pytorch.org/whl/cpu" not in runs
-    assert next(i.value for i in gpu if i.cmd == "CMD") == (
-        "celery",
-        "worker",
-        "--queues",
-        settings.GPU_QUEUE,
-        "--concurrency",
-        "1",
+    assert list(next(i.value for i in gpu if i.cmd == "CMD")) == cluster.component_args(
+        f"worker:{settings.GPU_QUEUE}"
     )
 
 
@@ -204,17 +200,38 @@ def test_compose_refuses_to_start_without_its_secrets() -> None:
     )  # no literal secrets
 
 
-def test_cluster_requirements_pin_what_the_lock_does_not() -> None:
-    def pins(path: Path) -> dict[str, str]:
-        out = {}
-        for line in path.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                name, sep, version = line.partition("==")
-                assert sep and version, f"{path.name}: {line!r} is not pinned with =="
-                out[name.lower().replace("_", "-")] = version
-        return out
+def test_the_lock_pins_the_celery_executor_once() -> None:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"requirements.lock: {line!r} is not pinned with =="
+            pins[name.lower().replace("_", "-")] = version
+    assert {
+        "apache-airflow-providers-celery",
+        "celery",
+        "kombu",
+        "redis",
+        "psycopg2-binary",
+        "asyncpg",
+    } <= set(pins)
+    assert not (DOCKER / "requirements-cluster.txt").exists()  # one source of truth: the lock
 
-    cluster, lock = pins(DOCKER / "requirements-cluster.txt"), pins(REPO / "requirements.lock")
-    assert not set(cluster) & set(lock)
-    assert {"apache-airflow-providers-celery", "celery", "redis"} <= set(cluster)
-    assert {"psycopg2-binary", "asyncpg"} <= set(lock)  # the metadata database's drivers, for every image
+
+def test_compose_runs_what_airflow_up_executor_celery_runs(compose: dict[str, Any]) -> None:
+    """Same arguments per component and the same Celery settings as the one-machine cluster."""
+    services = compose["services"]
+    expected = {
+        "airflow-apiserver": cluster.component_args("api-server", port=8080),
+        "airflow-scheduler": cluster.component_args("scheduler"),
+        "airflow-dag-processor": cluster.component_args("dag-processor"),
+        "airflow-triggerer": cluster.component_args("triggerer"),
+        "airflow-worker": cluster.component_args(f"worker:{settings.DEFAULT_QUEUE}"),
+        "airflow-gpu-worker": cluster.component_args(f"worker:{settings.GPU_QUEUE}"),
+    }
+    for name, args in expected.items():
+        assert services[name]["command"] == args, name
+    env = services["airflow-worker"]["environment"]
+    for section, values in cluster.celery_config("redis://redis:6379/0").items():
+        for key, value in values.items():
+            assert str(env[f"AIRFLOW__{section.upper()}__{key.upper()}"]) == str(value), (section, key)

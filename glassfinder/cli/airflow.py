@@ -8,7 +8,7 @@ from pathlib import Path
 
 from glassfinder import settings
 from glassfinder.cli.common import SubParsers, float_between, int_between
-from glassfinder.ops import deployment
+from glassfinder.ops import cluster, deployment
 
 
 def cmd_airflow_up(args: argparse.Namespace) -> int:
@@ -20,6 +20,9 @@ def cmd_airflow_up(args: argparse.Namespace) -> int:
         dags_folder=Path(args.dags) if args.dags else None,
         plugins_folder=Path(args.plugins) if args.plugins else None,
         parallelism=args.parallelism,
+        executor=args.executor,
+        workers=cluster.parse_workers(args.workers),
+        heartbeat_timeout_s=args.heartbeat_timeout,
     )
     state = deployment.up(cfg, wait_s=args.wait)
     print(
@@ -29,6 +32,9 @@ def cmd_airflow_up(args: argparse.Namespace) -> int:
     print(f"store: {state['store']}")
     running = [f"{name} (pid {c['pid']})" for name, c in state["components"].items()]
     print(f"components: {', '.join(running)}")
+    if cfg.celery:
+        print(f"broker: {state['broker']}; Celery workers (queue): ", end="")
+        print(", ".join(f"{c['node']} ({c['queue']})" for c in state["components"].values() if "queue" in c))
     print(
         f"Airflow CLI against it: export AIRFLOW_HOME={cfg.home}; stop it: glassfinder airflow down "
         f"--home {args.home}"
@@ -54,15 +60,26 @@ def cmd_airflow_status(args: argparse.Namespace) -> int:
             f"{report['url']}/ ({'running' if report['running'] else 'NOT running'}), store {report['store']}"
         )
         for name, state in report["components"].items():
+            worker = report["workers"].get(name)
+            if worker:
+                ready = "ready" if worker["ready"] else "NOT ready"
+                state = f"{state}, {ready}, queue {worker['queue']}, node {worker['node']}"
             print(f"  {name}: {state}")
         if report["unhealthy"]:
             print(f"  unhealthy per Airflow: {', '.join(report['unhealthy'])}")
     return 0 if report["running"] and not report["unhealthy"] else 1
 
 
+def cmd_airflow_worker(args: argparse.Namespace) -> int:
+    name = deployment.add_worker(Path(args.home), args.queue, wait_s=args.wait)
+    print(f"worker {name} consumes the {args.queue} queue; `glassfinder airflow down` stops it with the rest")
+    return 0
+
+
 def register(sub: SubParsers) -> None:
     af = sub.add_parser(
-        "airflow", help="a single-machine Airflow deployment of the DAGs (LocalExecutor, 127.0.0.1)"
+        "airflow",
+        help="a one-machine Airflow deployment of the DAGs (LocalExecutor or a Celery cluster, 127.0.0.1)",
     ).add_subparsers(dest="airflow_command", required=True)
     for name, fn, text in (
         (
@@ -71,6 +88,11 @@ def register(sub: SubParsers) -> None:
             "migrate, create pools, start api-server, scheduler, dag-processor and triggerer",
         ),
         ("down", cmd_airflow_down, "stop exactly the processes `up` started"),
+        (
+            "worker",
+            cmd_airflow_worker,
+            "start one more Celery worker in a running --executor celery deployment",
+        ),
         (
             "status",
             cmd_airflow_status,
@@ -100,4 +122,24 @@ def register(sub: SubParsers) -> None:
     up_args.add_argument(
         "--wait", type=float_between(1, 3600), default=180, help="seconds to wait for a healthy start"
     )
+    up_args.add_argument(
+        "--executor",
+        choices=deployment.EXECUTORS,
+        default="local",
+        help="local: LocalExecutor; celery: Redis + PostgreSQL + Celery workers on this machine",
+    )
+    up_args.add_argument(
+        "--workers",
+        default=None,
+        help="Celery workers per queue, e.g. default=2,gpu=1 (default: one of each)",
+    )
+    up_args.add_argument(
+        "--heartbeat-timeout",
+        type=int_between(30, 86400),
+        default=300,
+        help="seconds without a task heartbeat before its worker is taken for dead (task retried)",
+    )
+    wk = af.choices["worker"]
+    wk.add_argument("--queue", choices=cluster.QUEUES, default=cluster.QUEUES[0], help="queue to consume")
+    wk.add_argument("--wait", type=float_between(1, 3600), default=120, help="seconds to wait until ready")
     af.choices["status"].add_argument("--json", action="store_true", help="print the report as JSON")

@@ -1,4 +1,9 @@
-"""A single-machine Airflow deployment of GlassFinder: start, check and stop it as one unit.
+"""A one-machine Airflow deployment of GlassFinder: start, check and stop it as one unit.
+
+With `--executor celery` it is a Celery cluster on one machine: Redis (the broker) and
+PostgreSQL start in the home too, and Celery workers consume the `default` and `gpu` queues
+(glassfinder.ops.cluster says which, and what compose runs); each worker is a component, stopped
+by PID like the others. Workers on other hosts join with the same airflow.cfg (README).
 
 `glassfinder airflow up` writes an `airflow.cfg` into its Airflow home (LocalExecutor, the
 repository's `dags/` and `plugins/`, loopback only), migrates the metadata database, creates
@@ -25,12 +30,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from glassfinder import settings
 from glassfinder.errors import GlassFinderError
+from glassfinder.ops import cluster, services
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ REQUIRED_POOLS: dict[str, tuple[int, str]] = {
     settings.GPU_POOL: (1, "GlassFinder embedding and training: one task at a time per GPU"),
 }
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXECUTORS = ("local", "celery")
+#: How each service is stopped: PostgreSQL's "fast" shutdown (SIGTERM waits for clients).
+_STOP_SIGNAL = {"postgres": signal.SIGINT}
 STATE_FILE = "deployment.json"
 PASSWORDS_FILE = "passwords.json"
 SECRETS_FILE = "secrets.json"
@@ -64,8 +73,28 @@ class DeploymentConfig:
     dags_folder: Path | None = None
     plugins_folder: Path | None = None
     parallelism: int = 4
+    #: "local" (LocalExecutor) or "celery" (a Celery cluster: Redis, PostgreSQL, workers).
+    executor: str = "local"
+    #: Celery workers per queue (cluster.parse_workers); ignored by the LocalExecutor.
+    workers: dict[str, int] = field(default_factory=lambda: dict(cluster.DEFAULT_WORKERS))
+    #: Seconds without a heartbeat before a running task's worker is taken for dead and the
+    #: task failed (then retried): Airflow's default, lowered in tests.
+    heartbeat_timeout_s: int = 300
+    #: Loopback ports of the PostgreSQL and Redis a Celery deployment starts (chosen by `up`).
+    db_port: int | None = None
+    broker_port: int | None = None
 
     def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise DeploymentError(f"--executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "celery" and self.db_url and self.db_url.startswith("sqlite"):
+            raise DeploymentError(
+                "the Celery executor needs PostgreSQL: drop --db-url or give a postgresql:// one"
+            )
+        if not 30 <= self.heartbeat_timeout_s <= 86400:
+            raise DeploymentError(
+                f"--heartbeat-timeout must be within 30-86400 s, got {self.heartbeat_timeout_s}"
+            )
         if not 1 <= self.port <= 65535:
             raise DeploymentError(f"--port must be within 1-65535, got {self.port}")
         if self.parallelism < 1:
@@ -87,7 +116,20 @@ class DeploymentConfig:
 
     @property
     def database(self) -> str:
-        return self.db_url or f"sqlite:///{self.home / 'airflow.db'}"
+        if self.db_url:
+            return self.db_url
+        if self.executor == "celery":
+            return services.postgres_url(self.db_port or 0)
+        return f"sqlite:///{self.home / 'airflow.db'}"
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "celery"
+
+    @property
+    def own_database(self) -> bool:
+        """Whether `up` starts the metadata database itself (Celery, no --db-url)."""
+        return self.celery and not self.db_url
 
 
 def source_root() -> Path:
@@ -121,9 +163,17 @@ def airflow_cfg(cfg: DeploymentConfig) -> str:
             "secret_key": keys["secret_key"],
         },
         "logging": {"base_log_folder": cfg.home / "logs"},
-        "scheduler": {"standalone_dag_processor": "True"},
+        "scheduler": {
+            "standalone_dag_processor": "True",
+            "task_instance_heartbeat_timeout": cfg.heartbeat_timeout_s,
+        },
         "dag_processor": {"refresh_interval": 30},
     }
+    if cfg.celery:
+        for section, values in cluster.celery_config(
+            services.redis_url(cfg.broker_port or 0), gpu_slots=_gpu_slots(cfg)
+        ).items():
+            lines[section] = {**lines.get(section, {}), **values}
     out = ["# Written by `glassfinder airflow up`; rewritten on every start.\n"]
     for section, values in lines.items():
         out.append(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
@@ -143,6 +193,11 @@ def component_env(cfg: DeploymentConfig) -> dict[str, str]:
     return env
 
 
+def _gpu_slots(cfg: DeploymentConfig) -> int:
+    """Slots of the gpu pool: one per GPU worker (one with the LocalExecutor)."""
+    return max(1, cfg.workers.get(settings.GPU_QUEUE, 0)) if cfg.celery else 1
+
+
 def _airflow() -> str:
     found = shutil.which("airflow", path=str(Path(sys.executable).parent)) or shutil.which("airflow")
     if not found:
@@ -151,12 +206,22 @@ def _airflow() -> str:
 
 
 def _commands(cfg: DeploymentConfig) -> dict[str, list[str]]:
+    """The Airflow components' commands, from the arguments compose runs too (glassfinder.ops.cluster)."""
     airflow = _airflow()
     return {
-        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(cfg.port)],
-        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
-        "dag-processor": [airflow, "dag-processor"],
-        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+        name: [airflow, *cluster.component_args(name, host="127.0.0.1", port=cfg.port)] for name in COMPONENTS
+    }
+
+
+def _worker_command(spec: cluster.WorkerSpec) -> list[str]:
+    node = f"{spec.name}@{socket.getfqdn()}"  # the name tasks record too (cluster.worker_hostname)
+    return [_airflow(), *cluster.component_args(f"worker:{spec.queue}"), "--celery-hostname", node]
+
+
+def _worker_env(env: dict[str, str], spec: cluster.WorkerSpec) -> dict[str, str]:
+    return env | {
+        cluster.WORKER_NAME_ENV: spec.name,
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "glassfinder.ops.cluster.worker_hostname",
     }
 
 
@@ -256,6 +321,8 @@ def prepare(cfg: DeploymentConfig, *, timeout_s: float = 600) -> None:
     log.info("migrating the Airflow database %s", cfg.database.split("@")[-1])
     _run([airflow, "db", "migrate"], env, logfile, "airflow db migrate", timeout_s)
     for pool, (slots, description) in REQUIRED_POOLS.items():
+        if pool == settings.GPU_POOL:
+            slots = _gpu_slots(cfg)
         _run(
             [airflow, "pools", "set", pool, str(slots), description],
             env,
@@ -263,6 +330,39 @@ def prepare(cfg: DeploymentConfig, *, timeout_s: float = 600) -> None:
             f"creating pool {pool}",
             120,
         )
+
+
+def _start(
+    cfg: DeploymentConfig,
+    state: dict[str, Any],
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    user: str | None = None,
+    **extra: Any,
+) -> None:
+    """Start one component in its own session and record it (PID, start time) in the state file."""
+    logfile = cfg.home / "logs" / f"{name}.log"
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cfg.home,
+            user=user,
+        )
+    state["components"][name] = {
+        "pid": proc.pid,
+        "start_ticks": _start_ticks(proc.pid),
+        "log": str(logfile),
+        "command": cmd[1:],
+        **extra,
+    }
+    (cfg.home / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def up(cfg: DeploymentConfig, *, wait_s: float = 180) -> dict[str, Any]:
@@ -275,29 +375,111 @@ def up(cfg: DeploymentConfig, *, wait_s: float = 180) -> dict[str, Any]:
         )
     if not _port_free(cfg.port):
         raise DeploymentError(f"port {cfg.port} on 127.0.0.1 is in use: pass another --port")
-    prepare(cfg)
+    if cfg.celery:
+        from glassfinder.store.seaweed import free_ports
+
+        db_port, broker_port = free_ports(2)
+        cfg = replace(cfg, db_port=cfg.db_port or db_port, broker_port=cfg.broker_port or broker_port)
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    (cfg.home / "logs").mkdir(exist_ok=True)
     env = component_env(cfg)
-    state = {"url": cfg.url, "user": USER, "home": str(cfg.home), "store": cfg.store, "components": {}}
+    state = {
+        "url": cfg.url,
+        "user": USER,
+        "home": str(cfg.home),
+        "store": cfg.store,
+        "executor": cfg.executor,
+        "components": {},
+    }
     try:
+        if cfg.celery:
+            assert cfg.broker_port is not None
+            redis = services.redis_service(cfg.home, cfg.broker_port)
+            _start(cfg, state, "redis", redis.command, env, kind="service")
+            state["broker"] = services.redis_url(cfg.broker_port)
+            if cfg.own_database:
+                assert cfg.db_port is not None
+                pg = services.postgres_service(cfg.home, cfg.db_port)
+                _start(cfg, state, "postgres", pg.command, env, user=pg.user, kind="service")
+                services.create_database(cfg.db_port)
+        prepare(cfg)
         for name, cmd in _commands(cfg).items():
-            logfile = cfg.home / "logs" / f"{name}.log"
-            with logfile.open("ab") as out:
-                proc = subprocess.Popen(
-                    cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cfg.home
-                )
-            state["components"][name] = {
-                "pid": proc.pid,
-                "start_ticks": _start_ticks(proc.pid),
-                "log": str(logfile),
-                "command": cmd[1:],
-            }
-            (cfg.home / STATE_FILE).write_text(json.dumps(state, indent=2))
+            _start(cfg, state, name, cmd, env, kind="airflow")
+        if cfg.celery:
+            for spec in cluster.worker_specs(cfg.workers):
+                _start_worker(cfg, state, spec, env)
         wait_healthy(cfg.home, state, wait_s)
     except BaseException:
         stop(cfg.home)
         raise
     log.info("Airflow is up at %s (user %s)", cfg.url, USER)
     return state
+
+
+def _start_worker(
+    cfg: DeploymentConfig, state: dict[str, Any], spec: cluster.WorkerSpec, env: dict[str, str]
+) -> None:
+    _start(
+        cfg,
+        state,
+        f"worker {spec.name}",
+        _worker_command(spec),
+        _worker_env(env, spec),
+        kind="worker",
+        queue=spec.queue,
+        node=f"{spec.name}@{socket.getfqdn()}",
+    )
+
+
+def add_worker(home: Path, queue: str, *, wait_s: float = 120) -> str:
+    """Start one more Celery worker of `queue` in a running Celery deployment; its name.
+
+    What replaces a lost worker (or adds capacity) on this machine; `down` stops it too.
+    """
+    home = home.expanduser().resolve()
+    state = read_state(home)
+    if not state or not any(_alive(c) for c in state["components"].values()):
+        raise DeploymentError(f"no deployment runs from {home}: start one with `glassfinder airflow up`")
+    if state.get("executor") != "celery":
+        raise DeploymentError(
+            f"the deployment in {home} runs the LocalExecutor: workers need --executor celery"
+        )
+    if queue not in cluster.QUEUES:
+        raise DeploymentError(f"--queue must be one of {list(cluster.QUEUES)}, got {queue!r}")
+    taken = {c.get("node", "").split("@")[0] for c in state["components"].values()}
+    n = 1
+    while f"{queue}-{n}" in taken:
+        n += 1
+    spec = cluster.WorkerSpec(f"{queue}-{n}", queue)
+    cfg = DeploymentConfig(
+        home=home, port=int(state["url"].rsplit(":", 1)[1]), store=state["store"], executor="celery"
+    )
+    _start_worker(cfg, state, spec, component_env(cfg))
+    _wait_workers_ready({f"worker {spec.name}": state["components"][f"worker {spec.name}"]}, wait_s)
+    return spec.name
+
+
+def _worker_ready(entry: dict[str, Any]) -> bool:
+    """Whether a worker's log says Celery is consuming (its "celery@NODE ready." line)."""
+    try:
+        text = Path(entry["log"]).read_text(errors="replace")
+    except OSError:
+        return False
+    return f"{entry['node']} ready" in text
+
+
+def _wait_workers_ready(workers: dict[str, dict[str, Any]], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    waiting = dict(workers)
+    while waiting and time.monotonic() < deadline:
+        for name, entry in list(waiting.items()):
+            if not _alive(entry):
+                raise DeploymentError(f"{name} exited during start-up: {_tail(Path(entry['log']))}")
+            if _worker_ready(entry):
+                del waiting[name]
+        time.sleep(0.5)
+    if waiting:
+        raise DeploymentError(f"not ready within {wait_s:.0f} s: {', '.join(waiting)}; see their logs")
 
 
 def health(url: str) -> dict[str, Any] | None:
@@ -325,6 +507,8 @@ def wait_healthy(home: Path, state: dict[str, Any], wait_s: float) -> None:
                 raise DeploymentError(f"{name} exited during start-up: {_tail(Path(entry['log']))}")
         bad = unhealthy(health(state["url"]))
         if not bad:
+            workers = {n: e for n, e in state["components"].items() if e.get("kind") == "worker"}
+            _wait_workers_ready(workers, max(1.0, deadline - time.monotonic()))
             return
         time.sleep(1)
     raise DeploymentError(f"not healthy within {wait_s:.0f} s: {', '.join(bad)}; logs in {home / 'logs'}")
@@ -337,40 +521,89 @@ def status(home: Path) -> dict[str, Any]:
         return {"running": False, "home": str(home.expanduser().resolve()), "components": {}}
     components = {name: ("running" if _alive(e) else "stopped") for name, e in state["components"].items()}
     report = health(state["url"]) if any(v == "running" for v in components.values()) else None
+    bad = unhealthy(report)
+    workers = {
+        name: {
+            "queue": e["queue"],
+            "node": e["node"],
+            "state": components[name],
+            "ready": components[name] == "running" and _worker_ready(e),
+        }
+        for name, e in state["components"].items()
+        if e.get("kind") == "worker"
+    }
+    bad += sorted(name for name, w in workers.items() if not w["ready"])
     return {
         "running": all(v == "running" for v in components.values()),
         "home": state["home"],
         "url": state["url"],
         "user": state["user"],
         "store": state["store"],
+        "executor": state.get("executor", "local"),
+        "broker": state.get("broker"),
         "components": components,
-        "unhealthy": unhealthy(report),
+        "workers": workers,
+        "unhealthy": bad,
         "health": report,
     }
 
 
 def stop(home: Path, *, grace_s: float = 30) -> list[str]:
-    """Stop exactly the process groups `up` started (SIGTERM, then SIGKILL); the names stopped."""
+    """Stop exactly the process groups `up` started (SIGTERM, then SIGKILL); the names stopped.
+
+    Airflow's components and workers first, then the broker and the database they talk to. A
+    task a worker runs is in a process group of its own (Airflow's supervisor makes one): it
+    is found before the signals, as a descendant of the worker, and killed if it outlives it.
+    """
     home = home.expanduser().resolve()
     state = read_state(home)
     if state is None:
         return []
     # Only groups whose leader is ours now: a group, once signalled, stays ours while it exists
     # (its id cannot be reused before its last member is gone).
-    groups = {name: int(e["pid"]) for name, e in state["components"].items() if _alive(e)}
-    for pgid in groups.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while any(_group_exists(g) for g in groups.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for name, pgid in groups.items():
-        if _group_exists(pgid):
-            log.warning("%s did not stop within %.0f s: killing its process group", name, grace_s)
+    live = {name: e for name, e in state["components"].items() if _alive(e)}
+    waves = [
+        {n: e for n, e in live.items() if e.get("kind") != "service"},
+        {n: e for n, e in live.items() if e.get("kind") == "service"},
+    ]
+    for wave in waves:
+        groups = {name: int(e["pid"]) for name, e in wave.items()}
+        strays = {p: _start_ticks(p) for pid in groups.values() for p in descendants(pid)}
+        for name, pgid in groups.items():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+                os.killpg(pgid, _STOP_SIGNAL.get(name, signal.SIGTERM))
+        deadline = time.monotonic() + grace_s
+        while any(_group_exists(g) for g in groups.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for name, pgid in groups.items():
+            if _group_exists(pgid):
+                log.warning("%s did not stop within %.0f s: killing its process group", name, grace_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        for pid, ticks in strays.items():
+            if ticks is not None and _start_ticks(pid) == ticks:  # still that very process
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     (home / STATE_FILE).unlink(missing_ok=True)
-    return sorted(groups)
+    return sorted(live)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat(entry.name)
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _group_exists(pgid: int) -> bool:

@@ -2,7 +2,11 @@
 
 A TaskFlow task declared at module level becomes a task of whichever DAG calls it, so the DAG
 files only say which of these they use and how they connect. Queues, pools and trigger rules
-are set here, where the stage is defined.
+are set here, where the stage is defined: rendering on the `default` queue (CPU workers,
+Mesa EGL), embedding and training on `gpu` (one task per GPU, through the `gpu` pool). The
+LocalExecutor ignores queues; the Celery executor routes by them. A task that lands on the
+other kind of worker is not refused: it runs there, just slower (see README, "From one machine
+to a cluster").
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ def batches(plan: Any) -> list[dict[str, Any]]:
     return tasks.batches_of(plan)
 
 
-@task
+@task(queue=settings.DEFAULT_QUEUE)
 def render(batch: Any) -> dict[str, Any]:
     return tasks.render(batch)
 
@@ -29,6 +33,13 @@ def render(batch: Any) -> dict[str, Any]:
 @task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL)
 def embed(batch: Any) -> dict[str, Any]:
     return tasks.embed(batch)
+
+
+# The DAG adds the model Asset it announces: train.override(outlets=[...]).
+@task(queue=settings.GPU_QUEUE, pool=settings.GPU_POOL)
+def train(plan: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert params is not None  # injected by Airflow
+    return tasks.train(params, plan)
 
 
 def render_all(plan: Any) -> Any:
