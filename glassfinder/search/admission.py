@@ -59,6 +59,10 @@ class Admission:
             self._free = asyncio.Semaphore(self.limits.workers)
         return self._free
 
+    def full(self) -> bool:
+        """No worker free and the queue at its depth: a new query would be refused."""
+        return self._semaphore().locked() and self.waiting >= self.limits.queue_depth
+
     async def run(self, fn: Callable[[], T]) -> T:
         """fn() on a worker, or Overloaded when none frees up in time (never queued past the bound).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -307,7 +308,28 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return ServiceApp(RequestGuard(app, limits.http(), on_reject=count), limits, count)
+    async def shed(scope: Any, receive: Any, send: Any) -> None:
+        """A search that would be refused anyway is answered 503 before its body is read."""
+        if scope["type"] == "http" and scope.get("path") == "/search" and admission.full():
+            count("overloaded")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+                }
+            )
+            detail = f"all {limits.max_concurrent} query workers busy and the queue full; retry in a moment"
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": json.dumps({"error": "overloaded", "detail": detail}).encode(),
+                }
+            )
+            return
+        await app(scope, receive, send)
+
+    return ServiceApp(RequestGuard(shed, limits.http(), on_reject=count), limits, count)
 
 
 def server_config(app: ServiceApp, *, host: str, port: int, log_level: str = "info") -> Any:
