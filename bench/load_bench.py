@@ -151,8 +151,9 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        store_uri: str = store.uri  # type: ignore[attr-defined]
         cmd = [
-            sys.executable, "-m", "glassfinder.cli", "serve", "--store", str(store.uri), "--port", str(port),
+            sys.executable, "-m", "glassfinder.cli", "serve", "--store", store_uri, "--port", str(port),
             "--workers", str(args.workers), "--reload-interval", "3600",
         ]  # fmt: skip
         log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115

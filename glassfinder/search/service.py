@@ -182,8 +182,13 @@ def create_app(
         task.cancel()
         admission.close()
 
-    docs = {} if limits.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="GlassFinder search", lifespan=lifespan, **docs)
+    app = FastAPI(
+        title="GlassFinder search",
+        lifespan=lifespan,
+        docs_url="/docs" if limits.docs else None,
+        redoc_url="/redoc" if limits.docs else None,
+        openapi_url="/openapi.json" if limits.docs else None,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
