@@ -74,6 +74,9 @@ def celery_config(broker_url: str, *, gpu_slots: int = 1) -> dict[str, dict[str,
             # Workers log the device they will embed on, once (glassfinder.ops.celery_worker).
             "celery_config_options": "glassfinder.ops.celery_worker.CELERY_CONFIG",
             "worker_concurrency": WORKER_CONCURRENCY,
+            # Tasks run in the worker's own process: prefork's children are daemonic, and a
+            # daemonic process may not start the render job's process pool.
+            "pool": "solo",
         },
     }
 
