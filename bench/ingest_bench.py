@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def _bad_rows(rows: list[dict], rng: np.random.Generator, share: float) -> tuple
     ]
     n_bad = int(len(rows) * share)
     bad = sorted(rng.choice(len(rows), n_bad, replace=False).tolist())
-    out = list(rows)
+    out: list[Any] = list(rows)
     for k, i in enumerate(bad):
         out[i] = kinds[k % len(kinds)](rows[i])
     out[bad[-1]] = {**rows[bad[-1]], "asset_uri": "assets/huge.glb"}  # the 2M-triangle asset

@@ -27,10 +27,10 @@ from glassfinder.catalog.loader import AssetError, load_asset
 from glassfinder.errors import GlassFinderError
 
 # Derandomised (the same examples every run: a CI failure reproduces) and no example database.
-_COMMON = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": True}
-_COMMON["database"] = None
-FAST = settings(max_examples=25, **_COMMON)
-LONG = settings(max_examples=400, **_COMMON)
+FAST = settings(
+    max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+)
+LONG = settings(FAST, max_examples=400)
 
 
 @pytest.fixture(scope="module")

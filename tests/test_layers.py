@@ -21,6 +21,7 @@ LEVEL = {
     "workers": 0,
     "models": 0,
     "store": 0,
+    "quarantine": 0,
     "catalog": 1,
     "faces": 1,
     "render": 2,
