@@ -120,6 +120,27 @@ def catalog_delta_key(data: bytes) -> str:
     return f"{CATALOG_DELTA_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}.json"
 
 
+#: Packshots (the frame alone on white), beside the catalogue, content-addressed like renders.
+PACKSHOT_DIR = f"{CATALOG_DIR}packshots/"
+_VIEW_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def packshot_prefix(spec_hash: str) -> str:
+    """Every packshot made under one packshot spec, and the spec itself."""
+    return f"{PACKSHOT_DIR}{_hex('spec_hash', spec_hash)}/"
+
+
+def packshot_spec_key(spec_hash: str) -> str:
+    return f"{packshot_prefix(spec_hash)}spec.json"
+
+
+def packshot_key(spec_hash: str, asset_sha256: str, view: str) -> str:
+    """One view of one asset's packshot (PNG): what makes its pixels, and nothing else."""
+    if not isinstance(view, str) or not _VIEW_RE.match(view):
+        raise BadInputError(f"packshot view must be 1-32 lowercase letters, digits or '_', got {view!r}")
+    return f"{packshot_prefix(spec_hash)}{_hex('asset_sha256', asset_sha256)}/{view}.png"
+
+
 #: Analysed photo-bank faces (landmarks, pose, crops).
 FACE_PHOTO_CACHE_PREFIX = "faces/photos/"
 

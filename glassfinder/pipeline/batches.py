@@ -15,6 +15,7 @@ from typing import Any
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
 from glassfinder.layout import render_spec_key as spec_key
 from glassfinder.render.job import render_catalog_specs
+from glassfinder.render.packshot import load_packshot_spec
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -42,15 +43,23 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """Render the batch's assets under every spec of the plan; returns the batch with the figures."""
     store = open_store(batch["store"])
     figures: dict[str, Any] = {"rendered": 0, "views": 0, "skipped": 0, "seconds": 0.0, "quarantined": []}
+    figures |= {"packshots": 0, "packshot_seconds": 0.0}
     pids: set[int] = set()
+    packshot = batch.get("packshot_spec")
     reports = render_catalog_specs(
         batch["manifest"],
         [load_saved_spec(store, h) for h in batch["render_specs"]],
         store,
         workers=batch.get("render_workers"),
         assets=batch["assets"],
+        packshot=load_packshot_spec(store, packshot) if packshot else None,
     )
     for report in reports:
+        if report.kind == "packshot":  # assets whose packshots were made, and the workers' time on them
+            figures["packshots"] += report.rendered
+            figures["packshot_seconds"] += round(report.busy_seconds, 3)
+            pids |= report.worker_pids
+            continue
         figures["rendered"] += report.rendered
         figures["views"] += report.views
         figures["skipped"] += report.skipped
@@ -59,12 +68,13 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
         pids |= report.worker_pids
     figures["worker_processes"] = len(pids)
     log.info(
-        "batch %d: %d assets, %d renders made (%d views), %d already there, %d quarantined in %.1f s "
-        "by %d process(es)",
+        "batch %d: %d assets, %d renders made (%d views), %d packshots, %d already there, %d quarantined "
+        "in %.1f s by %d process(es)",
         batch["batch"],
         len(batch["assets"]),
         figures["rendered"],
         figures["views"],
+        figures["packshots"],
         figures["skipped"],
         len(figures["quarantined"]),
         figures["seconds"],

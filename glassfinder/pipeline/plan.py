@@ -20,6 +20,7 @@ from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError, ObjectExistsError
 from glassfinder.render.job import known_quarantine
+from glassfinder.render.packshot import PackshotSpec, missing_packshots, save_packshot_spec
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
 
@@ -58,12 +59,15 @@ def plan_work(
     max_batches: int,
     render_workers: int | None = None,
     device: str | None = None,
+    packshot: PackshotSpec | None = None,
 ) -> dict[str, Any]:
     """The plan of a run: counts, and the batches of assets with something to do.
 
     embed: (model name, model sha, spec hash) whose feature shards the run must have, or None
         when the run only renders (training data).
     product_ids: only these products (onboarding); default every row of the manifest.
+    packshot: the packshot spec every asset must have packshots under (None: the run makes none,
+        as the training-data run); an asset whose try-on render failed for good gets none.
     """
     rows = read_manifest_rows(*split_uri(manifest_uri))[:limit]
     if product_ids is not None:
@@ -78,6 +82,10 @@ def plan_work(
     rendered = {h: _listed(store, layout.render_prefix(h)) for h in spec_hashes}
     final = {h: known_quarantine(store, h) for h in spec_hashes}
     featured = _listed(store, layout.feature_prefix(embed[1], embed[2])) if embed else set()
+    lacking = set(missing_packshots(store, packshot, list(assets))) if packshot else set()
+    if packshot:
+        save_packshot_spec(store, packshot)
+    to_packshot = 0
     to_render = dict.fromkeys(spec_hashes, 0)
     to_embed, work, known = 0, [], []
     for sha, products in assets.items():
@@ -92,6 +100,9 @@ def plan_work(
         if embed and not broken and layout.feature_shard_key(embed[1], embed[2], sha) not in featured:
             to_embed += 1
             needs = True
+        if sha in lacking and not any(sha in final[h] for h in spec_hashes):
+            to_packshot += 1
+            needs = True
         if needs:
             work.append(sha)
     size = batch_size_for(len(work), assets_per_batch, max_batches)
@@ -102,6 +113,7 @@ def plan_work(
         "embed": {"model": f"{embed[0]}@{embed[1]}", "spec_hash": embed[2]} if embed else None,
         "render_workers": render_workers,
         "device": device,
+        "packshot_spec": packshot.spec_hash if packshot else None,
     }
     batches = [
         {**shared, "batch": i, "assets": work[start : start + size]}
@@ -114,6 +126,7 @@ def plan_work(
         "reused": len(assets) - len(work) - len({q["asset_sha256"] for q in known} - set(work)),
         "to_render": to_render,
         "to_embed": to_embed,
+        "to_packshot": to_packshot,
         "known_quarantined": known,
         "render_specs": spec_hashes,
         "embed": shared["embed"],
@@ -121,13 +134,14 @@ def plan_work(
         "batches": batches,
     }
     log.info(
-        "plan: %d products, %d assets: %d reused, %s to render, %d to embed, %d known broken; "
-        "%d batches of up to %d assets",
+        "plan: %d products, %d assets: %d reused, %s to render, %d to embed, %d to packshot, "
+        "%d known broken; %d batches of up to %d assets",
         len(rows),
         len(assets),
         plan["reused"],
         to_render,
         to_embed,
+        to_packshot,
         len(known),
         len(batches),
         size,

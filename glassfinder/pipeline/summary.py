@@ -89,6 +89,8 @@ def summarise(
         "reused": plan["reused"] if plan else None,
         "rendered": _sum(renders, "rendered"),
         "views_rendered": _sum(renders, "views"),
+        "packshots": _sum(renders, "packshots"),
+        "packshot_seconds": round(sum(float(r.get("packshot_seconds") or 0) for r in renders), 3),
         "render_worker_processes": max((int(r.get("worker_processes") or 0) for r in renders), default=0),
         "embedded": _sum(embeds, "embedded"),
         "views_embedded": _sum(embeds, "views"),

@@ -20,6 +20,7 @@ from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.pipeline.plan import plan_work
 from glassfinder.pipeline.summary import summarise
 from glassfinder.pipeline.training import train_and_register, training_spec
+from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def plan_reindex(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[
         max_batches=cfg.max_batches,
         render_workers=cfg.render_workers,
         device=cfg.device,
+        packshot=PACKSHOT_SPEC,
     )
 
 
@@ -144,6 +146,7 @@ def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> di
         max_batches=cfg.max_batches,
         render_workers=cfg.render_workers,
         device=cfg.device,
+        packshot=PACKSHOT_SPEC,
     )
 
 

@@ -52,6 +52,7 @@ from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, wri
 from glassfinder.workers import exit_with_parent
 
 if TYPE_CHECKING:  # render.tryon pulls pyrender (OpenGL): kept off the DAG-parse path
+    from glassfinder.render.packshot import PackshotSpec
     from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class RenderReport:
     seconds: float = 0.0
     #: The processes that rendered (one: in-process; more: a pool), for operators and tests.
     worker_pids: set[int] = field(default_factory=set)
+    #: "tryon" (image shards under a RenderSpec) or "packshot" (PNGs under a PackshotSpec).
+    kind: str = "tryon"
+    #: Seconds the workers spent on this report's assets (per-asset cost, whatever the pool size).
+    busy_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class AssetTask:
     asset_key: str
     fixed_lens: tuple[str, tuple[float, ...]] | None
     spec_hash: str = ""  # which of the pool's specs to render under
+    kind: str = "tryon"  # or "packshot": the asset's packshots under the pool's packshot spec
 
 
 class AssetUnavailableError(GlassFinderError):
@@ -107,6 +113,7 @@ def _init_worker(
     workers: int,
     photos: dict[str, list[Any] | None],
     parent_pid: int | None = None,
+    packshot_json: str | None = None,
 ) -> None:
     if parent_pid is not None:
         exit_with_parent(parent_pid)
@@ -114,6 +121,10 @@ def _init_worker(
     # the failure instead and let every task report it.
     try:
         _start_worker(spec_jsons, out, workers, photos)
+        if packshot_json is not None:
+            from glassfinder.render.packshot import PackshotSpec
+
+            _WORKER["packshot"] = PackshotSpec.from_json(packshot_json)
     except Exception as exc:
         _WORKER["init_error"] = f"{type(exc).__name__}: {exc}"
 
@@ -130,7 +141,7 @@ def _start_worker(
 
     specs = [RenderSpec.from_json(j) for j in spec_jsons]
     # One GL context per process, resized per spec (see TryOnRenderer.set_size).
-    renderer = TryOnRenderer(specs[0].image_px)
+    renderer = TryOnRenderer(specs[0].image_px if specs else 256)  # no spec: packshots only
     photo_renderer = None
     if any(photos.values()):
         photo_renderer = PhotoRenderer(renderer)
@@ -235,9 +246,34 @@ def _render_task(task: AssetTask) -> dict[str, Any]:
     return {**_render_one(task), "pid": os.getpid()}
 
 
+def _packshot_one(task: AssetTask) -> dict[str, Any]:
+    """Render and store one asset's packshots. An asset that cannot be read or loaded is left to
+    the try-on render's quarantine record (same bytes, same failure); reported, never raised."""
+    from glassfinder.render.packshot import packshot_asset, write_packshots
+
+    spec = _WORKER["packshot"]
+    base = {"spec_hash": spec.spec_hash, "product_id": task.product_id, "source": task.asset_key}
+    try:
+        data = task.asset_store.get(task.asset_key)
+        if hashlib.sha256(data).hexdigest() != task.asset_sha256:
+            raise AssetUnavailableError(f"asset {task.asset_key} does not match the manifest's sha256")
+        images, seconds = packshot_asset(
+            data, _WORKER["renderer"], spec, fixed_lens=task.fixed_lens, where=task.asset_key
+        )
+    except StoreUnavailableError:
+        raise
+    except GlassFinderError as exc:
+        return {**base, "status": "packshot_failed", "message": str(exc)}
+    written = write_packshots(_WORKER["out"], spec, task.asset_sha256, images)
+    return {**base, "status": "rendered" if written else "skipped", "views": written, "busy": seconds}
+
+
 def _render_one(task: AssetTask) -> dict[str, Any]:
     if "init_error" in _WORKER:
         return {"status": "worker_failed", "message": _WORKER["init_error"], "spec_hash": task.spec_hash}
+    if task.kind == "packshot":
+        return _packshot_one(task)
+    started = time.perf_counter()
     spec, out, renderer = _WORKER["specs"][task.spec_hash], _WORKER["out"], _WORKER["renderer"]
     if renderer.size_px != spec.image_px:
         renderer.set_size(spec.image_px)
@@ -272,7 +308,14 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
         write_shard(out, key, table, "image", create_only=True)
     except ObjectExistsError:
         return {"status": "skipped", "spec_hash": spec.spec_hash, "key": key}
-    return {"status": "rendered", "spec_hash": spec.spec_hash, "key": key, "views": table.num_rows}
+    busy = time.perf_counter() - started
+    return {
+        "status": "rendered",
+        "spec_hash": spec.spec_hash,
+        "key": key,
+        "views": table.num_rows,
+        "busy": busy,
+    }
 
 
 # --- pools -------------------------------------------------------------------------------------
@@ -313,6 +356,7 @@ def run_tasks(
     out: ObjectStore,
     photos: dict[str, list[Any] | None],
     workers: int,
+    packshot_json: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Each task's result, rendered in this process for one worker, else in a spawned pool.
 
@@ -323,7 +367,7 @@ def run_tasks(
     if not tasks:
         return
     if workers <= 1:
-        _init_worker(spec_jsons, out, 1, photos)
+        _init_worker(spec_jsons, out, 1, photos, None, packshot_json)
         try:
             for task in tasks:
                 yield _checked(_render_task(task))
@@ -335,7 +379,7 @@ def run_tasks(
         workers,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(spec_jsons, out, workers, photos, os.getpid()),
+        initargs=(spec_jsons, out, workers, photos, os.getpid(), packshot_json),
     ) as pool:
         with _spawn_without_main():  # every worker is started by the first `workers` submits
             futures = [pool.submit(_render_task, task) for task in tasks]
@@ -441,6 +485,45 @@ def _tasks_for(
     return tasks
 
 
+def _packshot_tasks(
+    rows: list[dict[str, Any]],
+    specs: list[RenderSpec],
+    packshot: PackshotSpec,
+    out: ObjectStore,
+    report: RenderReport,
+    mstore: ObjectStore,
+    mkey: str,
+) -> list[AssetTask]:
+    """The assets lacking packshots; an asset whose try-on render failed for good is not retried."""
+    from glassfinder.render.packshot import missing_packshots
+
+    final: set[str] = set().union(*(known_quarantine(out, s.spec_hash) for s in specs)) if specs else set()
+    by_sha = {str(r.get("asset_sha256") or ""): r for r in rows}
+    by_sha.pop("", None)
+    report.assets = len(by_sha)
+    todo = set(missing_packshots(out, packshot, list(by_sha)))
+    tasks = []
+    for sha, row in by_sha.items():
+        if len(sha) != 64 or sha in final:
+            continue
+        if sha not in todo:
+            report.skipped += 1
+            continue
+        asset_store, asset_key = resolve_asset(mstore, mkey, str(row["asset_uri"]))
+        tasks.append(
+            AssetTask(
+                str(row["product_id"]),
+                sha,
+                asset_store,
+                asset_key,
+                fixed_lens_of(row),
+                packshot.spec_hash,
+                "packshot",
+            )
+        )
+    return tasks
+
+
 def render_catalog_specs(
     manifest_uri: str,
     specs: list[RenderSpec],
@@ -450,8 +533,13 @@ def render_catalog_specs(
     progress: bool = False,
     limit: int | None = None,
     assets: Collection[str] | None = None,
+    packshot: PackshotSpec | None = None,
 ) -> list[RenderReport]:
-    """`render_catalog` for several specs at once, in one pool: workers start once, not per spec."""
+    """`render_catalog` for several specs at once, in one pool: workers start once, not per spec.
+
+    packshot: also make the packshots each asset lacks under this spec (in the same workers);
+    its report comes last, with kind "packshot".
+    """
     start = time.perf_counter()
     reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
     mstore, mkey = split_uri(manifest_uri)
@@ -467,6 +555,12 @@ def render_catalog_specs(
         report = reports[spec.spec_hash]
         photos[spec.spec_hash] = _photo_bank(spec, out, report)
         tasks += _tasks_for(rows, spec, out, report, mstore, mkey)
+    if packshot is not None:
+        from glassfinder.render.packshot import save_packshot_spec
+
+        save_packshot_spec(out, packshot)
+        reports[packshot.spec_hash] = RenderReport(spec_hash=packshot.spec_hash, kind="packshot")
+        tasks += _packshot_tasks(rows, specs, packshot, out, reports[packshot.spec_hash], mstore, mkey)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     bar = None
     if progress and tasks:
@@ -474,11 +568,17 @@ def render_catalog_specs(
 
         names = ", ".join(s.spec_hash for s in specs)
         bar = tqdm(total=len(tasks), unit="asset", desc=f"rendering {names}")
-    for result in run_tasks(tasks, specs, out, photos, workers):
+    packshot_json = packshot.canonical_json() if packshot is not None else None
+    for result in run_tasks(tasks, specs, out, photos, workers, packshot_json):
         status = result.pop("status")
         report = reports[result.pop("spec_hash")]
         report.worker_pids.add(int(result.pop("pid")))
-        if status == "rendered":
+        report.busy_seconds += float(result.pop("busy", 0.0))
+        if status == "packshot_failed":
+            log.warning(
+                "no packshots for %s (%s): %s", result["product_id"], result["source"], result["message"]
+            )
+        elif status == "rendered":
             report.rendered += 1
             report.views += int(result["views"])
         elif status == "skipped":
@@ -492,7 +592,7 @@ def render_catalog_specs(
         bar.close()
     seconds = time.perf_counter() - start
     for report in reports.values():
-        if assets is None:
+        if assets is None and report.kind == "tryon":
             out.put(
                 layout.render_quarantine_report_key(report.spec_hash),
                 json.dumps(report.quarantined, indent=2).encode(),

@@ -133,6 +133,12 @@ class TryOnRenderer:
         self.size_px = size_px
         self._renderer.viewport_width = self._renderer.viewport_height = size_px
 
+    def render_rgba(self, scene: pyrender.Scene) -> np.ndarray:
+        """(size, size, 4) uint8 premultiplied RGBA of any scene, on this process's one GL context
+        (packshots render here too: a second renderer per process would break EGL, see set_size)."""
+        rgba, _ = self._renderer.render(scene, flags=pyrender.RenderFlags.RGBA)
+        return np.asarray(rgba)
+
     def gl_renderer(self) -> str:
         return GL.glGetString(GL.GL_RENDERER).decode()
 
