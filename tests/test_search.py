@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import socket
 import threading
@@ -38,7 +39,8 @@ from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.train import TrainConfig, train_and_publish
 from glassfinder.faces.photos import CROP_PX, analyse_photo
 from glassfinder.index.pipeline import build_and_publish
-from glassfinder.render.job import render_catalog
+from glassfinder.render.job import render_catalog, render_catalog_specs
+from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.spec import RenderSpec
 from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
 from glassfinder.search.samples import photo_wearing
@@ -72,6 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     spec = RenderSpec(image_px=192, views_per_asset=6, face_source=f"photos:{faces.uri}", fit_jitter=0.5)
     render_catalog(manifest_uri, spec, store, workers=1)
+    render_catalog_specs(manifest_uri, [], store, workers=1, packshot=PACKSHOT_SPEC)  # what results show
     trained, sha = train_and_publish(
         store,
         TrainConfig(spec_hashes=(spec.spec_hash,), epochs=25, batch_size=16, lr=5e-3),
@@ -241,6 +244,17 @@ def test_service_search_and_product_pages(service: str, world: World, engine: Qu
         and Image.open(io.BytesIO(image.content)).format == "JPEG"
     )
     assert httpx.get(f"{service}/products/no-such-frame").status_code == 404
+    # Packshots: the frame alone on white, both views, in every hit and on the product.
+    assert all(set(h["packshots"]) == {"front", "three_quarter"} for h in body["hits"])
+    assert product["packshots"] == body["hits"][ids.index(truth)]["packshots"]
+    for url in product["packshots"].values():
+        shot = httpx.get(f"{service}{url}")
+        assert shot.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(shot.content)).size == (512, 512)
+    assert httpx.get(f"{service}/products/{truth}/packshots/side.png").status_code == 404
+    glb = httpx.get(f"{service}{product['model']}")
+    assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
+    assert "model-viewer" in httpx.get(f"{service}{product['page']}").text
     health = httpx.get(f"{service}/healthz").json()
     assert health["status"] == "ok" and health["index_version"] == 1
     metrics = httpx.get(f"{service}/metrics").text
@@ -367,6 +381,100 @@ def test_evaluation_page_in_headless_chromium(service: str, world: World, tmp_pa
             expect(page.locator(".hit")).to_have_count(0)
             page.screenshot(path=str(tmp_path / "page.png"))
             assert not errors, errors
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (bash .ci/setup)")
+def test_results_show_packshots_and_the_product_page_turns_the_frame_in_3d(
+    service: str, world: World, tmp_path: Path
+) -> None:
+    """Upload, see packshots in the results, open the product page: both packshots, the fields,
+    and the normalised GLB drawn by the served <model-viewer> (WebGL on SwiftShader)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from glassfinder.search.viewer import load_viewer_js
+
+    assert load_viewer_js() is not None, "the 3D viewer script is missing: run bash .ci/setup"
+    _name, truth, photo = world.queries[0]
+    (tmp_path / "upload.png").write_bytes(photo)
+    shots = Path(os.environ.get("GLASSFINDER_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    args = [
+        "--no-sandbox",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            outside: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on(
+                "request",
+                lambda r: (
+                    None
+                    if r.url.startswith(service) or r.url.startswith(("data:", "blob:"))
+                    else outside.append(r.url)
+                ),
+            )
+            page.goto(service)
+            page.set_input_files("#file", str(tmp_path / "upload.png"))
+            expect(page.locator(".hit")).to_have_count(PRODUCTS, timeout=60_000)
+            imgs = "[...document.querySelectorAll('.hit img')]"
+            page.wait_for_function(
+                f"{imgs}.length > 0 && {imgs}.every(i => i.complete && i.naturalWidth === 512)"
+            )
+            assert page.locator(".hit img.packshot").count() == PRODUCTS
+            assert "/packshots/three_quarter.png" in (
+                page.locator(".hit img").first.get_attribute("src") or ""
+            )
+            page.screenshot(path=str(shots / "results-packshots.png"))
+            # The product page: fields, both packshots, the frame in 3D.
+            page.locator(".hit a").first.click()
+            expect(page).to_have_url(f"{service}/p/{truth}")
+            expect(page.locator("#fields")).to_contain_text(truth)
+            expect(page.locator("img.packshot")).to_have_count(2)
+            page.wait_for_function("document.body.dataset.viewer === 'loaded'", timeout=90_000)
+            page.wait_for_timeout(1500)  # let the viewer settle its first frames
+            # What the viewer's WebGL canvas drew (not its poster): enough pixels unlike the background.
+            ink = page.evaluate(
+                """async () => {
+                  const mv = document.getElementById('viewer');
+                  const blob = await mv.toBlob({idealAspect: false});
+                  const bmp = await createImageBitmap(blob);
+                  const c = new OffscreenCanvas(bmp.width, bmp.height);
+                  const g = c.getContext('2d'); g.drawImage(bmp, 0, 0);
+                  const d = g.getImageData(0, 0, bmp.width, bmp.height).data;
+                  const bg = [d[0], d[1], d[2]]; let n = 0;
+                  for (let i = 0; i < d.length; i += 4) {
+                    const diff = Math.abs(d[i] - bg[0]) + Math.abs(d[i + 1] - bg[1])
+                      + Math.abs(d[i + 2] - bg[2]);
+                    if (d[i + 3] > 0 && diff > 60) n++;
+                  }
+                  return {w: bmp.width, h: bmp.height, share: n / (d.length / 4)};
+                }"""
+            )
+            assert ink["w"] > 100 and 0.005 < ink["share"] < 0.7, ink
+            page.screenshot(path=str(shots / "product-page.png"))
+            viewer = page.locator("#viewer").screenshot(path=str(shots / "viewer.png"))
+            pixels = np.asarray(Image.open(io.BytesIO(viewer)).convert("RGB")).astype(int)
+            assert (np.abs(pixels - pixels[2, 2]).sum(axis=2) > 60).mean() > 0.005, "the screenshot is blank"
+            assert not errors, errors
+            assert not outside, f"the pages fetched from elsewhere: {outside}"
+            # Without WebGL the viewer's place shows the packshot and says why.
+            page.add_init_script("HTMLCanvasElement.prototype.getContext = () => null;")
+            page.reload()
+            page.wait_for_function("document.body.dataset.viewer === 'fallback'")
+            expect(page.locator("#viewer-note")).to_contain_text("no WebGL")
+            page.wait_for_function("document.getElementById('fallback').naturalWidth === 512")
         finally:
             browser.close()
 

@@ -52,6 +52,7 @@ from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
 from glassfinder.index.reader import IndexReader
 from glassfinder.index.versions import newest_verified_version
 from glassfinder.render.face_views import FACE_LANDMARKS
+from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import read_shard
 
@@ -278,6 +279,7 @@ class QueryEngine:
         self._lock = threading.Lock()
         self._embedders: OrderedDict[str, Embedder] = OrderedDict()
         self._thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._packshot_views: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         #: Why the version served is not CURRENT's (None when it is): for /healthz and the logs.
         self.degraded: str | None = None
         self._failed_etag: str | None = None
@@ -454,6 +456,52 @@ class QueryEngine:
         if not views:
             return None
         return {**s.products.get(product_id, {"product_id": product_id}), "indexed_views": len(views)}
+
+    def asset_of(self, product_id: str) -> str | None:
+        """The asset sha256 CURRENT indexed for a product (None when it holds none): what its
+        packshots and 3D model are looked up by, so they always show the frame that was found."""
+        views = self._serving.reader.views_of(product_id)
+        return str(views[0]).split("/")[0] if views else None
+
+    def packshot_views(self, product_id: str) -> tuple[str, ...]:
+        """The packshot views the store holds for a product's indexed asset (cached per asset:
+        packshots are content-addressed, never rewritten)."""
+        sha = self.asset_of(product_id)
+        if sha is None:
+            return ()
+        cached = self._packshot_views.get(sha)
+        if cached is not None and len(cached) == len(PACKSHOT_SPEC.view_names):
+            return cached
+        have = tuple(
+            v
+            for v in PACKSHOT_SPEC.view_names
+            if self.store.exists(layout.packshot_key(PACKSHOT_SPEC.spec_hash, sha, v))
+        )
+        with self._lock:
+            self._packshot_views[sha] = have
+            while len(self._packshot_views) > 8192:
+                self._packshot_views.popitem(last=False)
+        return have
+
+    def packshot(self, product_id: str, view: str) -> bytes | None:
+        """PNG of one packshot view of a product's indexed asset (None when there is none)."""
+        sha = self.asset_of(product_id)
+        if sha is None or view not in PACKSHOT_SPEC.view_names:
+            return None
+        try:
+            return self.store.get(layout.packshot_key(PACKSHOT_SPEC.spec_hash, sha, view))
+        except ObjectNotFoundError:
+            return None
+
+    def model_glb(self, product_id: str) -> bytes | None:
+        """The normalised GLB of a product's indexed asset (None when it is not in the store)."""
+        sha = self.asset_of(product_id)
+        if sha is None:
+            return None
+        try:
+            return self.store.get(layout.catalog_asset_key(sha))
+        except ObjectNotFoundError:
+            return None
 
     def thumbnail(self, product_id: str, *, size_px: int = 192) -> bytes | None:
         """JPEG of the product's first indexed try-on view (None for a product not indexed)."""

@@ -1,5 +1,9 @@
 """The search HTTP service: POST /search, product pages, health, metrics and the evaluation page.
 
+A product shows as packshots (the frame alone on white, made by the pipeline) and, on its page
+`/p/<id>`, in 3D from its normalised GLB, through the <model-viewer> script the service serves
+itself (search.viewer).
+
 Budgets a request cannot stretch, outermost first: the request head (size 431, pace 408; see
 search.http_limits), the body (size 413 as soon as the line is crossed, whatever Content-Length
 claims; pace 408), admission (a bounded queue in front of `max_concurrent` query workers, 503
@@ -22,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
@@ -43,6 +48,7 @@ from glassfinder.search.query import (
     QueryEngine,
     QueryRefusedError,
 )
+from glassfinder.search.viewer import load_viewer_js
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +168,8 @@ def create_app(
     degraded_gauge.set_function(lambda: 1.0 if engine.degraded else 0.0)
     budget = limits.decode_budget()
     page = resources.files("glassfinder.search").joinpath("static/index.html").read_text()
+    product_page = resources.files("glassfinder.search").joinpath("static/product.html").read_text()
+    viewer_js = load_viewer_js()
     sample_photos = dict(samples or {})
 
     def count(outcome: str) -> None:
@@ -257,6 +265,8 @@ def create_app(
                 stage_seconds.labels(stage=stage).observe(ms / 1000)
         count("ok")
         body = result.to_dict()
+        for hit in body["hits"]:
+            hit |= await asyncio.to_thread(links, hit["product_id"])
         if debug:
             body["aligned_crop_png"] = _png_b64(result.aligned_crop)
         return body
@@ -264,12 +274,51 @@ def create_app(
     def not_indexed(product_id: str) -> HTTPException:
         return HTTPException(404, f"product {product_id!r} is not in index v{engine.serving.reader.version}")
 
+    def links(product_id: str) -> dict[str, Any]:
+        """Where a product's pictures live: packshots (those the store holds), its try-on
+        thumbnail, its 3D model and its page."""
+        base = f"/products/{quote(product_id, safe='')}"
+        return {
+            "image": f"{base}/image",
+            "packshots": {v: f"{base}/packshots/{v}.png" for v in engine.packshot_views(product_id)},
+            "model": f"{base}/model.glb",
+            "page": f"/p/{quote(product_id, safe='')}",
+        }
+
     @app.get("/products/{product_id}")
     def product(product_id: str) -> Any:
         found = engine.product(product_id)
         if found is None:
             raise not_indexed(product_id)
-        return {**found, "image": f"/products/{product_id}/image"}
+        return {**found, **links(product_id)}
+
+    @app.get("/products/{product_id}/packshots/{view}.png")
+    def product_packshot(product_id: str, view: str) -> Response:
+        data = engine.packshot(product_id, view)
+        if data is None:
+            raise HTTPException(404, f"no {view!r} packshot of product {product_id!r}")
+        return Response(data, media_type="image/png", headers={"cache-control": "public, max-age=3600"})
+
+    @app.get("/products/{product_id}/model.glb")
+    def product_model(product_id: str) -> Response:
+        data = engine.model_glb(product_id)
+        if data is None:
+            raise HTTPException(404, f"no 3D model of product {product_id!r}")
+        return Response(
+            data, media_type="model/gltf-binary", headers={"cache-control": "public, max-age=3600"}
+        )
+
+    @app.get("/p/{product_id}", response_class=HTMLResponse)
+    async def product_html(product_id: str) -> str:
+        return product_page
+
+    @app.get("/static/model-viewer.min.js")
+    async def viewer_script() -> Response:
+        if viewer_js is None:
+            raise HTTPException(404, "the 3D viewer is not installed (bash .ci/setup): pages show packshots")
+        return Response(
+            viewer_js, media_type="text/javascript", headers={"cache-control": "public, max-age=86400"}
+        )
 
     @app.get("/products/{product_id}/image")
     def product_image(product_id: str) -> Response:
