@@ -49,7 +49,8 @@ def glassfinder_training_data() -> None:
     rendered = render_all(planned)
     trained = train.override(outlets=[NEW_MODEL])(planned)
     rendered >> train_requested() >> trained
-    summary(["plan", "render", "train"], plan=planned, rendered=rendered, trained=trained)
+    # The training result is pulled by task id, and only when training was asked for (see summary).
+    trained >> summary(["plan", "render", "train"], plan=planned, rendered=rendered, train_task="train")
 
 
 glassfinder_training_data()

@@ -35,7 +35,8 @@ from glassfinder.embed.packaged import read_packaged
 from glassfinder.embed.registry import load_model, published_sha
 from glassfinder.errors import GlassFinderError
 from glassfinder.index.reader import IndexReader
-from glassfinder.render.catalog_sheet import contact_sheet
+from glassfinder.render.catalog_sheet import contact_sheet, packshot_sheet
+from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.sheet import tryon_sheet
 from glassfinder.render.spec import load_spec
 from glassfinder.search.query import QueryEngine, QueryRefusedError
@@ -231,9 +232,14 @@ def run_line(label: str, run: DagRunResult) -> str:
         if index
         else ""
     )
+    packshots = ""
+    if s.get("packshots") is not None and run.dag_id != "glassfinder_training_data":
+        made = s["packshots"]
+        per = f" ({s['packshot_seconds'] / made:.2f} s each)" if made else ""
+        packshots = f", {made} packshots made{per}"
     return (
         f"{label}: {run.dag_id} {run.state} in {run.seconds:.0f} s: {s['rendered']} renders made "
-        f"({s['views_rendered']} views), {s['reused']} assets reused, {s['embedded']} embedded, "
+        f"({s['views_rendered']} views){packshots}, {s['reused']} assets reused, {s['embedded']} embedded, "
         f"{s['quarantined']} quarantined{published}"
     )
 
@@ -296,6 +302,13 @@ def run_demo(
     for label, entry in comparison["models"].items():
         closed = entry["closed_set"]
         say(f"  {label:<10} model, closed-set top-1 {closed.get('top1')}  top-5 {closed.get('top5')}")
+    packshot_path = sheet_path.with_name("packshot-sheet.png")
+    made = packshot_sheet(store, CATALOG_MANIFEST_KEY, store, PACKSHOT_SPEC, limit=products, tile_px=192)
+    made.image.save(packshot_path)
+    say(
+        f"catalog: packshot sheet {packshot_path} ({made.from_store} of {made.products} products' "
+        "packshots from the store)"
+    )
     quiet = airflow_local.run_dag(
         "glassfinder_catalog_reindex", {**common, "source_manifest": source}, check=True
     )
@@ -333,7 +346,8 @@ def run_demo(
         for shown in photo_searches:
             say(f"search: {shown.answer}")
         say(
-            f"  try them: glassfinder search {photo_searches[0].photo}; glassfinder serve (page at http://127.0.0.1:8000/)"
+            f"  try them: glassfinder search {photo_searches[0].photo}; glassfinder serve (page at "
+            f"http://127.0.0.1:8000/, a product at http://127.0.0.1:8000/p/{photo_searches[0].truth})"
         )
     if PENDING_STAGES:
         say("stages still to come:")

@@ -152,6 +152,7 @@ def test_nightly_reindex_quiet_night_onboarding_and_catching_up(bag: Any, s3_env
     s = first.summary
     assert s["catalogue"]["products"] == 5 and s["assets"] == 5 and s["reused"] == 0
     assert s["rendered"] == 10 and s["views_rendered"] == 5 * 3 + 5 * 1 and s["embedded"] == 5
+    assert s["packshots"] == 5 and s["packshot_seconds"] > 0  # front and three-quarter of each asset
     assert [(q["stage"], q["product_id"], q["reason"]) for q in s["quarantine"]] == [
         ("ingest", "broken-1", "unparseable")
     ]
@@ -166,7 +167,7 @@ def test_nightly_reindex_quiet_night_onboarding_and_catching_up(bag: Any, s3_env
     # Night 2: nothing changed: nothing rendered or embedded, no duplicate version.
     second = _run(bag, "glassfinder_catalog_reindex", _conf(store))
     s = second.summary
-    assert (s["rendered"], s["embedded"], s["reused"]) == (0, 0, 5)
+    assert (s["rendered"], s["embedded"], s["reused"], s["packshots"]) == (0, 0, 5, 0)
     assert s["index"] == {**s["index"], "published": False, "reason": "unchanged", "version": 1}
     assert second.task_states["render"] == "skipped" and second.task_states["embed"] == "skipped"
     assert list_versions(store, "catalog") == {1: True}
@@ -184,7 +185,7 @@ def test_nightly_reindex_quiet_night_onboarding_and_catching_up(bag: Any, s3_env
     onboarded = _run(bag, "glassfinder_product_onboarding", _conf(store, products=[product]))
     s = onboarded.summary
     assert s["catalogue"]["changed"] == [new["product_id"]] and s["catalogue"]["products"] == 6
-    assert (s["assets"], s["rendered"], s["embedded"]) == (1, 2, 1)
+    assert (s["assets"], s["rendered"], s["embedded"], s["packshots"]) == (1, 2, 1, 1)
     assert s["index"]["published"] and s["index"]["kind"] == "incremental" and s["index"]["parent"] == 1
     v2 = read_ids(store, "catalog", 2)
     before = set(zip(ids.column("view_key").to_pylist(), ids.column("product_id").to_pylist(), strict=True))

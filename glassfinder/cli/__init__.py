@@ -8,13 +8,12 @@ commands; common.py holds what they share.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from glassfinder.cli import airflow, catalog, demo, index, models, render, search, shard, store
 from glassfinder.cli.catalog import MAX_ASSET_BYTES_LIMIT
-from glassfinder.cli.common import JSON_ERRORS, USAGE_EXIT, Parser, run
+from glassfinder.cli.common import JSON_ERRORS, USAGE_EXIT, Parser, configure_logging, run
 from glassfinder.cli.search import MAX_MEGAPIXELS, MAX_TOP_K, REFUSED_EXIT
 
 __all__ = [
@@ -34,6 +33,12 @@ GROUPS = (airflow, demo, store, catalog, render, models, index, search, shard)
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = Parser(prog="glassfinder", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show libraries' INFO lines on the console too (default: in .glassfinder/glassfinder.log)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
@@ -51,11 +56,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.debug:
-        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(debug=args.debug, verbose=args.verbose)
     return run(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder.catalog.sources import roots_from_env
-from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store
+from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store, store_arg
 from glassfinder.errors import CatalogShrinkError, GlassFinderError
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -40,10 +40,34 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
     from glassfinder.catalog.ingest import split_uri
     from glassfinder.render.catalog_sheet import contact_sheet
 
+    if args.packshots:
+        return _packshot_sheet(args)
+    if not args.manifest:
+        raise GlassFinderError(
+            "catalog sheet needs a manifest URI (or --packshots for the store's catalogue)"
+        )
     store, key = split_uri(args.manifest)
     sheet = contact_sheet(store, key, limit=args.limit, columns=args.columns, tile_px=args.tile_px)
     sheet.save(args.out)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height} px, {min(args.limit, sheet.height)} products max)")
+    return 0
+
+
+def _packshot_sheet(args: argparse.Namespace) -> int:
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, split_uri
+    from glassfinder.render.catalog_sheet import packshot_sheet
+    from glassfinder.render.packshot import PACKSHOT_SPEC
+
+    store = open_args_store(args)
+    mstore, key = split_uri(args.manifest) if args.manifest else (store, CATALOG_MANIFEST_KEY)
+    made = packshot_sheet(
+        mstore, key, store, PACKSHOT_SPEC, limit=args.limit, columns=args.columns, tile_px=args.tile_px
+    )
+    made.image.save(args.out)
+    print(
+        f"wrote {args.out} ({made.image.width}x{made.image.height} px): packshots of {made.products} "
+        f"products, {made.from_store} from {store.uri}, {made.rendered} rendered for the sheet"
+    )
     return 0
 
 
@@ -164,8 +188,18 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p = catalog.add_parser("sheet", help="render a contact sheet of a catalogue")
     p.set_defaults(func=cmd_catalog_sheet)
-    p.add_argument("manifest", help="manifest URI (e.g. out/manifest.parquet)")
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        help="manifest URI (e.g. out/manifest.parquet); with --packshots, default the store's catalogue",
+    )
     p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument(
+        "--packshots",
+        action="store_true",
+        help="the packshots results show (from --store; any it lacks rendered for the sheet)",
+    )
+    store_arg(p)
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--columns", type=int, default=4)
     p.add_argument("--tile-px", type=int, default=256)

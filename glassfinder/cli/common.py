@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -91,6 +93,56 @@ def add(group: SubParsers, name: str, fn: Command, help: str) -> argparse.Argume
     p.set_defaults(func=fn)
     store_arg(p)
     return p
+
+
+#: Where third-party INFO lines go (Airflow's configuration, faiss's loader, PyOpenGL...): a
+#: new operator reads the project's own lines on the console; these stay for whoever looks.
+DEFAULT_LOG_FILE = ".glassfinder/glassfinder.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ConsoleFilter(logging.Filter):
+    """What the console shows: every WARNING and above, and INFO of the project's own loggers
+    from `project_level` up (a command that says its own lines, as the demo, raises it)."""
+
+    def __init__(self, project_level: int = logging.INFO) -> None:
+        super().__init__()
+        self.project_level = project_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name.split(".")[0] == "glassfinder" and record.levelno >= self.project_level
+
+
+CONSOLE_FILTER = ConsoleFilter()
+
+
+def configure_logging(*, debug: bool, verbose: bool) -> None:
+    """Console: the project's lines and every warning; everything else at INFO (DEBUG with
+    --debug) to $GLASSFINDER_LOG_FILE or .glassfinder/glassfinder.log, created on the first line.
+    -v or --debug show it all on the console. Leaves alone a process whose logging is already
+    set up (an embedding program, pytest), as logging.basicConfig does."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter(LOG_FORMAT))
+    if not (verbose or debug):
+        console.addFilter(CONSOLE_FILTER)
+        path = os.environ.get("GLASSFINDER_LOG_FILE") or DEFAULT_LOG_FILE
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            file = logging.FileHandler(path, delay=True)
+            file.setFormatter(logging.Formatter(LOG_FORMAT))
+            root.addHandler(file)
+        except OSError:
+            pass  # an unwritable folder costs only the library lines, never the command
+    root.addHandler(console)
+    if not debug:
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:

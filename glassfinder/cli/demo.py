@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from glassfinder import settings
-from glassfinder.cli.common import SubParsers, add
+from glassfinder.cli.common import CONSOLE_FILTER, SubParsers, add
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from glassfinder.demo import run_demo  # airflow, trimesh: imported on use, keeping --help fast
+
+    # The demo says what each stage did; the stages' own INFO lines go to the log file with the rest.
+    CONSOLE_FILTER.project_level = logging.WARNING
 
     run_demo(
         args.store or settings.store_uri(),

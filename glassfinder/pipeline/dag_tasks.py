@@ -62,12 +62,21 @@ def summary(
     embedded: Any = None,
     published: Any = None,
     trained: Any = None,
+    train_task: str | None = None,
     params: dict[str, Any] | None = None,
     dag: Any = None,
     run_id: str | None = None,
+    ti: Any = None,
 ) -> dict[str, Any]:
-    """Runs whatever happened upstream; writes the run's record and fails the run if a stage failed."""
+    """Runs whatever happened upstream; writes the run's record and fails the run if a stage failed.
+
+    train_task: the id of a training task that may be skipped on purpose; its result is pulled
+    only when training was asked for (pulling a skipped task's result logs "[error] XCom not
+    found" from Airflow's client, though nothing failed). The DAG orders it before this task.
+    """
     assert params is not None and dag is not None and run_id is not None  # injected by Airflow
+    if train_task is not None and tasks.should_train(params):
+        trained = ti.xcom_pull(task_ids=train_task)
     skipped = [] if "train" not in stages or tasks.should_train(params) else ["train"]
     results = {"catalog": catalog, "plan": plan, "rendered": rendered, "embedded": embedded}
     results |= {"published": published, "trained": trained}
