@@ -203,8 +203,8 @@ def render_packshots(
     from glassfinder.render.tryon import DeterministicScene
 
     if fixed_lens is not None:
-        style, rgba = fixed_lens
-        asset.set_lens((float(rgba[0]), float(rgba[1]), float(rgba[2]), float(rgba[3])), style)
+        style, lens = fixed_lens
+        asset.set_lens((float(lens[0]), float(lens[1]), float(lens[2]), float(lens[3])), style)
     if renderer.size_px != spec.image_px:
         renderer.set_size(spec.image_px)
     points = np.vstack(list(asset.parts.values()))
