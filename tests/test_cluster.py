@@ -25,9 +25,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from glassfinder import layout, settings
+from glassfinder.index import versions
 from glassfinder.ops import deployment
 from glassfinder.store import LocalStore, S3Store
 from glassfinder.store.seaweed import SeaweedServer, free_ports
+from glassfinder.store.shards import read_shard
 from tests.conftest import new_bucket_store
 from tests.test_deployment import Api
 
@@ -58,7 +60,7 @@ def _publish_model(store: S3Store, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(seaweed: SeaweedServer) -> Iterator[dict[str, Any]]:
+def cluster(seaweed: SeaweedServer, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     store = new_bucket_store(seaweed)
     # Not pytest's tmp dir: PostgreSQL runs as the postgres user and must reach its data dir.
     home = Path(tempfile.mkdtemp(prefix="gf-cluster-"))
@@ -86,7 +88,7 @@ def cluster(seaweed: SeaweedServer) -> Iterator[dict[str, Any]]:
     airflow = home / "airflow"
     up = _cli(
         "airflow", "up", "--executor", "celery", "--home", str(airflow), "--port", str(port),
-        "--heartbeat-timeout", "30", "--wait", "400",
+        "--heartbeat-timeout", "30", "--wait", "400", "--no-schedules",
         env=env,
     )  # fmt: skip
     try:
@@ -96,7 +98,10 @@ def cluster(seaweed: SeaweedServer) -> Iterator[dict[str, Any]]:
     finally:
         down = _cli("airflow", "down", "--home", str(airflow), env=env, timeout=180)
         assert down.returncode == 0, down.stderr
-        subprocess.run(["rm", "-rf", str(home)], check=False)
+        if request.session.testsfailed:  # the components' and tasks' logs, for the failure
+            print(f"cluster logs kept in {airflow / 'logs'}")
+        else:
+            subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
 def _api(home: Path) -> Api:
@@ -105,16 +110,25 @@ def _api(home: Path) -> Api:
     return Api(state["url"], deployment.password(home))
 
 
-def _wait_all(api: Api, bound_s: float = RUN_BOUND_S) -> list[dict[str, Any]]:
+def _unpaused(api: Api) -> None:
+    """Wait for the dag-processor to have parsed the DAG, then unpause it (no schedule runs it:
+    the cluster is up with --no-schedules, so only the test's own runs start)."""
+    deadline = time.monotonic() + 180
+    while DAG not in {d["dag_id"] for d in api.get("/api/v2/dags")["dags"]}:
+        assert time.monotonic() < deadline, f"{DAG} not parsed within 180 s"
+        time.sleep(2)
+    assert api.client.patch(f"/api/v2/dags/{DAG}", json={"is_paused": False}).status_code == 200
+
+
+def _wait_run(api: Api, run_id: str, bound_s: float = RUN_BOUND_S) -> str:
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
-        runs = api.runs(DAG)
-        if runs and all(r["state"] in ("success", "failed") for r in runs):
-            return runs
+        state = str(api.get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}")["state"])
+        if state in ("success", "failed"):
+            return state
         time.sleep(3)
-    raise AssertionError(
-        f"runs not finished in {bound_s} s: {[(r['dag_run_id'], r['state']) for r in api.runs(DAG)]}"
-    )
+    tis = [(t["task_id"], t["map_index"], t["try_number"], t["state"]) for t in _task_instances(api, run_id)]
+    raise AssertionError(f"{run_id} not finished in {bound_s} s: {tis}")
 
 
 def _task_instances(api: Api, run_id: str) -> list[dict[str, Any]]:
@@ -128,32 +142,31 @@ def _summary(store: S3Store, run_id: str) -> dict[str, Any]:
 def test_celery_cluster_routes_render_to_default_and_embed_to_gpu(cluster: dict[str, Any]) -> None:
     home, store, env = cluster["home"], cluster["store"], cluster["env"]
     api = _api(home)
-    deadline = time.monotonic() + 180
-    while DAG not in {d["dag_id"] for d in api.get("/api/v2/dags")["dags"]} and time.monotonic() < deadline:
-        time.sleep(2)
-    assert api.client.patch(f"/api/v2/dags/{DAG}", json={"is_paused": False}).status_code == 200
-    api.trigger(DAG, {"assets_per_batch": 1})
-    runs = _wait_all(api)
-    assert {r["state"] for r in runs} == {"success"}, runs
+    _unpaused(api)
+    before = set(versions.list_versions(store, settings.index_name()))
+    run_id = api.trigger(DAG, {"assets_per_batch": 1})
+    assert _wait_run(api, run_id) == "success", _task_instances(api, run_id)
+    assert [r["dag_run_id"] for r in api.runs(DAG)] == [run_id]  # no scheduled run beside it
 
     ran: dict[str, set[tuple[str, str]]] = {"render": set(), "embed": set()}
-    for run in runs:
-        for ti in _task_instances(api, run["dag_run_id"]):
-            if ti["task_id"] in ran and ti["state"] == "success":
-                ran[ti["task_id"]].add((ti["hostname"].split("@")[0], ti["queue"]))
+    for ti in _task_instances(api, run_id):
+        if ti["task_id"] in ran:
+            assert ti["state"] == "success", ti
+            ran[ti["task_id"]].add((ti["hostname"].split("@")[0], ti["queue"]))
     assert ran["render"] == {("default-1", settings.DEFAULT_QUEUE)}, ran
     assert ran["embed"] == {("gpu-1", settings.GPU_QUEUE)}, ran
-    published = [s for s in (_summary(store, r["dag_run_id"]) for r in runs) if s["index"]["published"]]
-    assert [s["index"]["version"] for s in published] == [1]  # once, whichever run did the work
+    summary = _summary(store, run_id)
+    assert summary["index"]["published"], summary
+    version = summary["index"]["version"]
+    assert set(versions.list_versions(store, settings.index_name())) - before == {version}
 
-    # The embed task's log, read through the api-server from the worker's log folder.
-    run_id = next(r["dag_run_id"] for r in runs if _summary(store, r["dag_run_id"])["index"]["published"])
-    resp = api.client.get(
-        f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/embed/logs/1",
-        params={"map_index": 0, "full_content": True},
-        headers={"Accept": "text/plain"},
+    # The embed task's log, read through the api-server from the worker's log folder: the
+    # line the task itself logs, with the device it embedded on.
+    logged = api.get(
+        f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/embed/logs/1", map_index=0, full_content=True
     )
-    assert resp.status_code == 200 and "embed" in resp.text, resp.text[:2000]
+    events = [str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in logged["content"]]
+    assert any("feature shards written" in e and "on cpu" in e for e in events), events[-20:]
 
     # The gpu worker said once, in its own log, that it embeds on the CPU (no CUDA here).
     gpu_log = (home / "logs" / "worker gpu-1.log").read_text(errors="replace")
@@ -167,48 +180,85 @@ def test_celery_cluster_routes_render_to_default_and_embed_to_gpu(cluster: dict[
     assert all(w["ready"] for w in report["workers"].values())
 
 
+def _kill_mid_embed(api: Api, run_id: str, worker_pid: int) -> None:
+    """SIGKILL the worker and everything below it while it runs an embed task, as a lost host.
+
+    The task runs in a child of the worker (Airflow's supervisor forks it), so a child seen in
+    /proc, polled cheaply, is a task in progress; the REST API then confirms it is an embed task
+    running on that worker, and the child must still be alive when the signal goes.
+    """
+    deadline = time.monotonic() + RUN_BOUND_S
+    while time.monotonic() < deadline:
+        assert api.get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}")["state"] in ("queued", "running")
+        children = deployment.descendants(worker_pid)
+        if not children:
+            time.sleep(0.1)
+            continue
+        running = [
+            t
+            for t in _task_instances(api, run_id)
+            if t["task_id"] == "embed" and t["state"] == "running" and t["hostname"].startswith("gpu-1@")
+        ]
+        alive = children & deployment.descendants(worker_pid)
+        if running and alive:
+            for pid in alive | {worker_pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
+    raise AssertionError("the gpu worker ran no embed task")
+
+
 def test_a_gpu_worker_killed_mid_embed_is_replaced_and_the_night_publishes_once(
     cluster: dict[str, Any],
 ) -> None:
     home, store, env = cluster["home"], cluster["store"], cluster["env"]
     api = _api(home)
-    _publish_model(store, seed=1)  # a new CURRENT model: every shard is embedded again
-    run_id = api.trigger(DAG, {"assets_per_batch": 1})
+    _unpaused(api)
+    index = settings.index_name()
+    before = versions.list_versions(store, index)
+    model_sha = _publish_model(store, seed=1)  # a new CURRENT model: every shard is embedded again
+    # Both models are untrained: the gate must not weigh one against the other here.
+    run_id = api.trigger(DAG, {"assets_per_batch": 1, "max_top1_drop": 1.0, "max_top10_drop": 1.0})
     state = deployment.read_state(home)
     assert state is not None
-    gpu = state["components"]["worker gpu-1"]
-    deadline = time.monotonic() + RUN_BOUND_S
-    while time.monotonic() < deadline:
-        tis = _task_instances(api, run_id)
-        if any(t["task_id"] == "embed" and t["state"] == "running" for t in tis):
-            break
-        assert api.get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}")["state"] == "running"
-        time.sleep(0.3)
-    else:
-        raise AssertionError("no embed task started")
-    # A lost host: the worker and everything below it (the task has a process group of its own).
-    victims = deployment.descendants(int(gpu["pid"])) | {int(gpu["pid"])}
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    _kill_mid_embed(api, run_id, int(state["components"]["worker gpu-1"]["pid"]))
     added = _cli("airflow", "worker", "--home", str(home), "--queue", settings.GPU_QUEUE, env=env)
     assert added.returncode == 0, added.stdout + added.stderr
     assert "gpu-2" in added.stdout
 
-    runs = _wait_all(api)
-    assert {r["state"] for r in runs} == {"success"}, runs
+    ended = _wait_run(api, run_id)
+    brief = [
+        (t["task_id"], t["map_index"], t["try_number"], t["state"], t["hostname"])
+        for t in _task_instances(api, run_id)
+    ]
+    assert ended == "success", brief
     summary = _summary(store, run_id)
-    assert summary["ok"] and summary["index"]["published"] and summary["index"]["version"] == 2
+    assert summary["ok"] and summary["index"]["published"], summary
     embeds = [t for t in _task_instances(api, run_id) if t["task_id"] == "embed"]
-    assert all(t["state"] == "success" for t in embeds)
+    assert all(t["state"] == "success" for t in embeds), embeds
     retried = [t for t in embeds if t["try_number"] > 1]
     assert retried and all(t["hostname"].startswith("gpu-2@") for t in retried), embeds
-    versions = {
-        int(info.key.split("/")[2].lstrip("v"))
-        for info in store.list(layout.index_prefix(settings.index_name()))
-        if info.key.endswith("/manifest.json") and info.key.split("/")[2].startswith("v")
-    }
-    assert versions == {1, 2}, versions
+    for t in retried:  # the first try was the one on the lost worker
+        tries = api.get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/embed/{t['map_index']}/tries")
+        first = next(x for x in tries["task_instances"] if x["try_number"] == 1)
+        assert first["hostname"].startswith("gpu-1@") and first["state"] != "success", first
+
+    # One new index version, complete, and CURRENT verified from its pointer down; every feature
+    # shard of the new model reads whole (none half-written by the killed task).
+    after = versions.list_versions(store, index)
+    assert set(after) - set(before) == {summary["index"]["version"]} and all(after.values()), after
+    current, _, _, _ = versions.fetch_current_verified(store, index)
+    assert versions.current_version(current, "CURRENT") == summary["index"]["version"]
+    shards = [
+        i.key
+        for i in store.list("features/")
+        if i.key.endswith(".arrow") and model_sha.startswith(i.key.split("/")[1])
+    ]
+    assert len(shards) >= 2, shards  # the two products' catalogue views at least
+    for key in shards:
+        assert read_shard(store, key, "feature").num_rows >= 1, key
+
     report = deployment.status(home)
     assert report["workers"]["worker gpu-1"]["state"] == "stopped"
     assert report["workers"]["worker gpu-2"]["ready"]

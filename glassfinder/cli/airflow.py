@@ -23,6 +23,7 @@ def cmd_airflow_up(args: argparse.Namespace) -> int:
         executor=args.executor,
         workers=cluster.parse_workers(args.workers),
         heartbeat_timeout_s=args.heartbeat_timeout,
+        schedules=not args.no_schedules,
     )
     state = deployment.up(cfg, wait_s=args.wait)
     print(
@@ -138,6 +139,11 @@ def register(sub: SubParsers) -> None:
         type=int_between(30, 86400),
         default=300,
         help="seconds without a task heartbeat before its worker is taken for dead (task retried)",
+    )
+    up_args.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="start no run by schedule (cron or asset): only runs triggered by hand or the API",
     )
     wk = af.choices["worker"]
     wk.add_argument("--queue", choices=cluster.QUEUES, default=cluster.QUEUES[0], help="queue to consume")

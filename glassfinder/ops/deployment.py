@@ -83,6 +83,9 @@ class DeploymentConfig:
     #: Loopback ports of the PostgreSQL and Redis a Celery deployment starts (chosen by `up`).
     db_port: int | None = None
     broker_port: int | None = None
+    #: Whether the scheduler starts runs by itself (cron and asset schedules). Off, only runs
+    #: triggered by hand or through the API start: a test or a back-fill gets exactly its runs.
+    schedules: bool = True
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -166,6 +169,7 @@ def airflow_cfg(cfg: DeploymentConfig) -> str:
         "scheduler": {
             "standalone_dag_processor": "True",
             "task_instance_heartbeat_timeout": cfg.heartbeat_timeout_s,
+            "use_job_schedule": cfg.schedules,
         },
         "dag_processor": {"refresh_interval": 30},
     }
