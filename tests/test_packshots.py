@@ -109,3 +109,23 @@ def test_packshots_are_the_same_bytes_when_rendered_again(catalog, tmp_path: Pat
     finally:
         renderer.close()
     assert a == b and set(a) == {"front", "three_quarter"}
+
+
+def test_catalog_sheet_of_packshots_takes_the_stored_ones(catalog, tmp_path: Path, capsys) -> None:
+    """After a night: every catalogue product's packshots come from the store, none is rendered."""
+    from glassfinder.cli import main
+
+    source, store = catalog
+    if not store.exists(CATALOG_MANIFEST_KEY):  # run alone: the catalogue and its nights first
+        ingest_manifest(f"{source.uri}/manifest.parquet", dest=store)
+    _night(store)
+    products = len(read_manifest_rows(store, CATALOG_MANIFEST_KEY))
+    out = tmp_path / "sheet.png"
+    argv = ["catalog", "sheet", "--packshots", "--store", str(store.root), "--out", str(out)]
+    argv += ["--tile-px", "96", "--columns", "2"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"packshots of {products} products, {products} from" in said and "0 rendered" in said
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (-(-products // 2) * (96 + 18), 2 * 2 * 96, 3)
+    assert (sheet.min(axis=2) < 200).mean() > 0.01
