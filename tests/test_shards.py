@@ -223,3 +223,21 @@ def test_truncated_feature_shard_is_corrupt(store: ObjectStore, keep: float) -> 
     store.put(key, data[:cut])
     with pytest.raises(ShardCorruptError, match=r"is not a readable (Arrow IPC|Parquet) file"):
         read_shard(store, key, "feature")
+
+
+def test_repetitive_feature_columns_are_stored_once_and_read_back_as_strings(store: ObjectStore) -> None:
+    n, dim = 2000, 8
+    emb = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    table = feature_table(views(n), model_sha=MODEL, embeddings=emb)
+    key = layout.feature_shard_key(MODEL, SPEC, ASSET)
+    size = write_shard(store, key, table, "feature")
+    # Vectors, view keys, the numeric columns and a 4-byte index per dictionary column, plus
+    # headers: the 64-, 16- and 16-character hashes repeated on every row (192 kB) are not there.
+    keys = sum(len(k) + 4 for k in views(n).view_key)
+    assert size < emb.nbytes + keys + n * (4 + 12 + 16) + n * 6 * 4 + 20_000, size
+    got = read_shard(store, key, "feature", dim=dim)
+    for name in ("product_id", "asset_sha256", "spec_hash", "face_id", "lens_style", "model_sha"):
+        assert got.schema.field(name).type == pa.string(), name
+    assert got.column("asset_sha256").to_pylist() == [ASSET] * n
+    assert got.column("face_id").to_pylist() == list(views(n).face_id)
+    np.testing.assert_array_equal(embeddings_of(got), emb)

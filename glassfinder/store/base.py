@@ -92,6 +92,9 @@ class ObjectStore(ABC):
 
     #: The URI this store was opened from, for messages and logs.
     uri: str
+    #: Whether `local_path` yields the object's own file (no copy): readers then read that file,
+    #: others read the object into memory rather than through a temporary copy.
+    has_local_files: bool = False
 
     # --- writes --------------------------------------------------------------------------------
     @abstractmethod

@@ -56,6 +56,8 @@ def _etag(st: os.stat_result) -> str:
 class LocalStore(ObjectStore):
     """Objects as files under a root directory; keys map to relative paths."""
 
+    has_local_files = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.uri = str(self.root)

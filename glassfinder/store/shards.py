@@ -3,9 +3,14 @@
 Image shards are Parquet (encoded images, compressed metadata). Feature shards are Arrow IPC
 files, uncompressed: Parquet stores a fixed-size list with a repetition level per float, so a
 1,000,000 x 256 shard read at 0.07x and wrote at 0.19x the speed of numpy.load/numpy.save, while
-an IPC file is the Arrow buffers themselves: written at disk speed, read by memory-mapping, and
+an IPC file is the Arrow buffers themselves: written and read as whole buffers, and
 its vectors reach numpy as one buffer. The reader tells the containers apart by their magic
-bytes, so Parquet feature shards written before keep reading.
+bytes, so Parquet feature shards written before keep reading. The repetitive string columns
+(asset, spec, model, product, face, lens style) are stored dictionary-encoded: a shard's views
+share a few values, and plain they cost a quarter of the vectors' size again; readers get them
+back as plain strings, the schema's types. A local file is read into memory with one read per
+record batch, an S3 object's body in one request (no temporary file); the table's buffers are
+slices of that memory, and `embeddings_of` hands the vectors to numpy without copying them.
 
 The schemas are defined here and nowhere else. Both shard kinds share the view columns, which
 identify a rendered view and how it was made; a feature shard adds the embedding, an image shard
@@ -40,6 +45,9 @@ _META_VERSION = b"glassfinder.schema_version"
 #: The first bytes of each container (Parquet: "PAR1"; Arrow IPC file: "ARROW1").
 _PARQUET_MAGIC = b"PAR1"
 _IPC_MAGIC = b"ARROW1"
+
+#: Feature-shard string columns written dictionary-encoded (few distinct values per shard).
+DICTIONARY_COLUMNS = ("product_id", "asset_sha256", "spec_hash", "face_id", "lens_style", "model_sha")
 
 SPLITS = ("train", "val", "test")
 #: Rows per Parquet row group: small enough that nested-list decoding stays in cache (measured
@@ -104,15 +112,18 @@ def expected_schema(kind: ShardKind, dim: int | None = None) -> pa.Schema:
 
 
 def check_schema(actual: pa.Schema, kind: ShardKind, where: str, dim: int | None = None) -> None:
-    """Raise ShardSchemaError naming `where` and the first missing or mistyped column."""
+    """Raise ShardSchemaError naming `where` and the first missing column, else the first
+    mistyped one (a table of the other kind is named by what it lacks)."""
     expected = expected_schema(kind, dim)
     for field in expected:
-        idx = actual.get_field_index(field.name)
-        if idx < 0:
+        if actual.get_field_index(field.name) < 0:
             raise ShardSchemaError(
                 f"{kind} shard {where}: missing column {field.name!r} (expected {field.type})"
             )
-        got = actual.field(idx).type
+    for field in expected:
+        got = actual.field(actual.get_field_index(field.name)).type
+        if kind == "feature" and field.name in DICTIONARY_COLUMNS and pa.types.is_dictionary(got):
+            got = got.value_type  # stored dictionary-encoded, read back as the schema's type
         want = str(field.type)
         if kind == "feature" and field.name == "embedding" and dim is None:
             ok = pa.types.is_fixed_size_list(got) and got.value_type == pa.float32()
@@ -187,8 +198,19 @@ def feature_table(views: ViewColumns, *, model_sha: str, embeddings: np.ndarray)
     cols = views.arrays()
     cols["model_sha"] = pa.array([model_sha] * n, type=pa.string())
     cols["embedding"] = _fixed_list(emb)
-    schema = feature_schema(emb.shape[1])
-    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+    for name in DICTIONARY_COLUMNS:
+        cols[name] = cols[name].dictionary_encode()
+    names = feature_schema(emb.shape[1]).names
+    return pa.Table.from_arrays([cols[name] for name in names], names=names)
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """The table with its dictionary-encoded columns as plain strings (the schema's types)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            plain = pa.field(field.name, field.type.value_type, nullable=field.nullable)
+            table = table.set_column(i, plain, table.column(i).cast(field.type.value_type))
+    return table
 
 
 @dataclass
@@ -256,15 +278,29 @@ def write_shard(
     check_schema(table.schema, kind, where)
     metadata = {_META_KIND: kind.encode(), _META_VERSION: str(SCHEMA_VERSION).encode()}
     table = table.replace_schema_metadata(metadata)
+    if kind == "feature" and not store.has_local_files:
+        # An object store takes the bytes from memory (a multipart upload of the buffer's
+        # parts): no spool file written and read back on the way.
+        sink = pa.BufferOutputStream()
+        _write_ipc(sink, table)
+        body = sink.getvalue()
+        store.put(key, memoryview(body), create_only=create_only)
+        return body.size
     with store.writer(key, create_only=create_only) as fh:
         if kind == "feature":
-            # One record batch, no compression: the file is the Arrow buffers, written as they are.
-            with ipc.new_file(fh, table.schema) as writer:
-                writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+            _write_ipc(fh, table)
         else:
             _write_parquet(fh, table)
         size = fh.tell()
     return size
+
+
+def _write_ipc(sink: Any, table: pa.Table) -> None:
+    """One record batch, no compression: the file is the Arrow buffers, written as they are."""
+    if any(pa.types.is_dictionary(f.type) for f in table.schema):
+        table = table.unify_dictionaries()  # an IPC file holds one dictionary per column
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
 
 
 def _write_parquet(fh: Any, table: pa.Table) -> None:
@@ -292,40 +328,57 @@ def read_shard(
 ) -> pa.Table:
     """Read and validate a shard. `columns` limits what is loaded (all are still checked).
 
-    Feature shards (Arrow IPC) are memory-mapped: the table's buffers are the file's pages,
-    valid after the file is replaced or a downloaded copy deleted (the mapping holds them).
+    A local file is read (not memory-mapped: its pages would then be faulted in one by one
+    when the vectors are first used, slower than one read); an object's body is read into
+    memory in one request. Either way the table's buffers are slices of that memory.
     """
     where = f"{store.uri}/{key}"
-    magic = b""
-    with store.local_path(key) as path:
-        try:
-            with open(path, "rb") as fh:
-                magic = fh.read(len(_IPC_MAGIC))
-            if magic == _IPC_MAGIC:
-                reader = ipc.open_file(pa.memory_map(str(path)))
-                check_schema(reader.schema, kind, where, dim)
-                table = reader.read_all()
-                if columns is not None:
-                    table = table.select(list(columns))
-            else:
-                parquet = pq.ParquetFile(path, memory_map=True)
-                check_schema(parquet.schema_arrow, kind, where, dim)
-                table = parquet.read(columns=list(columns) if columns is not None else None)
-        except ShardSchemaError:
-            raise
-        except (pa.ArrowException, OSError) as exc:
-            container = "Arrow IPC" if magic == _IPC_MAGIC else "Parquet"
-            raise ShardCorruptError(
-                f"{kind} shard {where} is not a readable {container} file (truncated or corrupted?): {exc}"
-            ) from exc
-    return table
+    if store.has_local_files:
+        with store.local_path(key) as path:
+            try:
+                source = pa.OSFile(str(path))
+            except (OSError, pa.ArrowException) as exc:
+                raise ShardCorruptError(f"{kind} shard {where} could not be opened: {exc}") from exc
+            with source:
+                return _read(source, kind, where, columns, dim)
+    return _read(pa.BufferReader(pa.py_buffer(store.get(key))), kind, where, columns, dim)
+
+
+def _read(
+    source: pa.NativeFile, kind: ShardKind, where: str, columns: Sequence[str] | None, dim: int | None
+) -> pa.Table:
+    magic = source.read_at(len(_IPC_MAGIC), 0) if source.size() >= len(_IPC_MAGIC) else b""
+    try:
+        if magic == _IPC_MAGIC:
+            reader = ipc.open_file(source)
+            check_schema(reader.schema, kind, where, dim)
+            table = reader.read_all()
+            if columns is not None:
+                table = table.select(list(columns))
+            return _decoded(table)
+        parquet = pq.ParquetFile(source)
+        check_schema(parquet.schema_arrow, kind, where, dim)
+        return parquet.read(columns=list(columns) if columns is not None else None)
+    except ShardSchemaError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        container = "Arrow IPC" if magic == _IPC_MAGIC else "Parquet"
+        raise ShardCorruptError(
+            f"{kind} shard {where} is not a readable {container} file (truncated or corrupted?): {exc}"
+        ) from exc
 
 
 def embeddings_of(table: pa.Table) -> np.ndarray:
-    """The `embedding` column as an (n, dim) float32 array: one copy of each chunk's float buffer
-    (no per-row step), so the result owns its memory and outlives a memory-mapped shard."""
+    """The `embedding` column as an (n, dim) float32 array, with no per-row step.
+
+    A shard's column is one chunk: the array is then a read-only view of the table's buffer (no
+    copy; it keeps that buffer alive). Several chunks are copied into one writable array.
+    """
     column = table.column("embedding")
     dim = column.type.list_size
+    if column.num_chunks == 1 and column.null_count == 0:
+        # flatten() of a null-free fixed-size list is a zero-copy slice of its values.
+        return column.chunk(0).flatten().to_numpy(zero_copy_only=True).reshape(-1, dim)
     out = np.empty((len(column), dim), dtype=np.float32)
     row = 0
     for chunk in column.chunks:
