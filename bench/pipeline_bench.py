@@ -6,7 +6,13 @@ or a SeaweedFS S3 server started on loopback (--s3). The embedding model is publ
 this measures the pipeline's work, not the model's accuracy (see bench/embed_eval_bench.py).
 Per-task seconds come from the run-metrics records the plugin's listener writes.
 
+With --executor celery it times one full night instead on real deployments (`glassfinder airflow
+up`, SeaweedFS on loopback): the LocalExecutor, then Celery clusters with 1 and 2 default
+workers (and one gpu worker), as ratios to the LocalExecutor, with per-task seconds from the
+REST API; from those it estimates a 3,200-product night on 8 render workers and 1 GPU worker.
+
     .venv/bin/python bench/pipeline_bench.py --products 200
+    .venv/bin/python bench/pipeline_bench.py --executor celery --products 16 --assets-per-batch 2
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +69,142 @@ def task_seconds(store_uri: str, run: Any) -> dict[str, float]:
     return out
 
 
+def _stage_catalogue(store_uri: str, sample: Any, rows: list[dict[str, Any]], products: int) -> None:
+    """The shop's export and an untrained model in a fresh store, as a new deployment finds them."""
+    from glassfinder.catalog.manifest import write_manifest
+    from glassfinder.embed.model import ModelConfig, build_model
+    from glassfinder.embed.registry import publish_model
+    from glassfinder.store import open_store
+
+    store = open_store(store_uri)
+    for row in rows[:products]:
+        store.put(f"incoming/{row['asset_uri']}", sample.get(row["asset_uri"]))
+    write_manifest(store, "incoming/manifest.parquet", rows[:products])
+    publish_model(store, "glasses", build_model(ModelConfig(), seed=0).eval(), {"note": "untrained (bench)"})
+
+
+def _night(cfg: Any, conf: dict[str, Any], bound_s: float) -> tuple[float, list[dict[str, Any]]]:
+    """Start the deployment, run one re-index through the REST API, stop it: (wall s, task instances)."""
+    import httpx
+
+    from glassfinder.ops import deployment
+
+    dag = "glassfinder_catalog_reindex"
+    deployment.up(cfg, wait_s=600)
+    try:
+        api = httpx.Client(base_url=cfg.url, timeout=60)
+        token = api.post("/auth/token", json={"username": "admin", "password": deployment.password(cfg.home)})
+        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        deadline = time.monotonic() + 300
+        while api.patch(f"/api/v2/dags/{dag}", json={"is_paused": False}).status_code != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{dag} was not parsed within 300 s")
+            time.sleep(2)
+        resp = api.post(f"/api/v2/dags/{dag}/dagRuns", json={"logical_date": None, "conf": conf})
+        run_id = resp.json()["dag_run_id"]
+        deadline = time.monotonic() + bound_s
+        while (run := api.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}").json())["state"] not in (
+            "success",
+            "failed",
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the night did not end within {bound_s:.0f} s")
+            time.sleep(2)
+        tis = api.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
+        instances = list(tis.json()["task_instances"])
+        if run["state"] != "success":
+            raise SystemExit(f"the night failed: {[(t['task_id'], t['state']) for t in instances]}")
+        began, ended = (datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
+        return (ended - began).total_seconds(), instances
+    finally:
+        deployment.stop(cfg.home)
+
+
+def celery_main(args: argparse.Namespace, root: Path) -> None:
+    """One night per executor set-up on the same catalogue, each in a fresh store prefix."""
+    from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.catalog.manifest import read_manifest_rows
+    from glassfinder.ops.deployment import DeploymentConfig
+    from glassfinder.store import LocalStore
+    from glassfinder.store.seaweed import free_ports
+
+    root.chmod(0o711)  # PostgreSQL runs as the postgres user when we are root
+    sample = LocalStore(root / "sample")
+    generate_catalog(sample, args.products, args.seed)
+    rows = read_manifest_rows(sample, "manifest.parquet")
+    setups = [
+        ("LocalExecutor", "local", {"default": 1, "gpu": 1}),
+        ("Celery, 1 default + 1 gpu worker", "celery", {"default": 1, "gpu": 1}),
+        ("Celery, 2 default + 1 gpu worker", "celery", {"default": 2, "gpu": 1}),
+    ]
+    results: list[tuple[str, float, list[dict[str, Any]]]] = []
+    with target_store(True, root):
+        for i, (label, executor, workers) in enumerate(setups):
+            store_uri = f"s3://glassfinder-bench/night-{i}"
+            _stage_catalogue(store_uri, sample, rows, args.products)
+            (port,) = free_ports(1)
+            cfg = DeploymentConfig(
+                home=root / f"airflow-{i}",
+                port=port,
+                store=store_uri,
+                executor=executor,
+                workers=workers,
+                schedules=False,
+            )
+            conf = {"store": store_uri, "assets_per_batch": args.assets_per_batch}
+            wall, tis = _night(cfg, conf, bound_s=args.bound)
+            results.append((label, wall, tis))
+            print(f"{label}: night of {args.products} products in {wall:.0f} s", flush=True)
+
+    base = results[0][1]
+    print(f"\n{'set-up':<36} {'wall s':>8} {'/ Local':>8}")
+    for label, wall, _ in results:
+        print(f"{label:<36} {wall:>8.0f} {wall / base:>8.2f}")
+    print("\nseconds per task (Celery, 1 default worker; mapped tasks summed), and where they ran:")
+    per: dict[str, float] = {}
+    where: dict[str, set[str]] = {}
+    for t in results[1][2]:
+        per[t["task_id"]] = per.get(t["task_id"], 0.0) + float(t["duration"] or 0.0)
+        where.setdefault(t["task_id"], set()).add(f"{str(t['hostname']).split('@')[0]}/{t['queue']}")
+    for name, sec in sorted(per.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<16} {sec:>8.1f}  {', '.join(sorted(where[name]))}")
+    print(estimate_3200(results[1][2], args.products))
+
+
+def estimate_3200(tis: list[dict[str, Any]], products: int, batch: int = 32) -> str:
+    """A 3,200-product night on 8 render workers and 1 gpu worker, from one night's task times.
+
+    Every task pays a start-up (the shortest task's time); render and embed cost the rest per
+    product. 3,200 products in batches of `batch`: render tasks spread over 8 workers, embed
+    tasks queue on the one gpu worker, and the two overlap batch by batch, so the longer stage
+    sets the pace. publish (index build and evaluation) is scaled with the catalogue; the other
+    tasks are taken as fixed.
+    """
+    startup = min(float(t["duration"] or 0.0) for t in tis)
+    per: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for t in tis:
+        per[t["task_id"]] = per.get(t["task_id"], 0.0) + float(t["duration"] or 0.0)
+        count[t["task_id"]] = count.get(t["task_id"], 0) + 1
+    tasks = 3200 // batch
+
+    def stage(name: str) -> float:
+        return (per.get(name, 0.0) - count.get(name, 0) * startup) / products * 3200 + tasks * startup
+
+    render, embed = stage("render"), stage("embed")
+    publish = per.get("publish", 0.0) * 3200 / products
+    fixed = sum(v for k, v in per.items() if k not in ("render", "embed", "publish"))
+    cpu = max(render / 8, embed) + publish + fixed
+    gpu = render / 8 + publish + fixed  # embedding on a GPU is far shorter than rendering on 8 workers
+    return (
+        f"\n3,200 products in batches of {batch}, 8 render workers + 1 gpu worker (task start-up "
+        f"{startup:.1f} s; render {render:.0f} s of work / 8 = {render / 8:.0f} s, embed {embed:.0f} s on "
+        f"this machine's CPU, publish {publish:.0f} s, the rest {fixed:.0f} s): about {cpu / 60:.0f} min "
+        f"with the gpu worker embedding on a CPU like this one, about {gpu / 60:.0f} min once embedding "
+        "is no longer the longer stage (a real GPU)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=200)
@@ -71,10 +214,24 @@ def main() -> None:
         "--s3", action="store_true", help="run against SeaweedFS on loopback instead of a folder"
     )
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument(
+        "--executor",
+        choices=("inprocess", "celery"),
+        default="inprocess",
+        help="inprocess: dag.test() runs; celery: one night on LocalExecutor and Celery deployments",
+    )
+    parser.add_argument("--bound", type=float, default=3600, help="seconds one night may take (celery)")
     args = parser.parse_args()
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gf-pipeline-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.executor == "celery":
+        try:
+            celery_main(args, root)
+        finally:
+            if not args.out:
+                shutil.rmtree(root, ignore_errors=True)
+        return
     from glassfinder import airflow_local
 
     airflow_local.configure(root / "airflow", log_level="ERROR")
