@@ -18,7 +18,8 @@ def _gate(args: argparse.Namespace) -> tuple[GateConfig, str | None]:
 
     if args.force and not args.reason:
         raise GlassFinderError("--force needs --reason: the reason is recorded in the version's manifest")
-    return GateConfig(args.max_top1_drop, args.max_top10_drop), (args.reason if args.force else None)
+    noise = {} if args.noise_confidence is None else {"noise_confidence": args.noise_confidence}
+    return GateConfig(args.max_top1_drop, args.max_top10_drop, **noise), (args.reason if args.force else None)
 
 
 def _print_eval(evaluation: dict | None) -> None:
@@ -167,6 +168,13 @@ def cmd_index_gc(args: argparse.Namespace) -> int:
 def _gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-top1-drop", type=float, default=0.01, help="largest top-1 drop vs CURRENT")
     p.add_argument("--max-top10-drop", type=float, default=0.01, help="largest top-10 drop vs CURRENT")
+    p.add_argument(
+        "--noise-confidence",
+        type=float,
+        default=None,
+        help="refuse only drops beyond the allowed one at this confidence (paired bootstrap over the "
+        "shared queries; default 0.95); 0: the measured drop alone decides",
+    )
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses")
     p.add_argument("--reason", default=None, help="why (recorded); required with --force")
 

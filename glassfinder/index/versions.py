@@ -59,10 +59,27 @@ _VERSION_RE = re.compile(r"^v(\d+)/")
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Largest drops below CURRENT's figures that still promote (absolute, 0..1)."""
+    """Largest drops below CURRENT's figures that still promote (absolute, 0..1), and how sure the
+    gate must be that a drop is not the evaluation's own sampling noise before it refuses.
+
+    noise_confidence: one-sided confidence of the paired bootstrap (0: no noise margin, the
+    point estimate alone decides, as before the margin existed). bootstrap_seed: the
+    resampling is seeded, so one pair of evaluations always gets one decision.
+    """
 
     max_top1_drop: float = 0.01
     max_top10_drop: float = 0.01
+    noise_confidence: float = 0.95
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.noise_confidence == 0 or 0.5 <= self.noise_confidence < 1):
+            raise GlassFinderError(
+                f"gate noise_confidence must be 0 (no margin) or in [0.5, 1), got {self.noise_confidence}"
+            )
+        if self.bootstrap_resamples < 100:
+            raise GlassFinderError(f"gate bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
 
 
 @dataclass
@@ -317,59 +334,184 @@ def read_ids(store: ObjectStore, name: str, version: int) -> pa.Table:
 
 
 # --- gate -----------------------------------------------------------------------------------------
+#: The figures the gate compares: top-k of a query's true product (rank 1..k; 0: not within 10).
+GATE_FIGURES = {"top1": 1, "top10": 10}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided and why: `record` is what the version's manifest keeps (per figure:
+    both versions' values, the drop, the allowed drop, the noise margin and the bootstrap's
+    bound; which products and queries were compared; how the bootstrap was drawn)."""
+
+    passed: bool
+    why: str
+    record: dict[str, Any]
+
+
 def gate_check(
     candidate: dict[str, Any] | None, current: dict[str, Any] | None, gate: GateConfig
 ) -> tuple[bool, str]:
-    """(passes, why) comparing a candidate's evaluation with CURRENT's."""
+    """(passes, why) comparing a candidate's evaluation with CURRENT's (see gate_decision)."""
+    decision = gate_decision(candidate, current, gate)
+    return decision.passed, decision.why
+
+
+def gate_decision(
+    candidate: dict[str, Any] | None, current: dict[str, Any] | None, gate: GateConfig
+) -> GateDecision:
+    """Compare a candidate's evaluation with CURRENT's, like with like and net of sampling noise.
+
+    Like with like: only the queries of products both versions were evaluated on count (same
+    query spec and damage seed, so the same query images), each query paired with itself.
+    Noise: the evaluation is a sample of queries, and on a small catalogue one query is a big
+    step (12 products, 1 query each: one query that a new near-twin product outranks is a top-1
+    drop of 0.083). A paired bootstrap over the shared queries - resampled by product, since
+    a product's queries rise and fall together (a new near-twin takes them all) - gives the
+    drop's one-sided lower confidence bound; the candidate is refused only when even that bound
+    is beyond the allowed drop, i.e. when the drop exceeds the allowed drop by more than the
+    noise margin (drop - bound). Evaluations without per-query ranks compare as a whole, with no
+    margin."""
     if current is None:
-        return True, "no CURRENT version to compare with"
+        return GateDecision(True, "no CURRENT version to compare with", {})
     if candidate is None:
-        return False, "candidate has no evaluation while CURRENT has one"
+        return GateDecision(False, "candidate has no evaluation while CURRENT has one", {})
     same_queries = {k: candidate.get(k) for k in ("query_spec", "damage_seed")} == {
         k: current.get(k) for k in ("query_spec", "damage_seed")
     }
     if not same_queries:
         cand = f"{candidate.get('query_spec')}/{candidate.get('damage_seed')}"
         cur = f"{current.get('query_spec')}/{current.get('damage_seed')}"
-        return (
-            False,
-            f"evaluation query sets differ (candidate {cand}, CURRENT {cur}): figures are not comparable",
-        )
-    new, old, scope = _comparable_figures(candidate, current)
-    drops = {k: old[k] - new[k] for k in ("top1", "top10")}
+        why = f"evaluation query sets differ (candidate {cand}, CURRENT {cur}): figures are not comparable"
+        return GateDecision(False, why, {})
     limits = {"top1": gate.max_top1_drop, "top10": gate.max_top10_drop}
-    failed = [k for k in drops if drops[k] > limits[k] + 1e-9]
-    figures = ", ".join(
-        f"{k} {new[k]:.4f} vs CURRENT {old[k]:.4f} (drop {drops[k]:+.4f}, allowed {limits[k]:.4f})"
-        for k in drops
-    )
-    return (not failed), figures + scope
+    paired = _paired_queries(candidate, current)
+    record: dict[str, Any] = {"compared_on": paired.scope if paired else {"whole": True}}
+    parts, failed = [], []
+    for figure, k in GATE_FIGURES.items():
+        if paired is None:  # no per-query ranks: the recorded figures, no noise margin
+            new, old = float(candidate[figure]), float(current[figure])
+            noise: dict[str, Any] = {"margin": 0.0, "drop_low": old - new}
+        else:
+            new, old = paired.figure(k)
+            noise = paired.drop_noise(k, gate)
+        drop = old - new
+        refused = noise["drop_low"] > limits[figure] + 1e-9
+        record[figure] = {
+            "candidate": round(new, 4),
+            "current": round(old, 4),
+            "drop": round(drop, 4),
+            "allowed": limits[figure],
+            "noise_margin": round(noise["margin"], 4),
+            "drop_low": round(noise["drop_low"], 4),
+            "refused": refused,
+        }
+        if refused:
+            failed.append(figure)
+        parts.append(
+            f"{figure} {new:.4f} vs CURRENT {old:.4f} (drop {drop:+.4f}, allowed {limits[figure]:.4f}, "
+            f"noise margin {noise['margin']:.4f})"
+        )
+    if paired is not None:
+        record["bootstrap"] = {
+            "method": "paired percentile bootstrap, products resampled with their shared queries",
+            "confidence": gate.noise_confidence,
+            "resamples": gate.bootstrap_resamples,
+            "seed": gate.bootstrap_seed,
+        }
+    why = ", ".join(parts) + (paired.note if paired else "")
+    if failed:
+        why += "; beyond the allowed drop by more than the evaluation's noise"
+    return GateDecision(not failed, why, record)
+
+
+@dataclass(frozen=True)
+class _PairedQueries:
+    """The queries both evaluations ran, per shared product: (p, q) ranks padded with -1."""
+
+    candidate: np.ndarray  # (p, q) int ranks (1-based, 0: not within 10, -1: padding)
+    current: np.ndarray
+    scope: dict[str, Any]
+    note: str
+
+    def hits(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per product: (candidate's hits within k, CURRENT's, query count)."""
+        real = self.current >= 0
+        cand = ((self.candidate >= 1) & (self.candidate <= k) & real).sum(axis=1)
+        cur = ((self.current >= 1) & (self.current <= k) & real).sum(axis=1)
+        return cand.astype(float), cur.astype(float), real.sum(axis=1).astype(float)
+
+    def figure(self, k: int) -> tuple[float, float]:
+        cand, cur, n = self.hits(k)
+        return float(cand.sum() / n.sum()), float(cur.sum() / n.sum())
+
+    def drop_noise(self, k: int, gate: GateConfig) -> dict[str, float]:
+        """The drop's one-sided lower confidence bound and the margin (drop - bound)."""
+        cand, cur, n = self.hits(k)
+        lost = cur - cand
+        drop = float(lost.sum() / n.sum())
+        if gate.noise_confidence == 0 or len(lost) < 2 or (np.all(lost == lost[0]) and np.all(n == n[0])):
+            return {"margin": 0.0, "drop_low": drop}  # nothing to resample: the drop is what it is
+        from scipy.stats import bootstrap  # scipy (~0.3 s): only when a gate compares ranks
+
+        result = bootstrap(
+            (lost, n),
+            _ratio_of_sums,
+            paired=True,
+            vectorized=True,
+            n_resamples=gate.bootstrap_resamples,
+            confidence_level=gate.noise_confidence,
+            alternative="greater",
+            method="percentile",
+            rng=np.random.default_rng(gate.bootstrap_seed),
+        )
+        low = min(float(result.confidence_interval.low), drop)
+        return {"margin": drop - low, "drop_low": low}
+
+
+def _ratio_of_sums(lost: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The drop of a resample of products: queries lost over queries asked."""
+    return np.asarray(lost.sum(axis=axis) / n.sum(axis=axis))
+
+
+def _paired_queries(candidate: dict[str, Any], current: dict[str, Any]) -> _PairedQueries | None:
+    """The shared queries of two evaluations with per-product ranks, or None without ranks.
+
+    A catalogue that grows or shrinks changes the query set: a new product whose own queries miss
+    would otherwise refuse its onboarding although no existing product got worse, and a removed
+    one could hide a loss. A product evaluated on a different number of queries by the two
+    (its asset changed, and with it its query renders) is not like with like and is left out.
+    No product in common: the versions compare as a whole (None)."""
+    cand_ranks, cur_ranks = candidate.get("ranks_by_product"), current.get("ranks_by_product")
+    if not cand_ranks or not cur_ranks:
+        return None
+    shared = sorted(set(cand_ranks) & set(cur_ranks))
+    unpaired = [p for p in shared if len(cand_ranks[p]) != len(cur_ranks[p])]
+    shared = [p for p in shared if p not in unpaired and cur_ranks[p]]
+    if not shared:
+        return None
+    width = max(len(cur_ranks[p]) for p in shared)
+    pad = np.full((len(shared), width), -1, dtype=np.int64)
+    cand, cur = pad.copy(), pad.copy()
+    for i, p in enumerate(shared):
+        cand[i, : len(cand_ranks[p])] = cand_ranks[p]
+        cur[i, : len(cur_ranks[p])] = cur_ranks[p]
+    queries = int((cur >= 0).sum())
+    new = sorted(set(cand_ranks) - set(cur_ranks))
+    note = f" on the {len(shared)} products both evaluate ({queries} queries)"
+    scope: dict[str, Any] = {"products": len(shared), "queries": queries, "new_products": len(new)}
+    if new:
+        added = _figures_of(cand_ranks, set(new))
+        note += f"; its {len(new)} new products: top1 {added['top1']:.4f}, top10 {added['top10']:.4f}"
+        scope["new_products_figures"] = {"top1": added["top1"], "top10": added["top10"]}
+    if unpaired:
+        note += f"; {len(unpaired)} products evaluated on other queries left out"
+        scope["unpaired_products"] = unpaired[:20]
+    return _PairedQueries(cand, cur, scope, note)
 
 
 def _figures_of(ranks: dict[str, list[int]], products: set[str]) -> dict[str, Any]:
     return rank_figures([x for p in sorted(products) for x in ranks[p]])
-
-
-def _comparable_figures(
-    candidate: dict[str, Any], current: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(candidate's, CURRENT's figures, a note) on the products both versions were evaluated on.
-
-    A catalogue that grows or shrinks changes the query set: a new product whose own queries miss
-    would otherwise refuse its onboarding although no existing product got worse, and a removed
-    one could hide a loss. Versions evaluated without per-product ranks compare as a whole."""
-    cand_ranks, cur_ranks = candidate.get("ranks_by_product"), current.get("ranks_by_product")
-    if not cand_ranks or not cur_ranks:
-        return candidate, current, ""
-    shared = set(cand_ranks) & set(cur_ranks)
-    if not shared:
-        return candidate, current, " (no product in common: compared as a whole)"
-    new = set(cand_ranks) - shared
-    note = f" on the {len(shared)} products both evaluate"
-    if new:
-        added = _figures_of(cand_ranks, new)
-        note += f"; its {len(new)} new products: top1 {added['top1']:.4f}, top10 {added['top10']:.4f}"
-    return _figures_of(cand_ranks, shared), _figures_of(cur_ranks, shared), note
 
 
 def _evaluation_of(store: ObjectStore, name: str, version: int | None) -> dict[str, Any] | None:
@@ -400,8 +542,14 @@ def publish_version(
     current, etag = read_current(store, name)
     current_version = int(current["version"]) if current else None
     current_eval = _evaluation_of(store, name, current_version)
-    passed, why = gate_check(evaluation, current_eval, gate)
-    gate_record: dict[str, Any] = {"passed": passed, "figures": why, "config": gate.__dict__}
+    decision = gate_decision(evaluation, current_eval, gate)
+    passed, why = decision.passed, decision.why
+    gate_record: dict[str, Any] = {
+        "passed": passed,
+        "figures": why,
+        "config": gate.__dict__,
+        "decision": decision.record,
+    }
     if promote and not passed:
         if not force_reason:
             raise GateRefusedError(
