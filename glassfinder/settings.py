@@ -6,6 +6,7 @@ Every default lives here so that the CLI, the DAGs, the plugin and the tests agr
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: Where artefacts go when no store URI is given: a directory beside the working dir.
 DEFAULT_STORE_URI = ".glassfinder/store"
@@ -17,9 +18,9 @@ DEFAULT_MODEL_NAME = "glasses"
 DEFAULT_INDEX_NAME = "catalog"
 #: Celery queue and Airflow pool of the tasks that want a GPU (embedding, training).
 GPU_QUEUE = "gpu"
-#: Every GlassFinder DAG id starts with this (what the plugin's listeners look after).
 #: Celery queue of every other task (catalogue, planning, rendering, publishing).
 DEFAULT_QUEUE = "default"
+#: Every GlassFinder DAG id starts with this (what the plugin's listeners look after).
 DAG_PREFIX = "glassfinder_"
 GPU_POOL = "gpu"
 
@@ -59,3 +60,12 @@ def model_name() -> str:
 
 def index_name() -> str:
     return os.environ.get("GLASSFINDER_INDEX_NAME") or DEFAULT_INDEX_NAME
+
+
+def portraits_dir() -> Path:
+    """The labelled real portraits face analysis trains on: $GLASSFINDER_PORTRAITS_DIR, else
+    `../shared/faces/portraits` beside a source checkout (what the project's machines hold)."""
+    explicit = os.environ.get("GLASSFINDER_PORTRAITS_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(__file__).resolve().parents[2] / "shared" / "faces" / "portraits"

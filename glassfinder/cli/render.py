@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from glassfinder.cli.common import SubParsers
 from glassfinder.errors import GlassFinderError
@@ -14,6 +15,10 @@ from glassfinder.store import open_store
 def cmd_render(args: argparse.Namespace) -> int:
     from glassfinder.render.spec import load_spec  # numpy: imported on use, keeping --help fast
 
+    if args.action == "photo-bank":
+        return cmd_photo_bank(args)
+    if not args.manifest:
+        raise GlassFinderError("render needs --manifest URI (the catalogue manifest from catalog ingest)")
     spec = load_spec(args.spec)
     if args.action == "sheet":
         from glassfinder.render.sheet import tryon_sheet  # pyrender: imported on use
@@ -41,11 +46,35 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_photo_bank(args: argparse.Namespace) -> int:
+    from glassfinder.embed.face_portraits import load_portraits, split_portraits, write_photo_bank
+    from glassfinder.layout import PORTRAIT_BANK_PREFIX
+    from glassfinder.settings import portraits_dir
+
+    store = open_store(args.out)
+    train = split_portraits(load_portraits(args.portraits or portraits_dir()))["train"]
+    written = write_photo_bank(train, store)
+    bare = sum(p.glasses == "no" for p in train)
+    print(
+        f"photo bank {store.uri}/{PORTRAIT_BANK_PREFIX}: {len(written)} bare portraits written, "
+        f"{bare - len(written)} already there (the train split only); render onto it with a spec "
+        f'holding "face_source": "photos:{store.uri}/{PORTRAIT_BANK_PREFIX}"'
+    )
+    return 0
+
+
 def register(sub: SubParsers) -> None:
     p = sub.add_parser("render", help="render try-on image shards of a catalogue (or a sheet of one product)")
     p.set_defaults(func=cmd_render)
-    p.add_argument("action", nargs="?", choices=("sheet",), help="'sheet': a contact sheet of one product")
-    p.add_argument("--manifest", required=True, help="catalogue manifest URI (from catalog ingest)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("sheet", "photo-bank"),
+        help="'sheet': a contact sheet of one product; 'photo-bank': put the bare real portraits "
+        "(train split) into the store --out as faces that renders can wear frames on",
+    )
+    p.add_argument("--manifest", default=None, help="catalogue manifest URI (from catalog ingest)")
+    p.add_argument("--portraits", default=None, type=Path, help="'photo-bank': labelled portraits folder")
     p.add_argument("--spec", default="default", help="render spec: 'default', a JSON file or a store URI")
     p.add_argument("--out", required=True, help="store URI for shards, or the PNG for 'sheet'")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")

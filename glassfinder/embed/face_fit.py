@@ -32,7 +32,15 @@ from glassfinder.embed.face_data import (
 )
 from glassfinder.embed.face_net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
 from glassfinder.embed.face_photo_data import PHOTO_FACE_INDEX
-from glassfinder.embed.face_presence import PresenceConfig, fit_band_presence, upload_check
+from glassfinder.embed.face_portraits import Portrait, split_record
+from glassfinder.embed.face_presence import (
+    PortraitViews,
+    PresenceConfig,
+    fit_band_presence,
+    portrait_figures,
+    portrait_views,
+    upload_check,
+)
 from glassfinder.embed.imagenet import SOURCE, load_mobilenet_v2_state
 from glassfinder.embed.mobilenet import load_features
 from glassfinder.embed.model import model_sha
@@ -258,6 +266,18 @@ def calibrate(p_worn: np.ndarray, p_bare: np.ndarray, target: float = TARGET_FAL
     return float(1 / (1 + np.exp(-mid)))
 
 
+def calibrate_on_portraits(views: PortraitViews, target: float = TARGET_FALSE_REFUSAL) -> float:
+    """The presence threshold from the calibration portraits' views where a face is found:
+    `calibrate` on real glasses and real bare eyes. Renders keep their wide margin on either side
+    of it (the card's `presence` figures say so); real faces are where the errors are."""
+    ok = views.found & views.shape_ok
+    return calibrate(views.p_glasses[ok & views.worn], views.p_glasses[ok & ~views.worn], target)
+
+
+#: Damaged uploads per portrait when calibrating and measuring (besides it as it is and colourised).
+PORTRAIT_DAMAGED_VIEWS = 2
+
+
 def calibration_half(held: FaceData) -> np.ndarray:
     """The held-out identities that choose settings (threshold, merge); the others give figures."""
     return (held.face_index // VAL_EVERY) % 2 == 0
@@ -318,6 +338,19 @@ def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
     }
 
 
+def render_presence(analyzer: FaceAnalyzer, held: FaceData, threshold: float) -> dict[str, float]:
+    """Presence errors on the held-out renders' test half at `threshold` (a threshold set on real
+    faces must still accept every render with glasses, sunglasses included)."""
+    test = ~calibration_half(held)
+    p = predict(analyzer, held)["p"]
+    dark = np.isin(held.lens, [LENS_CODES.index("tinted"), LENS_CODES.index("mirrored")]) & held.worn
+    return {
+        "false_refusal": round(float((p[test & held.worn] < threshold).mean()), 4),
+        "false_refusal_sunglasses": round(float((p[test & dark] < threshold).mean()), 4),
+        "false_accept": round(float((p[test & ~held.worn] >= threshold).mean()), 4),
+    }
+
+
 @dataclass(frozen=True)
 class TrunkInit:
     """Stages 1-2 already done: the network they gave and what its card said about them."""
@@ -338,6 +371,7 @@ def train_and_package(
     out_dir: Path | None = None,
     presence_cfg: PresenceConfig | None = None,
     init: TrunkInit | None = None,
+    portraits: dict[str, list[Portrait]] | None = None,
 ) -> dict[str, Any]:
     """Train (resuming) and adapt to the real-face samples when given, or start from `init`;
     fit the presence decision on the eye band (stage 3), evaluate, and write face-analysis.pt
@@ -354,12 +388,23 @@ def train_and_package(
     else:
         net, stage_seconds = init.net, dict(init.stage_seconds)
     net.eval()
-    presence_report = fit_band_presence(net, data, assets, work, presence_cfg)
+    train_portraits = (portraits or {}).get("train", [])
+    presence_report = fit_band_presence(net, data, assets, work, presence_cfg, train_portraits)
     stage_seconds["presence"] = presence_report["seconds"]
     held = data.subset(data.held_out)
     merge = choose_merge(net, held.subset(calibration_half(held)))
     report = evaluate(FaceAnalyzer(net, 0.5, merge), held)
     report["merge_votes"] = dict(zip(FACE_LANDMARKS, merge, strict=True))
+    if portraits:
+        report["threshold_renders"] = report["threshold"]
+        analyzer = FaceAnalyzer(net, 0.5, merge)
+        calib = portrait_views(analyzer, portraits["calibrate"], PORTRAIT_DAMAGED_VIEWS, presence_cfg.seed)
+        report["threshold"] = round(calibrate_on_portraits(calib), 4)
+        report["presence_renders_at_threshold"] = render_presence(analyzer, held, report["threshold"])
+        report["portraits"] = {
+            "split": split_record(portraits),
+            "calibrate": portrait_figures(calib, report["threshold"], 0.0),
+        }
     presence_report["hopper_uploads"] = upload_check(net, report["threshold"], 60, presence_cfg.seed)
     report["presence_stage"] = presence_report
     meta = {
@@ -397,6 +442,17 @@ def train_and_package(
                 "bare": int((~photos.worn).sum()) if photos is not None else 0,
             },
             **({} if init is None else init.data),
+            **(
+                {}
+                if not portraits
+                else {
+                    "portraits": "official portraits of members of the US Congress (Congressional Pictorial "
+                    "Directory, US Government Publishing Office, via unitedstates/images and "
+                    "Reform-to/congress-photos; public domain), grey 200 x 250, labelled by eye; the train "
+                    "split fits presence and the verifier, the calibrate split sets the presence threshold, "
+                    "the test split gives the figures (evaluation.portraits)"
+                }
+            ),
         },
         "evaluation": report,
         "train_seconds": round(sum(stage_seconds.values()), 1),

@@ -13,7 +13,12 @@ Its data:
   frames inpainted), in her own frames, and wearing catalogue frames rendered onto it, each
   damaged as a whole upload (augment.phone_damage_mapped: the reframing and rescale move the
   detector's box, blur and JPEG soften the band), mirrored half the time, then found and cut as
-  the query path does (faces.photos.find_query_face at the query's thresholds).
+  the query path does (faces.photos.find_query_face at the query's thresholds);
+- real portraits (embed/face_portraits.py: the training split only), with real glasses or bare,
+  each as it is and as damaged uploads, colourised half the time; renders and Hopper's uploads are
+  turned grey a share of the time, so that colour cannot decide presence either way. With one
+  real face, presence on other real faces was a guess (14% of bare portraits searched, 19% of
+  glasses refused); hundreds of real faces pin it down.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +38,9 @@ from torch.nn import functional as F
 
 from glassfinder.embed.augment import phone_damage_mapped
 from glassfinder.embed.face_data import DETECT_THRESHOLD, FaceData, crop_matrix, cut, training_crop
-from glassfinder.embed.face_net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceNet
+from glassfinder.embed.face_net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
 from glassfinder.embed.face_photo_data import hopper_bare, hopper_photo, hopper_photos_wearing
+from glassfinder.embed.face_portraits import Portrait, colour_swap, colourise, greyscale, read_rgb
 from glassfinder.faces.photos import PhotoError, find_query_face
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,13 @@ class PresenceConfig:
     worn_renders: int = 60
     #: The real uploads' weight in the loss, all together, against the renders' 1.
     real_weight: float = 1.0
+    #: Crops of each training portrait: the first as it is, the others damaged as uploads.
+    portrait_views: int = 4
+    #: The portraits' weight in the loss, all together, against the renders' 1.
+    portrait_weight: float = 2.0
+    #: Share of portrait crops colourised, and of render and Hopper crops turned grey.
+    colour_swap_p: float = 0.5
+    grey_p: float = 0.3
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
@@ -63,8 +77,14 @@ class BandSet:
     band: np.ndarray
     worn: np.ndarray
     real: np.ndarray
+    #: Per sample: 0 render, 1 Hopper upload, 2 portrait (empty: from `real`, no portraits).
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: What computing them cost (kept with the cache, so a rerun reports the whole cost).
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.source) != len(self.worn):
+            self.source = np.where(self.real, 1, 0)
 
 
 @torch.inference_mode()
@@ -76,42 +96,81 @@ def band_features(net: FaceNet, crops: list[np.ndarray], batch: int = 64) -> np.
     return np.concatenate(out)
 
 
-def render_crops(data: FaceData, views: int, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+def render_crops(
+    data: FaceData, views: int, rng: np.random.Generator, grey_p: float = 0.0
+) -> tuple[list[np.ndarray], np.ndarray]:
     crops, worn = [], []
     for _ in range(views):
         for i in range(len(data.worn)):
-            crops.append(training_crop(data, i, rng, augment=True)[0])
+            crop = training_crop(data, i, rng, augment=True)[0]
+            crops.append(greyscale(crop) if rng.random() < grey_p else crop)
             worn.append(bool(data.worn[i]))
     return crops, np.asarray(worn)
 
 
-def upload_crops(
-    photos: list[np.ndarray], count: int, rng: np.random.Generator, label: str
-) -> list[np.ndarray]:
-    """`count` network crops of uploads drawn from `photos`: mirrored half the time, damaged as a
-    whole upload, found and cut as the query path does. Uploads where no face is found are drawn
-    again (a few percent: the query path refuses those before presence is asked)."""
-    crops: list[np.ndarray] = []
-    missed = 0
-    while len(crops) < count:
-        rgb = photos[int(rng.integers(len(photos)))]
-        if rng.random() < 0.5:
-            rgb = np.ascontiguousarray(rgb[:, ::-1])
+def upload_crop(
+    rgb: np.ndarray, rng: np.random.Generator, label: str, *, damage: bool = True
+) -> np.ndarray | None:
+    """The network crop of one upload of `rgb` (mirrored half the time, damaged as a whole upload
+    unless `damage` is False), found and cut as the query path does; None where no face is found."""
+    if rng.random() < 0.5:
+        rgb = np.ascontiguousarray(rgb[:, ::-1])
+    if damage:
         data, _ = phone_damage_mapped(rgb, rng)
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if decoded is None:
             raise RuntimeError("a damaged upload did not decode")
-        damaged = np.ascontiguousarray(decoded[:, :, ::-1])
-        try:
-            face = find_query_face(
-                damaged, label, threshold=DETECT_THRESHOLD, weak_threshold=VERIFIED_DETECTION_THRESHOLD
-            )
-        except PhotoError:
+        rgb = np.ascontiguousarray(decoded[:, :, ::-1])
+    try:
+        face = find_query_face(
+            rgb, label, threshold=DETECT_THRESHOLD, weak_threshold=VERIFIED_DETECTION_THRESHOLD
+        )
+    except PhotoError:
+        return None
+    return cut(rgb, crop_matrix(np.asarray(face.box_xyxy, np.float32)))
+
+
+def portrait_crops(
+    portraits: Sequence[Portrait], views: int, rng: np.random.Generator, colour_p: float
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """`views` crops of each portrait (the first undamaged), colourised with probability
+    `colour_p`; a view where no face is found is left out (and logged)."""
+    crops, worn = [], []
+    missed = 0
+    for portrait in portraits:
+        rgb = read_rgb(portrait.path)
+        for view in range(views):
+            crop = upload_crop(colour_swap(rgb, rng, colour_p), rng, portrait.path.name, damage=view > 0)
+            if crop is None:
+                missed += 1
+                continue
+            crops.append(crop)
+            worn.append(portrait.worn)
+    if missed:
+        log.info("presence data: no face found on %d of %d portrait views", missed, views * len(portraits))
+    return crops, np.asarray(worn, bool)
+
+
+def upload_crops(
+    photos: list[np.ndarray], count: int, rng: np.random.Generator, label: str, grey_p: float = 0.0
+) -> list[np.ndarray]:
+    """`count` network crops of uploads drawn from `photos`: mirrored half the time, turned grey
+    with probability `grey_p`, damaged as a whole upload, found and cut as the query path does.
+    Uploads where no face is found are drawn again (a few percent: the query path refuses those
+    before presence is asked)."""
+    crops: list[np.ndarray] = []
+    missed = 0
+    while len(crops) < count:
+        rgb = photos[int(rng.integers(len(photos)))]
+        if rng.random() < grey_p:
+            rgb = greyscale(rgb)
+        crop = upload_crop(rgb, rng, label)
+        if crop is None:
             missed += 1
             if missed > count:
-                raise
+                raise PhotoError(label, "no_face", f"no face found on {missed} damaged uploads")
             continue
-        crops.append(cut(damaged, crop_matrix(np.asarray(face.box_xyxy, np.float32))))
+        crops.append(crop)
     if missed:
         log.info("presence data: no face found on %d damaged %s uploads (drawn again)", missed, label)
     return crops
@@ -128,31 +187,42 @@ def trunk_digest(net: FaceNet) -> str:
 
 
 def build_band_set(
-    net: FaceNet, data: FaceData, assets: list[tuple[str, bytes]], work: Path, cfg: PresenceConfig
+    net: FaceNet,
+    data: FaceData,
+    assets: list[tuple[str, bytes]],
+    work: Path,
+    cfg: PresenceConfig,
+    portraits: Sequence[Portrait] = (),
 ) -> BandSet:
-    """The features stage 3 fits on (training identities and Hopper), computed once per trunk
-    and config into `work`."""
+    """The features stage 3 fits on (training identities, Hopper, the training portraits),
+    computed once per trunk, config and portrait set into `work`."""
     what = (trunk_digest(net), cfg.seed, cfg.render_views, cfg.bare_photos, cfg.worn_photos)
-    key = hashlib.sha256(repr((*what, cfg.worn_renders, len(data.worn))).encode()).hexdigest()[:12]
+    extra = (cfg.portrait_views, cfg.colour_swap_p, cfg.grey_p, [(p.id, p.worn) for p in portraits])
+    key = hashlib.sha256(repr((*what, cfg.worn_renders, len(data.worn), *extra)).encode()).hexdigest()[:12]
     path = work / f"presence-band-{key}.npz"
     if path.exists():
         with np.load(path) as z:
-            return BandSet(z["band"], z["worn"], z["real"], float(z["seconds"]) if "seconds" in z else 0.0)
+            return BandSet(z["band"], z["worn"], z["real"], z["source"], float(z["seconds"]))
     net.eval()
     rng = np.random.default_rng([cfg.seed, 1])
     t0 = time.perf_counter()
-    crops, worn = render_crops(data.subset(~data.held_out), cfg.render_views, rng)
+    crops, worn = render_crops(data.subset(~data.held_out), cfg.render_views, rng, cfg.grey_p)
     renders = band_features(net, crops)
     log.info("presence data: %d render crops in %.0f s", len(crops), time.perf_counter() - t0)
     wearing = [hopper_photo(), *hopper_photos_wearing(assets, cfg.worn_renders)]
-    bare = upload_crops([hopper_bare()], cfg.bare_photos, rng, "grace_hopper.jpg (inpainted)")
-    worn_up = upload_crops(wearing, cfg.worn_photos, rng, "grace_hopper.jpg (wearing frames)")
-    real = band_features(net, bare + worn_up)
-    log.info("presence data: %d real uploads in %.0f s", len(real), time.perf_counter() - t0)
+    bare = upload_crops([hopper_bare()], cfg.bare_photos, rng, "grace_hopper.jpg (inpainted)", cfg.grey_p)
+    worn_up = upload_crops(wearing, cfg.worn_photos, rng, "grace_hopper.jpg (wearing frames)", cfg.grey_p)
+    hopper = band_features(net, bare + worn_up)
+    log.info("presence data: %d Hopper uploads in %.0f s", len(hopper), time.perf_counter() - t0)
+    p_crops, p_worn = portrait_crops(portraits, cfg.portrait_views, rng, cfg.colour_swap_p)
+    real = band_features(net, p_crops) if p_crops else np.zeros((0, *renders.shape[1:]), renders.dtype)
+    log.info("presence data: %d portrait crops in %.0f s", len(real), time.perf_counter() - t0)
+    source = np.repeat([0, 1, 2], [len(renders), len(hopper), len(real)])
     out = BandSet(
-        band=np.concatenate([renders, real]),
-        worn=np.concatenate([worn, np.zeros(len(bare), bool), np.ones(len(worn_up), bool)]),
-        real=np.concatenate([np.zeros(len(renders), bool), np.ones(len(real), bool)]),
+        band=np.concatenate([renders, hopper, real]),
+        worn=np.concatenate([worn, np.zeros(len(bare), bool), np.ones(len(worn_up), bool), p_worn]),
+        real=source > 0,
+        source=source,
         seconds=round(time.perf_counter() - t0, 1),
     )
     tmp = path.with_suffix(".tmp.npz")
@@ -169,9 +239,9 @@ def fit_head(head: BandPresence, bands: BandSet, cfg: PresenceConfig) -> dict[st
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             module.reset_parameters()
     weight = np.zeros(len(bands.worn), np.float32)
-    for real, share in ((False, 1.0), (True, cfg.real_weight)):
+    for source, share in enumerate((1.0, cfg.real_weight, cfg.portrait_weight)):
         for worn in (False, True):
-            sel = (bands.real == real) & (bands.worn == worn)
+            sel = (bands.source == source) & (bands.worn == worn)
             if sel.any():
                 weight[sel] = share / 2 / sel.sum()
     weight *= len(weight) / weight.sum()
@@ -200,9 +270,11 @@ def fit_head(head: BandPresence, bands: BandSet, cfg: PresenceConfig) -> dict[st
     head.eval()
     return {
         "samples": {
-            "renders": int((~bands.real).sum()),
-            "real_bare": int((bands.real & ~bands.worn).sum()),
-            "real_worn": int((bands.real & bands.worn).sum()),
+            "renders": int((bands.source == 0).sum()),
+            "real_bare": int(((bands.source == 1) & ~bands.worn).sum()),
+            "real_worn": int(((bands.source == 1) & bands.worn).sum()),
+            "portrait_bare": int(((bands.source == 2) & ~bands.worn).sum()),
+            "portrait_worn": int(((bands.source == 2) & bands.worn).sum()),
         },
         "final_loss": round(loss_value, 4),
         "fit_seconds": round(time.perf_counter() - t0, 1),
@@ -210,10 +282,15 @@ def fit_head(head: BandPresence, bands: BandSet, cfg: PresenceConfig) -> dict[st
 
 
 def fit_band_presence(
-    net: FaceNet, data: FaceData, assets: list[tuple[str, bytes]], work: Path, cfg: PresenceConfig
+    net: FaceNet,
+    data: FaceData,
+    assets: list[tuple[str, bytes]],
+    work: Path,
+    cfg: PresenceConfig,
+    portraits: Sequence[Portrait] = (),
 ) -> dict[str, Any]:
     """Stage 3: fit `net.band_presence` (in place) on the frozen trunk's eye-band features."""
-    bands = build_band_set(net, data, assets, work, cfg)
+    bands = build_band_set(net, data, assets, work, cfg, portraits)
     report = fit_head(net.band_presence, bands, cfg)
     net.eval()
     report["features_seconds"] = bands.seconds
@@ -238,4 +315,85 @@ def upload_check(net: FaceNet, threshold: float, count: int, seed: int) -> dict[
             "refused" if worn else "accepted": int(wrong.sum()),
             "p_median": round(float(np.median(p)), 4),
         }
+    return out
+
+
+@dataclass
+class PortraitViews:
+    """What the network says of views of labelled portraits, found as the query path finds faces.
+    `found` False: no face found (p_* are then 0). `variant`: 0 as it is, 1 colourised, 2 damaged."""
+
+    worn: np.ndarray
+    found: np.ndarray
+    p_glasses: np.ndarray
+    p_face: np.ndarray
+    shape_ok: np.ndarray
+    variant: np.ndarray
+
+
+def portrait_views(
+    analyzer: FaceAnalyzer, portraits: Sequence[Portrait], damaged: int, seed: int
+) -> PortraitViews:
+    """Each portrait as it is (grey), colourised, and `damaged` phone-damaged uploads (colourised
+    half the time), detected at the query's thresholds and analysed (the verifier included)."""
+    rng = np.random.default_rng([seed, 4])
+    rows: list[tuple[bool, bool, float, float, bool, int]] = []
+    for portrait in portraits:
+        rgb = read_rgb(portrait.path)
+        variants: list[tuple[np.ndarray, int]] = [(rgb, 0), (colourise(rgb, rng), 1)]
+        for _ in range(damaged):
+            data, _m = phone_damage_mapped(colour_swap(rgb, rng, 0.5), rng)
+            decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if decoded is None:
+                raise RuntimeError("a damaged upload did not decode")
+            variants.append((np.ascontiguousarray(decoded[:, :, ::-1]), 2))
+        for image, variant in variants:
+            try:
+                face = find_query_face(
+                    image,
+                    portrait.path.name,
+                    threshold=DETECT_THRESHOLD,
+                    weak_threshold=VERIFIED_DETECTION_THRESHOLD,
+                )
+            except PhotoError:
+                rows.append((portrait.worn, False, 0.0, 0.0, False, variant))
+                continue
+            a = analyzer.analyse(image, face.box_xyxy)
+            rows.append(
+                (
+                    portrait.worn,
+                    True,
+                    a.glasses_probability,
+                    a.face_probability,
+                    a.holds_a_face_shape,
+                    variant,
+                )
+            )
+    table = np.asarray(rows, dtype=object).reshape(len(rows), 6)
+    kinds = (bool, bool, np.float64, np.float64, bool, np.int64)
+    return PortraitViews(*(table[:, k].astype(kind) for k, kind in enumerate(kinds)))
+
+
+def portrait_figures(views: PortraitViews, threshold: float, face_threshold: float) -> dict[str, Any]:
+    """The query path's decisions on portrait views: `no_face` (not found, not verified, or not a
+    face's shape), and among the rest the false refusals of glasses and false accepts of bare eyes."""
+    face = views.found & views.shape_ok & (views.p_face >= face_threshold)
+    searched = face & (views.p_glasses >= threshold)
+    out: dict[str, Any] = {}
+    for name, sel in (
+        ("all", np.ones(len(views.worn), bool)),
+        ("as_is", views.variant == 0),
+        ("colourised", views.variant == 1),
+        ("damaged", views.variant == 2),
+    ):
+        worn, bare = sel & views.worn, sel & ~views.worn
+        out[name] = {
+            "views": int(sel.sum()),
+            "no_face": round(float((~face[sel]).mean()), 4) if sel.any() else None,
+            "false_refusal": round(float((~searched[worn]).mean()), 4) if worn.any() else None,
+            "false_accept": round(float(searched[bare].mean()), 4) if bare.any() else None,
+        }
+    grey, colour = views.variant == 0, views.variant == 1
+    if grey.sum() == colour.sum():  # the same portraits in the same order, as it is and colourised
+        out["grey_colour_disagree"] = int((searched[grey] != searched[colour]).sum())
     return out

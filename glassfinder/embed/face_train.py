@@ -10,11 +10,15 @@ Steps, each skipped when its output exists (the work folder is a resumable run):
 4. render frames onto Grace Hopper's photo with her own frames inpainted away, and adapt the
    network for a few epochs on those real-face samples mixed with the renders (--no-photos skips);
 5. with the trunk frozen, fit the glasses-presence decision on the eye band (embed/face_presence.py:
-   training renders and damaged uploads of Hopper's photo, bare and wearing frames);
-6. measure it on held-out identities beside dlib's 5-point landmarks and write the weights and a
-   card into glassfinder/models/;
-7. fit the face verifier on its features (embed/face_verify.py: faces against non-face photos)
-   and add it to the weights and the card.
+   training renders, damaged uploads of Hopper's photo, bare and wearing frames, and the train
+   split of the real portraits, --portraits, split by embed/face_portraits.py);
+6. measure it on held-out identities beside dlib's 5-point landmarks, set the presence threshold
+   on the calibrate split of the portraits, and write the weights and a card into
+   glassfinder/models/;
+7. fit the face verifier on its features (embed/face_verify.py: faces, the train portraits among
+   them, against non-face photos) and add it to the weights and the card;
+8. measure the finished model on the portraits' test split through the query path's detector,
+   verifier, shape check and threshold, and add that to the card (`evaluation.portraits.test`).
 
 `--init packaged` skips steps 3-4 and starts step 5 from the packaged model's trunk (the card
 records which model that was, as `trunk_model_sha`).
@@ -36,12 +40,21 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder.embed.face_data import render_shard, shard_path, training_assets
-from glassfinder.embed.face_fit import FitConfig, TrunkInit, train_and_package
-from glassfinder.embed.face_net import load_trunk
+from glassfinder.embed.face_fit import (
+    PORTRAIT_DAMAGED_VIEWS,
+    FitConfig,
+    PresenceConfig,
+    TrunkInit,
+    train_and_package,
+)
+from glassfinder.embed.face_net import load_trunk, packaged_analyzer
 from glassfinder.embed.face_photo_data import load_or_render_photo_samples
+from glassfinder.embed.face_portraits import load_portraits, split_portraits
+from glassfinder.embed.face_presence import portrait_figures, portrait_views
 from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
 from glassfinder.embed.face_verify import fit_and_package, non_face_photos
-from glassfinder.embed.packaged import read_packaged
+from glassfinder.embed.packaged import card_path, read_packaged
+from glassfinder.settings import portraits_dir
 from glassfinder.workers import exit_with_parent
 
 DEFAULT_SHARDS = 30
@@ -111,9 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         help="imagenet: all stages from ImageNet; packaged: keep the packaged model's trunk "
         "(stages 1-2) and refit only the presence decision (stage 3)",
     )
+    parser.add_argument(
+        "--portraits",
+        type=Path,
+        default=None,
+        help="labelled real portraits (labels.csv + images/; default $GLASSFINDER_PORTRAITS_DIR or "
+        "../shared/faces/portraits beside the checkout)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     non_face_photos()  # the last step needs scikit-image: fail now, not after an hour of training
+    portraits = split_portraits(load_portraits(args.portraits or portraits_dir()))
     render_all(args.work, args.shards, args.workers)
     if args.stage == "render":
         return 0
@@ -125,11 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_photos:
         photos = load_or_render_photo_samples(args.work, assets, cfg.photo_worn, cfg.photo_bare_copies)
     report: dict[str, Any] = train_and_package(
-        args.work, args.shards, photos, assets, cfg, out_dir=args.out_dir, init=init
+        args.work, args.shards, photos, assets, cfg, out_dir=args.out_dir, init=init, portraits=portraits
     )
-    report["verifier"] = fit_and_package(args.work, min(VERIFIER_SHARDS, args.shards), args.out_dir)
+    report["verifier"] = fit_and_package(
+        args.work, min(VERIFIER_SHARDS, args.shards), args.out_dir, portraits
+    )
+    report["portraits_test"] = measure_test_split(portraits["test"], args.out_dir)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def measure_test_split(test: list, models_dir: Path | None) -> dict[str, Any]:
+    """The finished model (verifier and threshold included) on the portraits' test split; written
+    into its card as `evaluation.portraits.test`."""
+    packaged_analyzer.cache_clear()
+    _, analyzer = packaged_analyzer(models_dir)
+    views = portrait_views(analyzer, test, PORTRAIT_DAMAGED_VIEWS, PresenceConfig().seed + 1)
+    figures = portrait_figures(
+        views, analyzer.threshold, analyzer.verifier.threshold if analyzer.verifier else 0.0
+    )
+    path = card_path(MODEL_NAME, models_dir)
+    card = json.loads(path.read_text())
+    card["evaluation"].setdefault("portraits", {})["test"] = figures
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return figures
 
 
 if __name__ == "__main__":
