@@ -11,17 +11,16 @@ time: the service reads `PACKSHOT_SPEC` and the key layout from here without pyr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from glassfinder import layout
 from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError
+from glassfinder.render.spec import ContentAddressed
 from glassfinder.store.base import ObjectStore
 
 if TYPE_CHECKING:  # pyrender (OpenGL) only where packshots are rendered
@@ -31,7 +30,7 @@ PACKSHOT_SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
-class PackshotSpec:
+class PackshotSpec(ContentAddressed):
     """Every knob that changes a packshot's pixels. Angles in degrees; `fill` is the share of the
     frame's width (or height) the product's silhouette may take."""
 
@@ -68,23 +67,10 @@ class PackshotSpec:
     def view_names(self) -> tuple[str, ...]:
         return tuple(v[0] for v in self.views)
 
-    def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def spec_hash(self) -> str:
-        """16 hex digits of sha256 over the canonical JSON: the spec's identity in store keys."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
     @classmethod
     def from_json(cls, text: str, where: str = "packshot spec") -> PackshotSpec:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GlassFinderError(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise GlassFinderError(f"{where} must be a JSON object, got {type(raw).__name__}")
-        return cls(**{k: _tuples(v) for k, v in raw.items()})
+        spec: PackshotSpec = super().from_json(text, where)
+        return spec
 
 
 def _tuples(value: Any) -> Any:

@@ -47,8 +47,35 @@ OPTICAL_LENS_PALETTE: tuple[tuple[str, tuple[float, float, float, float]], ...] 
 )
 
 
+class ContentAddressed:
+    """What every spec that names stored pixels shares (the render spec, the packshot spec): one
+    canonical JSON, its digest as the key's name, and a strict reader of its JSON form."""
+
+    def canonical_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))  # type: ignore[call-overload]
+
+    @property
+    def spec_hash(self) -> str:
+        """16 hex digits of sha256 over the canonical JSON: the spec's identity in store keys."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "spec") -> Any:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GlassFinderError(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise GlassFinderError(f"{where} must be a JSON object, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise GlassFinderError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: _tuples(v) for k, v in raw.items()})
+
+
 @dataclass(frozen=True)
-class RenderSpec:
+class RenderSpec(ContentAddressed):
     """Everything that decides a render's pixels. Ranges are (low, high), degrees or units."""
 
     image_px: int = 256
@@ -102,27 +129,10 @@ class RenderSpec:
         if not 0.0 <= self.fit_jitter <= 1.0:
             raise GlassFinderError(f"render spec fit_jitter must be within 0..1, got {self.fit_jitter}")
 
-    def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def spec_hash(self) -> str:
-        """16 hex digits of sha256 over the canonical JSON: the spec's identity in store keys."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
     @classmethod
     def from_json(cls, text: str, where: str = "render spec") -> RenderSpec:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GlassFinderError(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise GlassFinderError(f"{where} must be a JSON object, got {type(raw).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise GlassFinderError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: _tuples(v) for k, v in raw.items()})
+        spec: RenderSpec = super().from_json(text, where)
+        return spec
 
 
 def _tuples(value: Any) -> Any:
