@@ -150,7 +150,11 @@ def test_a_pool_whose_worker_dies_fails_at_once_instead_of_replacing_it(catalog,
     thread.join(60)
     assert not thread.is_alive(), "the render hung after a worker died"
     assert len(errors) == 1 and isinstance(errors[0], RenderWorkerError)
-    assert "render worker process died" in str(errors[0]) and "-9" in str(errors[0])
+    # Which death the pool reports first is a race (the killed worker's -9, or -15 from a sibling
+    # the pool stopped on its way down): what a user relies on is that the job fails at once and
+    # says a worker died, with a signal exit code.
+    message = str(errors[0])
+    assert "render worker process died" in message and ("-9" in message or "-15" in message), message
 
 
 def test_workers_of_a_killed_render_job_exit_instead_of_lingering(catalog, tmp_path: Path) -> None:
