@@ -1,0 +1,137 @@
+"""The second look (bench/second_look.py): independent of everything that trains, and sane photos.
+
+Its figures count only if no training or calibration code can reach it and it shares no shading,
+lens, lighting, placement or damage code with the product's renderer and augmentations.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import glassfinder
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+PACKAGE = Path(glassfinder.__file__).parent
+#: What the second look may use of the package: the GL platform choice, nothing that draws.
+ALLOWED = {"glassfinder.render.gl"}
+
+
+def _glassfinder_imports(path: Path) -> set[str]:
+    """Every glassfinder module `path` imports, wherever the import stands."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("glassfinder"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("glassfinder")}
+    return found
+
+
+def test_second_look_imports_nothing_that_renders_or_augments_for_training() -> None:
+    assert _glassfinder_imports(BENCH / "second_look.py") <= ALLOWED
+    # ... and nothing reaches them through the back door: what importing it and starting its
+    # renderer loads of the package, in a fresh interpreter.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import second_look; "
+        "second_look.LayerRenderer().close(); "
+        "print(sorted(m for m in sys.modules if m.startswith('glassfinder')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, check=True, timeout=300
+    )
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert loaded <= {"glassfinder", "glassfinder.errors", "glassfinder.render", "glassfinder.render.gl"}, (
+        loaded
+    )
+
+
+def test_nothing_in_the_package_can_import_the_second_look() -> None:
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "second_look" in p.read_text() or any(m.startswith("bench") for m in _imports_any(p))
+    ]
+    assert offenders == []
+
+
+def _imports_any(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+@pytest.fixture(scope="module")
+def look():  # the bench module, imported as the bench scripts do
+    sys.path.insert(0, str(BENCH))
+    try:
+        import second_look
+
+        yield second_look
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def product() -> tuple[dict, bytes]:
+    from glassfinder.catalog.generate import build_family
+
+    row, glb = build_family(5, 0, 1)[0]
+    return row, glb
+
+
+ASTRONAUT_PUPILS = np.array([[246.5, 102.5], [203.0, 100.5]])  # bench/face_bench.py's hand marks
+
+
+def test_the_frame_lands_on_the_eyes_and_nowhere_else(look, product) -> None:
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    row, glb = product
+    renderer = look.LayerRenderer()
+    try:
+        place = look.placement_from(ASTRONAUT_PUPILS, None)
+        worn, record = look.composite(
+            photo, look.Glasses.from_glb(glb), look.own_lens(row, np.random.default_rng(1)), place,
+            renderer, np.random.default_rng(2),
+        )  # fmt: skip
+        again, _ = look.composite(
+            photo, look.Glasses.from_glb(glb), look.own_lens(row, np.random.default_rng(1)), place,
+            renderer, np.random.default_rng(2),
+        )  # fmt: skip
+    finally:
+        renderer.close()
+    assert np.array_equal(worn, again), "same generator, same photo"
+    diff = np.abs(worn.astype(int) - photo.astype(int)).sum(axis=2)
+    ipd = float(np.linalg.norm(ASTRONAUT_PUPILS[0] - ASTRONAUT_PUPILS[1]))
+    (x0, y0), (x1, y1) = ASTRONAUT_PUPILS.min(axis=0), ASTRONAUT_PUPILS.max(axis=0)
+    around_eyes = diff[int(y0 - 0.6 * ipd) : int(y1 + 0.6 * ipd), int(x0 - 0.9 * ipd) : int(x1 + 0.9 * ipd)]
+    assert (around_eyes > 60).mean() > 0.05, "a frame is drawn around the eyes"
+    assert diff[300:, :].max() == 0 and diff[:, :100].max() == 0, "nothing drawn far from the face"
+    assert record["lens"] and abs(record["roll_deg"]) < 10
+
+
+def test_harsh_damage_maps_a_marked_point_to_where_it_lands(look) -> None:
+    image = np.full((300, 400, 3), 20, np.uint8)
+    image[148:153, 248:253] = 255  # a 5 px white square centred on (250, 150)
+    for seed in range(6):
+        data, m = look.harsh_phone_damage(image, (200.0, 100.0, 300.0, 200.0), np.random.default_rng(seed))
+        out = np.asarray(Image.open(io.BytesIO(data)).convert("L"), float)
+        assert Image.open(io.BytesIO(data)).format == "JPEG"
+        expected = np.array([250.0, 150.0]) @ m[:, :2].T + m[:, 2]
+        bright = out > out.max() - 0.25 * (out.max() - np.median(out))
+        ys, xs = np.nonzero(bright)
+        weights = out[ys, xs]
+        found = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
+        assert np.linalg.norm(found - expected) < 2.5 * max(1.0, m[0, 0]), (seed, found, expected)
