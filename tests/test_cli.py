@@ -70,7 +70,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert quiet["rendered"] == quiet["embedded"] == 0 and not quiet["index"]["published"]
     assert json.loads((store / "indexes" / "catalog" / "CURRENT").read_text())["version"] == 1
     assert len(list((store / "renders").rglob("*.parquet"))) == 48  # catalogue + query views
-    assert len(list((store / "features").rglob("*.parquet"))) == 24
+    assert len(list((store / "features").rglob("*.arrow"))) == 24  # Arrow IPC feature shards
     assert len(list((store / "runs").glob("*/*/summary.json"))) == 3
     assert len(list((store / "runs").glob("*/*/metrics.json"))) == 3
 
