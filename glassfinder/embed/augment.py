@@ -6,6 +6,11 @@ generator, so a batch is reproducible from the training seed and step.
 
 Hue is left alone on purpose: colourways of one shape differ *only* in colour, so the model
 must keep colour as evidence. Brightness, contrast, saturation and white balance move a little.
+
+The appearance draws (tone curve, resolution loss, lens glare) teach that a camera's rendering
+of the same frame is the same frame: another renderer's tone curve, a phone's small face, a
+reflection in the lens. Each is drawn only where its probability is above zero, so a config
+without them (QUERY_DAMAGE) consumes the generator exactly as before and eval queries stay the same.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (25, 90)
     occlude_p: float = 0.25
     occlude_area: tuple[float, float] = (0.05, 0.2)
+    gamma_p: float = 0.5
+    gamma: tuple[float, float] = (0.7, 1.45)  # x ** g on [0, 1], then an S-curve of the same draw
+    downscale_p: float = 0.3
+    downscale: tuple[float, float] = (0.3, 0.8)  # fraction of the crop's size, then back up
+    glare_p: float = 0.3
+    glare_alpha: tuple[float, float] = (0.08, 0.35)
 
 
 #: What eval queries get: every damage at once, moderate, so eval measures the gap it aims at.
@@ -53,18 +64,25 @@ QUERY_DAMAGE = AugmentConfig(
     jpeg_p=0.8,
     jpeg_quality=(40, 90),
     occlude_p=0.0,
+    gamma_p=0.0,
+    downscale_p=0.0,
+    glare_p=0.0,
 )
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """(h, w, 3) uint8 -> (h, w, 3) uint8: colour, occlusion, blur, noise, then JPEG."""
-    x = image.astype(np.float32) / 255.0
+    """(h, w, 3) uint8 -> (h, w, 3) uint8: colour, tone, resolution, occlusion, blur, noise, JPEG."""
+    x: np.ndarray = image.astype(np.float32) / 255.0
     x = x * (1.0 + rng.uniform(-cfg.brightness, cfg.brightness))
     mean = x.mean()
     x = (x - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
     grey = x.mean(axis=2, keepdims=True)
     x = (x - grey) * (1.0 + rng.uniform(-cfg.saturation, cfg.saturation)) + grey
     x = x * (1.0 + rng.uniform(-cfg.white_balance, cfg.white_balance, size=3)).astype(np.float32)
+    if cfg.gamma_p > 0 and rng.random() < cfg.gamma_p:
+        x = tone_curve(x, float(rng.uniform(*cfg.gamma)), float(rng.uniform(-0.3, 0.3)))
+    if cfg.downscale_p > 0 and rng.random() < cfg.downscale_p:
+        x = resolution_loss(x, float(rng.uniform(*cfg.downscale)))
     h, w = x.shape[:2]
     if rng.random() < cfg.occlude_p:
         area = rng.uniform(*cfg.occlude_area) * h * w
@@ -85,6 +103,42 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
         if decoded is not None:
             out = decoded[:, :, ::-1]
     return np.ascontiguousarray(out)
+
+
+def tone_curve(x: np.ndarray, gamma: float, s_strength: float) -> np.ndarray:
+    """A camera's or renderer's tone mapping: a gamma, then an S-curve (negative: a flattening)."""
+    y = np.power(np.clip(x, 0.0, 1.0), gamma)
+    s = y * y * (3.0 - 2.0 * y)  # smoothstep: the plain S-curve
+    return (y + s_strength * (s - y)).astype(np.float32)
+
+
+def resolution_loss(x: np.ndarray, frac: float) -> np.ndarray:
+    """The crop as a smaller face would give it: down to `frac` of its size, back up bilinearly."""
+    h, w = x.shape[:2]
+    small = cv2.resize(x, (max(8, round(w * frac)), max(4, round(h * frac))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def lens_glare(
+    image: np.ndarray, eyes: np.ndarray, eye_distance: float, rng: np.random.Generator, alpha: float
+) -> np.ndarray:
+    """A reflection on the lenses: a soft, tilted streak of sky or window light over one or both
+    eyes (uint8 in and out). Where the lenses are comes from the aligned crop's eye positions."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = np.zeros((h, w), np.float32)
+    for ex, ey in eyes[rng.permutation(2)[: int(rng.integers(1, 3))]]:
+        cx = ex + rng.uniform(-0.2, 0.2) * eye_distance
+        cy = ey + rng.uniform(-0.15, 0.15) * eye_distance
+        angle = rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+        su, sv = eye_distance * rng.uniform(0.15, 0.35), eye_distance * rng.uniform(0.04, 0.12)
+        light = np.maximum(light, np.exp(-0.5 * ((u / su) ** 2 + (v / sv) ** 2)))
+    tint = rng.uniform(0.85, 1.0, size=3).astype(np.float32) * 255.0
+    a = (alpha * light)[:, :, None]
+    out = image.astype(np.float32) * (1.0 - a) + tint * a
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def augment_crop(
@@ -109,6 +163,10 @@ def augment_crop(
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT_101,
     )
+    if cfg.glare_p > 0 and rng.random() < cfg.glare_p:
+        canonical = geometry.eyes()
+        distance = float(np.linalg.norm(canonical[1] - canonical[0]))
+        crop = lens_glare(crop, canonical, distance, rng, float(rng.uniform(*cfg.glare_alpha)))
     return photometric(crop, rng, cfg)
 
 

@@ -39,6 +39,7 @@ from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.data import ViewSet
 from glassfinder.embed.face_photo_data import hopper_bare
+from glassfinder.embed.face_portraits import colourise, load_portraits, split_portraits
 from glassfinder.embed.imagenet import SOURCE
 from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
 from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
@@ -53,6 +54,7 @@ from glassfinder.embed.train import (
 )
 from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.spec import PRESETS, RenderSpec
+from glassfinder.settings import portraits_dir
 from glassfinder.store.local import LocalStore
 
 #: Catalogue seed of the packaged model's training data (benchmarks use 0, 5, 7, 11, 99).
@@ -63,6 +65,12 @@ MODEL_NAME = "glasses"
 PHOTO_VIEWS = 2
 HOPPER_BANK = "hopper-bank"
 HOPPER_BARE_NAME = "grace_hopper_bare.png"
+#: Views of each product on the real portraits' photo bank (one portrait drawn per view).
+PORTRAIT_VIEWS = 2
+PORTRAIT_BANK = "portrait-bank"
+#: Share of the grey portraits colourised for the bank: shoppers' photos are in colour, but a
+#: grey face keeps the frame's colour as the only colour in the crop, which is worth seeing too.
+PORTRAIT_COLOUR_P = 0.75
 
 
 def training_spec() -> RenderSpec:
@@ -83,6 +91,30 @@ def prepare_photo_bank(work: Path) -> Path:
         bank.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         Image.fromarray(hopper_bare()).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+    return bank
+
+
+def portrait_training_spec(bank: Path) -> RenderSpec:
+    """The training spec's look on the bare real portraits in `bank` (prepare_portrait_bank)."""
+    return replace(training_spec(), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS)
+
+
+def prepare_portrait_bank(work: Path, portraits_root: Path) -> Path:
+    """work/portrait-bank: the train split's bare portraits (never the calibrate or test split,
+    never the astronaut), most colourised, each by a generator seeded from its id, written once."""
+    bank = work / PORTRAIT_BANK
+    bank.mkdir(parents=True, exist_ok=True)
+    for portrait in split_portraits(load_portraits(portraits_root))["train"]:
+        path = bank / f"{portrait.id}.png"
+        if portrait.glasses != "no" or path.exists():
+            continue
+        digest = hashlib.sha256(portrait.id.encode()).digest()
+        rng = np.random.default_rng([TRAINING_SEED, int.from_bytes(digest[:8], "big")])
+        rgb = np.asarray(Image.open(portrait.path).convert("RGB"))
+        rgb = colourise(rgb, rng) if rng.random() < PORTRAIT_COLOUR_P else rgb
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
         path.write_bytes(buf.getvalue())
     return bank
 
@@ -111,11 +143,14 @@ def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> Loc
 
 
 def prepare(
-    work: Path, products: int, render_limit: int | None = None
+    work: Path, products: int, render_limit: int | None = None, portraits_root: Path | None = None
 ) -> tuple[LocalStore, list[RenderSpec]]:
-    """Generate, ingest and render the training catalogue under both specs (skipping what exists)."""
+    """Generate, ingest and render the training catalogue under each spec (skipping what exists):
+    procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None."""
     store = prepare_catalog(work, products)
     specs = [training_spec(), photo_training_spec(prepare_photo_bank(work))]
+    if portraits_root is not None:
+        specs.append(portrait_training_spec(prepare_portrait_bank(work, portraits_root)))
     reports = render_catalog_specs(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit
     )
@@ -145,8 +180,10 @@ def write_packaged(
             "catalogue_seed": TRAINING_SEED,
             "generator": "glassfinder.catalog.generate (procedural frames)",
             "faces": (
-                "procedural heads 0-799, and Grace Hopper's photo (matplotlib's grace_hopper.jpg) "
-                "with her own frames inpainted away; the astronaut photo is never used"
+                "procedural heads 0-799, Grace Hopper's photo (matplotlib's grace_hopper.jpg) with "
+                "her own frames inpainted away, and (where a spec's face_source names portrait-bank) "
+                "the bare portraits of the labelled set's train split, most colourised; the "
+                "astronaut photo is never used"
             ),
             "render_specs": {s.spec_hash: json.loads(s.canonical_json()) for s in specs},
         },
@@ -181,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage", choices=("render", "all"), default="all", help="stop after rendering, or go on"
     )
+    parser.add_argument(
+        "--portraits",
+        default=None,
+        help="labelled real portraits whose bare train split the frames are also rendered onto "
+        "(default: GLASSFINDER_PORTRAITS_DIR or ../shared/faces/portraits); 'none' leaves them out",
+    )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -189,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
-    store, specs = prepare(work, args.products, args.render_limit)
+    portraits: Path | None = portraits_dir() if args.portraits is None else Path(args.portraits)
+    if args.portraits == "none":
+        portraits = None
+    store, specs = prepare(work, args.products, args.render_limit, portraits)
     if args.stage == "render":
         return 0
     model_config, init_from = resolve_init(store, args.init, None)

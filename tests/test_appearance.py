@@ -1,0 +1,118 @@
+"""Appearance variety for the embedding's training: the augmentations that teach a camera's
+rendering is not the frame, and the real portraits the frames are rendered onto."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from glassfinder.embed.align import CropGeometry
+from glassfinder.embed.augment import (
+    QUERY_DAMAGE,
+    AugmentConfig,
+    augment_crop,
+    lens_glare,
+    photometric,
+    resolution_loss,
+    tone_curve,
+)
+from glassfinder.embed.default_model import (
+    PORTRAIT_BANK,
+    portrait_training_spec,
+    prepare_portrait_bank,
+    training_spec,
+)
+from glassfinder.embed.face_portraits import is_grey, load_portraits, split_portraits
+
+GEOMETRY = CropGeometry(width=256, height=128, eye_distance_frac=0.272, eye_y_frac=0.46)
+
+
+def _scene(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, 256, dtype=np.float32)[None, :, None].repeat(128, 0).repeat(3, 2)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_tone_curve_keeps_black_white_and_order() -> None:
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    for gamma, s in ((0.7, 0.3), (1.45, -0.3), (1.0, 0.0)):
+        y = tone_curve(x, gamma, s)
+        assert abs(float(y[0])) < 1e-6 and abs(float(y[-1]) - 1) < 1e-6
+        assert np.all(np.diff(y) >= 0)
+    assert np.allclose(tone_curve(x, 1.0, 0.0), x)
+
+
+def test_resolution_loss_keeps_the_size_and_loses_detail() -> None:
+    x = _scene().astype(np.float32) / 255
+    y = resolution_loss(x, 0.3)
+    assert y.shape == x.shape
+    assert np.abs(np.diff(y, axis=1)).mean() < 0.5 * np.abs(np.diff(x, axis=1)).mean()
+
+
+def test_lens_glare_lights_the_lenses_not_the_corners() -> None:
+    image = np.full((128, 256, 3), 60, np.uint8)
+    eyes = GEOMETRY.eyes()
+    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+    out = lens_glare(image, eyes, distance, np.random.default_rng(1), 0.35)
+    near = max(int(out[int(y), int(x)].mean()) for x, y in eyes)
+    assert near > 75  # at least one lens carries the reflection
+    for y, x in ((0, 0), (0, 255), (127, 0), (127, 255)):
+        assert abs(int(out[y, x].mean()) - 60) <= 1
+
+
+def test_the_eval_damage_draws_none_of_the_training_looks() -> None:
+    """Eval queries must not change when training grows new looks: QUERY_DAMAGE with the new
+    draws off consumes the generator as the old config did and gives the same pixels."""
+    assert QUERY_DAMAGE.gamma_p == QUERY_DAMAGE.downscale_p == QUERY_DAMAGE.glare_p == 0
+    image = _scene(3)
+    a = photometric(image, np.random.default_rng(5), QUERY_DAMAGE)
+    other = replace(QUERY_DAMAGE, gamma=(0.1, 0.2), downscale=(0.1, 0.2))
+    b = photometric(image, np.random.default_rng(5), other)
+    assert np.array_equal(a, b)
+
+
+def test_training_crops_vary_in_look_and_repeat_from_their_seed() -> None:
+    loose = np.asarray(Image.fromarray(_scene(4)).resize((384, 192)))
+    loose_geometry = CropGeometry(width=384, height=192, eye_distance_frac=0.272 * 256 / 384, eye_y_frac=0.46)
+    cfg = AugmentConfig()
+    one = [augment_crop(loose, loose_geometry, GEOMETRY, np.random.default_rng(s), cfg) for s in range(12)]
+    two = [augment_crop(loose, loose_geometry, GEOMETRY, np.random.default_rng(s), cfg) for s in range(12)]
+    assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+    assert all(c.shape == (128, 256, 3) for c in one)
+    means = [float(c.mean()) for c in one]
+    assert max(means) - min(means) > 10  # the looks differ, not only the noise
+
+
+def _portrait_folder(tmp_path: Path, n: int = 40) -> Path:
+    (tmp_path / "images").mkdir(parents=True)
+    lines = ["id,glasses,lenses,confidence"]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pid = f"P{i:05d}"
+        grey = rng.integers(0, 255, (50, 40), dtype=np.uint8)
+        Image.fromarray(grey).convert("RGB").save(tmp_path / "images" / f"{pid}.jpg")
+        glasses = "yes" if i % 5 == 0 else "no"
+        lines.append(f"{pid},{glasses},{'clear' if glasses == 'yes' else ''},sure")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_the_portrait_bank_holds_only_bare_train_portraits_mostly_in_colour(tmp_path: Path) -> None:
+    root = _portrait_folder(tmp_path / "portraits")
+    bank = prepare_portrait_bank(tmp_path / "work", root)
+    assert bank == tmp_path / "work" / PORTRAIT_BANK
+    split = split_portraits(load_portraits(root, corrections=None))
+    bare_train = {p.id for p in split["train"] if p.glasses == "no"}
+    written = {p.stem for p in bank.glob("*.png")}
+    assert written == bare_train
+    coloured = [not is_grey(np.asarray(Image.open(p).convert("RGB"))) for p in sorted(bank.glob("*.png"))]
+    assert 0.4 < np.mean(coloured) < 1.0  # most colourised, some left grey
+    before = {p.name: p.read_bytes() for p in bank.glob("*.png")}
+    prepare_portrait_bank(tmp_path / "work", root)  # a rerun keeps what is there, byte for byte
+    assert {p.name: p.read_bytes() for p in bank.glob("*.png")} == before
+    spec = portrait_training_spec(bank)
+    assert spec.face_source == f"photos:{bank}" and spec.seed == training_spec().seed
+    assert spec.spec_hash != training_spec().spec_hash
