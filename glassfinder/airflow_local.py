@@ -1,6 +1,6 @@
 """Run the DAGs in this process on embedded defaults: a SQLite Airflow under .glassfinder/airflow.
 
-What the demo, the tests and the pipeline benchmark use instead of a scheduler: the repository's
+What the demo, the tests and the pipeline benchmark use instead of a scheduler: the package's
 `dags/` and `plugins/`, a migrated metadata database, and `dag.test()`, which runs every task of
 one DAG run here, in dependency order, with the same params, mapping and trigger rules as a
 deployed Airflow. Airflow reads its configuration when first imported, so `configure` must run
@@ -21,9 +21,10 @@ from typing import Any
 from glassfinder import layout
 from glassfinder.errors import GlassFinderError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DAGS_DIR = REPO_ROOT / "dags"
-PLUGINS_DIR = REPO_ROOT / "plugins"
+#: The DAG and plugin files the package carries (links to the checkout's dags/ and plugins/ in a
+#: source tree, copies in an installed wheel): an Airflow on any host finds them where the code is.
+DAGS_DIR = Path(__file__).resolve().parent / "dags"
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 DEFAULT_HOME = Path(".glassfinder/airflow")
 #: Pools the DAGs use; a scheduler needs them to exist (`airflow pools set`), dag.test() does not.
 POOLS = ("default_pool", "gpu")
@@ -49,7 +50,9 @@ def configure(home: Path = DEFAULT_HOME, *, log_level: str = "INFO") -> Path:
     each run's figures are in its records in the store either way).
     """
     if not DAGS_DIR.is_dir():
-        raise GlassFinderError(f"DAG folder {DAGS_DIR} not found: run from a checkout of the repository")
+        raise GlassFinderError(
+            f"DAG folder {DAGS_DIR} not found: reinstall the glassfinder package (it ships its DAGs)"
+        )
     if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(home.resolve()):
         raise GlassFinderError(
             "Airflow was imported before glassfinder.airflow_local.configure(): call it first"

@@ -288,3 +288,65 @@ def test_a_night_before_any_model_waits_for_one_instead_of_failing(bag: Any, s3_
     metrics = json.loads(store.get(layout.run_record_key(result.dag_id, result.run_id, "metrics.json")))
     assert metrics["state"] == "success"
     assert list_versions(store, "catalog") == {}
+
+
+def test_an_installed_package_carries_the_dags_and_plugins_it_deploys(tmp_path: Path) -> None:
+    """A worker on another host installs the package, not the checkout: the wheel must hold the
+    same DAG and plugin files the checkout has, where `airflow up` and the workers look for them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("glassfinder-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for folder in ("dags", "plugins"):
+            files = sorted((repo / folder).glob("*.py"))
+            assert files
+            for path in files:
+                assert zf.read(f"glassfinder/{folder}/{path.name}") == path.read_bytes(), path
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    # -S: no .pth files, so the editable install's finder does not answer for `glassfinder`;
+    # its dependencies still come from this environment's site-packages.
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "from glassfinder import airflow_local as a; print(a.DAGS_DIR, a.PLUGINS_DIR)",
+        ],
+        env={"PYTHONPATH": f"{target}:{site_packages}", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,  # not the checkout: `-c` puts the working directory first on the path
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    dags_dir, plugins_dir = (Path(p) for p in probe.stdout.split())
+    assert dags_dir == (target / "glassfinder" / "dags").resolve()
+    assert sorted(p.name for p in dags_dir.glob("*.py")) == sorted(
+        p.name for p in (repo / "dags").glob("*.py")
+    )
+    assert (plugins_dir / "glassfinder_plugin.py").is_file()

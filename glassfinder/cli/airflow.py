@@ -115,8 +115,8 @@ def register(sub: SubParsers) -> None:
     up_args.add_argument(
         "--store", default=None, help="GlassFinder store URI (default: $GLASSFINDER_STORE_URI)"
     )
-    up_args.add_argument("--dags", default=None, help="DAG folder (default: the checkout's dags/)")
-    up_args.add_argument("--plugins", default=None, help="plugin folder (default: the checkout's plugins/)")
+    up_args.add_argument("--dags", default=None, help="DAG folder (default: the package's dags/)")
+    up_args.add_argument("--plugins", default=None, help="plugin folder (default: the package's plugins/)")
     up_args.add_argument(
         "--parallelism", type=int_between(1, 256), default=4, help="task slots of the LocalExecutor"
     )

@@ -6,7 +6,7 @@ PostgreSQL start in the home too, and Celery workers consume the `default` and `
 by PID like the others. Workers on other hosts join with the same airflow.cfg (README).
 
 `glassfinder airflow up` writes an `airflow.cfg` into its Airflow home (LocalExecutor, the
-repository's `dags/` and `plugins/`, loopback only), migrates the metadata database, creates
+package's `dags/` and `plugins/`, loopback only), migrates the metadata database, creates
 the pools the DAGs need, and starts api-server, scheduler, dag-processor and triggerer, each
 in its own process group, recording their PIDs (and kernel start times, so a recycled PID is
 never mistaken for ours) in `deployment.json`. `down` stops exactly those process groups.
@@ -105,12 +105,15 @@ class DeploymentConfig:
         object.__setattr__(self, "home", self.home.expanduser().resolve())
         if "://" not in self.store:
             object.__setattr__(self, "store", str(Path(self.store).expanduser().resolve()))
-        repo = source_root()
-        for name, default in (("dags_folder", repo / "dags"), ("plugins_folder", repo / "plugins")):
+        package = package_root()
+        for name, default in (("dags_folder", package / "dags"), ("plugins_folder", package / "plugins")):
             folder = (getattr(self, name) or default).expanduser().resolve()
             if not folder.is_dir():
                 flag = "--" + name.replace("_folder", "").replace("_", "-")
-                raise DeploymentError(f"{flag} folder {folder} does not exist: pass the repository's {name}")
+                raise DeploymentError(
+                    f"{flag} folder {folder} does not exist: pass a folder of GlassFinder's "
+                    f"{name.removesuffix('_folder')}, or reinstall the package (it ships them)"
+                )
             object.__setattr__(self, name, folder)
 
     @property
@@ -135,9 +138,10 @@ class DeploymentConfig:
         return self.celery and not self.db_url
 
 
-def source_root() -> Path:
-    """The checkout this package runs from (an editable install): it holds dags/ and plugins/."""
-    return Path(__file__).resolve().parents[2]
+def package_root() -> Path:
+    """The installed glassfinder package: it carries dags/ and plugins/ (package data), so a
+    worker on another host that installed the package has the same DAGs as the scheduler."""
+    return Path(__file__).resolve().parents[1]
 
 
 def airflow_cfg(cfg: DeploymentConfig) -> str:
