@@ -2,7 +2,9 @@
 
 Products come in colourway families (2-5 colours of one shape), like a real shop's. Family f is
 drawn from its own generator seeded by (seed, f), so the same seed always gives the same bytes,
-and a catalogue of N products is a prefix of one of N + k.
+and a catalogue of N products is a prefix of one of N + k with the same seed (same rows, same
+bytes): the family plan is drawn before it is cut at N, and a family cut short is built whole
+and truncated, so its first colourways are those of the uncut family.
 """
 
 from __future__ import annotations
@@ -40,25 +42,36 @@ class GenerateReport:
     manifest_key: str
 
 
-def family_plan(count: int, seed: int) -> list[tuple[int, int]]:
-    """(family index, number of colourways) until `count` products are planned."""
+def family_sizes(count: int, seed: int) -> list[int]:
+    """Each family's drawn number of colourways, until they hold `count` products (the last
+    family may hold more than the catalogue takes of it)."""
     rng = np.random.default_rng([seed, 0xFA])
-    plan, total, f = [], 0, 0
-    while total < count:
-        n = min(int(rng.integers(2, 6)), count - total)
-        plan.append((f, n))
-        total += n
-        f += 1
+    sizes: list[int] = []
+    while sum(sizes) < count:
+        sizes.append(int(rng.integers(2, 6)))
+    return sizes
+
+
+def family_plan(count: int, seed: int) -> list[tuple[int, int]]:
+    """(family index, number of its colourways taken) until `count` products are planned."""
+    plan, total = [], 0
+    for f, n in enumerate(family_sizes(count, seed)):
+        plan.append((f, min(n, count - total)))
+        total += plan[-1][1]
     return plan
 
 
-def build_family(seed: int, family_index: int, colourways: int) -> list[tuple[dict[str, Any], bytes]]:
-    """Manifest rows and GLB bytes for one colourway family."""
+def build_family(
+    seed: int, family_index: int, colourways: int, take: int | None = None
+) -> list[tuple[dict[str, Any], bytes]]:
+    """Manifest rows and GLB bytes of one colourway family of `colourways`, the first `take` of
+    them only (a family cut at the catalogue's end: its colourways are still drawn as a whole)."""
     rng = np.random.default_rng([seed, family_index])
     family = FAMILIES[family_index % len(FAMILIES)]
     design = sample_design(rng, family)
     out = []
-    for i, cw in enumerate(sample_colourways(rng, design, colourways)):
+    drawn = sample_colourways(rng, design, colourways)
+    for i, cw in enumerate(drawn[: len(drawn) if take is None else take]):
         glb = export_glb(build_frame(design, cw))
         pid = f"gf{seed}-{family_index:05d}-{i}"
         out.append(
@@ -92,10 +105,10 @@ def build_family(seed: int, family_index: int, colourways: int) -> list[tuple[di
     return out
 
 
-def _job(args: tuple[ObjectStore, int, int, int]) -> list[tuple[dict[str, Any], int]]:
-    store, seed, family_index, n = args
+def _job(args: tuple[ObjectStore, int, int, int, int]) -> list[tuple[dict[str, Any], int]]:
+    store, seed, family_index, drawn, take = args
     rows = []
-    for row, glb in build_family(seed, family_index, n):
+    for row, glb in build_family(seed, family_index, drawn, take):
         store.put(row["asset_uri"], glb)
         rows.append((row, len(glb)))
     return rows
@@ -105,7 +118,8 @@ def iter_generate(
     store: ObjectStore, count: int, seed: int, *, workers: int | None = None
 ) -> Iterator[list[tuple[dict[str, Any], int]]]:
     """Build and upload every family, yielding each family's (row, size) pairs in order."""
-    jobs = [(store, seed, f, n) for f, n in family_plan(count, seed)]
+    sizes = family_sizes(count, seed)
+    jobs = [(store, seed, f, sizes[f], take) for f, take in family_plan(count, seed)]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers <= 1:
         yield from map(_job, jobs)
