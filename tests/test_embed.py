@@ -22,7 +22,7 @@ from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.model import ModelConfig, build_model, model_sha, weights_bytes
 from glassfinder.embed.registry import WEIGHTS_FILE, current_sha, load_model, publish_model, set_current
 from glassfinder.embed.train import TrainConfig, load_training_views, train_model
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, RetryableError, StoreUnavailableError
 from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
@@ -298,6 +298,39 @@ def test_embed_job_writes_feature_shards_skips_existing_and_reports_unreadable(
 
     again = embed_catalog(src, spec_hash, embedder, sha, out=out)
     assert (again.embedded, again.skipped, len(again.quarantined)) == (0, 3, 1)
+
+
+class _DownStore(LocalStore):
+    """A real local store whose reads of one key fail as an outage does, after every retry
+    (read through get(), as an object store's are)."""
+
+    has_local_files = False
+
+    def __init__(self, root: Path, down_key: str) -> None:
+        super().__init__(root)
+        self.down_key = down_key
+
+    def get(self, key: str, *args: Any, **kwargs: Any) -> bytes:
+        if key == self.down_key:
+            raise StoreUnavailableError(f"{key}: store kept failing (503) after 5 attempts")
+        return super().get(key, *args, **kwargs)
+
+
+def test_an_outage_while_embedding_is_retried_not_quarantined(rendered: LocalStore, tmp_path: Path) -> None:
+    """A store that is down is nobody's bad data: the task must fail retryably (Airflow retries
+    it) and leave no quarantine record that would keep a good product out of the index."""
+    spec_hash = GALLERY_SPEC.spec_hash
+    keys = [i.key for i in rendered.list(f"renders/{spec_hash}/") if i.key.endswith(".parquet")][:2]
+    src = _DownStore(tmp_path / "src", keys[1])
+    for key in keys:
+        LocalStore(tmp_path / "src").put(key, rendered.get(key))
+    out = LocalStore(tmp_path / "out")
+    model = build_model(TINY_MODEL, seed=0).eval()
+    sha = model_sha(weights_bytes(model))
+    with pytest.raises(StoreUnavailableError) as caught:
+        embed_catalog(src, spec_hash, Embedder(model, device="cpu", batch_size=16), sha, out=out)
+    assert isinstance(caught.value, RetryableError)
+    assert not [i.key for i in out.list("") if "quarantine" in i.key]
 
 
 def test_cli_train_embed_eval(

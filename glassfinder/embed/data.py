@@ -21,7 +21,7 @@ from PIL import Image
 from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, ShardCorruptError
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
 
@@ -46,7 +46,7 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"))
     except Exception as exc:
-        raise GlassFinderError(f"{where}: image cannot be decoded ({exc})") from exc
+        raise ShardCorruptError(f"{where}: image cannot be decoded ({exc})") from exc
 
 
 def eyes_of(table: pa.Table) -> np.ndarray:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from glassfinder import layout
 from glassfinder.embed.data import iter_shard_crops, shard_keys, view_columns
 from glassfinder.embed.infer import Embedder
-from glassfinder.errors import BadInputError, GlassFinderError, ObjectExistsError
+from glassfinder.errors import BadInputError, ObjectExistsError, ShardCorruptError, ShardError
 from glassfinder.quarantine import QuarantineRecord
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import feature_table, write_shard
@@ -45,10 +45,15 @@ class EmbedReport:
     seconds: float = 0.0
 
 
+#: What makes an image shard unembeddable (quarantined, retried next run); anything else
+#: propagates, so the task fails or retries as its error class says.
+UNEMBEDDABLE: tuple[type[Exception], ...] = (ShardError, BadInputError)
+
+
 def _load_one(store: ObjectStore, key: str, embedder: Embedder) -> tuple[str, pa.Table, np.ndarray]:
     for item in iter_shard_crops(store, [key], embedder.geometry):
         return item
-    raise GlassFinderError(f"image shard {store.uri}/{key} has no rows")
+    raise ShardCorruptError(f"image shard {store.uri}/{key} has no rows")
 
 
 def _quarantine(out: ObjectStore, model_sha: str, spec_hash: str, key: str, exc: Exception) -> dict[str, Any]:
@@ -162,6 +167,10 @@ def embed_catalog(
         store, todo, embedder, decode_workers=decode_workers or default_decode_workers()
     ):
         if isinstance(item, Exception):
+            if not isinstance(item, UNEMBEDDABLE):
+                # An outage (retryable) or a bug is not the shard's fault: quarantining it would
+                # turn a store hiccup into a product missing from tonight's index.
+                raise item
             report.quarantined.append(_quarantine(out, model_sha, spec_hash, key, item))
             log.warning("skipped image shard %s/%s: %s", store.uri, key, item)
             if bar is not None:
