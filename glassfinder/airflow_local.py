@@ -10,7 +10,6 @@ before anything imports `airflow`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glassfinder import layout
+from glassfinder import layout, settings
 from glassfinder.errors import GlassFinderError
 
 #: The DAG and plugin files the package carries (links to the checkout's dags/ and plugins/ in a
@@ -53,18 +52,19 @@ def configure(home: Path = DEFAULT_HOME, *, log_level: str = "INFO") -> Path:
         raise GlassFinderError(
             f"DAG folder {DAGS_DIR} not found: reinstall the glassfinder package (it ships its DAGs)"
         )
-    if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(home.resolve()):
+    if "airflow" in sys.modules and settings.env("AIRFLOW_HOME") != str(home.resolve()):
         raise GlassFinderError(
             "Airflow was imported before glassfinder.airflow_local.configure(): call it first"
         )
     home.mkdir(parents=True, exist_ok=True)
     env = airflow_env(home, log_level=log_level)
-    os.environ.update(env)
+    for name, value in env.items():
+        settings.set_env(name, value)
     stamp = home / ".migrated"
     if not stamp.exists():
         proc = subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"],
-            env={**os.environ, **env},
+            env={**settings.environ_copy(), **env},
             capture_output=True,
             text=True,
             check=False,
@@ -128,6 +128,6 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = Fa
         failed = sorted(t for t, state in states.items() if state not in ("success", "skipped"))
         raise GlassFinderError(
             f"{dag_id} {run.run_id} ended {result.state}; tasks not successful: {failed}; "
-            f"their logs are under {os.environ.get('AIRFLOW_HOME')}/logs"
+            f"their logs are under {settings.env('AIRFLOW_HOME')}/logs"
         )
     return result

@@ -71,3 +71,26 @@ def test_no_subpackage_imports_its_own_level_or_above() -> None:
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     tree = ast.parse("def f():\n    from glassfinder.search.query import QueryEngine\n")
     assert _imported(tree) == ["search"]
+
+
+def test_only_settings_touches_the_environment() -> None:
+    """Every variable GlassFinder reads is named, with what it sets, in settings.ENV_VARS and
+    read there: a module reading os.environ directly would hide a knob from operators."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ROOT.rglob("*.py"))
+        if path.name != "settings.py" and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_every_named_variable_is_documented_and_unknown_ones_fail() -> None:
+    import pytest
+
+    from glassfinder import settings
+
+    names = [v for k, v in vars(settings).items() if k.endswith("_ENV") and isinstance(v, str)]
+    assert names and all(settings.ENV_VARS.get(n) for n in names)
+    with pytest.raises(KeyError, match="ENV_VARS"):
+        settings.env("GLASSFINDER_NO_SUCH_KNOB")
+    assert settings.env(settings.STORE_URI_ENV, {settings.STORE_URI_ENV: "s3://b/p"}) == "s3://b/p"

@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glassfinder import layout
+from glassfinder import layout, settings
 from glassfinder.catalog.columns import CellProblem, check_row, complete
 from glassfinder.catalog.loader import DEFAULT_MAX_TRIANGLES, NORMALISER_VERSION, AssetError, load_asset
 from glassfinder.catalog.manifest import NOT_AN_OBJECT, manifest_bytes, read_manifest_rows
@@ -56,7 +55,7 @@ catalog_asset_key = layout.catalog_asset_key
 override_key = layout.catalog_override_key
 #: Share of the current catalogue a full export may remove without --allow-shrink.
 DEFAULT_MAX_SHRINK_FRACTION = 0.25
-MAX_SHRINK_ENV = "GLASSFINDER_MAX_CATALOGUE_SHRINK"
+MAX_SHRINK_ENV = settings.MAX_SHRINK_ENV
 
 
 def ingest_cache_key(source_sha256: str, max_triangles: int) -> str:
@@ -290,7 +289,7 @@ def _cell_record(row: int, pid: str | None, p: CellProblem, reason: str, suffix:
 def _shrink_fraction(value: float | None) -> float:
     """The shrink limit (0..1): `value`, else $GLASSFINDER_MAX_CATALOGUE_SHRINK, else the default."""
     if value is None:
-        raw = os.environ.get(MAX_SHRINK_ENV, "").strip()
+        raw = settings.env(MAX_SHRINK_ENV).strip()
         try:
             value = float(raw) if raw else DEFAULT_MAX_SHRINK_FRACTION
         except ValueError:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from glassfinder import settings
 from glassfinder.errors import (
     AssetSourceError,
     GlassFinderError,
@@ -46,8 +47,8 @@ DEFAULT_MAX_ASSET_BYTES = 256 * 1024 * 1024
 MAX_ASSET_BYTES_LIMIT = 4 * 1024 * 1024 * 1024
 #: Chunk in which assets are streamed; the read stops at most one chunk past the budget.
 READ_CHUNK_BYTES = 1024 * 1024
-ROOTS_ENV = "GLASSFINDER_ASSET_ROOTS"
-MAX_BYTES_ENV = "GLASSFINDER_MAX_ASSET_BYTES"
+ROOTS_ENV = settings.ASSET_ROOTS_ENV
+MAX_BYTES_ENV = settings.MAX_ASSET_BYTES_ENV
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -69,7 +70,7 @@ def check_max_asset_bytes(value: int) -> int:
 
 def max_asset_bytes_from_env(environ: dict[str, str] | None = None) -> int:
     """The budget from $GLASSFINDER_MAX_ASSET_BYTES, else the default."""
-    raw = (os.environ if environ is None else environ).get(MAX_BYTES_ENV, "").strip()
+    raw = settings.env(MAX_BYTES_ENV, environ).strip()
     if not raw:
         return DEFAULT_MAX_ASSET_BYTES
     try:
@@ -80,7 +81,7 @@ def max_asset_bytes_from_env(environ: dict[str, str] | None = None) -> int:
 
 def roots_from_env(environ: dict[str, str] | None = None) -> list[str]:
     """Operator roots from $GLASSFINDER_ASSET_ROOTS (comma-separated store URIs)."""
-    raw = (os.environ if environ is None else environ).get(ROOTS_ENV, "")
+    raw = settings.env(ROOTS_ENV, environ)
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 

@@ -131,7 +131,7 @@ def configure_logging(*, debug: bool, verbose: bool) -> None:
     console.setFormatter(logging.Formatter(LOG_FORMAT))
     if not (verbose or debug):
         console.addFilter(CONSOLE_FILTER)
-        path = os.environ.get("GLASSFINDER_LOG_FILE") or DEFAULT_LOG_FILE
+        path = settings.env(settings.LOG_FILE_ENV) or DEFAULT_LOG_FILE
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             file = logging.FileHandler(path, delay=True)

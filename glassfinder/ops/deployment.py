@@ -190,7 +190,7 @@ def airflow_cfg(cfg: DeploymentConfig) -> str:
 
 def component_env(cfg: DeploymentConfig) -> dict[str, str]:
     """The environment of every component: the caller's, minus its own Airflow settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env = {k: v for k, v in settings.environ_copy().items() if not k.startswith("AIRFLOW__")}
     env |= {
         "AIRFLOW_HOME": str(cfg.home),
         "AIRFLOW_CONFIG": str(cfg.home / "airflow.cfg"),

@@ -8,7 +8,6 @@ once. Params arrive as plain JSON; anything wrong is reported naming the param.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -407,5 +406,5 @@ class PipelineConfig:
 
 
 def work_dir() -> Path:
-    """Local scratch for training checkpoints: $GLASSFINDER_WORK_DIR or .glassfinder/work."""
-    return Path(os.environ.get("GLASSFINDER_WORK_DIR") or ".glassfinder/work")
+    """Local scratch for training checkpoints (settings.work_dir)."""
+    return settings.work_dir()

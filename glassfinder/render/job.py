@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from glassfinder import layout
+from glassfinder import layout, settings
 from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset, split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
@@ -135,7 +135,7 @@ def _start_worker(
     if workers > 1:
         # Mesa's llvmpipe spreads one process over every core; with a pool, one thread per
         # worker lets the Python side of one worker overlap another's rasterising.
-        os.environ.setdefault("LP_NUM_THREADS", "1")
+        settings.set_env("LP_NUM_THREADS", "1", only_if_unset=True)
     # render.tryon (pyrender, OpenGL): imported in the worker only, kept off the DAG-parse path
     from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
 

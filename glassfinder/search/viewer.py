@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 from pathlib import Path
+
+from glassfinder import settings
 
 log = logging.getLogger(__name__)
 
 MODEL_VIEWER_PACKAGE = "@google/model-viewer@4.4.0"
 #: sha256 of dist/model-viewer.min.js in that package (the tarball's own hash is in .ci/setup).
 MODEL_VIEWER_SHA256 = "18b2e711035aa4705ee281530a55dc2338ff05eed3d70ae16d54105282a75ed5"
-ENV = "GLASSFINDER_MODEL_VIEWER_JS"
+ENV = settings.MODEL_VIEWER_JS_ENV
 
 
 def viewer_js_path() -> Path:
     """Where the viewer's script is looked for: $GLASSFINDER_MODEL_VIEWER_JS, else the venv's share folder."""
-    explicit = os.environ.get(ENV)
+    explicit = settings.env(ENV)
     if explicit:
         return Path(explicit)
     return Path(sys.prefix) / "share" / "glassfinder" / "web" / "model-viewer.min.js"

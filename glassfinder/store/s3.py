@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import random
 import threading
 import time
@@ -38,6 +37,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from glassfinder import settings
 from glassfinder.errors import (
     BucketNotFoundError,
     InvalidStoreURIError,
@@ -136,11 +136,10 @@ class S3Config:
         Endpoint and credentials are read here only from GLASSFINDER_S3_* names; the standard
         AWS_* variables keep working through boto3 itself.
         """
-        env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"GLASSFINDER_S3_{f.name.upper()}")
-            if raw is None or raw == "":
+            raw = settings.env(f"{settings.S3_PREFIX}{f.name.upper()}", environ)
+            if raw == "":
                 continue
             kind = type(getattr(cls(), f.name))
             try:
@@ -271,7 +270,7 @@ class S3Store(ObjectStore):
 
     @property
     def endpoint(self) -> str:
-        return self.config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        return self.config.endpoint_url or settings.env("AWS_ENDPOINT_URL") or "AWS S3"
 
     def deadline_for(self, nbytes: int = 0) -> float:
         """Seconds a call moving `nbytes` may take in all (see the module docstring)."""
