@@ -20,7 +20,7 @@ from glassfinder.errors import (
     StoreAuthError,
     StoreUnavailableError,
 )
-from glassfinder.store import LocalStore, S3Store, open_store, parse_store_uri
+from glassfinder.store import LocalStore, S3Store, open_store, parse_store_uri, split_object_uri
 from glassfinder.store.seaweed import SeaweedServer, free_ports
 from tests.conftest import new_bucket_store, s3_config
 from tests.flaky_proxy import flaky_proxy
@@ -236,3 +236,22 @@ def test_local_write_killed_midway_leaves_old_object(tmp_path: Path) -> None:
     proc.wait()
     assert store.get("obj") == b"old version"
     assert [i.key for i in store.list()] == ["obj"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://bucket/dir/file.csv", ("s3://bucket/dir", "file.csv")),
+        ("/abs/path/manifest.parquet", ("/abs/path", "manifest.parquet")),
+        ("/manifest.json", ("/", "manifest.json")),
+        ("manifest.csv", (".", "manifest.csv")),
+        ("rel/dir/manifest.csv", ("rel/dir", "manifest.csv")),
+    ],
+)
+def test_an_object_uri_splits_into_its_store_and_key(uri: str, expected: tuple[str, str]) -> None:
+    assert split_object_uri(uri) == expected
+
+
+def test_an_object_uri_naming_only_a_bucket_is_refused() -> None:
+    with pytest.raises(InvalidStoreURIError, match="names a bucket"):
+        split_object_uri("s3://bucket")

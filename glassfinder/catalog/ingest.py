@@ -42,7 +42,7 @@ from glassfinder.errors import (
     StaleWriteError,
 )
 from glassfinder.quarantine import QuarantineRecord, short_repr
-from glassfinder.store import open_store
+from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -137,16 +137,6 @@ class IngestReport:
         )
 
 
-def split_uri(uri: str) -> tuple[ObjectStore, str]:
-    """(store, key) for an object URI such as s3://bucket/dir/file.csv or /path/file.csv."""
-    head, sep, key = uri.rstrip("/").rpartition("/")
-    if not sep or not key:
-        return open_store("."), uri
-    if head in ("s3:/", "s3:"):
-        raise GlassFinderError(f"object URI {uri!r} names a bucket, expected s3://bucket/key")
-    return open_store(head or "/"), key
-
-
 def ingest_manifest(
     manifest_uri: str,
     *,
@@ -176,7 +166,7 @@ def ingest_manifest(
     shrink_limit = _shrink_fraction(max_shrink_fraction)
     start = time.perf_counter()
     current_rows, start_etag = read_catalog(dest) if dest is not None and update_catalog else ([], None)
-    base, key = split_uri(manifest_uri)
+    base, key = open_object(manifest_uri)
     roots = AssetRoots.for_manifest(
         base,
         key,

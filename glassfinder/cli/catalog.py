@@ -37,8 +37,8 @@ def cmd_catalog_generate(args: argparse.Namespace) -> int:
 
 def cmd_catalog_sheet(args: argparse.Namespace) -> int:
     # trimesh and pyarrow: imported on use, keeping --help fast
-    from glassfinder.catalog.ingest import split_uri
     from glassfinder.render.catalog_sheet import contact_sheet
+    from glassfinder.store import open_object
 
     if args.packshots:
         return _packshot_sheet(args)
@@ -46,7 +46,7 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
         raise GlassFinderError(
             "catalog sheet needs a manifest URI (or --packshots for the store's catalogue)"
         )
-    store, key = split_uri(args.manifest)
+    store, key = open_object(args.manifest)
     sheet = contact_sheet(store, key, limit=args.limit, columns=args.columns, tile_px=args.tile_px)
     sheet.save(args.out)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height} px, {min(args.limit, sheet.height)} products max)")
@@ -54,12 +54,13 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
 
 
 def _packshot_sheet(args: argparse.Namespace) -> int:
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, split_uri
+    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.render.catalog_sheet import packshot_sheet
     from glassfinder.render.packshot import PACKSHOT_SPEC
+    from glassfinder.store import open_object
 
     store = open_args_store(args)
-    mstore, key = split_uri(args.manifest) if args.manifest else (store, CATALOG_MANIFEST_KEY)
+    mstore, key = open_object(args.manifest) if args.manifest else (store, CATALOG_MANIFEST_KEY)
     made = packshot_sheet(
         mstore, key, store, PACKSHOT_SPEC, limit=args.limit, columns=args.columns, tile_px=args.tile_px
     )
@@ -126,7 +127,8 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
 def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStore | None) -> None:
     """Write the quarantine report where the operator looks: --report, the catalogue, or beside
     the manifest (also when the ingest was refused, since it says why every row was bad)."""
-    from glassfinder.catalog.ingest import QUARANTINE_KEY, split_uri  # trimesh: imported on use
+    from glassfinder.catalog.ingest import QUARANTINE_KEY  # trimesh: imported on use
+    from glassfinder.store import open_object
 
     if args.report:
         Path(args.report).write_text(report.to_json())
@@ -135,7 +137,7 @@ def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStor
         dest.put(QUARANTINE_KEY, report.to_json().encode())
         print(f"report: {dest.uri}/{QUARANTINE_KEY}")
     else:
-        store, key = split_uri(args.manifest)
+        store, key = open_object(args.manifest)
         report_key = key.rsplit(".", 1)[0] + ".quarantine.json"
         store.put(report_key, report.to_json().encode())
         print(f"report: {store.uri}/{report_key}")

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.augment import QUERY_DAMAGE, AugmentConfig
 from glassfinder.embed.data import ViewSet, load_views
@@ -32,6 +31,7 @@ from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import build_model
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import GlassFinderError
+from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def run_eval(
     sets = load_eval_sets(store, gallery_spec, query_spec, trained, seed=seed, progress=progress)
     manifest = None
     if manifest_uri:
-        mstore, mkey = split_uri(manifest_uri)
+        mstore, mkey = open_object(manifest_uri)
         manifest = {str(r["product_id"]): r for r in read_manifest_rows(mstore, mkey)}
     report = evaluate_models(
         sets, {f"{loaded.name}@{loaded.sha}": trained, "untrained-baseline": baseline}, manifest=manifest

@@ -26,7 +26,6 @@ import numpy as np
 import pyarrow as pa
 
 from glassfinder import layout
-from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError, IndexStoreError, ObjectNotFoundError
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, apply_search_params, build_index
@@ -42,6 +41,7 @@ from glassfinder.index.versions import (
     read_manifest,
 )
 from glassfinder.quarantine import QuarantineRecord, records_json
+from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
 
@@ -102,7 +102,7 @@ def pairs_of(ids: pa.Table) -> set[tuple[str, str]]:
 
 def catalog_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
     """(manifest rows, sha256 of the manifest's bytes: the catalogue digest)."""
-    mstore, mkey = split_uri(manifest_uri)
+    mstore, mkey = open_object(manifest_uri)
     digest = hashlib.sha256(mstore.get(mkey)).hexdigest()
     return read_manifest_rows(mstore, mkey), digest
 

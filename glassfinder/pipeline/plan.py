@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from glassfinder import layout
-from glassfinder.catalog.ingest import split_uri
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError, ObjectExistsError
 from glassfinder.render.job import known_quarantine
 from glassfinder.render.packshot import PackshotSpec, missing_packshots, save_packshot_spec
 from glassfinder.render.spec import RenderSpec
+from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def plan_work(
     packshot: the packshot spec every asset must have packshots under (None: the run makes none,
         as the training-data run); an asset whose try-on render failed for good gets none.
     """
-    rows = read_manifest_rows(*split_uri(manifest_uri))[:limit]
+    rows = read_manifest_rows(*open_object(manifest_uri))[:limit]
     if product_ids is not None:
         wanted = set(product_ids)
         rows = [r for r in rows if str(r.get("product_id")) in wanted]

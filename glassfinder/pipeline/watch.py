@@ -16,9 +16,8 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from glassfinder import layout
-from glassfinder.catalog.ingest import split_uri
 from glassfinder.errors import GlassFinderError, ObjectNotFoundError
-from glassfinder.store import open_store
+from glassfinder.store import open_object, open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def check_source(source_uri: str, store_uri: str) -> dict[str, Any] | None:
 
     Records the announcement before returning it: at most one event per version of the export.
     """
-    source_store, source_key = split_uri(source_uri)
+    source_store, source_key = open_object(source_uri)
     try:
         info = source_store.head(source_key)
     except ObjectNotFoundError:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from glassfinder import layout, settings
 from glassfinder.catalog.build import import_glb
-from glassfinder.catalog.ingest import resolve_asset, split_uri
+from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import (
     BadAssetError,
@@ -46,7 +46,7 @@ from glassfinder.faces.photos import PhotoBank
 from glassfinder.faces.procedural import head
 from glassfinder.quarantine import QuarantineRecord
 from glassfinder.render.spec import RenderSpec, plan_view, split_of
-from glassfinder.store import open_store
+from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
 from glassfinder.workers import exit_with_parent
@@ -542,7 +542,7 @@ def render_catalog_specs(
     """
     start = time.perf_counter()
     reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
-    mstore, mkey = split_uri(manifest_uri)
+    mstore, mkey = open_object(manifest_uri)
     rows = read_manifest_rows(mstore, mkey)[:limit]
     if assets is not None:
         wanted = set(assets)

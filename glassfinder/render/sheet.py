@@ -6,18 +6,19 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 from glassfinder.catalog.build import import_glb
-from glassfinder.catalog.ingest import resolve_asset, split_uri
+from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError
 from glassfinder.faces.procedural import head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
+from glassfinder.store import open_object
 
 
 def tryon_sheet(
     manifest_uri: str, product_id: str, spec: RenderSpec, *, views: int = 16, columns: int = 4
 ) -> Image.Image:
-    mstore, mkey = split_uri(manifest_uri)
+    mstore, mkey = open_object(manifest_uri)
     rows = {str(r["product_id"]): r for r in read_manifest_rows(mstore, mkey)}
     row = rows.get(product_id)
     if row is None:

@@ -274,7 +274,7 @@ def load_spec(arg: str) -> RenderSpec:
             f"render spec {arg!r} not found: expected a preset {sorted(PRESETS)}, inline JSON, "
             "a JSON file or a store URI"
         )
-    from glassfinder.catalog.ingest import split_uri
+    from glassfinder.store import open_object
 
-    store, key = split_uri(arg)
+    store, key = open_object(arg)
     return RenderSpec.from_json(store.get(key).decode(), where=f"render spec {arg}")

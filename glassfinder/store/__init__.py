@@ -9,7 +9,7 @@ from __future__ import annotations
 from glassfinder.store.base import ObjectInfo, ObjectStore
 from glassfinder.store.local import LocalStore
 from glassfinder.store.s3 import S3Config, S3Store
-from glassfinder.store.uri import StoreURI, parse_store_uri
+from glassfinder.store.uri import StoreURI, parse_store_uri, split_object_uri
 
 
 def open_store(uri: str, *, s3_config: S3Config | None = None) -> ObjectStore:
@@ -20,6 +20,12 @@ def open_store(uri: str, *, s3_config: S3Config | None = None) -> ObjectStore:
     return LocalStore(parsed.location)
 
 
+def open_object(uri: str) -> tuple[ObjectStore, str]:
+    """(store, key) of an object URI (glassfinder.store.uri.split_object_uri)."""
+    store_uri, key = split_object_uri(uri)
+    return open_store(store_uri), key
+
+
 __all__ = [
     "LocalStore",
     "ObjectInfo",
@@ -27,6 +33,8 @@ __all__ = [
     "S3Config",
     "S3Store",
     "StoreURI",
+    "open_object",
     "open_store",
     "parse_store_uri",
+    "split_object_uri",
 ]

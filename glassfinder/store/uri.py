@@ -28,6 +28,17 @@ class StoreURI:
     prefix: str = ""
 
 
+def split_object_uri(uri: str) -> tuple[str, str]:
+    """(store URI, key) of an object URI such as s3://bucket/dir/file.csv or /path/file.csv; a
+    bare name is a key in the working directory."""
+    head, sep, key = uri.rstrip("/").rpartition("/")
+    if not sep or not key:
+        return ".", uri
+    if head in ("s3:/", "s3:"):
+        raise InvalidStoreURIError(f"object URI {uri!r} names a bucket, expected s3://bucket/key")
+    return head or "/", key
+
+
 def parse_store_uri(uri: str) -> StoreURI:
     """Parse `uri` or raise InvalidStoreURIError saying what was expected."""
     if not isinstance(uri, str) or not uri.strip():
