@@ -66,9 +66,9 @@ def chosen_rows(rows: list[dict[str, Any]], per_face: int, seed: int) -> dict[st
 def pupils_of(face: str) -> np.ndarray:
     from face_bench import ASTRONAUT_PUPILS
 
-    from glassfinder.embed.face_photo_data import HOPPER_PUPILS
+    from glassfinder.embed.face_photo_data import TRAINING_PHOTO_PUPILS
 
-    return np.asarray(ASTRONAUT_PUPILS if face == "astronaut" else HOPPER_PUPILS, float)
+    return np.asarray(ASTRONAUT_PUPILS if face == "astronaut" else TRAINING_PHOTO_PUPILS, float)
 
 
 def _cached(path: Path, make: Any) -> dict[str, Any]:

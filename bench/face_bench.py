@@ -8,7 +8,7 @@ original 512 px photo to about +-0.7 px, ~0.016 of her pupil distance) are known
 Her bare photo and crops/rescales of it must be refused, and so must non-face photos (the face
 verifier's, held-out sources reported apart from the ones it was fitted on). Grace Hopper (matplotlib) wearing
 catalogue frames is reported beside it for refusals and eye error (her hand-marked pupils,
-HOPPER_PUPILS); she is a SEEN face (the packaged model's
+TRAINING_PHOTO_PUPILS); she is a SEEN face (the packaged model's
 second training stage uses her photo, see embed/face_photo_data.py). Figures: eye-centre error /
 inter-pupil distance for the network and for dlib's 5-point model on the same photos (its eye =
 mean of the eye's two corners), the network's median signed eye offset (a bias, unlike scatter, is
@@ -57,14 +57,14 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.augment import phone_damage_mapped
     from glassfinder.embed.default_model import prepare_catalog
-    from glassfinder.embed.face_photo_data import HOPPER_PUPILS
+    from glassfinder.embed.face_photo_data import TRAINING_PHOTO_PUPILS
     from glassfinder.faces.photos import analyse_photo, crop_mapping
     from glassfinder.search.samples import photo_wearing
 
     store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     faces = face_photos()
-    pupils = {"astronaut": ASTRONAUT_PUPILS, "hopper": HOPPER_PUPILS.astype(np.float64)}
+    pupils = {"astronaut": ASTRONAUT_PUPILS, "hopper": TRAINING_PHOTO_PUPILS.astype(np.float64)}
     to_crop = {f: crop_mapping(analyse_photo(faces[f], f"{f}.png")[0].crop_box) for f in pupils}
     out = work / "face-photos"
     out.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ def main() -> None:
 
     from glassfinder.embed.face_data import load_shards, training_assets
     from glassfinder.embed.face_fit import FitConfig, calibrate, calibration_half, predict, train
-    from glassfinder.embed.face_photo_data import hopper_bare, hopper_photo, hopper_photos_wearing
+    from glassfinder.embed.face_photo_data import training_photo, training_photo_bare, training_photo_wearing
     from glassfinder.embed.face_presence import (
         BandSet,
         PresenceConfig,
@@ -79,10 +79,10 @@ def main() -> None:
     held = data.subset(data.held_out)
     calib = held.subset(calibration_half(held))
     rng = np.random.default_rng([cfg.seed, 9])
-    wearing = hopper_photos_wearing(training_assets(args.work), 30)
+    wearing = training_photo_wearing(training_assets(args.work), 30)
     kinds = {
-        "bare": ([hopper_bare()], False),
-        "own_frames": ([hopper_photo()], True),
+        "bare": ([training_photo_bare()], False),
+        "own_frames": ([training_photo()], True),
         "rendered_frames": (wearing, True),
     }
     crops = {k: np.stack(upload_crops(photos, args.uploads, rng, k)) for k, (photos, _) in kinds.items()}

@@ -34,10 +34,10 @@ from glassfinder.embed.face_net import (
 )
 from glassfinder.embed.face_photo_data import (
     PHOTO_FACE_INDEX,
-    hopper_bare,
-    hopper_frame_mask,
-    hopper_photo,
     render_photo_samples,
+    training_photo,
+    training_photo_bare,
+    training_photo_frame_mask,
 )
 from glassfinder.embed.face_presence import BandSet, PresenceConfig, fit_head, upload_crops
 from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
@@ -314,8 +314,8 @@ def test_real_face_samples_carry_her_pupils_and_lose_her_frames(assets) -> None:
         if photos.worn[i]:
             gx0, gy0, gx1, gy1 = photos.glasses_box[i]
             assert all(gx0 < x < gx1 and gy0 < y < gy1 for x, y in photos.landmarks[i, :2])
-    before, after = hopper_photo(), hopper_bare()
-    mask = hopper_frame_mask(before.shape[:2]) > 0
+    before, after = training_photo(), training_photo_bare()
+    mask = training_photo_frame_mask(before.shape[:2]) > 0
     brow = mask.copy()
     brow[195:] = False  # the browline band above the eyes, not the rims around them
     dark_before = (cv2.cvtColor(before, cv2.COLOR_RGB2GRAY)[brow] < 60).mean()
@@ -420,7 +420,7 @@ def test_the_presence_fit_learns_the_band_and_weighs_real_uploads_as_configured(
 def test_presence_uploads_are_found_and_cut_as_the_query_path_does() -> None:
     """Stage 3's real samples are whole uploads (mirrored, reframed, rescaled, damaged) of Hopper's
     bare photo, cut from the box the query path's detector finds: every crop holds her face."""
-    crops = upload_crops([hopper_bare()], 6, np.random.default_rng(3), "grace_hopper.jpg")
+    crops = upload_crops([training_photo_bare()], 6, np.random.default_rng(3), "grace_hopper.jpg")
     assert len(crops) == 6 and all(c.shape == (INPUT_PX, INPUT_PX, 3) for c in crops)
     assert len({c.tobytes() for c in crops}) == 6  # every upload drawn differently
     for crop in crops:  # the face fills the crop: dlib finds it again at about the crop's scale

@@ -22,6 +22,7 @@ LEVEL = {
     "models": 0,
     "store": 0,
     "quarantine": 0,
+    "lru": 0,
     "catalog": 1,
     "faces": 1,
     "render": 2,

@@ -38,7 +38,7 @@ from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.data import ViewSet
-from glassfinder.embed.face_photo_data import hopper_bare
+from glassfinder.embed.face_photo_data import training_photo_bare
 from glassfinder.embed.face_portraits import colourise, load_portraits, split_portraits
 from glassfinder.embed.imagenet import SOURCE
 from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
@@ -63,8 +63,8 @@ TRAINING_PRODUCTS = 1000
 MODEL_NAME = "glasses"
 #: Views of each product on Hopper's photo (her pose is fixed; lenses, light and fit vary).
 PHOTO_VIEWS = 2
-HOPPER_BANK = "hopper-bank"
-HOPPER_BARE_NAME = "grace_hopper_bare.png"
+TRAINING_PHOTO_BANK = "hopper-bank"
+TRAINING_PHOTO_BARE_NAME = "grace_hopper_bare.png"
 #: Views of each product on the real portraits' photo bank (one portrait drawn per view).
 PORTRAIT_VIEWS = 2
 PORTRAIT_BANK = "portrait-bank"
@@ -85,12 +85,12 @@ def photo_training_spec(bank: Path) -> RenderSpec:
 
 def prepare_photo_bank(work: Path) -> Path:
     """work/hopper-bank holding Hopper's photo with her frames inpainted away (written once)."""
-    bank = work / HOPPER_BANK
-    path = bank / HOPPER_BARE_NAME
+    bank = work / TRAINING_PHOTO_BANK
+    path = bank / TRAINING_PHOTO_BARE_NAME
     if not path.exists():
         bank.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        Image.fromarray(hopper_bare()).save(buf, format="PNG")
+        Image.fromarray(training_photo_bare()).save(buf, format="PNG")
         path.write_bytes(buf.getvalue())
     return bank
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
 from glassfinder.errors import GlassFinderError
-from glassfinder.faces.photos import detect_boxes
+from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, detect_boxes
 from glassfinder.render.face_views import FACE_LANDMARKS, render_face_samples
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ INPUT_PX = 160
 #: forehead and chin in view).
 CROP_SCALE = 1.5
 CROP_SHIFT = -0.05
-#: Detector threshold of the training boxes: the query path's own.
-DETECT_THRESHOLD = -0.3
 LENS_CODES = ("", "clear", "tinted", "mirrored")
 #: The catalogue whose frames the face model and its verifier train on (a seed no bench uses).
 TRAINING_SEED = 6161
@@ -71,7 +69,7 @@ def render_shard(root: Path, shard: int, assets: Sequence[tuple[str, bytes]]) ->
         lms.append(s.landmarks_xy)
         worn.append(s.worn)
         boxes.append(s.glasses_box_xyxy)
-        found = detect_boxes(s.rgb, threshold=DETECT_THRESHOLD)
+        found = detect_boxes(s.rgb, threshold=QUERY_DETECTION_THRESHOLD)
         det.append(found[0].box_xyxy if found else (-1, -1, -1, -1))
         faces.append(s.face_index)
         lens.append(LENS_CODES.index(s.lens_style))

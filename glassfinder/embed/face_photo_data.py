@@ -23,8 +23,15 @@ import numpy as np
 from PIL import Image
 
 from glassfinder.catalog.build import import_glb
-from glassfinder.embed.face_data import DETECT_THRESHOLD, LENS_CODES, SHARD_FORMAT, FaceData
-from glassfinder.faces.photos import CROP_PX, PhotoFace, analyse_photo, crop_mapping, detect_boxes
+from glassfinder.embed.face_data import LENS_CODES, SHARD_FORMAT, FaceData
+from glassfinder.faces.photos import (
+    CROP_PX,
+    QUERY_DETECTION_THRESHOLD,
+    PhotoFace,
+    analyse_photo,
+    crop_mapping,
+    detect_boxes,
+)
 from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, ViewParams, plan_view
 from glassfinder.render.tryon import (
@@ -37,16 +44,16 @@ from glassfinder.render.tryon import (
 
 #: Hopper's pupils on matplotlib's grace_hopper.jpg (512x600), the subject's left eye (image
 #: right) first: centres of the dark pupil discs, marked at 16x zoom (about +-1 px, 0.012 IPD).
-HOPPER_PUPILS = np.array([[305.0, 187.0], [222.0, 190.0]], np.float32)
+TRAINING_PHOTO_PUPILS = np.array([[305.0, 187.0], [222.0, 190.0]], np.float32)
 #: Her frames, drawn over the photo: per lens (centre x, y, semi-axes a, b, rim width, browline
 #: depth), then the bridge and both hinge ends as polygons. Everything inside is inpainted.
-HOPPER_LENSES = ((216, 202, 37, 32, 10, 16), (314, 196, 40, 32, 10, 16))
-HOPPER_FRAME_POLYGONS = (
+TRAINING_PHOTO_LENSES = ((216, 202, 37, 32, 10, 16), (314, 196, 40, 32, 10, 16))
+TRAINING_PHOTO_FRAME_POLYGONS = (
     ((243, 170), (284, 164), (284, 190), (243, 194)),
     ((156, 168), (192, 168), (192, 194), (156, 192)),
     ((336, 156), (374, 160), (374, 190), (336, 192)),
 )
-HOPPER_GLINTS = ((331, 183, 5),)  # a reflection on the right lens's browline (x, y, radius)
+TRAINING_PHOTO_GLINTS = ((331, 183, 5),)  # a reflection on the right lens's browline (x, y, radius)
 #: Marks these samples in FaceData.face_index: no procedural identity is negative, and
 #: -1 % VAL_EVERY != 0, so they are never in the held-out sets the figures come from.
 PHOTO_FACE_INDEX = -1
@@ -60,33 +67,34 @@ PHOTO_SEED_TAG = 7
 CLEAR_LENSES = tuple(entry for entry in DEFAULT_LENS_PALETTE if entry[0] == "clear")
 
 
-def hopper_photo() -> np.ndarray:
+def training_photo() -> np.ndarray:
+    """The one real photo training may use (Grace Hopper, matplotlib's public-domain sample)."""
     path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def hopper_frame_mask(shape: tuple[int, int]) -> np.ndarray:
+def training_photo_frame_mask(shape: tuple[int, int]) -> np.ndarray:
     """uint8 (h, w): 255 where her own frames (rims, browline, bridge, hinges) are."""
     mask = np.zeros(shape, np.uint8)
-    for cx, cy, a, b, rim, brow in HOPPER_LENSES:
+    for cx, cy, a, b, rim, brow in TRAINING_PHOTO_LENSES:
         lens = np.zeros_like(mask)
         cv2.ellipse(lens, (cx, cy), (a, b), 0, 0, 360, 255, -1)
         inner = np.zeros_like(mask)
         cv2.ellipse(inner, (cx, cy), (a - rim, b - rim), 0, 0, 360, 255, -1)
         inner[: cy - b + brow] = 0  # the browline is solid: the whole top band goes
         mask |= lens & ~inner
-    for poly in HOPPER_FRAME_POLYGONS:
+    for poly in TRAINING_PHOTO_FRAME_POLYGONS:
         cv2.fillPoly(mask, [np.array(poly, np.int32)], 255)
-    for x, y, r in HOPPER_GLINTS:
+    for x, y, r in TRAINING_PHOTO_GLINTS:
         cv2.circle(mask, (x, y), r, 255, -1)
     return mask
 
 
-def hopper_bare() -> np.ndarray:
+def training_photo_bare() -> np.ndarray:
     """Her photo with her frames inpainted away (Telea): soft bands where the rims were, no frame."""
-    rgb = hopper_photo()
+    rgb = training_photo()
     bgr = cv2.inpaint(
-        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), hopper_frame_mask(rgb.shape[:2]), 6, cv2.INPAINT_TELEA
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), training_photo_frame_mask(rgb.shape[:2]), 6, cv2.INPAINT_TELEA
     )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -115,8 +123,8 @@ def _sample(
         return ((np.asarray(pts, np.float32) + 0.5) * k - 0.5).astype(np.float32)
 
     landmarks = np.full((len(FACE_LANDMARKS), 2), np.nan, np.float32)
-    landmarks[0:2] = resized(HOPPER_PUPILS @ to_sample[:, :2].T + to_sample[:, 2])
-    found = detect_boxes(small, threshold=DETECT_THRESHOLD)
+    landmarks[0:2] = resized(TRAINING_PHOTO_PUPILS @ to_sample[:, :2].T + to_sample[:, 2])
+    found = detect_boxes(small, threshold=QUERY_DETECTION_THRESHOLD)
     return {
         "rgb": small,
         "landmarks": landmarks,
@@ -132,11 +140,11 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
     """`worn` renders of catalogue frames on bare Hopper, her original photo (her own frames, box
     from the mask) and `bare_copies` copies of her bare photo (training augments each differently).
     Draws follow FACE_SPEC's seed and the sample index, like the procedural renders."""
-    face, crop, to_crop = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    face, crop, to_crop = _face_crop(training_photo_bare(), "grace_hopper.jpg (inpainted)")
     rows = [_sample(crop, to_crop, False, np.zeros(4), "")] * bare_copies
-    original = hopper_photo()
+    original = training_photo()
     _, own_crop, own_to_crop = _face_crop(original, "grace_hopper.jpg")
-    ys, xs = np.nonzero(hopper_frame_mask(original.shape[:2]))
+    ys, xs = np.nonzero(training_photo_frame_mask(original.shape[:2]))
     own_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32) @ own_to_crop[:, :2].T
     rows.append(_sample(own_crop, own_to_crop, True, (own_box + own_to_crop[:, 2]).ravel(), "clear"))
     for out, view in frames_on_hopper(assets, face, crop, worn, PHOTO_SEED_TAG, first_view=0):
@@ -165,7 +173,7 @@ def frames_on_hopper(
     first_view: int,
 ) -> Iterator[tuple[RenderedView, ViewParams]]:
     """`count` catalogue frames rendered onto bare Hopper's face crop (`_face_crop` of
-    `hopper_bare()`), with their view draws. Frame i is drawn from [FACE_SPEC.seed, seed_tag, i]
+    `training_photo_bare()`), with their view draws. Frame i is drawn from [FACE_SPEC.seed, seed_tag, i]
     and plans view first_view + i."""
     renderer = TryOnRenderer(CROP_PX)
     photo = PhotoRenderer(renderer)
@@ -189,10 +197,10 @@ def frames_on_hopper(
 PRESENCE_SEED_TAG = 8
 
 
-def hopper_photos_wearing(assets: Sequence[tuple[str, bytes]], count: int) -> list[np.ndarray]:
+def training_photo_wearing(assets: Sequence[tuple[str, bytes]], count: int) -> list[np.ndarray]:
     """`count` catalogue frames rendered onto bare Hopper, as whole face crops (CROP_PX): photos
     for the presence stage to damage like uploads."""
-    face, crop, _ = _face_crop(hopper_bare(), "grace_hopper.jpg (inpainted)")
+    face, crop, _ = _face_crop(training_photo_bare(), "grace_hopper.jpg (inpainted)")
     frames = frames_on_hopper(assets, face, crop, count, PRESENCE_SEED_TAG, first_view=100_000)
     return [out.rgb for out, _ in frames]
 

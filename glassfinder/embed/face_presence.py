@@ -37,11 +37,11 @@ import torch
 from torch.nn import functional as F
 
 from glassfinder.embed.augment import phone_damage_mapped
-from glassfinder.embed.face_data import DETECT_THRESHOLD, FaceData, crop_matrix, cut, training_crop
+from glassfinder.embed.face_data import FaceData, crop_matrix, cut, training_crop
 from glassfinder.embed.face_net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
-from glassfinder.embed.face_photo_data import hopper_bare, hopper_photo, hopper_photos_wearing
+from glassfinder.embed.face_photo_data import training_photo, training_photo_bare, training_photo_wearing
 from glassfinder.embed.face_portraits import Portrait, colour_swap, colourise, greyscale, read_rgb
-from glassfinder.faces.photos import PhotoError, find_query_face
+from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, PhotoError, find_query_face
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def upload_crop(
         rgb = np.ascontiguousarray(decoded[:, :, ::-1])
     try:
         face = find_query_face(
-            rgb, label, threshold=DETECT_THRESHOLD, weak_threshold=VERIFIED_DETECTION_THRESHOLD
+            rgb, label, threshold=QUERY_DETECTION_THRESHOLD, weak_threshold=VERIFIED_DETECTION_THRESHOLD
         )
     except PhotoError:
         return None
@@ -209,8 +209,10 @@ def build_band_set(
     crops, worn = render_crops(data.subset(~data.held_out), cfg.render_views, rng, cfg.grey_p)
     renders = band_features(net, crops)
     log.info("presence data: %d render crops in %.0f s", len(crops), time.perf_counter() - t0)
-    wearing = [hopper_photo(), *hopper_photos_wearing(assets, cfg.worn_renders)]
-    bare = upload_crops([hopper_bare()], cfg.bare_photos, rng, "grace_hopper.jpg (inpainted)", cfg.grey_p)
+    wearing = [training_photo(), *training_photo_wearing(assets, cfg.worn_renders)]
+    bare = upload_crops(
+        [training_photo_bare()], cfg.bare_photos, rng, "grace_hopper.jpg (inpainted)", cfg.grey_p
+    )
     worn_up = upload_crops(wearing, cfg.worn_photos, rng, "grace_hopper.jpg (wearing frames)", cfg.grey_p)
     hopper = band_features(net, bare + worn_up)
     log.info("presence data: %d Hopper uploads in %.0f s", len(hopper), time.perf_counter() - t0)
@@ -304,7 +306,7 @@ def upload_check(net: FaceNet, threshold: float, count: int, seed: int) -> dict[
     the threshold set on renders, not a figure about unseen faces (bench/face_bench.py has those)."""
     rng = np.random.default_rng([seed, 3])
     out: dict[str, Any] = {}
-    for name, photo, worn in (("bare", hopper_bare(), False), ("own_frames", hopper_photo(), True)):
+    for name, photo, worn in (("bare", training_photo_bare(), False), ("own_frames", training_photo(), True)):
         crops = upload_crops([photo], count, rng, f"grace_hopper.jpg ({name})")
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
@@ -352,7 +354,7 @@ def portrait_views(
                 face = find_query_face(
                     image,
                     portrait.path.name,
-                    threshold=DETECT_THRESHOLD,
+                    threshold=QUERY_DETECTION_THRESHOLD,
                     weak_threshold=VERIFIED_DETECTION_THRESHOLD,
                 )
             except PhotoError:

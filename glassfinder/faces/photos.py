@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 CROP_PX = 512
 MIN_FACE_PX = 60
 DETECTION_THRESHOLD = 0.5
+#: The query path's detector threshold, below dlib's own default of 0: dark lenses hide the eyes,
+#: so faces wearing them score lower (the face verifier and the landmarks' shape check stand
+#: between a false face and a search). Face analysis trains on boxes found at the same threshold.
+QUERY_DETECTION_THRESHOLD = -0.3
 MAX_ABS_YAW_DEG = 55.0
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 #: The identity whose geometry is the generic head for pose estimation and occlusion.

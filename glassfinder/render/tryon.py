@@ -9,7 +9,6 @@ background. Lenses tint what is behind them: clear lenses show the eyes, sunglas
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from PIL import Image
 from glassfinder.catalog.convention import part_of
 from glassfinder.faces.base import Head
 from glassfinder.faces.photos import PhotoFace
+from glassfinder.lru import BoundedCache
 from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
 from glassfinder.render.preview import _look_at, asset_meshes
@@ -121,8 +121,7 @@ class TryOnRenderer:
     def __init__(self, size_px: int, *, head_cache: int = 16) -> None:
         self.size_px = size_px
         self._renderer = pyrender.OffscreenRenderer(size_px, size_px)
-        self._heads: OrderedDict[str, list[pyrender.Mesh]] = OrderedDict()
-        self._head_cache = head_cache
+        self._heads: BoundedCache[str, list[pyrender.Mesh]] = BoundedCache(head_cache)
 
     def close(self) -> None:
         self._renderer.delete()
@@ -146,11 +145,7 @@ class TryOnRenderer:
         meshes = self._heads.get(head.face_id)
         if meshes is None:
             meshes = [pyrender.Mesh.from_trimesh(m, smooth=True) for _, m in head.meshes]
-            self._heads[head.face_id] = meshes
-            if len(self._heads) > self._head_cache:
-                self._heads.popitem(last=False)
-        else:
-            self._heads.move_to_end(head.face_id)
+            self._heads.put(head.face_id, meshes)
         return meshes
 
     def render(

@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,10 @@ from glassfinder.errors import (
     StoreStateError,
 )
 from glassfinder.faces.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
-from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
+from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, PhotoError, QueryFace, find_query_face
 from glassfinder.index.reader import IndexReader
 from glassfinder.index.versions import newest_verified_version
+from glassfinder.lru import BoundedCache
 from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.store.base import ObjectStore
@@ -60,9 +60,6 @@ log = logging.getLogger(__name__)
 
 #: What the shopper is told whenever a photo is refused (the reference system's words).
 REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
-#: Below dlib's own default of 0: dark lenses hide the eyes, so faces wearing them score lower
-#: (the face verifier and the landmarks' shape check stand between a false face and a search).
-QUERY_DETECTION_THRESHOLD = -0.3
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
 #: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
@@ -277,9 +274,9 @@ class QueryEngine:
         self.index_name = index_name
         self.device = device
         self._lock = threading.Lock()
-        self._embedders: OrderedDict[str, Embedder] = OrderedDict()
-        self._thumbs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._packshot_views: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._embedders: BoundedCache[str, Embedder] = BoundedCache(2)
+        self._thumbs: BoundedCache[tuple[str, str], bytes] = BoundedCache(2048)
+        self._packshot_views: BoundedCache[str, tuple[str, ...]] = BoundedCache(8192)
         #: Why the version served is not CURRENT's (None when it is): for /healthz and the logs.
         self.degraded: str | None = None
         self._failed_etag: str | None = None
@@ -303,9 +300,7 @@ class QueryEngine:
             cached = Embedder(
                 load_model(self.store, model_ref).model, device=self.device, batch_size=1, fold=True
             )
-            self._embedders[sha] = cached
-            while len(self._embedders) > 2:
-                self._embedders.popitem(last=False)
+            self._embedders.put(sha, cached)
         return cached
 
     def _load(self, version: int | None = None) -> Serving:
@@ -477,10 +472,7 @@ class QueryEngine:
             for v in PACKSHOT_SPEC.view_names
             if self.store.exists(layout.packshot_key(PACKSHOT_SPEC.spec_hash, sha, v))
         )
-        with self._lock:
-            self._packshot_views[sha] = have
-            while len(self._packshot_views) > 8192:
-                self._packshot_views.popitem(last=False)
+        self._packshot_views.put(sha, have)
         return have
 
     def packshot(self, product_id: str, view: str) -> bytes | None:
@@ -525,8 +517,5 @@ class QueryEngine:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
-        with self._lock:
-            self._thumbs[key] = data
-            while len(self._thumbs) > 2048:
-                self._thumbs.popitem(last=False)
+        self._thumbs.put(key, data)
         return data
