@@ -49,6 +49,9 @@ class AugmentConfig:
     glare_alpha: tuple[float, float] = (0.08, 0.35)
 
 
+#: Training without the appearance draws (what models before them trained with; for comparisons).
+BASIC_AUGMENT = AugmentConfig(gamma_p=0.0, downscale_p=0.0, glare_p=0.0)
+
 #: What eval queries get: every damage at once, moderate, so eval measures the gap it aims at.
 QUERY_DAMAGE = AugmentConfig(
     eye_sigma_frac=0.03,

@@ -37,6 +37,7 @@ from PIL import Image
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.embed.augment import BASIC_AUGMENT, AugmentConfig
 from glassfinder.embed.data import ViewSet
 from glassfinder.embed.face_photo_data import training_photo_bare
 from glassfinder.embed.face_portraits import colourise, load_portraits, split_portraits
@@ -224,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         help="labelled real portraits whose bare train split the frames are also rendered onto "
         "(default: GLASSFINDER_PORTRAITS_DIR or ../shared/faces/portraits); 'none' leaves them out",
     )
+    parser.add_argument(
+        "--augment",
+        choices=("appearance", "basic"),
+        default="appearance",
+        help="training augmentation: 'appearance' (the default: tone curve, resolution loss and "
+        "lens glare besides the basic damage) or 'basic' (without them, for comparison)",
+    )
+    parser.add_argument(
+        "--run-name", default=None, help="training folder under WORK/train (default: the model's name)"
+    )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         model=model_config if init_from else mobilenet_config(),
         init_from=init_from,
+        augment=AugmentConfig() if args.augment == "appearance" else BASIC_AUGMENT,
     )
     train_views, val_views = load_training_views(store, base, progress=True)
 
@@ -279,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"kept {kept}")
     config = base if init_from else replace(base, model=mobilenet_config(**CANDIDATES[kept]))
-    run_dir = work / "train" / kept.replace("@", "-")
+    run_dir = work / "train" / (args.run_name or kept.replace("@", "-"))
     t0 = time.perf_counter()
     result = train_model(
         store,
