@@ -52,6 +52,28 @@ FACES = ("astronaut", "hopper")
 PACKAGED_TRAIN_LOOK = "own renders (procedural heads + Hopper's photo)"
 
 
+def record_in_card(path: Path, report: dict[str, Any], label: str, args: argparse.Namespace) -> None:
+    """Write one row's figures into a model card, with how to reproduce them; the weights and
+    their sha256 are untouched (the card's other fields say how they were made)."""
+    card = json.loads(path.read_text())
+    row = report["rows"][label]
+    key = f"cross_look_bench_{report['products']}"
+    card[key] = {
+        "bench": f"bench/cross_look_bench.py --products {report['products']} --seed {args.seed} "
+        f"--photos-per-face {args.photos_per_face}",
+        "catalogue_seed": report["catalogue_seed"],
+        "gallery_views": report["gallery_views"],
+        "face_model_sha": report["face_model_sha"],
+        "note": "astronaut: the unseen face; hopper: seen in training; second: bench/second_look.py, "
+        "an independent compositor no training image came from",
+        "looks": {
+            look: {k: v for k, v in cell.items() if k != "refusals"} for look, cell in row["looks"].items()
+        },
+    }
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    print(f"recorded row {label!r} in {path} ({key})")
+
+
 def chosen_rows(rows: list[dict[str, Any]], per_face: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     """Which products each face wears (the same in both looks, so looks compare on the same
     products): a seeded draw spread over the whole catalogue, different products per face."""
@@ -268,6 +290,12 @@ def main() -> None:
         default=None,
         help="a row: LABEL=REF (REF: packaged, imagenet or NAME@SHA in the work store); repeatable",
     )
+    parser.add_argument(
+        "--card",
+        action="append",
+        default=None,
+        help="LABEL=PATH: record that row's figures in the model card at PATH (cross_look_bench)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -326,6 +354,8 @@ def main() -> None:
                 f"{colourway:>9} {c['eye_error_median']!s:>8}"
             )
     (work / "report.json").write_text(json.dumps(report, indent=2))
+    for label, path in (c.split("=", 1) for c in args.card or []):
+        record_in_card(Path(path), report, label, args)
     print(f"report: {work / 'report.json'} (seconds: {time.perf_counter() - t0:.0f})")
 
 

@@ -116,3 +116,21 @@ def test_the_portrait_bank_holds_only_bare_train_portraits_mostly_in_colour(tmp_
     spec = portrait_training_spec(bank)
     assert spec.face_source == f"photos:{bank}" and spec.seed == training_spec().seed
     assert spec.spec_hash != training_spec().spec_hash
+
+
+def test_the_cards_retrain_line_keeps_the_recipe_and_drops_this_machines_folders() -> None:
+    from glassfinder.embed.default_model import _portable_args
+
+    argv = [
+        "--work",
+        "/home/me/w",
+        "--epochs",
+        "5",
+        "--out-dir=/tmp/o",
+        "--portraits",
+        "none",
+        "--init",
+        "default",
+    ]
+    assert _portable_args(argv) == ["--epochs", "5", "--portraits", "none", "--init", "default"]
+    assert _portable_args(["--portraits", "/data/p", "--augment", "basic"]) == ["--augment", "basic"]

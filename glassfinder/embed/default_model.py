@@ -199,6 +199,23 @@ def write_packaged(
     return card
 
 
+def _portable_args(argv: list[str] | None) -> list[str]:
+    """The command line minus the values that name this machine's folders."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    for i, a in enumerate(args):
+        name = a.split("=", 1)[0]
+        value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+        if name in ("--work", "--out-dir", "--portraits") and value != "none":
+            continue
+        if i and args[i - 1] in ("--work", "--out-dir", "--portraits") and a != "none":
+            continue
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=".glassfinder/default-model", help="resumable work folder")
@@ -315,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             "kept": kept,
             "init_from": init_from or INIT_IMAGENET,
             "augment": asdict(config.augment),
+            # How this very model was made (the work folder and output dir are left out: paths).
+            "retrain": "python -m glassfinder.embed.default_model " + " ".join(_portable_args(argv)),
             "products": {
                 "generated": args.products,
                 "rendered_and_used": min(args.products, args.render_limit or args.products),
