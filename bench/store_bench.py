@@ -81,14 +81,14 @@ def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) 
     vec_mib = emb.nbytes / MIB
     npy = workdir / "raw.npy"
 
-    def np_save_durable() -> None:
+    def np_save_durable(array: np.ndarray) -> None:
         # The store fsyncs before it commits; give numpy the same durability to be fair.
         with open(npy, "wb") as fh:
-            np.save(fh, emb)
+            np.save(fh, array)
             fh.flush()
             os.fsync(fh.fileno())
 
-    np_write = timed(np_save_durable, 3, best=True)
+    np_write = timed(lambda: np_save_durable(emb), 3, best=True)
     np_read = timed(lambda: np.load(npy), 3, best=True)
     size = 0
     table = feature_table(views, model_sha=model, embeddings=emb)
@@ -105,14 +105,7 @@ def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) 
     # The shard also holds the view columns (ids, pose, lens): numpy writing as many bytes as the
     # shard separates the container's cost from the cost of those extra bytes.
     same_bytes = np.ones(size, np.uint8)
-
-    def np_save_same_bytes() -> None:
-        with open(npy, "wb") as fh:
-            np.save(fh, same_bytes)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    np_write_same = timed(np_save_same_bytes, 3, best=True)
+    np_write_same = timed(lambda: np_save_durable(same_bytes), 3, best=True)
     got: list[np.ndarray] = []
     columns = ["view_key", "product_id", "asset_sha256", "embedding"]  # what the index build reads
 
