@@ -48,9 +48,10 @@ def test_second_look_imports_nothing_that_renders_or_augments_for_training() -> 
         [sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, check=True, timeout=300
     )
     loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
-    assert loaded <= {"glassfinder", "glassfinder.errors", "glassfinder.render", "glassfinder.render.gl"}, (
-        loaded
-    )
+    # render.gl picks the GL platform (and reads it through settings, the one reader of the
+    # environment): neither draws, shades or augments anything.
+    allowed = {"glassfinder", "glassfinder.errors", "glassfinder.settings", "glassfinder.render"}
+    assert loaded <= allowed | {"glassfinder.render.gl"}, loaded
 
 
 def test_nothing_in_the_package_can_import_the_second_look() -> None:

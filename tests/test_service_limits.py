@@ -493,6 +493,7 @@ def test_a_symlinked_current_is_refused_not_followed(store: LocalStore, tmp_path
 def test_serve_starts_on_the_last_good_version_when_current_is_broken(store: LocalStore) -> None:
     _put_current(store, b"{not json")
     with serving(store, *SERVE_FLAGS) as s:
+        time.sleep(1.0)  # five reload intervals: the loop must not lose the fix the message gives
         health = httpx.get(f"{s.url}/healthz")
         assert health.status_code == 200
         body = health.json()

@@ -9,6 +9,7 @@ mixes an index with another version's model.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -292,6 +293,10 @@ class QueryEngine:
             self._serving = self._load(version=good)
             self.degraded = f"CURRENT cannot be served ({exc}); serving v{good} instead; {fix}"
             log.error("search: %s", self.degraded)
+            # The reload loop must not read this same broken CURRENT again (and replace the
+            # message that says how to fix it) until someone moves it.
+            with contextlib.suppress(Exception):
+                self._failed_etag = store.head(layout.index_current_key(index_name)).etag
 
     # --- loading and hot reload ---------------------------------------------------------------
     def _embedder(self, model_ref: str, sha: str) -> Embedder:
