@@ -241,3 +241,50 @@ print(float(np.median(out.alpha[y - 3 : y + 4, x - 9 : x + 10])), rss() - before
     assert "llvmpipe" in gl_name or "softpipe" in gl_name, gl_name  # Mesa's software rasteriser
     assert abs(float(alpha) - 0.6) < 0.03  # coverage, not 0.36: FBO + blending fix work on OSMesa
     assert float(growth_mib) < 30, growth_mib  # no per-frame shader recompilation
+
+
+def test_material_jitter_keeps_old_spec_hashes_and_every_draw_but_the_material() -> None:
+    """Stored renders are keyed by spec hash: adding the knob must not re-render any catalogue,
+    and a jittered spec must pose, light and dress a view exactly as its plain twin does."""
+    plain = RenderSpec(seed=4)
+    assert "material_jitter" not in plain.canonical_json()
+    jittered = dataclasses.replace(plain, material_jitter=1.0)
+    assert jittered.spec_hash != plain.spec_hash
+    assert RenderSpec.from_json(jittered.canonical_json()) == jittered
+    for i in range(20):
+        a = plan_view(plain, "cd" * 32, i, fixed_lens=None)
+        b = plan_view(jittered, "cd" * 32, i, fixed_lens=None)
+        assert a.material is None and b.material is not None
+        assert dataclasses.replace(b, material=None) == a
+        assert plan_view(jittered, "cd" * 32, i, fixed_lens=None) == b
+    with pytest.raises(Exception, match="material_jitter"):
+        RenderSpec(material_jitter=1.5)
+
+
+def test_drawn_materials_change_the_frame_and_a_plain_view_restores_its_own(
+    renderer: TryOnRenderer, glb: bytes
+) -> None:
+    """An asset is reused across views: a view with the asset's own materials after a jittered
+    one must render as if the jittered one had never happened."""
+    from glassfinder.render.spec import MaterialDraw
+
+    asset = AssetMeshes(import_glb(glb))
+    view = _view(yaw=10)
+    head = build_head(view.face_index)
+    before = renderer.render(asset, head, view)
+    dark = MaterialDraw(
+        colour_gamma=2.2,
+        colour_gain=0.7,
+        roughness=0.9,
+        metallic_add=0.3,
+        lens_opacity_scale=1.0,
+        lens_reflect=0.0,
+    )
+    drawn = renderer.render(asset, head, dataclasses.replace(view, material=dark))
+    diff = np.abs(drawn.rgb.astype(int) - before.rgb.astype(int)).sum(axis=2)
+    x0, y0, x1, y1 = before.glasses_box_xyxy.astype(int)
+    inside = np.zeros(diff.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert diff[inside].mean() > 5 * max(diff[~inside].mean(), 0.2)  # the glasses changed, not the face
+    after = renderer.render(asset, head, view)
+    assert np.array_equal(after.rgb, before.rgb)

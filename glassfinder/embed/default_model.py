@@ -74,14 +74,24 @@ PORTRAIT_BANK = "portrait-bank"
 PORTRAIT_COLOUR_P = 0.75
 
 
-def training_spec() -> RenderSpec:
+#: --materials: the assets' own materials, or every view's frame and lens materials drawn anew.
+MATERIALS = {"own": 0.0, "random": 1.0}
+
+
+def training_spec(material_jitter: float = 0.0) -> RenderSpec:
     """The render spec of the packaged model's training views (the 'catalog' preset's look)."""
-    return replace(PRESETS["catalog"], views_per_asset=6, seed=TRAINING_SEED, split_fractions=(0.9, 0.1, 0.0))
+    return replace(
+        PRESETS["catalog"],
+        views_per_asset=6,
+        seed=TRAINING_SEED,
+        split_fractions=(0.9, 0.1, 0.0),
+        material_jitter=material_jitter,
+    )
 
 
-def photo_training_spec(bank: Path) -> RenderSpec:
+def photo_training_spec(bank: Path, material_jitter: float = 0.0) -> RenderSpec:
     """The training spec's look on the photos in `bank` (a folder; relative keeps the hash portable)."""
-    return replace(training_spec(), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
+    return replace(training_spec(material_jitter), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
 
 
 def prepare_photo_bank(work: Path) -> Path:
@@ -96,9 +106,11 @@ def prepare_photo_bank(work: Path) -> Path:
     return bank
 
 
-def portrait_training_spec(bank: Path) -> RenderSpec:
+def portrait_training_spec(bank: Path, material_jitter: float = 0.0) -> RenderSpec:
     """The training spec's look on the bare real portraits in `bank` (prepare_portrait_bank)."""
-    return replace(training_spec(), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS)
+    return replace(
+        training_spec(material_jitter), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS
+    )
 
 
 def prepare_portrait_bank(work: Path, portraits_root: Path) -> Path:
@@ -144,14 +156,19 @@ def prepare_catalog(work: Path, products: int, seed: int = TRAINING_SEED) -> Loc
 
 
 def prepare(
-    work: Path, products: int, render_limit: int | None = None, portraits_root: Path | None = None
+    work: Path,
+    products: int,
+    render_limit: int | None = None,
+    portraits_root: Path | None = None,
+    material_jitter: float = 0.0,
 ) -> tuple[LocalStore, list[RenderSpec]]:
     """Generate, ingest and render the training catalogue under each spec (skipping what exists):
     procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None."""
     store = prepare_catalog(work, products)
-    specs = [training_spec(), photo_training_spec(prepare_photo_bank(work))]
+    specs = [training_spec(material_jitter), photo_training_spec(prepare_photo_bank(work), material_jitter)]
     if portraits_root is not None:
-        specs.append(portrait_training_spec(prepare_portrait_bank(work, portraits_root)))
+        bank = prepare_portrait_bank(work, portraits_root)
+        specs.append(portrait_training_spec(bank, material_jitter))
     reports = render_catalog_specs(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit
     )
@@ -250,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         "lens glare besides the basic damage) or 'basic' (without them, for comparison)",
     )
     parser.add_argument(
+        "--materials",
+        choices=tuple(MATERIALS),
+        default="own",
+        help="the frames' and lenses' materials in the training renders: the assets' own (the "
+        "default), or drawn anew per view (gloss, metalness, colour reading, lens tint and reflection)",
+    )
+    parser.add_argument(
         "--run-name", default=None, help="training folder under WORK/train (default: the model's name)"
     )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
@@ -263,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     portraits: Path | None = portraits_dir() if args.portraits is None else Path(args.portraits)
     if args.portraits == "none":
         portraits = None
-    store, specs = prepare(work, args.products, args.render_limit, portraits)
+    store, specs = prepare(work, args.products, args.render_limit, portraits, MATERIALS[args.materials])
     if args.stage == "render":
         return 0
     model_config, init_from = resolve_init(store, args.init, None)

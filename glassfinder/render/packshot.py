@@ -190,7 +190,7 @@ def render_packshots(
 
     if fixed_lens is not None:
         style, lens = fixed_lens
-        asset.set_lens((float(lens[0]), float(lens[1]), float(lens[2]), float(lens[3])), style)
+        asset.set_look((float(lens[0]), float(lens[1]), float(lens[2]), float(lens[3])), style)
     if renderer.size_px != spec.image_px:
         renderer.set_size(spec.image_px)
     points = np.vstack(list(asset.parts.values()))

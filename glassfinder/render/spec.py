@@ -51,8 +51,17 @@ class ContentAddressed:
     """What every spec that names stored pixels shares (the render spec, the packshot spec): one
     canonical JSON, its digest as the key's name, and a strict reader of its JSON form."""
 
+    #: Fields added after a spec's first release: left out of the canonical JSON while they hold
+    #: their default, so every spec written before them keeps its hash (and its stored renders).
+    DIGEST_OMITS_AT_DEFAULT: tuple[str, ...] = ()
+
     def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))  # type: ignore[call-overload]
+        raw = asdict(self)  # type: ignore[call-overload]
+        defaults = {f.name: f.default for f in fields(self)}  # type: ignore[arg-type]
+        for name in self.DIGEST_OMITS_AT_DEFAULT:
+            if raw[name] == defaults[name]:
+                del raw[name]
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
     @property
     def spec_hash(self) -> str:
@@ -96,12 +105,15 @@ class RenderSpec(ContentAddressed):
     colour_temp_k: tuple[float, float] = (3500.0, 7500.0)
     backgrounds: tuple[str, ...] = BACKGROUNDS
     fit_jitter: float = 0.0  # 0: textbook fit; 1: up to 6 mm down the nose and 4 degrees of tilt
+    material_jitter: float = 0.0  # 0: the asset's own materials; 1: full draws (see MaterialDraw)
     image_format: str = "png"
     jpeg_quality: int = 92
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    DIGEST_OMITS_AT_DEFAULT = ("material_jitter",)
 
     def __post_init__(self) -> None:
         if self.image_px < 32 or self.image_px > 2048:
@@ -128,6 +140,10 @@ class RenderSpec(ContentAddressed):
             raise GlassFinderError(f"render spec split_fractions must sum to 1, got {self.split_fractions}")
         if not 0.0 <= self.fit_jitter <= 1.0:
             raise GlassFinderError(f"render spec fit_jitter must be within 0..1, got {self.fit_jitter}")
+        if not 0.0 <= self.material_jitter <= 1.0:
+            raise GlassFinderError(
+                f"render spec material_jitter must be within 0..1, got {self.material_jitter}"
+            )
 
     @classmethod
     def from_json(cls, text: str, where: str = "render spec") -> RenderSpec:
@@ -139,6 +155,37 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+@dataclass(frozen=True)
+class MaterialDraw:
+    """How one view departs from the asset's own materials (domain randomisation of the training
+    renders): the same frame under another reading of its colour, gloss and lenses, so a model
+    learns the frame's shape and colour family rather than how our shader draws its material."""
+
+    colour_gamma: float  # base colour ** gamma: > 1 reads it as display sRGB (darker), < 1 washes out
+    colour_gain: float  # then scaled (exposure of the material, not of the light)
+    roughness: float | None  # None keeps the asset's
+    metallic_add: float  # added to the asset's metalness (clear coats read as faint metal)
+    lens_opacity_scale: float  # tint strength of the lenses
+    lens_reflect: float  # metalness of non-mirrored lenses: window reflections on clear lenses
+
+
+def draw_material(rng: np.random.Generator, jitter: float) -> MaterialDraw:
+    """A MaterialDraw at strength `jitter` (0..1); always the same number of draws from `rng`."""
+    j = jitter
+    gamma = float(np.exp(rng.uniform(np.log(1 / (1 + 0.5 * j)), np.log(1 + 1.2 * j))))
+    gain = float(rng.uniform(1 - 0.35 * j, 1 + 0.25 * j))
+    keep_roughness = bool(rng.random() >= 0.7 * j)
+    roughness = float(rng.uniform(0.1, 0.9))
+    return MaterialDraw(
+        colour_gamma=gamma,
+        colour_gain=gain,
+        roughness=None if keep_roughness else roughness,
+        metallic_add=float(rng.uniform(0, 0.35 * j)),
+        lens_opacity_scale=float(rng.uniform(1 - 0.6 * j, 1 + 0.4 * j)),
+        lens_reflect=float(rng.uniform(0, 0.5 * j)),
+    )
 
 
 @dataclass(frozen=True)
@@ -164,6 +211,7 @@ class ViewParams:
     slide_m: float
     tilt_deg: float
     aim_offset: tuple[float, float]
+    material: MaterialDraw | None = None  # None: the asset's own materials
 
     @property
     def face_id(self) -> str:
@@ -219,6 +267,8 @@ def plan_view(
         slide_m=u((0, 0.006)) * spec.fit_jitter,
         tilt_deg=u((-4, 4)) * spec.fit_jitter,
         aim_offset=(u((-0.01, 0.01)), u((-0.01, 0.01))),
+        # Drawn last, and only when asked for: a spec without material jitter keeps every view.
+        material=draw_material(rng, spec.material_jitter) if spec.material_jitter > 0 else None,
     )
 
 

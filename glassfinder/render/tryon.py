@@ -24,7 +24,7 @@ from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
 from glassfinder.render.preview import _look_at, asset_meshes
 from glassfinder.render.pyrender_fixes import GL, pyrender
-from glassfinder.render.spec import ViewParams
+from glassfinder.render.spec import MaterialDraw, ViewParams
 
 
 class _OrderedSet(dict):
@@ -100,19 +100,59 @@ class AssetMeshes:
         self.parts = part_vertices(scene)
         self.meshes: list[tuple[str, pyrender.Mesh, np.ndarray]] = []
         self.lens_materials: list[pyrender.MetallicRoughnessMaterial] = []
+        # pyrender copies materials: keep its copies to recolour, and the frame's own values to
+        # return to (an asset is reused across views, some drawn with other materials).
+        self.frame_materials: list[tuple[pyrender.MetallicRoughnessMaterial, _Own]] = []
         for node, mesh, pose in asset_meshes(scene):
             role = part_of(node) or "frame"
-            if role.startswith("lens"):  # pyrender copies materials: keep its copies to recolour
-                for prim in mesh.primitives:
+            for prim in mesh.primitives:
+                if role.startswith("lens"):
                     prim.material.alphaMode = "BLEND"
                     self.lens_materials.append(prim.material)
+                elif isinstance(prim.material, pyrender.MetallicRoughnessMaterial):
+                    self.frame_materials.append((prim.material, _Own.of(prim.material)))
             self.meshes.append((role, mesh, pose))
 
-    def set_lens(self, rgba: tuple[float, float, float, float], style: str) -> None:
+    def set_look(
+        self, rgba: tuple[float, float, float, float], style: str, material: MaterialDraw | None = None
+    ) -> None:
+        """The lenses' colour and style, and the frame's materials: its own, or `material`'s draw."""
+        opacity_scale = material.lens_opacity_scale if material else 1.0
+        reflect = material.lens_reflect if material else 0.0
+        lens_rgba = np.asarray(rgba, float)
+        lens_rgba[3] = float(np.clip(lens_rgba[3] * opacity_scale, 0.02, 0.97))
         for mat in self.lens_materials:
-            mat.baseColorFactor = np.asarray(rgba, float)
-            mat.metallicFactor = 0.85 if style == "mirrored" else 0.0
+            mat.baseColorFactor = lens_rgba
+            mat.metallicFactor = 0.85 if style == "mirrored" else reflect
             mat.roughnessFactor = 0.08 if style == "mirrored" else 0.04
+        for mat, own in self.frame_materials:
+            own.apply(mat, material)
+
+
+@dataclass(frozen=True)
+class _Own:
+    """A frame material's values as the asset gave them."""
+
+    base: np.ndarray
+    metallic: float
+    roughness: float
+
+    @classmethod
+    def of(cls, mat: pyrender.MetallicRoughnessMaterial) -> _Own:
+        return cls(
+            np.array(mat.baseColorFactor, float), float(mat.metallicFactor), float(mat.roughnessFactor)
+        )
+
+    def apply(self, mat: pyrender.MetallicRoughnessMaterial, draw: MaterialDraw | None) -> None:
+        if draw is None:
+            mat.baseColorFactor = self.base.copy()
+            mat.metallicFactor, mat.roughnessFactor = self.metallic, self.roughness
+            return
+        base = self.base.copy()
+        base[:3] = np.clip(np.clip(base[:3], 0, 1) ** draw.colour_gamma * draw.colour_gain, 0, 1)
+        mat.baseColorFactor = base
+        mat.metallicFactor = float(np.clip(self.metallic + draw.metallic_add, 0, 1))
+        mat.roughnessFactor = self.roughness if draw.roughness is None else draw.roughness
 
 
 class TryOnRenderer:
@@ -170,7 +210,7 @@ class TryOnRenderer:
         fit: Fit | None = None
         if asset is not None:
             fit = fit_frame(asset.parts, head.anchors, slide_m=view.slide_m, tilt_deg=view.tilt_deg)
-            asset.set_lens(view.lens_rgba, view.lens_style)
+            asset.set_look(view.lens_rgba, view.lens_style, view.material)
             for role, mesh, pose in asset.meshes:
                 if role in skip_roles:
                     continue
@@ -277,7 +317,7 @@ class PhotoRenderer:
         for mesh in self.occluders:
             scene.add(mesh, pose=head_pose)
         fit = fit_frame(asset.parts, self.head.anchors, slide_m=view.slide_m, tilt_deg=view.tilt_deg)
-        asset.set_lens(view.lens_rgba, view.lens_style)
+        asset.set_look(view.lens_rgba, view.lens_style, view.material)
         for role, mesh, pose in asset.meshes:
             side = role.removeprefix("temple_") if role.startswith("temple_") else None
             local = fit.temple_poses.get(side, fit.front_pose) if side else fit.front_pose
