@@ -38,7 +38,7 @@ from glassfinder.index.reader import IndexReader
 from glassfinder.render.catalog_sheet import contact_sheet, packshot_sheet
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.sheet import tryon_sheet
-from glassfinder.render.spec import load_spec
+from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.search.query import QueryEngine, QueryRefusedError
 from glassfinder.search.samples import photo_wearing
 from glassfinder.store import open_store
@@ -244,6 +244,161 @@ def run_line(label: str, run: DagRunResult) -> str:
     )
 
 
+def _check_store_aloud(store: ObjectStore, say: Callable[[str], None]) -> StoreCheckReport:
+    """The store's own check first, so a store that cannot hold the run fails before any work."""
+    check = check_store(store)
+    say(f"store {store.uri}")
+    for what, seconds in check.steps:
+        say(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
+    return check
+
+
+def _bring_in_catalogue(
+    store: ObjectStore, products: int, seed: int, sheet_path: Path, say: Callable[[str], None]
+) -> tuple[str, GenerateReport, IngestReport]:
+    """Generate the shop's export, ingest it and draw its contact sheet; returns the export's URI.
+
+    The training DAG renders the catalogue, so the catalogue comes in before the first night."""
+    source = settings.source_manifest_uri(store.uri)
+    generated = generate_catalog(open_store(source.rsplit("/", 1)[0]), products, seed, progress=True)
+    say(
+        f"catalog: generated {generated.products} products ({generated.families} colourway families) "
+        f"as the shop's export {source} in {generated.seconds:.1f} s"
+    )
+    ingested = ingest_manifest(source, dest=store)
+    i = ingested.summary()
+    say(
+        f"catalog: ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined) "
+        f"in {i['seconds']} s"
+    )
+    sheet_path.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(store, CATALOG_MANIFEST_KEY, limit=products, columns=4, tile_px=192).save(sheet_path)
+    say(f"catalog: contact sheet {sheet_path}")
+    return source, generated, ingested
+
+
+def _training_data_run(store: ObjectStore, say: Callable[[str], None]) -> tuple[DagRunResult, str]:
+    """The training-data DAG, then the model searched with; returns the run and the model's ref."""
+    say("airflow: running glassfinder_training_data (render the catalogue; no training: packaged model)...")
+    training = airflow_local.run_dag(
+        "glassfinder_training_data", {"store": store.uri, **DEMO_TRAINING}, check=True
+    )
+    say(run_line("airflow", training))
+    return training, _packaged_model_line(store, say)
+
+
+def _reindex(store: ObjectStore, source: str) -> DagRunResult:
+    return airflow_local.run_dag(
+        "glassfinder_catalog_reindex", {"store": store.uri, "source_manifest": source}, check=True
+    )
+
+
+def _first_night(store: ObjectStore, source: str, say: Callable[[str], None]) -> DagRunResult:
+    """The nightly re-index that publishes index v1, with its evaluation."""
+    say("airflow: running glassfinder_catalog_reindex (render query views, embed, evaluate, publish)...")
+    nightly = _reindex(store, source)
+    say(run_line("airflow", nightly))
+    ev = nightly.summary["index"].get("evaluation") or {}
+    if ev:
+        say(
+            f"  evaluation of v{nightly.summary['index']['version']} on {ev['queries']} held-out query "
+            f"views: "
+            f"top-1 {ev['top1']:.3f}  top-5 {ev['top5']:.3f}  top-10 {ev['top10']:.3f} "
+            f"({ev['aggregation']} over each product's views)"
+        )
+    return nightly
+
+
+def _compare_with_untrained(
+    store: ObjectStore,
+    catalog_spec: RenderSpec,
+    query_spec: RenderSpec,
+    model: str,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    comparison = _model_vs_untrained(store.uri, catalog_spec.spec_hash, query_spec.spec_hash, model)
+    for label, entry in comparison["models"].items():
+        closed = entry["closed_set"]
+        say(f"  {label:<10} model, closed-set top-1 {closed.get('top1')}  top-5 {closed.get('top5')}")
+    return comparison
+
+
+def _save_packshot_sheet(
+    store: ObjectStore, sheet_path: Path, products: int, say: Callable[[str], None]
+) -> None:
+    packshot_path = sheet_path.with_name("packshot-sheet.png")
+    made = packshot_sheet(store, CATALOG_MANIFEST_KEY, store, PACKSHOT_SPEC, limit=products, tile_px=192)
+    made.image.save(packshot_path)
+    say(
+        f"catalog: packshot sheet {packshot_path} ({made.from_store} of {made.products} products' "
+        "packshots from the store)"
+    )
+
+
+def _save_tryon_sheet(
+    store: ObjectStore, sheet_path: Path, product_id: str, spec: RenderSpec, say: Callable[[str], None]
+) -> Path:
+    tryon_path = sheet_path.with_name("tryon-sheet.png")
+    tryon_sheet(f"{store.uri}/{CATALOG_MANIFEST_KEY}", product_id, spec, views=8).save(tryon_path)
+    say(f"render: try-on sheet {tryon_path}")
+    return tryon_path
+
+
+def _held_out_searches(
+    store: ObjectStore, nightly: DagRunResult, query_spec: RenderSpec, say: Callable[[str], None]
+) -> tuple[list[SearchShown], float, float]:
+    searches, top1, top5 = _search(store.uri, settings.index_name(), query_spec.spec_hash)
+    say(
+        f"search: index v{nightly.summary['index']['version']}, held-out views on other faces, damaged like "
+        f"photos: top-1 {top1:.3f}, top-5 {top5:.3f}; the first {len(searches)}:"
+    )
+    for q in searches:
+        found = f"found at rank {q.rank}" if q.rank else "not in the top 5"
+        say(
+            f"  {q.product_id} on {q.face_id}: {found}; top 5: "
+            + ", ".join(f"{p} {v:.3f}" for p, v in q.hits)
+        )
+    return searches, top1, top5
+
+
+def _photo_queries(store: ObjectStore, sheet_path: Path, say: Callable[[str], None]) -> list[PhotoSearch]:
+    """Searches with a real photo (the sample face, wearing a product, then bare), when there is one."""
+    photo = _sample_photo()
+    if photo is None:
+        say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
+        return []
+    # The packaged face analysis: trained on procedural heads and Hopper's photo, never on the astronaut.
+    sha, _ = packaged_analyzer()
+    card = read_packaged(PACKAGED_NAME).card["evaluation"]
+    eyes, presence = card["eye_error_ipd"]["network_all"], card["presence"]
+    say(
+        f"face analysis: packaged model {sha} (held-out renders: eye error median {eyes['median']:.3f} "
+        f"of the pupil distance; glasses presence false refusal {presence['false_refusal']:.3f}, "
+        f"false accept {presence['false_accept']:.3f})"
+    )
+    photo_searches = _photo_search(store.uri, settings.index_name(), sheet_path.parent, photo)
+    for shown in photo_searches:
+        say(f"search: {shown.answer}")
+    say(
+        f"  try them: glassfinder search {photo_searches[0].photo}; glassfinder serve (page at "
+        f"http://127.0.0.1:8000/, a product at http://127.0.0.1:8000/p/{photo_searches[0].truth})"
+    )
+    return photo_searches
+
+
+def _say_pending(say: Callable[[str], None]) -> None:
+    if PENDING_STAGES:
+        say("stages still to come:")
+        for stage, what in PENDING_STAGES:
+            say(f"  --  {stage}: {what}")
+
+
+def _write_figures(report: DemoReport, sheet_path: Path, say: Callable[[str], None]) -> None:
+    figures_path = sheet_path.with_name("demo-report.json")
+    figures_path.write_text(json.dumps(report.figures(), indent=2, default=str) + "\n")
+    say(f"report: {figures_path}")
+
+
 def run_demo(
     store_uri: str,
     *,
@@ -259,100 +414,20 @@ def run_demo(
     # Task logs stay in Airflow's log folder; what matters is said here and kept in each run's records.
     airflow_local.configure(sheet_path.parent / "airflow", log_level="ERROR")
     store = open_store(store_uri)
-    check = check_store(store)
-    say(f"store {store.uri}")
-    for what, seconds in check.steps:
-        say(f"  ok  {what}  ({seconds * 1000:.1f} ms)")
-    source = settings.source_manifest_uri(store.uri)
-    generated = generate_catalog(open_store(source.rsplit("/", 1)[0]), products, seed, progress=True)
-    say(
-        f"catalog: generated {generated.products} products ({generated.families} colourway families) "
-        f"as the shop's export {source} in {generated.seconds:.1f} s"
-    )
-    # The training DAG renders the catalogue, so the catalogue comes in before the first night.
-    ingested = ingest_manifest(source, dest=store)
-    i = ingested.summary()
-    say(
-        f"catalog: ingested {i['accepted']} of {i['rows']} ({i['quarantined']} quarantined) "
-        f"in {i['seconds']} s"
-    )
-    sheet_path.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(store, CATALOG_MANIFEST_KEY, limit=products, columns=4, tile_px=192).save(sheet_path)
-    say(f"catalog: contact sheet {sheet_path}")
-    common = {"store": store.uri}
-    say("airflow: running glassfinder_training_data (render the catalogue; no training: packaged model)...")
-    training = airflow_local.run_dag("glassfinder_training_data", {**common, **DEMO_TRAINING}, check=True)
-    say(run_line("airflow", training))
-    model = _packaged_model_line(store, say)
-    say("airflow: running glassfinder_catalog_reindex (render query views, embed, evaluate, publish)...")
-    nightly = airflow_local.run_dag(
-        "glassfinder_catalog_reindex", {**common, "source_manifest": source}, check=True
-    )
-    say(run_line("airflow", nightly))
-    ev = nightly.summary["index"].get("evaluation") or {}
-    if ev:
-        say(
-            f"  evaluation of v{nightly.summary['index']['version']} on {ev['queries']} held-out query "
-            f"views: "
-            f"top-1 {ev['top1']:.3f}  top-5 {ev['top5']:.3f}  top-10 {ev['top10']:.3f} "
-            f"({ev['aggregation']} over each product's views)"
-        )
+    check = _check_store_aloud(store, say)
+    source, generated, ingested = _bring_in_catalogue(store, products, seed, sheet_path, say)
+    training, model = _training_data_run(store, say)
+    nightly = _first_night(store, source, say)
     catalog_spec, query_spec = load_spec("catalog"), load_spec("queries")
-    comparison = _model_vs_untrained(store.uri, catalog_spec.spec_hash, query_spec.spec_hash, model)
-    for label, entry in comparison["models"].items():
-        closed = entry["closed_set"]
-        say(f"  {label:<10} model, closed-set top-1 {closed.get('top1')}  top-5 {closed.get('top5')}")
-    packshot_path = sheet_path.with_name("packshot-sheet.png")
-    made = packshot_sheet(store, CATALOG_MANIFEST_KEY, store, PACKSHOT_SPEC, limit=products, tile_px=192)
-    made.image.save(packshot_path)
-    say(
-        f"catalog: packshot sheet {packshot_path} ({made.from_store} of {made.products} products' "
-        "packshots from the store)"
-    )
-    quiet = airflow_local.run_dag(
-        "glassfinder_catalog_reindex", {**common, "source_manifest": source}, check=True
-    )
+    comparison = _compare_with_untrained(store, catalog_spec, query_spec, model, say)
+    _save_packshot_sheet(store, sheet_path, products, say)
+    quiet = _reindex(store, source)  # a second night: nothing to redo
     say(run_line("airflow (the next night)", quiet))
-    tryon_path = sheet_path.with_name("tryon-sheet.png")
     first = str(ingested.accepted[0]["product_id"])
-    tryon_sheet(f"{store.uri}/{CATALOG_MANIFEST_KEY}", first, catalog_spec, views=8).save(tryon_path)
-    say(f"render: try-on sheet {tryon_path}")
-    searches, top1, top5 = _search(store.uri, settings.index_name(), query_spec.spec_hash)
-    say(
-        f"search: index v{nightly.summary['index']['version']}, held-out views on other faces, damaged like "
-        f"photos: top-1 {top1:.3f}, top-5 {top5:.3f}; the first {len(searches)}:"
-    )
-    for q in searches:
-        found = f"found at rank {q.rank}" if q.rank else "not in the top 5"
-        say(
-            f"  {q.product_id} on {q.face_id}: {found}; top 5: "
-            + ", ".join(f"{p} {v:.3f}" for p, v in q.hits)
-        )
-    photo = _sample_photo()
-    photo_searches: list[PhotoSearch] = []
-    if photo is None:
-        say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
-    else:
-        # The packaged face analysis: trained on procedural heads and Hopper's photo, never on the astronaut.
-        sha, _ = packaged_analyzer()
-        card = read_packaged(PACKAGED_NAME).card["evaluation"]
-        eyes, presence = card["eye_error_ipd"]["network_all"], card["presence"]
-        say(
-            f"face analysis: packaged model {sha} (held-out renders: eye error median {eyes['median']:.3f} "
-            f"of the pupil distance; glasses presence false refusal {presence['false_refusal']:.3f}, "
-            f"false accept {presence['false_accept']:.3f})"
-        )
-        photo_searches = _photo_search(store.uri, settings.index_name(), sheet_path.parent, photo)
-        for shown in photo_searches:
-            say(f"search: {shown.answer}")
-        say(
-            f"  try them: glassfinder search {photo_searches[0].photo}; glassfinder serve (page at "
-            f"http://127.0.0.1:8000/, a product at http://127.0.0.1:8000/p/{photo_searches[0].truth})"
-        )
-    if PENDING_STAGES:
-        say("stages still to come:")
-        for stage, what in PENDING_STAGES:
-            say(f"  --  {stage}: {what}")
+    tryon_path = _save_tryon_sheet(store, sheet_path, first, catalog_spec, say)
+    searches, top1, top5 = _held_out_searches(store, nightly, query_spec, say)
+    photo_searches = _photo_queries(store, sheet_path, say)
+    _say_pending(say)
     report = DemoReport(
         store.uri,
         check,
@@ -369,7 +444,5 @@ def run_demo(
         top5,
         photo_searches,
     )
-    figures_path = sheet_path.with_name("demo-report.json")
-    figures_path.write_text(json.dumps(report.figures(), indent=2, default=str) + "\n")
-    say(f"report: {figures_path}")
+    _write_figures(report, sheet_path, say)
     return report

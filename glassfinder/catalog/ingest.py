@@ -175,85 +175,148 @@ def ingest_manifest(
     )
     rows = read_manifest_rows(base, key)
     report = IngestReport(manifest_uri=manifest_uri, rows=len(rows))
-    winners: dict[str, tuple[int, dict[str, Any]]] = {}  # product id -> (row, clean row)
-    superseded: list[tuple[int, dict[str, Any]]] = []
-    given: dict[str, int] = {}  # every valid id a row gave -> its first row (the catalogue's order)
+    winners = _Winners()
+    for i, raw in _with_progress(rows, progress):
+        checked = _checked_cells(report, winners, i, raw)
+        if checked is None:
+            continue
+        clean = _with_normalised_asset(report, i, checked, roots, dest, max_triangles)
+        if clean is not None:
+            winners.add(checked[0], i, clean)
+    _quarantine_duplicates(report, winners)
+    _settle_products(report, winners)
+    if dest is not None and update_catalog:
+        _replace_catalog(dest, report, current_rows, start_etag, shrink_limit, allow_shrink_reason)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@dataclass
+class _Winners:
+    """Which row each product id comes from: the last valid row of an id wins."""
+
+    #: product id -> (row, clean row) of its winning row so far
+    rows: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    #: (row, clean row) of the valid rows a later valid row of their id beat
+    superseded: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: every valid id a row gave -> its first row (the catalogue's order)
+    given: dict[str, int] = field(default_factory=dict)
+
+    def add(self, pid: str, row: int, clean: dict[str, Any]) -> None:
+        if pid in self.rows:
+            self.superseded.append(self.rows[pid])
+        self.rows[pid] = (row, clean)
+
+
+def _with_progress(rows: list[dict[str, Any]], progress: bool) -> Any:
+    """enumerate(rows), with a progress bar when asked for."""
     iterator: Any = enumerate(rows)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, total=len(rows), unit="asset", desc="ingesting")
-    for i, raw in iterator:
-        checked = check_row(raw) if NOT_AN_OBJECT not in raw else None
-        if checked is None:
-            _quarantine(
-                report, i, None, "bad_row", "row is not an object", got=short_repr(raw[NOT_AN_OBJECT])
-            )
-            continue
-        pid = checked.values.get("product_id")
-        if pid is not None:
-            given.setdefault(pid, i)
-        for p in checked.dropped:
-            report.dropped.append(_cell_record(i, pid, p, "dropped_field", "; field dropped"))
-            log.warning("row %d (%s): dropped %s: expected %s, got %s", i, pid, p.column, p.expected,
-                        short_repr(p.got))  # fmt: skip
-        if checked.refused:
-            p = checked.refused[0]
-            report.quarantined.append(_cell_record(i, pid, p, p.reason, ""))
-            log.warning("quarantined row %d (%s): %s: expected %s, got %s", i, pid, p.column, p.expected,
-                        short_repr(p.got))  # fmt: skip
-            continue
-        assert pid is not None  # required: a row without one was refused above
-        asset_uri = checked.values["asset_uri"]
-        try:
-            data = roots.read(asset_uri)
-        except AssetSourceError as exc:
-            _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
-            continue
-        try:
-            asset_sha, reused = _normalised_sha(data, asset_uri, dest, max_triangles)
-        except AssetError as exc:
-            _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
-            continue
-        finally:
-            del data  # one asset in memory at a time
-        report.reused += reused
-        clean = complete(checked.values)
-        clean.update(
-            asset_sha256=asset_sha,
-            asset_uri=catalog_asset_key(asset_sha).removeprefix(CATALOG_DIR),  # relative to the manifest
-        )
-        if pid in winners:
-            superseded.append(winners[pid])
-        winners[pid] = (i, clean)
-    # Duplicates: the last valid row of an id wins; its other valid rows are quarantined naming it.
-    for i, clean in superseded:
+    return iterator
+
+
+def _checked_cells(
+    report: IngestReport, winners: _Winners, i: int, raw: dict[str, Any]
+) -> tuple[str, dict[str, Any]] | None:
+    """(product id, checked values) of a row whose cells pass their columns' rules, else None
+    (the row quarantined). Dropped cells are recorded as warnings; the row goes on without them."""
+    checked = check_row(raw) if NOT_AN_OBJECT not in raw else None
+    if checked is None:
+        _quarantine(report, i, None, "bad_row", "row is not an object", got=short_repr(raw[NOT_AN_OBJECT]))
+        return None
+    pid = checked.values.get("product_id")
+    if pid is not None:
+        winners.given.setdefault(pid, i)
+    for p in checked.dropped:
+        report.dropped.append(_cell_record(i, pid, p, "dropped_field", "; field dropped"))
+        log.warning("row %d (%s): dropped %s: expected %s, got %s", i, pid, p.column, p.expected,
+                    short_repr(p.got))  # fmt: skip
+    if checked.refused:
+        p = checked.refused[0]
+        report.quarantined.append(_cell_record(i, pid, p, p.reason, ""))
+        log.warning("quarantined row %d (%s): %s: expected %s, got %s", i, pid, p.column, p.expected,
+                    short_repr(p.got))  # fmt: skip
+        return None
+    assert pid is not None  # required: a row without one was refused above
+    return pid, checked.values
+
+
+def _with_normalised_asset(
+    report: IngestReport,
+    i: int,
+    checked: tuple[str, dict[str, Any]],
+    roots: AssetRoots,
+    dest: ObjectStore | None,
+    max_triangles: int,
+) -> dict[str, Any] | None:
+    """The row's clean values pointing at its normalised asset, else None (the row quarantined)."""
+    pid, values = checked
+    asset_uri = values["asset_uri"]
+    try:
+        data = roots.read(asset_uri)
+    except AssetSourceError as exc:
+        _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
+        return None
+    try:
+        asset_sha, reused = _normalised_sha(data, asset_uri, dest, max_triangles)
+    except AssetError as exc:
+        _quarantine(report, i, pid, exc.reason, str(exc), source=asset_uri)
+        return None
+    finally:
+        del data  # one asset in memory at a time
+    report.reused += reused
+    clean = complete(values)
+    clean.update(
+        asset_sha256=asset_sha,
+        asset_uri=catalog_asset_key(asset_sha).removeprefix(CATALOG_DIR),  # relative to the manifest
+    )
+    return clean
+
+
+def _quarantine_duplicates(report: IngestReport, winners: _Winners) -> None:
+    """Duplicates: the last valid row of an id wins; its other valid rows are quarantined naming it."""
+    for i, clean in winners.superseded:
         pid = str(clean["product_id"])
-        won = winners[pid][0]
+        won = winners.rows[pid][0]
         report.duplicates[pid] = won
         _quarantine(
             report, i, pid, "duplicate_id",
             f"product_id {pid!r} is also given by row {won}, a later valid row, which wins "
             "(the last valid row of an id is the product)",
         )  # fmt: skip
+
+
+def _settle_products(report: IngestReport, winners: _Winners) -> None:
+    """Fill in the report's accepted rows and refused products, in the catalogue's order."""
     report.quarantined.sort(key=lambda q: q.row if q.row is not None else -1)
-    report.accepted = [winners[pid][1] for pid in given if pid in winners]
-    report.refused_products = [pid for pid in given if pid not in winners]
+    report.accepted = [winners.rows[pid][1] for pid in winners.given if pid in winners.rows]
+    report.refused_products = [pid for pid in winners.given if pid not in winners.rows]
     for pid in report.refused_products:
         log.warning("product %s: every row giving it was quarantined; it is not in this ingest", pid)
-    if dest is not None and update_catalog:
-        try:
-            report.shrink = check_shrink(
-                current_rows, report, max_fraction=shrink_limit, allow_reason=allow_shrink_reason
-            )
-        except CatalogShrinkError as exc:
-            exc.report = report  # the quarantine says why the rows were bad
-            raise
-        report.manifest_changed = write_catalog_manifest(dest, report.accepted, expected_etag=start_etag)
-        if report.manifest_changed and report.shrink and report.shrink.get("allowed_reason"):
-            record_override(dest, report.shrink)
-    report.seconds = time.perf_counter() - start
-    return report
+
+
+def _replace_catalog(
+    dest: ObjectStore,
+    report: IngestReport,
+    current_rows: list[dict[str, Any]],
+    start_etag: str | None,
+    shrink_limit: float,
+    allow_shrink_reason: str | None,
+) -> None:
+    """Make the accepted rows the catalogue, unless that shrinks it too far (CatalogShrinkError)."""
+    try:
+        report.shrink = check_shrink(
+            current_rows, report, max_fraction=shrink_limit, allow_reason=allow_shrink_reason
+        )
+    except CatalogShrinkError as exc:
+        exc.report = report  # the quarantine says why the rows were bad
+        raise
+    report.manifest_changed = write_catalog_manifest(dest, report.accepted, expected_etag=start_etag)
+    if report.manifest_changed and report.shrink and report.shrink.get("allowed_reason"):
+        record_override(dest, report.shrink)
 
 
 def _quarantine(

@@ -159,7 +159,16 @@ def load_asset(data: bytes, name: str, *, max_triangles: int = DEFAULT_MAX_TRIAN
 
 def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
     scene = _parse(data, name, max_triangles)
-    fmt = _format_of(name)
+    pieces = _world_pieces(scene, name, _format_of(name))
+    triangles = _checked_triangles(pieces, name, max_triangles)
+    unit, notes = _to_convention(pieces, name)
+    out = _canonical_scene(pieces, name)
+    glb = export_glb(out)
+    return NormalisedAsset(out, glb, hashlib.sha256(glb).hexdigest(), unit, triangles, notes)
+
+
+def _world_pieces(scene: trimesh.Scene, name: str, fmt: str) -> list[tuple[str, trimesh.Trimesh]]:
+    """(label for role names, mesh with its node transform baked) of every non-empty mesh node."""
     pieces: list[tuple[str, trimesh.Trimesh]] = []
     for node in scene.graph.nodes_geometry:
         transform, geom_name = scene.graph[node]
@@ -175,6 +184,11 @@ def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
         # name, so OBJ names would lie: OBJ parts are assigned from geometry alone.
         label = "" if fmt == "obj" else f"{node} {geom_name} {material_name}"
         pieces.append((label, mesh))
+    return pieces
+
+
+def _checked_triangles(pieces: list[tuple[str, trimesh.Trimesh]], name: str, max_triangles: int) -> int:
+    """The asset's triangle count, refused when zero or over the budget."""
     triangles = sum(len(m.faces) for _, m in pieces)
     if triangles == 0:
         raise AssetError(name, "empty", "has no triangles (expected a mesh of the frame)")
@@ -182,7 +196,11 @@ def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
         raise AssetError(
             name, "too_many_triangles", f"has {triangles:,} triangles, the budget is {max_triangles:,}"
         )
+    return triangles
 
+
+def _to_convention(pieces: list[tuple[str, trimesh.Trimesh]], name: str) -> tuple[str, list[str]]:
+    """Scale to metres, orient and move the origin to the bridge centre, in place; (unit, notes)."""
     vertices = np.vstack([m.vertices for _, m in pieces])
     extents = vertices.max(0) - vertices.min(0)
     widest = float(extents.max())
@@ -208,7 +226,11 @@ def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
     if np.abs(origin).max() > 1e-6:
         for _, mesh in pieces:
             mesh.apply_translation(-origin)
+    return unit, notes
 
+
+def _canonical_scene(pieces: list[tuple[str, trimesh.Trimesh]], name: str) -> trimesh.Scene:
+    """The pieces as one scene of nodes named by role; AssetError if a required part is missing."""
     out = trimesh.Scene()
     counts: dict[str, int] = {}
     roles = _assign_roles(pieces, name)
@@ -238,8 +260,7 @@ def _load_asset(data: bytes, name: str, max_triangles: int) -> NormalisedAsset:
             f"has no {', '.join(missing)} part (name nodes lens_left/lens_right/frame, "
             "or give lenses a transparent material)",
         )
-    glb = export_glb(out)
-    return NormalisedAsset(out, glb, hashlib.sha256(glb).hexdigest(), unit, triangles, notes)
+    return out
 
 
 def _skew(values: np.ndarray) -> float:

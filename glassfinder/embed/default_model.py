@@ -27,7 +27,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,13 @@ def _portable_args(argv: list[str] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("PML").setLevel(logging.WARNING)
+    return retrain_default_model(_options(args, argv))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--work", default=".glassfinder/default-model", help="resumable work folder")
     parser.add_argument("--products", type=int, default=TRAINING_PRODUCTS)
@@ -278,96 +285,179 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
     parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("PML").setLevel(logging.WARNING)
+    return parser
 
-    work = Path(args.work)
-    out_dir = Path(args.out_dir) if args.out_dir else MODELS_DIR
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    """The command line's choices as plain data (`_parser` says what each one means)."""
+
+    work: Path
+    out_dir: Path
+    portraits: Path | None
+    products: int
+    render_limit: int | None
+    epochs: int
+    compare_products: int
+    compare_epochs: int
+    candidate: str | None
+    init: str
+    stage: str
+    augment: str
+    materials: str
+    run_name: str | None
+    device: str | None
+    #: The command line minus this machine's folders, for the card's `retrain`.
+    portable_args: list[str]
+
+
+def _options(args: argparse.Namespace, argv: list[str] | None) -> RetrainOptions:
     portraits: Path | None = portraits_dir() if args.portraits is None else Path(args.portraits)
     if args.portraits == "none":
         portraits = None
-    store, specs = prepare(work, args.products, args.render_limit, portraits, MATERIALS[args.materials])
-    if args.stage == "render":
-        return 0
-    model_config, init_from = resolve_init(store, args.init, None)
-    base = TrainConfig(
-        spec_hashes=tuple(s.spec_hash for s in specs),
+    return RetrainOptions(
+        work=Path(args.work),
+        out_dir=Path(args.out_dir) if args.out_dir else MODELS_DIR,
+        portraits=portraits,
+        products=args.products,
+        render_limit=args.render_limit,
         epochs=args.epochs,
-        model=model_config if init_from else mobilenet_config(),
-        init_from=init_from,
-        augment=AugmentConfig() if args.augment == "appearance" else BASIC_AUGMENT,
+        compare_products=args.compare_products,
+        compare_epochs=args.compare_epochs,
+        candidate=args.candidate,
+        init=args.init,
+        stage=args.stage,
+        augment=args.augment,
+        materials=args.materials,
+        run_name=args.run_name,
+        device=args.device,
+        portable_args=_portable_args(argv),
     )
+
+
+def retrain_default_model(opts: RetrainOptions) -> int:
+    """Render, compare, train and package (each step resuming from what the work folder holds)."""
+    store, specs = prepare(
+        opts.work, opts.products, opts.render_limit, opts.portraits, MATERIALS[opts.materials]
+    )
+    if opts.stage == "render":
+        return 0
+    base, init_from = _base_config(store, specs, opts)
     train_views, val_views = load_training_views(store, base, progress=True)
-
-    def subset(views: ViewSet, keep: set[str]) -> ViewSet:
-        return views.subset(np.array([p in keep for p in views.product_ids]))
-
     comparison: dict[str, Any] = {}
-    kept = args.candidate
     if init_from:  # fine-tuning keeps the packaged model's architecture
         kept = init_from
-    elif kept is None:
-        keep = set(sorted(set(train_views.product_ids.tolist()))[: args.compare_products])
-        keep |= set(val_views.product_ids.tolist())
-        for label, overrides in CANDIDATES.items():
-            config = replace(base, epochs=args.compare_epochs, model=mobilenet_config(**overrides))
-            result = train_model(
-                store,
-                config,
-                work_dir=work / "compare" / label,
-                resume=(work / "compare" / label).exists(),
-                views=(subset(train_views, keep), val_views),
-                device=args.device,
-            )
-            comparison[label] = {
-                "epochs": args.compare_epochs,
-                "train_products": result.train_products,
-                "history": result.history,
-                "best_val": result.best_val,
-            }
-            print(f"compare {label}: {json.dumps(result.best_val)} ({result.seconds:.0f} s)")
+    elif opts.candidate is None:
+        comparison = compare_candidates(store, base, train_views, val_views, opts)
         kept = max(
             comparison, key=lambda k: comparison[k]["best_val"].get("val_mean_average_precision_at_r", 0)
         )
         print(f"kept {kept}")
+    else:
+        kept = opts.candidate
     config = base if init_from else replace(base, model=mobilenet_config(**CANDIDATES[kept]))
-    run_dir = work / "train" / (args.run_name or kept.replace("@", "-"))
+    result = _train_kept(store, config, kept, (train_views, val_views), opts)
+    card = write_packaged(
+        result, specs, opts.out_dir, _card_extra(comparison, kept, init_from, config, result, opts)
+    )
+    print(f"packaged {MODEL_NAME}@{card['model_sha']} ({card['weights_bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+def _base_config(store: LocalStore, specs: list[RenderSpec], opts: RetrainOptions) -> tuple[TrainConfig, str]:
+    """The training config before a backbone is chosen, and the model it fine-tunes ('' for none)."""
+    model_config, init_from = resolve_init(store, opts.init, None)
+    base = TrainConfig(
+        spec_hashes=tuple(s.spec_hash for s in specs),
+        epochs=opts.epochs,
+        model=model_config if init_from else mobilenet_config(),
+        init_from=init_from,
+        augment=AugmentConfig() if opts.augment == "appearance" else BASIC_AUGMENT,
+    )
+    return base, init_from
+
+
+def _only_products(views: ViewSet, keep: set[str]) -> ViewSet:
+    return views.subset(np.array([p in keep for p in views.product_ids]))
+
+
+def compare_candidates(
+    store: LocalStore, base: TrainConfig, train_views: ViewSet, val_views: ViewSet, opts: RetrainOptions
+) -> dict[str, Any]:
+    """Each candidate backbone's brief run on a subset of the training products (all of
+    validation), so the full run trains only the one that generalises best."""
+    keep = set(sorted(set(train_views.product_ids.tolist()))[: opts.compare_products])
+    keep |= set(val_views.product_ids.tolist())
+    comparison: dict[str, Any] = {}
+    for label, overrides in CANDIDATES.items():
+        config = replace(base, epochs=opts.compare_epochs, model=mobilenet_config(**overrides))
+        result = train_model(
+            store,
+            config,
+            work_dir=opts.work / "compare" / label,
+            resume=(opts.work / "compare" / label).exists(),
+            views=(_only_products(train_views, keep), val_views),
+            device=opts.device,
+        )
+        comparison[label] = {
+            "epochs": opts.compare_epochs,
+            "train_products": result.train_products,
+            "history": result.history,
+            "best_val": result.best_val,
+        }
+        print(f"compare {label}: {json.dumps(result.best_val)} ({result.seconds:.0f} s)")
+    return comparison
+
+
+def _train_kept(
+    store: LocalStore,
+    config: TrainConfig,
+    kept: str,
+    views: tuple[ViewSet, ViewSet],
+    opts: RetrainOptions,
+) -> TrainResult:
+    """The full run of the kept backbone, resuming from its folder under WORK/train."""
+    run_dir = opts.work / "train" / (opts.run_name or kept.replace("@", "-"))
     t0 = time.perf_counter()
     result = train_model(
         store,
         config,
         work_dir=run_dir,
         resume=(run_dir / "last.pt").exists(),
-        views=(train_views, val_views),
-        device=args.device,
+        views=views,
+        device=opts.device,
         progress=True,
     )
     print(
         f"trained {kept}: best epoch {result.best_epoch} {json.dumps(result.best_val)} "
         f"({time.perf_counter() - t0:.0f} s)"
     )
-    card = write_packaged(
-        result,
-        specs,
-        out_dir,
-        {
-            "depth_comparison": comparison,
-            "kept": kept,
-            "init_from": init_from or INIT_IMAGENET,
-            "augment": asdict(config.augment),
-            # How this very model was made (the work folder and output dir are left out: paths).
-            "retrain": "python -m glassfinder.embed.default_model " + " ".join(_portable_args(argv)),
-            "products": {
-                "generated": args.products,
-                "rendered_and_used": min(args.products, args.render_limit or args.products),
-                "train": result.train_products,
-                "val": result.val_products,
-            },
+    return result
+
+
+def _card_extra(
+    comparison: dict[str, Any],
+    kept: str,
+    init_from: str,
+    config: TrainConfig,
+    result: TrainResult,
+    opts: RetrainOptions,
+) -> dict[str, Any]:
+    """What the card adds about this run: the comparison, the starting point and the data used."""
+    return {
+        "depth_comparison": comparison,
+        "kept": kept,
+        "init_from": init_from or INIT_IMAGENET,
+        "augment": asdict(config.augment),
+        # How this very model was made (the work folder and output dir are left out: paths).
+        "retrain": "python -m glassfinder.embed.default_model " + " ".join(opts.portable_args),
+        "products": {
+            "generated": opts.products,
+            "rendered_and_used": min(opts.products, opts.render_limit or opts.products),
+            "train": result.train_products,
+            "val": result.val_products,
         },
-    )
-    print(f"packaged {MODEL_NAME}@{card['model_sha']} ({card['weights_bytes'] / 1e6:.1f} MB)")
-    return 0
+    }
 
 
 if __name__ == "__main__":

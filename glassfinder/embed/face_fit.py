@@ -380,13 +380,7 @@ def train_and_package(
     presence_cfg = presence_cfg or PresenceConfig()
     torch.set_num_threads(2)
     data = load_shards(work / "shards", range(shards))
-    if init is None:
-        net, seconds = train(data, work, cfg)
-        stage_seconds = {"renders": round(seconds, 1)}
-        if photos is not None:
-            stage_seconds["photos"] = round(adapt_to_photos(net.train(), data, photos, work, cfg), 1)
-    else:
-        net, stage_seconds = init.net, dict(init.stage_seconds)
+    net, stage_seconds = _trunk(data, photos, work, cfg, init)
     net.eval()
     train_portraits = (portraits or {}).get("train", [])
     presence_report = fit_band_presence(net, data, assets, work, presence_cfg, train_portraits)
@@ -396,15 +390,7 @@ def train_and_package(
     report = evaluate(FaceAnalyzer(net, 0.5, merge), held)
     report["merge_votes"] = dict(zip(FACE_LANDMARKS, merge, strict=True))
     if portraits:
-        report["threshold_renders"] = report["threshold"]
-        analyzer = FaceAnalyzer(net, 0.5, merge)
-        calib = portrait_views(analyzer, portraits["calibrate"], PORTRAIT_DAMAGED_VIEWS, presence_cfg.seed)
-        report["threshold"] = round(calibrate_on_portraits(calib), 4)
-        report["presence_renders_at_threshold"] = render_presence(analyzer, held, report["threshold"])
-        report["portraits"] = {
-            "split": split_record(portraits),
-            "calibrate": portrait_figures(calib, report["threshold"], 0.0),
-        }
+        _threshold_on_portraits(report, FaceAnalyzer(net, 0.5, merge), held, portraits, presence_cfg.seed)
     presence_report["hopper_uploads"] = upload_check(net, report["threshold"], 60, presence_cfg.seed)
     report["presence_stage"] = presence_report
     meta = {
@@ -428,32 +414,7 @@ def train_and_package(
         "presence_config": asdict(presence_cfg),
         # Stages 1-2 were run for another model (face_train --init packaged): this one's trunk is its.
         **({} if init is None else {"trunk_model_sha": init.model_sha}),
-        "data": {
-            "samples": len(data.worn),
-            "trained_on": int((~data.held_out).sum()),
-            "held_out": int(data.held_out.sum()),
-            "render_spec": json.loads(FACE_SPEC.canonical_json()),
-            "faces": "procedural heads only (no photo; the astronaut is never seen)"
-            if photos is None
-            else "procedural heads, then Grace Hopper's photo (bare by inpainting, and wearing rendered"
-            " catalogue frames); the astronaut is never seen",
-            "photo_samples": {
-                "worn": int(photos.worn.sum()) if photos is not None else 0,
-                "bare": int((~photos.worn).sum()) if photos is not None else 0,
-            },
-            **({} if init is None else init.data),
-            **(
-                {}
-                if not portraits
-                else {
-                    "portraits": "official portraits of members of the US Congress (Congressional Pictorial "
-                    "Directory, US Government Publishing Office, via unitedstates/images and "
-                    "Reform-to/congress-photos; public domain), grey 200 x 250, labelled by eye; the train "
-                    "split fits presence and the verifier, the calibrate split sets the presence threshold, "
-                    "the test split gives the figures (evaluation.portraits)"
-                }
-            ),
-        },
+        "data": _data_record(data, photos, init, portraits),
         "evaluation": report,
         "train_seconds": round(sum(stage_seconds.values()), 1),
         "train_seconds_by_stage": stage_seconds,
@@ -462,3 +423,70 @@ def train_and_package(
     }
     card_path(name, out_dir).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return report
+
+
+def _trunk(
+    data: FaceData, photos: FaceData | None, work: Path, cfg: FitConfig, init: TrunkInit | None
+) -> tuple[FaceNet, dict[str, float]]:
+    """The network after stages 1-2 and their seconds: trained here (resuming), or `init`'s."""
+    if init is not None:
+        return init.net, dict(init.stage_seconds)
+    net, seconds = train(data, work, cfg)
+    stage_seconds = {"renders": round(seconds, 1)}
+    if photos is not None:
+        stage_seconds["photos"] = round(adapt_to_photos(net.train(), data, photos, work, cfg), 1)
+    return net, stage_seconds
+
+
+def _threshold_on_portraits(
+    report: dict[str, Any],
+    analyzer: FaceAnalyzer,
+    held: FaceData,
+    portraits: dict[str, list[Portrait]],
+    seed: int,
+) -> None:
+    """Move the report's threshold to the one set on real portraits (the renders' stays beside it):
+    real faces are where the presence errors are, renders keep a wide margin either side."""
+    report["threshold_renders"] = report["threshold"]
+    calib = portrait_views(analyzer, portraits["calibrate"], PORTRAIT_DAMAGED_VIEWS, seed)
+    report["threshold"] = round(calibrate_on_portraits(calib), 4)
+    report["presence_renders_at_threshold"] = render_presence(analyzer, held, report["threshold"])
+    report["portraits"] = {
+        "split": split_record(portraits),
+        "calibrate": portrait_figures(calib, report["threshold"], 0.0),
+    }
+
+
+#: What the card says about the real portraits, when the network saw them.
+PORTRAITS_NOTE = (
+    "official portraits of members of the US Congress (Congressional Pictorial "
+    "Directory, US Government Publishing Office, via unitedstates/images and "
+    "Reform-to/congress-photos; public domain), grey 200 x 250, labelled by eye; the train "
+    "split fits presence and the verifier, the calibrate split sets the presence threshold, "
+    "the test split gives the figures (evaluation.portraits)"
+)
+
+
+def _data_record(
+    data: FaceData,
+    photos: FaceData | None,
+    init: TrunkInit | None,
+    portraits: dict[str, list[Portrait]] | None,
+) -> dict[str, Any]:
+    """The card's account of what the network was trained and measured on."""
+    return {
+        "samples": len(data.worn),
+        "trained_on": int((~data.held_out).sum()),
+        "held_out": int(data.held_out.sum()),
+        "render_spec": json.loads(FACE_SPEC.canonical_json()),
+        "faces": "procedural heads only (no photo; the astronaut is never seen)"
+        if photos is None
+        else "procedural heads, then Grace Hopper's photo (bare by inpainting, and wearing rendered"
+        " catalogue frames); the astronaut is never seen",
+        "photo_samples": {
+            "worn": int(photos.worn.sum()) if photos is not None else 0,
+            "bare": int((~photos.worn).sum()) if photos is not None else 0,
+        },
+        **({} if init is None else init.data),
+        **({} if not portraits else {"portraits": PORTRAITS_NOTE}),
+    }

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,9 @@ from glassfinder.errors import BadInputError, ObjectExistsError, ShardCorruptErr
 from glassfinder.quarantine import QuarantineRecord
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import feature_table, write_shard
+
+if TYPE_CHECKING:  # tqdm only draws a progress bar: imported when one is asked for
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -116,73 +119,112 @@ def embed_catalog(
     start = time.perf_counter()
     out = out or store
     report = EmbedReport(model_sha=model_sha, spec_hash=spec_hash)
-    keys = shard_keys(store, spec_hash)
-    if assets is not None:
-        wanted = {layout.render_shard_key(spec_hash, a) for a in assets}
-        keys = [k for k in keys if k in wanted]
+    keys = _image_shard_keys(store, spec_hash, assets)
     report.shards = len(keys)
-    existing = {i.key for i in out.list(layout.feature_prefix(model_sha, spec_hash))}
-    todo = []
-    for key in keys:
-        asset = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-        if layout.feature_shard_key(model_sha, spec_hash, asset) in existing:
-            report.skipped += 1
-        else:
-            todo.append(key)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="shard", desc=f"embedding {spec_hash} with {model_sha}")
-    pending: list[tuple[str, pa.Table, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        embeddings = embedder.embed(np.concatenate([c for _, _, c in pending]))
-        row = 0
-        for _key, meta, crops in pending:
-            emb = embeddings[row : row + len(crops)]
-            row += len(crops)
-            asset = str(meta.column("asset_sha256")[0])
-            table = feature_table(view_columns(meta), model_sha=model_sha, embeddings=emb)
-            try:
-                write_shard(
-                    out,
-                    layout.feature_shard_key(model_sha, spec_hash, asset),
-                    table,
-                    "feature",
-                    create_only=True,
-                )
-                report.embedded += 1
-                report.views += len(crops)
-            except ObjectExistsError:
-                report.skipped += 1  # another worker finished it first: same model, same bytes
-            if bar is not None:
-                bar.update(1)
-        pending.clear()
-
-    queued = 0
+    todo = _without_features(out, keys, report)
+    bar = _progress_bar(len(todo), f"embedding {spec_hash} with {model_sha}") if progress and todo else None
+    writer = _FeatureWriter(out, embedder, report, bar)
     for key, item in prefetched_shards(
         store, todo, embedder, decode_workers=decode_workers or default_decode_workers()
     ):
         if isinstance(item, Exception):
-            if not isinstance(item, UNEMBEDDABLE):
-                # An outage (retryable) or a bug is not the shard's fault: quarantining it would
-                # turn a store hiccup into a product missing from tonight's index.
-                raise item
-            report.quarantined.append(_quarantine(out, model_sha, spec_hash, key, item))
-            log.warning("skipped image shard %s/%s: %s", store.uri, key, item)
+            _skip_unembeddable(store, out, report, key, item)
             if bar is not None:
                 bar.update(1)
             continue
-        pending.append(item)
-        queued += len(item[2])
-        if queued >= embedder.batch_size:
-            flush()
-            queued = 0
-    flush()
+        writer.add(item)
+    writer.flush()
     if bar is not None:
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _image_shard_keys(store: ObjectStore, spec_hash: str, assets: Collection[str] | None) -> list[str]:
+    """The spec's image shards, or only those of `assets` when a mapped task names a batch."""
+    keys = shard_keys(store, spec_hash)
+    if assets is not None:
+        wanted = {layout.render_shard_key(spec_hash, a) for a in assets}
+        keys = [k for k in keys if k in wanted]
+    return keys
+
+
+def _without_features(out: ObjectStore, keys: list[str], report: EmbedReport) -> list[str]:
+    """The image shards that have no feature shard yet; the others are counted as skipped."""
+    existing = {i.key for i in out.list(layout.feature_prefix(report.model_sha, report.spec_hash))}
+    todo = []
+    for key in keys:
+        asset = key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if layout.feature_shard_key(report.model_sha, report.spec_hash, asset) in existing:
+            report.skipped += 1
+        else:
+            todo.append(key)
+    return todo
+
+
+def _progress_bar(total: int, desc: str) -> tqdm:
+    from tqdm import tqdm  # only when a progress bar is asked for (DAG tasks never draw one)
+
+    return tqdm(total=total, unit="shard", desc=desc)
+
+
+def _skip_unembeddable(
+    store: ObjectStore, out: ObjectStore, report: EmbedReport, key: str, exc: Exception
+) -> None:
+    """Quarantine a shard that cannot be embedded; any other error is raised, not the shard's fault."""
+    if not isinstance(exc, UNEMBEDDABLE):
+        # An outage (retryable) or a bug is not the shard's fault: quarantining it would
+        # turn a store hiccup into a product missing from tonight's index.
+        raise exc
+    report.quarantined.append(_quarantine(out, report.model_sha, report.spec_hash, key, exc))
+    log.warning("skipped image shard %s/%s: %s", store.uri, key, exc)
+
+
+@dataclass
+class _FeatureWriter:
+    """Decoded shards held back until they fill a model batch, then embedded and written together:
+    the model is fastest on full batches, and each shard's features still go to its own shard."""
+
+    out: ObjectStore
+    embedder: Embedder
+    report: EmbedReport
+    bar: tqdm | None
+    pending: list[tuple[str, pa.Table, np.ndarray]] = field(default_factory=list)
+    queued: int = 0
+
+    def add(self, item: tuple[str, pa.Table, np.ndarray]) -> None:
+        self.pending.append(item)
+        self.queued += len(item[2])
+        if self.queued >= self.embedder.batch_size:
+            self.flush()
+            self.queued = 0
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        embeddings = self.embedder.embed(np.concatenate([c for _, _, c in self.pending]))
+        row = 0
+        for _key, meta, crops in self.pending:
+            emb = embeddings[row : row + len(crops)]
+            row += len(crops)
+            self._write(meta, emb, len(crops))
+            if self.bar is not None:
+                self.bar.update(1)
+        self.pending.clear()
+
+    def _write(self, meta: pa.Table, emb: np.ndarray, views: int) -> None:
+        model_sha, spec_hash = self.report.model_sha, self.report.spec_hash
+        asset = str(meta.column("asset_sha256")[0])
+        table = feature_table(view_columns(meta), model_sha=model_sha, embeddings=emb)
+        try:
+            write_shard(
+                self.out,
+                layout.feature_shard_key(model_sha, spec_hash, asset),
+                table,
+                "feature",
+                create_only=True,
+            )
+            self.report.embedded += 1
+            self.report.views += views
+        except ObjectExistsError:
+            self.report.skipped += 1  # another worker finished it first: same model, same bytes

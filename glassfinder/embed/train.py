@@ -237,119 +237,206 @@ def train_model(
     torch.manual_seed(config.seed)
     train_views, val_views = views if views is not None else load_training_views(store, config, progress)
     labels, classes = train_views.labels()
-    if len(classes) * config.m_per_class < config.batch_size:
+    _check_batch_fits(len(classes), config)
+    steps = max(1, len(train_views) // config.batch_size)
+    parts = _training_parts(store, config, len(classes), steps, dev)
+    run = _resume(ckpt_path, parts, config, dev) if ckpt_path.exists() else _RunState()
+    val = _validation_set(val_views, config.model.crop)
+    last_epoch = config.epochs
+    if stop_after_epochs is not None:
+        last_epoch = min(last_epoch, run.first_epoch + stop_after_epochs - 1)
+    for epoch in range(run.first_epoch, last_epoch + 1):
+        row = _train_epoch(parts, train_views, labels, config, epoch, steps, dev, progress)
+        score = _validate(parts.model, row, val, config, epoch, dev)
+        run.history.append(row)
+        log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
+        _save_epoch(parts, run, config, epoch, row, score, work_dir)
+    final = EmbeddingNet(config.model)
+    final.load_state_dict(torch.load(work_dir / BEST, map_location="cpu", weights_only=True))
+    return TrainResult(
+        model=final.eval(),
+        config=config,
+        history=run.history,
+        best_epoch=int(run.best["epoch"]),
+        best_val=dict(run.best["val"]),
+        train_products=len(classes),
+        val_products=len(set(val_views.product_ids.tolist())) if len(val_views) else 0,
+        train_views=len(train_views),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_batch_fits(products: int, config: TrainConfig) -> None:
+    """A batch holds m_per_class views of distinct products: too few products cannot fill one."""
+    if products * config.m_per_class < config.batch_size:
         raise GlassFinderError(
-            f"{len(classes)} training products x m_per_class {config.m_per_class} is fewer than batch_size "
+            f"{products} training products x m_per_class {config.m_per_class} is fewer than batch_size "
             f"{config.batch_size}: lower {{option:batch_size}} or render more products"
         )
+
+
+@dataclass
+class _TrainingParts:
+    """What a training step updates; all but the scaler are saved in every checkpoint."""
+
+    model: EmbeddingNet
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler
+
+
+def _training_parts(
+    store: ObjectStore, config: TrainConfig, classes: int, steps: int, dev: torch.device
+) -> _TrainingParts:
+    """The model, loss, optimiser and schedule of a fresh run.
+
+    The model is built before the loss: both draw their initial weights from torch's generator,
+    seeded once by the caller, so this order is part of what makes a seed reproducible.
+    """
     model = initial_model(store, config).to(dev)
-    loss_fn = make_loss(
-        config.loss, len(classes), config.model.dim, margin=config.margin, scale=config.scale
-    ).to(dev)
+    loss_fn = make_loss(config.loss, classes, config.model.dim, margin=config.margin, scale=config.scale)
+    loss_fn = loss_fn.to(dev)
     optimizer = torch.optim.AdamW(
         [
             {"params": model.parameters(), "lr": config.lr, "weight_decay": config.weight_decay},
             {"params": loss_fn.parameters(), "lr": config.loss_lr, "weight_decay": 0.0},
         ]
     )
-    steps = max(1, len(train_views) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[config.lr, config.loss_lr], total_steps=config.epochs * steps, pct_start=0.15
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=config.amp and dev.type == "cuda")
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"epoch": 0, "score": -1.0, "val": {}}
-    first_epoch = 1
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ckpt["config"] != config.to_json():
-            raise GlassFinderError(
-                f"{ckpt_path} was made with a different training config; resume needs the same one "
-                f"(checkpoint: {ckpt['config']})"
-            )
-        model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history = json.loads(ckpt["history"])
-        best = json.loads(ckpt["best"])
-        first_epoch = int(ckpt["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", ckpt_path, first_epoch, config.epochs)
-    val_labels = val_views.labels()[0] if len(val_views) else None
-    val_crops = canonical_crops(val_views, config.model.crop) if len(val_views) else None
-    last_epoch = config.epochs
-    if stop_after_epochs is not None:
-        last_epoch = min(last_epoch, first_epoch + stop_after_epochs - 1)
-    for epoch in range(first_epoch, last_epoch + 1):
-        model.train()
-        t0 = time.perf_counter()
-        total = 0.0
-        batches = _batches(train_views, labels, config, epoch, steps)
-        if progress:
-            from tqdm import tqdm
+    return _TrainingParts(model, loss_fn, optimizer, scheduler, scaler)
 
-            batches = tqdm(
-                batches, total=steps, unit="batch", desc=f"epoch {epoch}/{config.epochs}", leave=False
-            )
-        for x, y in batches:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-                emb = model(x)
-            loss = loss_fn(emb.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += float(loss.detach())
-        seconds = time.perf_counter() - t0
-        row: dict[str, float] = {
-            "epoch": epoch,
-            "loss": round(total / steps, 4),
-            "train_img_per_s": round(steps * config.batch_size / seconds, 1),
-            "seconds": round(seconds, 1),
-        }
-        if val_crops is not None and val_labels is not None:
-            emb_val = Embedder(model, device=str(dev), amp=config.amp).embed(val_crops)
-            model.train()
-            row.update({f"val_{k}": v for k, v in retrieval_metrics(emb_val, val_labels).items()})
-            score = row["val_mean_average_precision_at_r"]
-        else:
-            score = float(epoch)  # no validation products: the last epoch is the choice
-        history.append(row)
-        log.info("epoch %d/%d %s", epoch, config.epochs, json.dumps(row))
-        if score > best["score"]:
-            best = {
-                "epoch": epoch,
-                "score": score,
-                "val": {k: v for k, v in row.items() if k.startswith("val_")},
-            }
-            _save({k: v.detach().cpu() for k, v in model.state_dict().items()}, work_dir / BEST)
-        _save(
-            {
-                "epoch": epoch,
-                "config": config.to_json(),
-                "model": model.state_dict(),
-                "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": json.dumps(history),
-                "best": json.dumps(best),
-            },
-            ckpt_path,
+
+@dataclass
+class _RunState:
+    """Where a run stands: the epochs done, the best one so far, and the next one to train."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -1.0, "val": {}})
+    first_epoch: int = 1
+
+
+def _resume(ckpt_path: Path, parts: _TrainingParts, config: TrainConfig, dev: torch.device) -> _RunState:
+    """Load a checkpoint into `parts`; only the config that made it may continue it."""
+    ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    if ckpt["config"] != config.to_json():
+        raise GlassFinderError(
+            f"{ckpt_path} was made with a different training config; resume needs the same one "
+            f"(checkpoint: {ckpt['config']})"
         )
-    final = EmbeddingNet(config.model)
-    final.load_state_dict(torch.load(work_dir / BEST, map_location="cpu", weights_only=True))
-    return TrainResult(
-        model=final.eval(),
-        config=config,
-        history=history,
-        best_epoch=int(best["epoch"]),
-        best_val=dict(best["val"]),
-        train_products=len(classes),
-        val_products=len(set(val_views.product_ids.tolist())) if len(val_views) else 0,
-        train_views=len(train_views),
-        seconds=time.perf_counter() - start,
+    parts.model.load_state_dict(ckpt["model"])
+    parts.loss_fn.load_state_dict(ckpt["loss"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    run = _RunState(
+        history=json.loads(ckpt["history"]), best=json.loads(ckpt["best"]), first_epoch=int(ckpt["epoch"]) + 1
+    )
+    log.info("resuming %s at epoch %d of %d", ckpt_path, run.first_epoch, config.epochs)
+    return run
+
+
+def _validation_set(val_views: ViewSet, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """(canonical crops, labels) of the validation views, or None when there are none."""
+    if not len(val_views):
+        return None
+    val_labels = val_views.labels()[0]
+    return canonical_crops(val_views, geometry), val_labels
+
+
+def _train_epoch(
+    parts: _TrainingParts,
+    views: ViewSet,
+    labels: np.ndarray,
+    config: TrainConfig,
+    epoch: int,
+    steps: int,
+    dev: torch.device,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over the epoch's batches; its history row (loss and speed)."""
+    parts.model.train()
+    t0 = time.perf_counter()
+    total = 0.0
+    batches = _batches(views, labels, config, epoch, steps)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=steps, unit="batch", desc=f"epoch {epoch}/{config.epochs}", leave=False)
+    for x, y in batches:
+        total += _train_step(parts, x, y, dev)
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "loss": round(total / steps, 4),
+        "train_img_per_s": round(steps * config.batch_size / seconds, 1),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _train_step(parts: _TrainingParts, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> float:
+    """One optimiser step on a batch (the forward pass in float16 where AMP is on); its loss."""
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    with torch.autocast(dev.type, dtype=torch.float16, enabled=parts.scaler.is_enabled()):
+        emb = parts.model(x)
+    loss = parts.loss_fn(emb.float(), y)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    return float(loss.detach())
+
+
+def _validate(
+    model: EmbeddingNet,
+    row: dict[str, float],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    config: TrainConfig,
+    epoch: int,
+    dev: torch.device,
+) -> float:
+    """The epoch's selection score (validation MAP@R), adding the validation figures to `row`."""
+    if val is None:
+        return float(epoch)  # no validation products: the last epoch is the choice
+    val_crops, val_labels = val
+    emb_val = Embedder(model, device=str(dev), amp=config.amp).embed(val_crops)
+    model.train()
+    row.update({f"val_{k}": v for k, v in retrieval_metrics(emb_val, val_labels).items()})
+    return row["val_mean_average_precision_at_r"]
+
+
+def _save_epoch(
+    parts: _TrainingParts,
+    run: _RunState,
+    config: TrainConfig,
+    epoch: int,
+    row: dict[str, float],
+    score: float,
+    work_dir: Path,
+) -> None:
+    """Keep the weights when the epoch is the best so far, then checkpoint the whole run."""
+    if score > run.best["score"]:
+        run.best = {
+            "epoch": epoch,
+            "score": score,
+            "val": {k: v for k, v in row.items() if k.startswith("val_")},
+        }
+        _save({k: v.detach().cpu() for k, v in parts.model.state_dict().items()}, work_dir / BEST)
+    _save(
+        {
+            "epoch": epoch,
+            "config": config.to_json(),
+            "model": parts.model.state_dict(),
+            "loss": parts.loss_fn.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "history": json.dumps(run.history),
+            "best": json.dumps(run.best),
+        },
+        work_dir / CHECKPOINT,
     )
 
 

@@ -10,6 +10,7 @@ occlusion by lenses all come from geometry. Colours are linear RGB vertex colour
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import trimesh
@@ -238,36 +239,80 @@ def head(index: int) -> Head:
     return build_head(index)
 
 
-def build_head(seed: int) -> Head:
-    """The head of identity `seed` (a fresh build; `head` caches)."""
-    p = HeadParams(seed)
+@dataclass(frozen=True)
+class _FaceLevels:
+    """Where the features sit across and up the face (metres), shared by geometry, colour and landmarks."""
+
+    eye_y: float  # the pupils' height
+    half_ipd: float  # each pupil's distance from the midline
+    nose_tip_y: float
+    mouth_y: float
+
+
+def _face_levels(p: HeadParams) -> _FaceLevels:
+    tip_y = p.eye_y + 0.006 - p.nose_len
+    return _FaceLevels(eye_y=p.eye_y, half_ipd=p.ipd / 2, nose_tip_y=tip_y, mouth_y=tip_y - 0.020)
+
+
+@dataclass(frozen=True)
+class _Skin:
+    """The skin surface: the sampled grid and the closed mesh made from it."""
+
+    grid_pts: np.ndarray  # (n_phi, n_theta, 3), the grid the hair shell follows
+    verts: np.ndarray  # the mesh's vertices: the grid's, then the crown
+    mesh: trimesh.Trimesh
+
+
+@dataclass(frozen=True)
+class _PairedFeature:
+    """A feature built on both sides of the head (eyes, ears)."""
+
+    meshes: list[tuple[str, trimesh.Trimesh]]
+    points: dict[str, np.ndarray]  # side -> where fitting rests (the pupil, the ear root)
+    landmarks: dict[str, np.ndarray]
+
+
+_EYE_RADIUS = 0.0118
+
+
+def _skin_surface(p: HeadParams) -> _Skin:
+    """The grid of skin points closed at the crown by a cap (the neck hides the open bottom)."""
     theta, phi = _grid()
     pts = _surface(p, theta, phi)
     verts = pts.reshape(-1, 3)
     faces = _grid_faces(*theta.shape)
     top = len(verts)
-    bottom_ring = np.arange(theta.shape[1])
     top_ring = (theta.shape[0] - 1) * theta.shape[1] + np.arange(theta.shape[1])
     verts = np.vstack([verts, [[0, p.b, 0]]])
     cap = np.stack([top_ring, np.full_like(top_ring, top), np.roll(top_ring, -1)], 1)
     faces = np.vstack([faces, cap])
-    del bottom_ring
     skin_mesh = trimesh.Trimesh(verts, faces, process=False)
     # The grid's winding is fixed by construction: check one face at the front, not the volume.
     probe = int(np.argmax(skin_mesh.triangles_center[:, 2]))
     if skin_mesh.face_normals[probe, 2] < 0:
         skin_mesh.invert()
+    return _Skin(grid_pts=pts, verts=verts, mesh=skin_mesh)
 
-    # Skin colours: tone, subtle mottling, warmer cheeks/nose/lips, brows and scalp hair.
+
+def _skin_colours(p: HeadParams, lv: _FaceLevels, verts: np.ndarray) -> np.ndarray:
+    """Skin colours (linear RGB, unclipped): tone, subtle mottling, warmer cheeks/nose/lips, brows
+    and scalp hair."""
     rng = np.random.default_rng(p.noise_seed)
     x, y, z = verts[:, 0], verts[:, 1], verts[:, 2]
     noise = 1 + 0.05 * rng.standard_normal(len(verts))
     col = p.skin[None, :] * noise[:, None]
-    warm = np.array([1.08, 0.9, 0.88])
-    ey, hx = p.eye_y, p.ipd / 2
-    tip_y = ey + 0.006 - p.nose_len
-    my = tip_y - 0.020
     frontal = z > 0.3 * p.c
+    col = _paint_blush_and_lips(p, lv, col, x, y, frontal)
+    col = _paint_brows_and_lashes(p, lv, col, x, y, frontal)
+    scalp = _hair_mask(p, verts, for_shell=False)
+    return col * (1 - scalp[:, None]) + (p.hair * 0.9)[None, :] * scalp[:, None]
+
+
+def _paint_blush_and_lips(
+    p: HeadParams, lv: _FaceLevels, col: np.ndarray, x: np.ndarray, y: np.ndarray, frontal: np.ndarray
+) -> np.ndarray:
+    warm = np.array([1.08, 0.9, 0.88])
+    ey, tip_y, my = lv.eye_y, lv.nose_tip_y, lv.mouth_y
     blush = frontal * (
         _gauss(x, y, 0.042, ey - 0.03, 0.015, 0.012)
         + _gauss(x, y, -0.042, ey - 0.03, 0.015, 0.012)
@@ -281,10 +326,15 @@ def build_head(seed: int) -> Head:
         1,
     )
     lip_rgb = p.skin * np.array([0.85, 0.55, 0.55])
-    col = col * (1 - lips[:, None] * 0.8) + lip_rgb[None, :] * lips[:, None] * 0.8
+    return col * (1 - lips[:, None] * 0.8) + lip_rgb[None, :] * lips[:, None] * 0.8
+
+
+def _paint_brows_and_lashes(
+    p: HeadParams, lv: _FaceLevels, col: np.ndarray, x: np.ndarray, y: np.ndarray, frontal: np.ndarray
+) -> np.ndarray:
     for sx in (1, -1):  # brows: an arc above each eye
         t = np.clip((sx * x - 0.008) / 0.046, 0, 1)
-        arc_y = ey + 0.017 + 0.007 * np.sin(np.pi * np.clip(t * 1.15, 0, 1)) - 0.004 * t
+        arc_y = lv.eye_y + 0.017 + 0.007 * np.sin(np.pi * np.clip(t * 1.15, 0, 1)) - 0.004 * t
         inside = (
             frontal
             * _smoothstep(0.005, 0.012, sx * x)
@@ -293,46 +343,56 @@ def build_head(seed: int) -> Head:
         )
         dens = np.clip(inside * 1.3, 0, 1)[:, None]
         col = col * (1 - 0.85 * dens) + p.brow_colour[None, :] * 0.85 * dens
-        lash = frontal * _gauss(x, y, sx * hx, p.opening_y + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
+        lash = frontal * _gauss(x, y, sx * lv.half_ipd, p.opening_y + p.eye_h * 0.9, p.eye_w * 0.9, 0.0012)
         col = col * (1 - 0.6 * np.clip(lash, 0, 1)[:, None])
-    scalp = _hair_mask(p, verts, for_shell=False)
-    col = col * (1 - scalp[:, None]) + (p.hair * 0.9)[None, :] * scalp[:, None]
-    _colour_mesh(skin_mesh, np.clip(col, 0, 1))
-    meshes: list[tuple[str, trimesh.Trimesh]] = [("skin", skin_mesh)]
+    return col
 
-    # Eyes: a white sclera, coloured iris, dark pupil, looking straight ahead.
-    r_eye = 0.0118
+
+def _eyes(p: HeadParams, lv: _FaceLevels) -> _PairedFeature:
+    """Eyeballs behind the openings, looking straight ahead, with the pupils and eye corners."""
+    meshes: list[tuple[str, trimesh.Trimesh]] = []
+    pupils: dict[str, np.ndarray] = {}
     landmarks: dict[str, np.ndarray] = {}
-    pupils = {}
+    hx = lv.half_ipd
     for side, sx in (("left", 1), ("right", -1)):
-        skin_pt = _front_xyz(p, sx * hx, ey)
-        centre = np.array([sx * hx, ey, skin_pt[2] - 0.0016 - r_eye])
-        eye = trimesh.creation.uv_sphere(radius=r_eye, count=[32, 32])
-        d = eye.vertices / r_eye
-        ang = np.arccos(np.clip(d[:, 2], -1, 1))
-        ecol = np.where(
-            (ang < 0.16)[:, None],
-            np.array([0.01, 0.01, 0.01]),
-            np.where(
-                (ang < 0.44)[:, None],
-                p.iris * (0.7 + 0.6 * (ang / 0.44))[:, None],
-                np.array([0.78, 0.76, 0.72]),
-            ),
-        )
-        eye.apply_translation(centre)
-        _colour_mesh(eye, np.clip(ecol, 0, 1))
-        meshes.append((f"eye_{side}", eye))
-        pupils[side] = centre + np.array([0, 0, r_eye])
+        skin_pt = _front_xyz(p, sx * hx, lv.eye_y)
+        centre = np.array([sx * hx, lv.eye_y, skin_pt[2] - 0.0016 - _EYE_RADIUS])
+        meshes.append((f"eye_{side}", _eyeball(p, centre)))
+        pupils[side] = centre + np.array([0, 0, _EYE_RADIUS])
         landmarks[f"pupil_{side}"] = pupils[side]
         for corner, cx in (("inner", -sx * p.eye_w), ("outer", sx * p.eye_w)):
             corner_xy = np.array(
                 [sx * hx + cx * np.cos(p.eye_tilt), p.opening_y + cx * sx * np.sin(p.eye_tilt) * sx]
             )
             landmarks[f"eye_{side}_{corner}"] = _front_xyz(p, corner_xy[0], corner_xy[1]) - [0, 0, 0.002]
+    return _PairedFeature(meshes, pupils, landmarks)
 
-    # Ears and neck.
-    ear_y = ey - 0.012
-    ears = {}
+
+def _eyeball(p: HeadParams, centre: np.ndarray) -> trimesh.Trimesh:
+    """A white sclera, coloured iris and dark pupil, facing +Z."""
+    eye = trimesh.creation.uv_sphere(radius=_EYE_RADIUS, count=[32, 32])
+    d = eye.vertices / _EYE_RADIUS
+    ang = np.arccos(np.clip(d[:, 2], -1, 1))
+    ecol = np.where(
+        (ang < 0.16)[:, None],
+        np.array([0.01, 0.01, 0.01]),
+        np.where(
+            (ang < 0.44)[:, None],
+            p.iris * (0.7 + 0.6 * (ang / 0.44))[:, None],
+            np.array([0.78, 0.76, 0.72]),
+        ),
+    )
+    eye.apply_translation(centre)
+    _colour_mesh(eye, np.clip(ecol, 0, 1))
+    return eye
+
+
+def _ears(p: HeadParams, lv: _FaceLevels) -> _PairedFeature:
+    """Ears on the sides of the head, with the ear roots the temples rest on."""
+    ear_y = lv.eye_y - 0.012
+    meshes: list[tuple[str, trimesh.Trimesh]] = []
+    roots: dict[str, np.ndarray] = {}
+    landmarks: dict[str, np.ndarray] = {}
     for side, sx in (("left", 1), ("right", -1)):
         side_pts = _surface(
             p,
@@ -347,36 +407,59 @@ def build_head(seed: int) -> Head:
         ear.apply_translation(side_pts + np.array([sx * 0.004, 0, -0.004]))
         _colour_mesh(ear, np.tile(p.skin * np.array([1.05, 0.92, 0.9]), (len(ear.vertices), 1)))
         meshes.append((f"ear_{side}", ear))
-        ears[side] = side_pts + np.array([sx * 0.002, p.ear_h * 0.32, 0.006])
-        landmarks[f"ear_{side}"] = ears[side]
+        roots[side] = side_pts + np.array([sx * 0.002, p.ear_h * 0.32, 0.006])
+        landmarks[f"ear_{side}"] = roots[side]
+    return _PairedFeature(meshes, roots, landmarks)
+
+
+def _neck(p: HeadParams) -> trimesh.Trimesh:
     neck = trimesh.creation.cylinder(radius=p.neck_r, height=0.16, sections=48)
     neck.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
     neck.apply_translation([0, -p.b * 0.55 - 0.08, -0.022])
     _colour_mesh(neck, np.tile(p.skin * 0.8, (len(neck.vertices), 1)))
-    meshes.append(("neck", neck))
+    return neck
 
-    hair = _hair_meshes(p, pts, np.clip(col[: pts.shape[0] * pts.shape[1]], 0, 1))
-    meshes.extend(hair)
 
-    bridge = _front_xyz(p, 0.0, ey + 0.003)
-    landmarks.update(
-        nose_bridge=bridge,
+def _midface_landmarks(p: HeadParams, lv: _FaceLevels) -> dict[str, np.ndarray]:
+    """Nose, mouth and chin points on the skin."""
+    tip_y, my = lv.nose_tip_y, lv.mouth_y
+    return dict(
+        nose_bridge=_front_xyz(p, 0.0, lv.eye_y + 0.003),
         nose_tip=_front_xyz(p, 0.0, tip_y + 0.002),
         subnasale=_front_xyz(p, 0.0, tip_y - 0.007),
         mouth_left=_front_xyz(p, p.mouth_w, my),
         mouth_right=_front_xyz(p, -p.mouth_w, my),
         chin=_front_xyz(p, 0.0, my - 0.04),
     )
+
+
+def _temple_width(p: HeadParams, lv: _FaceLevels) -> float:
+    """The head's width across the temples (the bones behind the eyes), at eye height."""
     temple_pt = _surface(
-        p, np.array([np.pi / 2 - 0.25]), np.array([np.arcsin(ey / p.b)]), with_eye_openings=False
+        p, np.array([np.pi / 2 - 0.25]), np.array([np.arcsin(lv.eye_y / p.b)]), with_eye_openings=False
     )[0]
+    return float(2 * abs(temple_pt[0]))
+
+
+def build_head(seed: int) -> Head:
+    """The head of identity `seed` (a fresh build; `head` caches)."""
+    p = HeadParams(seed)
+    lv = _face_levels(p)
+    skin = _skin_surface(p)
+    col = _skin_colours(p, lv, skin.verts)
+    _colour_mesh(skin.mesh, np.clip(col, 0, 1))
+    eyes, ears, neck = _eyes(p, lv), _ears(p, lv), _neck(p)
+    grid_pts = skin.grid_pts
+    hair = _hair_meshes(p, grid_pts, np.clip(col[: grid_pts.shape[0] * grid_pts.shape[1]], 0, 1))
+    meshes = [("skin", skin.mesh), *eyes.meshes, *ears.meshes, ("neck", neck), *hair]
+    landmarks = {**eyes.landmarks, **ears.landmarks, **_midface_landmarks(p, lv)}
     anchors = Anchors(
-        pupil_left=pupils["left"],
-        pupil_right=pupils["right"],
-        nose_bridge=bridge,
-        ear_left=ears["left"],
-        ear_right=ears["right"],
-        head_width_m=float(2 * abs(temple_pt[0])),
+        pupil_left=eyes.points["left"],
+        pupil_right=eyes.points["right"],
+        nose_bridge=landmarks["nose_bridge"],
+        ear_left=ears.points["left"],
+        ear_right=ears.points["right"],
+        head_width_m=_temple_width(p, lv),
     )
     skin_srgb = [round(float(v), 3) for v in (p.skin ** (1 / 2.2))]
     traits: dict[str, object] = {"hair_style": p.hair_style, "skin_srgb": skin_srgb}

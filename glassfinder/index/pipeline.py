@@ -511,18 +511,11 @@ def publish_changes(
     """
     current = current_manifest(store, name)
     if current is None:
-        if not changed and not removed:
-            # Nothing changed and nothing to derive from (say the export watcher fired while the
-            # first re-index is still embedding): the re-index publishes the first version.
-            log.info("index %s has no CURRENT version and nothing changed: nothing to publish", name)
-            return PublishOutcome(None, "no changes", None)
-        log.info("index %s has no CURRENT version: publishing a full build instead of a child", name)
-        if model_ref is None or spec_hash is None:
-            raise IndexStoreError(f"index {name} has no CURRENT version and no model to build one with")
-        return publish_if_changed(
+        return _publish_first_version(
             store,
             name,
             manifest_uri=manifest_uri,
+            anything_changed=bool(changed or removed),
             model_ref=model_ref,
             spec_hash=spec_hash,
             query_spec=query_spec,
@@ -530,14 +523,7 @@ def publish_changes(
             force_reason=force_reason,
             device=device,
         )
-    model_sha, current_spec = str(current["model_sha"]), str(current["spec_hash"])
-    planned = {"model": model_ref, "spec_hash": spec_hash} if model_ref is not None else None
-    if planned != {"model": f"{current['model']}@{model_sha}", "spec_hash": current_spec}:
-        raise GlassFinderError(
-            f"onboarding planned for {planned} but index {name} CURRENT v{current['version']} "
-            f"uses {current['model']}@{model_sha} spec {current_spec}: "
-            "CURRENT moved during the run; run again"
-        )
+    model_sha, current_spec = _check_planned_target(name, current, model_ref, spec_hash)
     catalog = catalog_rows(manifest_uri)
     wanted = set(changed)
     featured = {
@@ -546,17 +532,8 @@ def publish_changes(
             store, [r for r in catalog[0] if r["product_id"] in wanted], model_sha, current_spec
         )
     }
-    not_indexed = sorted(wanted - featured)
-    for pid in not_indexed:
-        log.warning("not indexed: %s has no feature shard (quarantined earlier in this run?)", pid)
-    if not_indexed:
-        message = "no feature shard for the product's asset (quarantined earlier in this run?)"
-        records = [_not_indexed({"product_id": p}, "no_features", message) for p in not_indexed]
-        write_not_indexed(store, name, records)
-    indexed = set(read_ids(store, name, int(current["version"])).column("product_id").to_pylist())
-    gone = sorted(set(removed) & indexed)
-    # A changed product whose new renders failed keeps no stale vectors either.
-    gone += sorted((set(not_indexed) & indexed) - set(gone))
+    not_indexed = _quarantine_unfeatured(store, name, sorted(wanted - featured))
+    gone = _products_to_remove(store, name, int(current["version"]), removed, not_indexed)
     if not featured and not gone:
         log.info("index %s: no product to add or remove: nothing to publish", name)
         return PublishOutcome(None, "no changes", current["version"], {"not_indexed": not_indexed})
@@ -576,3 +553,77 @@ def publish_changes(
         result,
         report={"added": sorted(featured), "removed": gone, "changes": counts, "not_indexed": not_indexed},
     )
+
+
+def _publish_first_version(
+    store: ObjectStore,
+    name: str,
+    *,
+    manifest_uri: str,
+    anything_changed: bool,
+    model_ref: str | None,
+    spec_hash: str | None,
+    query_spec: str | None,
+    gate: GateConfig | None,
+    force_reason: str | None,
+    device: str | None,
+) -> PublishOutcome:
+    """publish_changes without a CURRENT version: a full build, as there is no parent to derive from."""
+    if not anything_changed:
+        # Nothing changed and nothing to derive from (say the export watcher fired while the
+        # first re-index is still embedding): the re-index publishes the first version.
+        log.info("index %s has no CURRENT version and nothing changed: nothing to publish", name)
+        return PublishOutcome(None, "no changes", None)
+    log.info("index %s has no CURRENT version: publishing a full build instead of a child", name)
+    if model_ref is None or spec_hash is None:
+        raise IndexStoreError(f"index {name} has no CURRENT version and no model to build one with")
+    return publish_if_changed(
+        store,
+        name,
+        manifest_uri=manifest_uri,
+        model_ref=model_ref,
+        spec_hash=spec_hash,
+        query_spec=query_spec,
+        gate=gate,
+        force_reason=force_reason,
+        device=device,
+    )
+
+
+def _check_planned_target(
+    name: str, current: dict[str, Any], model_ref: str | None, spec_hash: str | None
+) -> tuple[str, str]:
+    """(model sha, spec hash) of CURRENT, which must be what the run embedded the changes with:
+    a child keeps its parent's model and spec, so CURRENT moving during the run fails it."""
+    model_sha, current_spec = str(current["model_sha"]), str(current["spec_hash"])
+    planned = {"model": model_ref, "spec_hash": spec_hash} if model_ref is not None else None
+    if planned != {"model": f"{current['model']}@{model_sha}", "spec_hash": current_spec}:
+        raise GlassFinderError(
+            f"onboarding planned for {planned} but index {name} CURRENT v{current['version']} "
+            f"uses {current['model']}@{model_sha} spec {current_spec}: "
+            "CURRENT moved during the run; run again"
+        )
+    return model_sha, current_spec
+
+
+def _quarantine_unfeatured(store: ObjectStore, name: str, not_indexed: list[str]) -> list[str]:
+    """Log and record the changed products that have no feature shard; returns them."""
+    for pid in not_indexed:
+        log.warning("not indexed: %s has no feature shard (quarantined earlier in this run?)", pid)
+    if not_indexed:
+        message = "no feature shard for the product's asset (quarantined earlier in this run?)"
+        records = [_not_indexed({"product_id": p}, "no_features", message) for p in not_indexed]
+        write_not_indexed(store, name, records)
+    return not_indexed
+
+
+def _products_to_remove(
+    store: ObjectStore, name: str, version: int, removed: list[str], not_indexed: list[str]
+) -> list[str]:
+    """The products to take out of CURRENT: the removed ones it holds, then the changed ones it
+    holds that are not indexed now (a changed product whose new renders failed keeps no stale
+    vectors either)."""
+    indexed = set(read_ids(store, name, version).column("product_id").to_pylist())
+    gone = sorted(set(removed) & indexed)
+    gone += sorted((set(not_indexed) & indexed) - set(gone))
+    return gone

@@ -540,61 +540,25 @@ def publish_version(
     start = time.perf_counter()
     gate = gate or GateConfig()
     current, etag = read_current(store, name)
-    current_version = int(current["version"]) if current else None
-    current_eval = _evaluation_of(store, name, current_version)
-    decision = gate_decision(evaluation, current_eval, gate)
-    passed, why = decision.passed, decision.why
-    gate_record: dict[str, Any] = {
-        "passed": passed,
-        "figures": why,
-        "config": gate.__dict__,
-        "decision": decision.record,
-    }
-    if promote and not passed:
-        if not force_reason:
-            raise GateRefusedError(
-                f"quality gate refused index {name} (CURRENT v{current_version}): {why}; "
-                "pass {option:force} to override"
-            )
-        gate_record["forced"] = force_reason
-        log.warning("quality gate overridden for %s: %s (reason: %s)", name, why, force_reason)
+    current_number = int(current["version"]) if current else None
+    gate_record = _pass_gate(
+        store, name, current_number, evaluation, gate, enforce=promote, force_reason=force_reason
+    )
     versions = list_versions(store, name)
     version = max(versions, default=0) + 1
     files = version_files(built)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "version": version,
-        "parent": parent if parent is not None else current_version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **info,
-        "counts": {
-            "vectors": len(built),
-            "products": len(set(built.ids.column("product_id").to_pylist())),
-            "dim": built.dim,
-        },
-        "factory": built.factory,
-        "search_params": built.search_params,
-        "recall_at_10_vs_exact": built.recall_at_10,
-        "evaluation": evaluation,
-        "gate": gate_record,
-        "files": {f: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for f, b in files.items()},
-    }
-    prefix = layout.index_version_prefix(name, version)
+    manifest = _version_manifest(
+        name,
+        version,
+        parent if parent is not None else current_number,
+        built,
+        info,
+        evaluation=evaluation,
+        gate_record=gate_record,
+        files=files,
+    )
     raw_manifest = manifest_bytes(manifest)
-    key = signing.signing_key()
-    try:
-        for fname, data in files.items():
-            store.put(prefix + fname, data, create_only=True)
-        if key is not None:  # before the manifest, which marks the version complete
-            signature = signing.sign(raw_manifest, key)
-            store.put(prefix + MANIFEST_FILE + signing.SIGNATURE_SUFFIX, signature, create_only=True)
-        store.put(prefix + MANIFEST_FILE, raw_manifest, create_only=True)
-    except ObjectExistsError as exc:
-        raise PublishConflictError(
-            f"index {name} v{version} is being written by another publisher ({exc}); nothing of ours "
-            "was promoted: run again to publish as the next version"
-        ) from exc
+    _write_version(store, name, version, files, raw_manifest)
     _, _, raw_sha = _fetch(store, name, version, hashlib.sha256(raw_manifest).hexdigest())
     result = PublishResult(name, version, manifest["parent"], manifest, False, gate=gate_record)
     if promote:
@@ -611,6 +575,92 @@ def publish_version(
         result.seconds,
     )
     return result
+
+
+def _pass_gate(
+    store: ObjectStore,
+    name: str,
+    current_number: int | None,
+    evaluation: dict[str, Any] | None,
+    gate: GateConfig,
+    *,
+    enforce: bool,
+    force_reason: str | None,
+) -> dict[str, Any]:
+    """The gate's record for the manifest. Checked before anything is written, so a refused
+    version leaves no files behind; enforce=False (not promoting) only records the decision."""
+    current_eval = _evaluation_of(store, name, current_number)
+    decision = gate_decision(evaluation, current_eval, gate)
+    passed, why = decision.passed, decision.why
+    gate_record: dict[str, Any] = {
+        "passed": passed,
+        "figures": why,
+        "config": gate.__dict__,
+        "decision": decision.record,
+    }
+    if enforce and not passed:
+        if not force_reason:
+            raise GateRefusedError(
+                f"quality gate refused index {name} (CURRENT v{current_number}): {why}; "
+                "pass {option:force} to override"
+            )
+        gate_record["forced"] = force_reason
+        log.warning("quality gate overridden for %s: %s (reason: %s)", name, why, force_reason)
+    return gate_record
+
+
+def _version_manifest(
+    name: str,
+    version: int,
+    parent: int | None,
+    built: BuiltIndex,
+    info: dict[str, Any],
+    *,
+    evaluation: dict[str, Any] | None,
+    gate_record: dict[str, Any],
+    files: dict[str, bytes],
+) -> dict[str, Any]:
+    """The manifest of a version: provenance, counts, evaluation, gate, and every file's checksum."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "parent": parent,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+        "counts": {
+            "vectors": len(built),
+            "products": len(set(built.ids.column("product_id").to_pylist())),
+            "dim": built.dim,
+        },
+        "factory": built.factory,
+        "search_params": built.search_params,
+        "recall_at_10_vs_exact": built.recall_at_10,
+        "evaluation": evaluation,
+        "gate": gate_record,
+        "files": {f: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for f, b in files.items()},
+    }
+
+
+def _write_version(
+    store: ObjectStore, name: str, version: int, files: dict[str, bytes], raw_manifest: bytes
+) -> None:
+    """Write the version's files create-only, the manifest last: a version with a manifest is
+    complete, and of two publishers that picked the same number one wins (PublishConflictError)."""
+    prefix = layout.index_version_prefix(name, version)
+    key = signing.signing_key()
+    try:
+        for fname, data in files.items():
+            store.put(prefix + fname, data, create_only=True)
+        if key is not None:  # before the manifest, which marks the version complete
+            signature = signing.sign(raw_manifest, key)
+            store.put(prefix + MANIFEST_FILE + signing.SIGNATURE_SUFFIX, signature, create_only=True)
+        store.put(prefix + MANIFEST_FILE, raw_manifest, create_only=True)
+    except ObjectExistsError as exc:
+        raise PublishConflictError(
+            f"index {name} v{version} is being written by another publisher ({exc}); nothing of ours "
+            "was promoted: run again to publish as the next version"
+        ) from exc
 
 
 def _move_current(

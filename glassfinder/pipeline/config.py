@@ -45,6 +45,11 @@ class ParamError(BadInputError):
 
 
 def _common_params() -> dict[str, dict[str, Any]]:
+    return {**_location_params(), **_batching_params(), **_gate_params()}
+
+
+def _location_params() -> dict[str, dict[str, Any]]:
+    """Where a run reads and writes: the store, the model, the index and the render specs."""
     store = settings.store_uri()
     return {
         "store": {
@@ -81,6 +86,12 @@ def _common_params() -> dict[str, dict[str, Any]]:
             "title": "Evaluation render spec",
             "description": "Held-out query views every new version is evaluated on (null: no evaluation).",
         },
+    }
+
+
+def _batching_params() -> dict[str, dict[str, Any]]:
+    """How a run's work is cut into mapped tasks, and where those tasks compute."""
+    return {
         "assets_per_batch": {
             "default": DEFAULT_ASSETS_PER_BATCH,
             "type": "integer",
@@ -111,6 +122,12 @@ def _common_params() -> dict[str, dict[str, Any]]:
             "title": "Torch device",
             "description": "Device for embedding and training (null: cuda when present).",
         },
+    }
+
+
+def _gate_params() -> dict[str, dict[str, Any]]:
+    """The quality gate a new index version must pass, and the operator's way past it."""
+    return {
         "max_top1_drop": {
             "default": GateConfig().max_top1_drop,
             "type": "number",
@@ -181,8 +198,13 @@ def _onboarding_params() -> dict[str, dict[str, Any]]:
 
 
 def _training_params() -> dict[str, dict[str, Any]]:
+    # One load of the catalogue preset gives every render param its default.
     base = load_spec("catalog")
-    pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    return {**_view_params(base), **_pose_params(base), **_render_extra_params(base), **_fit_params()}
+
+
+def _view_params(base: RenderSpec) -> dict[str, dict[str, Any]]:
+    """How many try-on images are rendered, how large, and on which faces."""
     return {
         "image_px": {
             "default": base.image_px,
@@ -214,6 +236,13 @@ def _training_params() -> dict[str, dict[str, Any]]:
             "title": "Faces",
             "description": "Number of face identities to draw from.",
         },
+    }
+
+
+def _pose_params(base: RenderSpec) -> dict[str, dict[str, Any]]:
+    """The head pose ranges renders draw from."""
+    pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    return {
         "yaw_deg": {
             "default": list(base.yaw_deg),
             **pair,
@@ -232,6 +261,12 @@ def _training_params() -> dict[str, dict[str, Any]]:
             "title": "Roll range (deg)",
             "description": "[low, high] head roll.",
         },
+    }
+
+
+def _render_extra_params(base: RenderSpec) -> dict[str, dict[str, Any]]:
+    """The rest of the render spec: lens looks, seed, other fields, and how many products."""
+    return {
         "lens_palette": {
             "default": [[style, list(rgba)] for style, rgba in base.lens_palette],
             "type": "array",
@@ -260,6 +295,12 @@ def _training_params() -> dict[str, dict[str, Any]]:
             "title": "Products",
             "description": "Render only the first N products.",
         },
+    }
+
+
+def _fit_params() -> dict[str, dict[str, Any]]:
+    """Whether to train on the renders, and the training run's settings."""
+    return {
         "train": {
             "default": False,
             "type": "boolean",

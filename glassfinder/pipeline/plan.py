@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from glassfinder import layout
@@ -47,6 +48,31 @@ def _listed(store: ObjectStore, prefix: str) -> set[str]:
     return {i.key for i in store.list(prefix)}
 
 
+@dataclass(frozen=True)
+class _Existing:
+    """What the store already holds for the run, each found by one listing."""
+
+    #: spec hash -> keys of the render shards under it
+    rendered: dict[str, set[str]]
+    #: spec hash -> asset sha256 -> its final quarantine record under that spec
+    final: dict[str, dict[str, dict[str, Any]]]
+    #: keys of the feature shards of the run's (model sha, spec hash)
+    featured: set[str]
+    #: assets lacking packshots under the run's packshot spec
+    lacking: set[str]
+
+
+@dataclass
+class _Work:
+    """What is left to do, counted per kind, and the assets with something to do (in catalogue order)."""
+
+    to_render: dict[str, int]
+    to_embed: int = 0
+    to_packshot: int = 0
+    work: list[str] = field(default_factory=list)
+    known: list[dict[str, Any]] = field(default_factory=list)
+
+
 def plan_work(
     store: ObjectStore,
     manifest_uri: str,
@@ -69,43 +95,12 @@ def plan_work(
     packshot: the packshot spec every asset must have packshots under (None: the run makes none,
         as the training-data run); an asset whose try-on render failed for good gets none.
     """
-    rows = read_manifest_rows(*open_object(manifest_uri))[:limit]
-    if product_ids is not None:
-        wanted = set(product_ids)
-        rows = [r for r in rows if str(r.get("product_id")) in wanted]
+    rows = _manifest_rows(manifest_uri, product_ids, limit)
     spec_hashes = [save_spec(store, s) for s in render_specs]
-    assets: dict[str, list[str]] = {}
-    for row in rows:
-        sha = str(row.get("asset_sha256") or "")
-        if len(sha) == 64:
-            assets.setdefault(sha, []).append(str(row["product_id"]))
-    rendered = {h: _listed(store, layout.render_prefix(h)) for h in spec_hashes}
-    final = {h: known_quarantine(store, h) for h in spec_hashes}
-    featured = _listed(store, layout.feature_prefix(embed[1], embed[2])) if embed else set()
-    lacking = set(missing_packshots(store, packshot, list(assets))) if packshot else set()
-    if packshot:
-        save_packshot_spec(store, packshot)
-    to_packshot = 0
-    to_render = dict.fromkeys(spec_hashes, 0)
-    to_embed, work, known = 0, [], []
-    for sha, products in assets.items():
-        needs = False
-        for h in spec_hashes:
-            if sha in final[h]:
-                known.append({**final[h][sha], "products": products, "spec_hash": h})
-            elif layout.render_shard_key(h, sha) not in rendered[h]:
-                to_render[h] += 1
-                needs = True
-        broken = embed is not None and sha in final.get(embed[2], {})
-        if embed and not broken and layout.feature_shard_key(embed[1], embed[2], sha) not in featured:
-            to_embed += 1
-            needs = True
-        if sha in lacking and not any(sha in final[h] for h in spec_hashes):
-            to_packshot += 1
-            needs = True
-        if needs:
-            work.append(sha)
-    size = batch_size_for(len(work), assets_per_batch, max_batches)
+    assets = _assets_of(rows)
+    existing = _existing(store, spec_hashes, list(assets), embed, packshot)
+    todo = _work_to_do(assets, spec_hashes, existing, embed)
+    size = batch_size_for(len(todo.work), assets_per_batch, max_batches)
     shared = {
         "store": store.uri,
         "manifest": manifest_uri,
@@ -116,34 +111,114 @@ def plan_work(
         "packshot_spec": packshot.spec_hash if packshot else None,
     }
     batches = [
-        {**shared, "batch": i, "assets": work[start : start + size]}
-        for i, start in enumerate(range(0, len(work), size))
+        {**shared, "batch": i, "assets": todo.work[start : start + size]}
+        for i, start in enumerate(range(0, len(todo.work), size))
     ]
     plan = {
         "manifest": manifest_uri,
         "products": len(rows),
         "assets": len(assets),
-        "reused": len(assets) - len(work) - len({q["asset_sha256"] for q in known} - set(work)),
-        "to_render": to_render,
-        "to_embed": to_embed,
-        "to_packshot": to_packshot,
-        "known_quarantined": known,
+        "reused": len(assets)
+        - len(todo.work)
+        - len({q["asset_sha256"] for q in todo.known} - set(todo.work)),
+        "to_render": todo.to_render,
+        "to_embed": todo.to_embed,
+        "to_packshot": todo.to_packshot,
+        "known_quarantined": todo.known,
         "render_specs": spec_hashes,
         "embed": shared["embed"],
         "assets_per_batch": size,
         "batches": batches,
     }
+    _log_plan(plan, len(rows), len(assets), todo)
+    return plan
+
+
+def _manifest_rows(
+    manifest_uri: str, product_ids: Sequence[str] | None, limit: int | None
+) -> list[dict[str, Any]]:
+    """The manifest's rows the run covers: the first `limit`, then only `product_ids` if given."""
+    rows = read_manifest_rows(*open_object(manifest_uri))[:limit]
+    if product_ids is not None:
+        wanted = set(product_ids)
+        rows = [r for r in rows if str(r.get("product_id")) in wanted]
+    return rows
+
+
+def _assets_of(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Asset sha256 -> the products showing it, in catalogue order; rows without a sha256 are skipped."""
+    assets: dict[str, list[str]] = {}
+    for row in rows:
+        sha = str(row.get("asset_sha256") or "")
+        if len(sha) == 64:
+            assets.setdefault(sha, []).append(str(row["product_id"]))
+    return assets
+
+
+def _existing(
+    store: ObjectStore,
+    spec_hashes: list[str],
+    assets: list[str],
+    embed: tuple[str, str, str] | None,
+    packshot: PackshotSpec | None,
+) -> _Existing:
+    """List what is already done; also stores the packshot spec, so the batches can name it."""
+    existing = _Existing(
+        rendered={h: _listed(store, layout.render_prefix(h)) for h in spec_hashes},
+        final={h: known_quarantine(store, h) for h in spec_hashes},
+        featured=_listed(store, layout.feature_prefix(embed[1], embed[2])) if embed else set(),
+        lacking=set(missing_packshots(store, packshot, assets)) if packshot else set(),
+    )
+    if packshot:
+        save_packshot_spec(store, packshot)
+    return existing
+
+
+def _work_to_do(
+    assets: dict[str, list[str]],
+    spec_hashes: list[str],
+    existing: _Existing,
+    embed: tuple[str, str, str] | None,
+) -> _Work:
+    """Per asset: the renders, features and packshots it lacks; an asset whose failure under a
+    spec is final is reported (known), not retried, and gets no features or packshots."""
+    final = existing.final
+    todo = _Work(to_render=dict.fromkeys(spec_hashes, 0))
+    for sha, products in assets.items():
+        needs = False
+        for h in spec_hashes:
+            if sha in final[h]:
+                todo.known.append({**final[h][sha], "products": products, "spec_hash": h})
+            elif layout.render_shard_key(h, sha) not in existing.rendered[h]:
+                todo.to_render[h] += 1
+                needs = True
+        broken = embed is not None and sha in final.get(embed[2], {})
+        if (
+            embed
+            and not broken
+            and layout.feature_shard_key(embed[1], embed[2], sha) not in existing.featured
+        ):
+            todo.to_embed += 1
+            needs = True
+        if sha in existing.lacking and not any(sha in final[h] for h in spec_hashes):
+            todo.to_packshot += 1
+            needs = True
+        if needs:
+            todo.work.append(sha)
+    return todo
+
+
+def _log_plan(plan: dict[str, Any], products: int, assets: int, todo: _Work) -> None:
     log.info(
         "plan: %d products, %d assets: %d reused, %s to render, %d to embed, %d to packshot, "
         "%d known broken; %d batches of up to %d assets",
-        len(rows),
-        len(assets),
+        products,
+        assets,
         plan["reused"],
-        to_render,
-        to_embed,
-        to_packshot,
-        len(known),
-        len(batches),
-        size,
+        todo.to_render,
+        todo.to_embed,
+        todo.to_packshot,
+        len(todo.known),
+        len(plan["batches"]),
+        plan["assets_per_batch"],
     )
-    return plan

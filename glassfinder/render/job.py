@@ -45,7 +45,7 @@ from glassfinder.errors import (
 from glassfinder.faces.photos import PhotoBank
 from glassfinder.faces.procedural import head
 from glassfinder.quarantine import QuarantineRecord
-from glassfinder.render.spec import RenderSpec, plan_view, split_of
+from glassfinder.render.spec import RenderSpec, ViewParams, plan_view, split_of
 from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
@@ -53,7 +53,7 @@ from glassfinder.workers import exit_with_parent
 
 if TYPE_CHECKING:  # render.tryon pulls pyrender (OpenGL): kept off the DAG-parse path
     from glassfinder.render.packshot import PackshotSpec
-    from glassfinder.render.tryon import PhotoRenderer, TryOnRenderer
+    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, RenderedView, TryOnRenderer
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,32 @@ def render_asset_views(
     photos: the usable (PhotoFace, crop key) of a photo bank when the spec renders onto photos.
     """
     # render.tryon (pyrender, OpenGL): kept off the DAG-parse path; a renderer is at hand here
-    from glassfinder.render.tryon import AssetMeshes, PhotoRenderer
+    from glassfinder.render.tryon import PhotoRenderer
 
+    asset = _load_asset(task, _fetch_asset(task))
+    if photos and photo_renderer is None:
+        photo_renderer = PhotoRenderer(renderer)
+    rendered = _AssetViews()
+    for i in range(spec.views_per_asset):
+        view = plan_view(spec, task.asset_sha256, i, fixed_lens=task.fixed_lens)
+        if photos and photo_renderer is not None and crops is not None and crop_store is not None:
+            face, crop_key = photos[view.face_index % len(photos)]
+            if crop_key not in crops:
+                crops[crop_key] = PhotoBank(crop_store, "", crop_store).crop(crop_key)
+            out = photo_renderer.render(asset, face, crops[crop_key], view)
+            rendered.add(spec, view, out, face.face_id, (face.yaw_deg, face.pitch_deg, face.roll_deg))
+        else:
+            out = renderer.render(asset, head(view.face_index), view)
+            rendered.add(spec, view, out, view.face_id, (view.yaw_deg, view.pitch_deg, view.roll_deg))
+    return _image_table_of(task, spec, rendered)
+
+
+def _fetch_asset(task: AssetTask) -> bytes:
+    """The asset's bytes, checked against the manifest's sha256.
+
+    A store outage propagates (the task is retried); bytes that cannot be read or do not match
+    are the store's state rather than the content, so the quarantine record asks for a retry.
+    """
     try:
         data = task.asset_store.get(task.asset_key)
     except StoreUnavailableError:
@@ -183,6 +207,14 @@ def render_asset_views(
         raise AssetUnavailableError(
             f"asset {task.asset_key}: sha256 {digest} differs from the manifest's {task.asset_sha256}"
         )
+    return data
+
+
+def _load_asset(task: AssetTask, data: bytes) -> AssetMeshes:
+    """The asset's meshes; bytes that do not parse or lack a part will never render (final)."""
+    # render.tryon (pyrender, OpenGL): kept off the DAG-parse path; a renderer is at hand here
+    from glassfinder.render.tryon import AssetMeshes
+
     try:
         asset = AssetMeshes(import_glb(data))
     except Exception as exc:  # any parser error: these bytes will never load
@@ -190,53 +222,67 @@ def render_asset_views(
     missing = [p for p in ("frame", "lens_left", "lens_right") if p not in asset.parts]
     if missing:
         raise BadAssetError(f"asset {task.asset_key} has no {missing} part(s): ingest it first")
+    return asset
+
+
+@dataclass
+class _AssetViews:
+    """What each view of one asset gave, in view order: the columns of its image shard."""
+
+    images: list[bytes] = field(default_factory=list)
+    eyes: list[np.ndarray] = field(default_factory=list)
+    landmarks: list[np.ndarray] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    views: list[ViewParams] = field(default_factory=list)
+    face_ids: list[str] = field(default_factory=list)
+    poses: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def add(
+        self,
+        spec: RenderSpec,
+        view: ViewParams,
+        out: RenderedView,
+        face_id: str,
+        pose: tuple[float, float, float],
+    ) -> None:
+        self.face_ids.append(face_id)
+        self.poses.append(pose)
+        self.images.append(out.encode(spec.image_format, spec.jpeg_quality))
+        self.eyes.append(out.eyes_xy)
+        self.landmarks.append(out.landmarks_xy)
+        self.boxes.append(out.glasses_box_xyxy)
+        self.views.append(view)
+
+
+def _image_table_of(task: AssetTask, spec: RenderSpec, rendered: _AssetViews) -> pa.Table:
+    """The asset's image shard table: one row per rendered view."""
     n = spec.views_per_asset
-    images, eyes, landmarks, boxes, views, face_ids, poses = [], [], [], [], [], [], []
-    if photos and photo_renderer is None:
-        photo_renderer = PhotoRenderer(renderer)
-    for i in range(n):
-        view = plan_view(spec, task.asset_sha256, i, fixed_lens=task.fixed_lens)
-        if photos and photo_renderer is not None and crops is not None and crop_store is not None:
-            face, crop_key = photos[view.face_index % len(photos)]
-            if crop_key not in crops:
-                crops[crop_key] = PhotoBank(crop_store, "", crop_store).crop(crop_key)
-            out = photo_renderer.render(asset, face, crops[crop_key], view)
-            face_ids.append(face.face_id)
-            poses.append((face.yaw_deg, face.pitch_deg, face.roll_deg))
-        else:
-            out = renderer.render(asset, head(view.face_index), view)
-            face_ids.append(view.face_id)
-            poses.append((view.yaw_deg, view.pitch_deg, view.roll_deg))
-        images.append(out.encode(spec.image_format, spec.jpeg_quality))
-        eyes.append(out.eyes_xy)
-        landmarks.append(out.landmarks_xy)
-        boxes.append(out.glasses_box_xyxy)
-        views.append(view)
+    views = rendered.views
     split = split_of(spec, task.product_id)
     cols = ViewColumns(
         view_key=[
             layout.view_key(task.asset_sha256, spec.spec_hash, fid, v.view_index)
-            for fid, v in zip(face_ids, views, strict=True)
+            for fid, v in zip(rendered.face_ids, views, strict=True)
         ],
         product_id=[task.product_id] * n,
         asset_sha256=[task.asset_sha256] * n,
         spec_hash=[spec.spec_hash] * n,
-        face_id=face_ids,
+        face_id=rendered.face_ids,
         view_index=[v.view_index for v in views],
-        pose_deg=np.array(poses),
+        pose_deg=np.array(rendered.poses),
         lens_rgba=np.array([v.lens_rgba for v in views]),
         lens_style=[v.lens_style for v in views],
     )
     return image_table(
         cols,
         ImageColumns(
-            image=images,
+            image=rendered.images,
             image_format=[spec.image_format] * n,
             width=[spec.image_px] * n,
             height=[spec.image_px] * n,
-            eyes_xy=np.stack(eyes),
-            landmarks_xy=landmarks,
-            glasses_box_xyxy=np.stack(boxes),
+            eyes_xy=np.stack(rendered.eyes),
+            landmarks_xy=rendered.landmarks,
+            glasses_box_xyxy=np.stack(rendered.boxes),
             split=[split] * n,
         ),
     )

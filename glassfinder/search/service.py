@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -49,6 +50,9 @@ from glassfinder.search.query import (
     QueryRefusedError,
 )
 from glassfinder.search.viewer import load_viewer_js
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +133,28 @@ class ServiceApp:
         await self.asgi(scope, receive, send)
 
 
-def create_app(
-    engine: QueryEngine, limits: ServiceLimits = ServiceLimits(), *, samples: dict[str, bytes] | None = None
-) -> ServiceApp:
-    """The FastAPI app serving `engine`. samples: example photos the page offers (name -> bytes)."""
+@dataclass(frozen=True)
+class _Metrics:
+    """The app's Prometheus metrics, on a registry of its own so that apps side by side (tests)
+    do not collide; `exposition` renders it for /metrics."""
+
+    requests: Counter
+    stage_seconds: Histogram
+    exposition: Callable[[], bytes]
+    content_type: str
+
+    def count(self, outcome: str) -> None:
+        """Count a search request by outcome (every refusal, wherever it is made, goes through here)."""
+        self.requests.labels(outcome=outcome).inc()
+
+    def observe_stages(self, timings_ms: dict[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            if stage != "total":
+                self.stage_seconds.labels(stage=stage).observe(ms / 1000)
+
+
+def _metrics(engine: QueryEngine, admission: Admission) -> _Metrics:
+    """The counters, the stage histogram and gauges read at scrape time (index version, queue)."""
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         CollectorRegistry,
@@ -155,7 +177,6 @@ def create_app(
     )
     version_gauge = Gauge("glassfinder_index_version", "Index version being served", registry=registry)
     version_gauge.set_function(lambda: engine.serving.reader.version)
-    admission = Admission(limits.admission())
     Gauge("glassfinder_search_queued", "Searches waiting for a worker", registry=registry).set_function(
         lambda: admission.waiting
     )
@@ -166,37 +187,46 @@ def create_app(
         "glassfinder_index_degraded", "1 while the version served is not CURRENT's", registry=registry
     )
     degraded_gauge.set_function(lambda: 1.0 if engine.degraded else 0.0)
-    budget = limits.decode_budget()
-    page = resources.files("glassfinder.search").joinpath("static/index.html").read_text()
-    product_page = resources.files("glassfinder.search").joinpath("static/product.html").read_text()
-    viewer_js = load_viewer_js()
-    sample_photos = dict(samples or {})
+    return _Metrics(
+        requests, stage_seconds, functools.partial(generate_latest, registry), CONTENT_TYPE_LATEST
+    )
 
-    def count(outcome: str) -> None:
-        requests.labels(outcome=outcome).inc()
+
+@dataclass(frozen=True)
+class _Service:
+    """What the routes of one app share."""
+
+    engine: QueryEngine
+    limits: ServiceLimits
+    admission: Admission
+    metrics: _Metrics
+
+
+async def _poll_current(engine: QueryEngine, interval_s: float) -> None:
+    """Reload CURRENT every `interval_s`, forever: a failed reload keeps the last good version."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(engine.refresh)
+        except Exception:  # any error at all: the loop must outlive it (engine.degraded says why)
+            log.debug("search: reload failed", exc_info=True)
+
+
+def _lifespan(svc: _Service) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """Poll CURRENT while the app serves; on shutdown stop polling and the query workers."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        async def poll() -> None:
-            while True:
-                await asyncio.sleep(limits.reload_interval_s)
-                try:
-                    await asyncio.to_thread(engine.refresh)
-                except Exception:  # any error at all: the loop must outlive it (engine.degraded says why)
-                    log.debug("search: reload failed", exc_info=True)
-
-        task = asyncio.create_task(poll())
+        task = asyncio.create_task(_poll_current(svc.engine, svc.limits.reload_interval_s))
         yield
         task.cancel()
-        admission.close()
+        svc.admission.close()
 
-    app = FastAPI(
-        title="GlassFinder search",
-        lifespan=lifespan,
-        docs_url="/docs" if limits.docs else None,
-        redoc_url="/redoc" if limits.docs else None,
-        openapi_url="/openapi.json" if limits.docs else None,
-    )
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
+    """FastAPI's own answers to bad requests, counted like the service's refusals."""
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -209,13 +239,56 @@ def create_app(
             count("bad_request")
         return await http_exception_handler(request, exc)
 
-    def refusal(exc: QueryRefusedError) -> JSONResponse:
-        status = 413 if isinstance(exc, ImageTooLargeError) else http_status(exc)
-        count(exc.reason)
-        return JSONResponse(
-            {"refused": True, "reason": exc.reason, "message": REFUSAL_MESSAGE, "detail": exc.detail},
-            status_code=status,
-        )
+
+def _refusal(exc: QueryRefusedError, count: Callable[[str], None]) -> JSONResponse:
+    status = 413 if isinstance(exc, ImageTooLargeError) else http_status(exc)
+    count(exc.reason)
+    return JSONResponse(
+        {"refused": True, "reason": exc.reason, "message": REFUSAL_MESSAGE, "detail": exc.detail},
+        status_code=status,
+    )
+
+
+def _unsupported_media_type(name: str, content_type: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": "unsupported_media_type",
+            "detail": f"{name} was sent as {content_type or 'no type'}, "
+            f"expected one of {', '.join(ACCEPTED_CONTENT_TYPES)}",
+        },
+        status_code=415,
+    )
+
+
+def _overloaded(exc: Overloaded) -> JSONResponse:
+    return JSONResponse(
+        {"error": "overloaded", "detail": f"{exc}; retry in a moment"},
+        status_code=503,
+        headers={"retry-after": "1"},
+    )
+
+
+def _not_indexed(engine: QueryEngine, product_id: str) -> HTTPException:
+    return HTTPException(404, f"product {product_id!r} is not in index v{engine.serving.reader.version}")
+
+
+def _links(engine: QueryEngine, product_id: str) -> dict[str, Any]:
+    """Where a product's pictures live: packshots (those the store holds), its try-on
+    thumbnail, its 3D model and its page."""
+    base = f"/products/{quote(product_id, safe='')}"
+    return {
+        "image": f"{base}/image",
+        "packshots": {v: f"{base}/packshots/{v}.png" for v in engine.packshot_views(product_id)},
+        "model": f"{base}/model.glb",
+        "page": f"/p/{quote(product_id, safe='')}",
+    }
+
+
+def _add_search_routes(app: FastAPI, svc: _Service) -> None:
+    """The search page and POST /search, whose queries run on the admission's workers."""
+    page = resources.files("glassfinder.search").joinpath("static/index.html").read_text()
+    budget = svc.limits.decode_budget()
+    count = svc.metrics.count
 
     @app.get("/", response_class=HTMLResponse)
     async def index_page() -> str:
@@ -233,64 +306,43 @@ def create_app(
         content_type = (photo.content_type or "").split(";")[0].strip().lower()
         if content_type not in ACCEPTED_CONTENT_TYPES:
             count("unsupported_media_type")
-            return JSONResponse(
-                {
-                    "error": "unsupported_media_type",
-                    "detail": f"{name} was sent as {content_type or 'no type'}, "
-                    f"expected one of {', '.join(ACCEPTED_CONTENT_TYPES)}",
-                },
-                status_code=415,
-            )
+            return _unsupported_media_type(name, content_type)
         data = await photo.read()
         if not data:
             count("empty_upload")
             return JSONResponse({"error": "empty_upload", "detail": f"{name} is empty"}, status_code=400)
 
         def work() -> Any:
-            return engine.search(data, name, k=k, max_pixels=limits.max_pixels, budget=budget)
+            return svc.engine.search(data, name, k=k, max_pixels=svc.limits.max_pixels, budget=budget)
 
         try:
-            result = await admission.run(work)
+            result = await svc.admission.run(work)
         except Overloaded as exc:
             count("overloaded")
-            return JSONResponse(
-                {"error": "overloaded", "detail": f"{exc}; retry in a moment"},
-                status_code=503,
-                headers={"retry-after": "1"},
-            )
+            return _overloaded(exc)
         except QueryRefusedError as exc:
-            return refusal(exc)
-        for stage, ms in result.timings_ms.items():
-            if stage != "total":
-                stage_seconds.labels(stage=stage).observe(ms / 1000)
+            return _refusal(exc, count)
+        svc.metrics.observe_stages(result.timings_ms)
         count("ok")
         body = result.to_dict()
         for hit in body["hits"]:
-            hit |= await asyncio.to_thread(links, hit["product_id"])
+            hit |= await asyncio.to_thread(_links, svc.engine, hit["product_id"])
         if debug:
             body["aligned_crop_png"] = _png_b64(result.aligned_crop)
         return body
 
-    def not_indexed(product_id: str) -> HTTPException:
-        return HTTPException(404, f"product {product_id!r} is not in index v{engine.serving.reader.version}")
 
-    def links(product_id: str) -> dict[str, Any]:
-        """Where a product's pictures live: packshots (those the store holds), its try-on
-        thumbnail, its 3D model and its page."""
-        base = f"/products/{quote(product_id, safe='')}"
-        return {
-            "image": f"{base}/image",
-            "packshots": {v: f"{base}/packshots/{v}.png" for v in engine.packshot_views(product_id)},
-            "model": f"{base}/model.glb",
-            "page": f"/p/{quote(product_id, safe='')}",
-        }
+def _add_product_routes(app: FastAPI, engine: QueryEngine) -> None:
+    """A product's record, packshots, 3D model, page (and the viewer script it uses) and thumbnail."""
+    product_page = resources.files("glassfinder.search").joinpath("static/product.html").read_text()
+    viewer_js = load_viewer_js()
 
     @app.get("/products/{product_id}")
     def product(product_id: str) -> Any:
         found = engine.product(product_id)
         if found is None:
-            raise not_indexed(product_id)
-        return {**found, **links(product_id)}
+            raise _not_indexed(engine, product_id)
+        return {**found, **_links(engine, product_id)}
 
     @app.get("/products/{product_id}/packshots/{view}.png")
     def product_packshot(product_id: str, view: str) -> Response:
@@ -324,8 +376,13 @@ def create_app(
     def product_image(product_id: str) -> Response:
         data = engine.thumbnail(product_id)
         if data is None:
-            raise not_indexed(product_id)
+            raise _not_indexed(engine, product_id)
         return Response(data, media_type="image/jpeg", headers={"cache-control": "public, max-age=3600"})
+
+
+def _add_sample_routes(app: FastAPI, samples: dict[str, bytes] | None) -> None:
+    """The example photos the page offers."""
+    sample_photos = dict(samples or {})
 
     @app.get("/samples")
     async def sample_list() -> list[str]:
@@ -338,6 +395,11 @@ def create_app(
         return Response(
             sample_photos[name], media_type="image/jpeg" if name.endswith(".jpg") else "image/png"
         )
+
+
+def _add_health_routes(app: FastAPI, svc: _Service) -> None:
+    """/healthz and /metrics."""
+    engine, admission = svc.engine, svc.admission
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
@@ -360,12 +422,16 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(svc.metrics.exposition(), media_type=svc.metrics.content_type)
+
+
+def _shedder(app: FastAPI, svc: _Service) -> Callable[[Any, Any, Any], Awaitable[None]]:
+    """`app` behind the admission's early refusal: a full queue costs no upload."""
 
     async def shed(scope: Any, receive: Any, send: Any) -> None:
         """A search that would be refused anyway is answered 503 before its body is read."""
-        if scope["type"] == "http" and scope.get("path") == "/search" and admission.full():
-            count("overloaded")
+        if scope["type"] == "http" and scope.get("path") == "/search" and svc.admission.full():
+            svc.metrics.count("overloaded")
             await send(
                 {
                     "type": "http.response.start",
@@ -373,7 +439,9 @@ def create_app(
                     "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
                 }
             )
-            detail = f"all {limits.max_concurrent} query workers busy and the queue full; retry in a moment"
+            detail = (
+                f"all {svc.limits.max_concurrent} query workers busy and the queue full; retry in a moment"
+            )
             await send(
                 {
                     "type": "http.response.body",
@@ -383,7 +451,30 @@ def create_app(
             return
         await app(scope, receive, send)
 
-    return ServiceApp(RequestGuard(shed, limits.http(), on_reject=count), limits, count)
+    return shed
+
+
+def create_app(
+    engine: QueryEngine, limits: ServiceLimits = ServiceLimits(), *, samples: dict[str, bytes] | None = None
+) -> ServiceApp:
+    """The FastAPI app serving `engine`. samples: example photos the page offers (name -> bytes)."""
+    admission = Admission(limits.admission())
+    svc = _Service(engine, limits, admission, _metrics(engine, admission))
+    app = FastAPI(
+        title="GlassFinder search",
+        lifespan=_lifespan(svc),
+        docs_url="/docs" if limits.docs else None,
+        redoc_url="/redoc" if limits.docs else None,
+        openapi_url="/openapi.json" if limits.docs else None,
+    )
+    _add_error_handlers(app, svc.metrics.count)
+    # Registered in this order (the order /openapi.json lists them).
+    _add_search_routes(app, svc)
+    _add_product_routes(app, engine)
+    _add_sample_routes(app, samples)
+    _add_health_routes(app, svc)
+    count = svc.metrics.count
+    return ServiceApp(RequestGuard(_shedder(app, svc), limits.http(), on_reject=count), limits, count)
 
 
 def server_config(app: ServiceApp, *, host: str, port: int, log_level: str = "info") -> Any:
