@@ -60,11 +60,11 @@ def main() -> None:
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.catalog.manifest import read_manifest_rows
-    from glassfinder.embed import packaged
     from glassfinder.embed.default_model import TRAINING_SEED, prepare_catalog, training_spec
     from glassfinder.embed.evaluate import evaluate_models, load_eval_sets, write_report
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.registry import load_model
+    from glassfinder.nets import packaged
     from glassfinder.render.job import render_catalog
 
     work = Path(args.work)

@@ -88,7 +88,7 @@ def chosen_rows(rows: list[dict[str, Any]], per_face: int, seed: int) -> dict[st
 def pupils_of(face: str) -> np.ndarray:
     from face_bench import ASTRONAUT_PUPILS
 
-    from glassfinder.embed.face_photo_data import TRAINING_PHOTO_PUPILS
+    from glassfinder.heads.training_photo import TRAINING_PHOTO_PUPILS
 
     return np.asarray(ASTRONAUT_PUPILS if face == "astronaut" else TRAINING_PHOTO_PUPILS, float)
 
@@ -110,7 +110,7 @@ def own_photos(
     from photo_bench import face_photos
 
     from glassfinder.embed.augment import phone_damage_mapped
-    from glassfinder.faces.photos import analyse_photo, crop_mapping
+    from glassfinder.heads.photos import analyse_photo, crop_mapping
     from glassfinder.search.samples import photo_wearing
 
     faces = face_photos()
@@ -144,7 +144,7 @@ def second_photos(
     from second_look import LayerRenderer, wear
 
     from glassfinder.catalog.ingest import catalog_asset_key
-    from glassfinder.faces.photos import detect_face
+    from glassfinder.face.detect import detect_face
 
     faces = face_photos()
     renderer: LayerRenderer | None = None
@@ -304,7 +304,7 @@ def main() -> None:
     from photo_bench import index_for, model_refs, prepare
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.embed.face_net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyzer
     from glassfinder.search.query import QueryEngine
 
     work = Path(args.work)

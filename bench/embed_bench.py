@@ -42,8 +42,9 @@ def bench_device(store_uri: str, spec_hash: str, device: str, batch: int, train_
 
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.job import embed_catalog
-    from glassfinder.embed.model import ModelConfig, build_model, model_sha, to_input, weights_bytes
+    from glassfinder.embed.model import ModelConfig, build_model, to_input, weights_bytes
     from glassfinder.embed.train import TrainConfig, load_training_views, train_model
+    from glassfinder.nets.weights import model_sha
     from glassfinder.store import open_store
     from glassfinder.store.local import LocalStore
 

@@ -238,7 +238,7 @@ def main() -> None:
     probe = Embedder(build_model(base.model, seed=base.seed, pretrained=False).eval(), device=args.device)
     sets = load_eval_sets(store, cat_spec, query_spec, probe, progress=True)
     extra: dict[str, Embedder] = {}
-    from glassfinder.embed import packaged
+    from glassfinder.nets import packaged
 
     if packaged.available("glasses"):  # the shipped model never trained on this catalogue's seed
         from glassfinder.embed.registry import load_model

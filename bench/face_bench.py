@@ -9,7 +9,7 @@ Her bare photo and crops/rescales of it must be refused, and so must non-face ph
 verifier's, held-out sources reported apart from the ones it was fitted on). Grace Hopper (matplotlib) wearing
 catalogue frames is reported beside it for refusals and eye error (her hand-marked pupils,
 TRAINING_PHOTO_PUPILS); she is a SEEN face (the packaged model's
-second training stage uses her photo, see embed/face_photo_data.py). Figures: eye-centre error /
+second training stage uses her photo, see face/training/photo_data.py). Figures: eye-centre error /
 inter-pupil distance for the network and for dlib's 5-point model on the same photos (its eye =
 mean of the eye's two corners), the network's median signed eye offset (a bias, unlike scatter, is
 a convention or domain gap), refusals by reason, and the time of detection + analysis per photo.
@@ -57,8 +57,8 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.embed.augment import phone_damage_mapped
     from glassfinder.embed.default_model import prepare_catalog
-    from glassfinder.embed.face_photo_data import TRAINING_PHOTO_PUPILS
-    from glassfinder.faces.photos import analyse_photo, crop_mapping
+    from glassfinder.heads.photos import analyse_photo, crop_mapping
+    from glassfinder.heads.training_photo import TRAINING_PHOTO_PUPILS
     from glassfinder.search.samples import photo_wearing
 
     store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
@@ -98,8 +98,8 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 
 
 def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
-    from glassfinder.embed.face_net import packaged_analyzer
-    from glassfinder.faces.photos import PhotoError, detect_face
+    from glassfinder.face.detect import PhotoError, detect_face
+    from glassfinder.face.net import packaged_analyzer
     from glassfinder.search.query import (
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
@@ -194,8 +194,8 @@ def non_face_refusals(views_per_photo: int, models_dir: Path | None = None) -> d
     """Non-face photos (the face verifier's, held-out sources apart from fitted ones), whole and
     cropped/rescaled, through the query path's detection, weak fallback and checks: how many would
     be searched as a face wearing glasses."""
-    from glassfinder.embed.face_net import packaged_analyzer
-    from glassfinder.embed.face_verify import held_out_source, non_face_photos, photo_variant
+    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.training.verify import held_out_source, non_face_photos, photo_variant
     from glassfinder.search.query import QueryRefusedError, check_analysis, find_face
 
     _, analyzer = packaged_analyzer(models_dir)

@@ -35,7 +35,7 @@ from glassfinder.embed.augment import phone_damage_mapped
 FACES = ("astronaut", "hopper")
 #: Faces a packaged model trained on: both the embedding (views rendered onto her photo with her
 #: frames inpainted away, embed/default_model.py) and the face-analysis model (eyes, presence,
-#: embed/face_photo_data.py) trained on Hopper's photo.
+#: face/training/photo_data.py) trained on Hopper's photo.
 SEEN_BY_PACKAGED: frozenset[str] = frozenset({"hopper"})
 
 
@@ -108,8 +108,8 @@ def make_photos(work: Path, store: Any, rows: list[dict[str, Any]], per_face: in
 def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
     """label -> NAME@SHA published in the store (the ImageNet baseline is published on demand)."""
     from glassfinder.embed.model import ModelConfig, build_model
-    from glassfinder.embed.packaged import read_packaged
     from glassfinder.embed.registry import publish_model
+    from glassfinder.nets.packaged import read_packaged
 
     refs = {}
     default = read_packaged("glasses")
@@ -206,7 +206,7 @@ def main() -> None:
     work = Path(args.work)
     store, spec_hash, rows = prepare(work, args.products, args.seed, args.gallery_views)
     photos = make_photos(work, store, rows, args.photos_per_face)
-    from glassfinder.embed.face_net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyzer
 
     face_model = packaged_analyzer()[0]
     refs = model_refs(store, [m for m in args.models.split(",") if m])

@@ -1,6 +1,6 @@
 """Does glasses presence learnt on renders carry over to a real face? The pooled head against the eye band.
 
-Trains the face network's first stage (procedural renders only, face_fit.train: the recipe's own
+Trains the face network's first stage (procedural renders only, face.training.fit.train: the recipe's own
 stage 1, same seed, checkpointed in --work) so that no real face has been seen by any weight, then
 fits the eye-band presence head on the same renders (face_presence, real uploads left out). Both
 presence heads get their threshold from the held-out calibration identities, as the packaged
@@ -10,7 +10,7 @@ frames. The astronaut is not used (she is the unseen test face of bench/face_ben
 
     .venv/bin/python bench/presence_transfer_bench.py --work .glassfinder/face-train [--uploads 80]
 
-Needs the render shards of `python -m glassfinder.embed.face_train --work DIR --stage render`.
+Needs the render shards of `python -m glassfinder.face.training.train --work DIR --stage render`.
 Stage 1 takes ~15 min on two idle cores, the band features ~3 min.
 """
 
@@ -29,7 +29,7 @@ def head_analyzer_class() -> Any:
     "presence" or the eye band's "presence_band", which the packaged analyser reads)."""
     import torch
 
-    from glassfinder.embed.face_net import FaceAnalyzer
+    from glassfinder.face.net import FaceAnalyzer
 
     class HeadAnalyzer(FaceAnalyzer):
         def __init__(self, net: Any, threshold: float, *, head: str) -> None:
@@ -54,16 +54,17 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from glassfinder.embed.face_data import load_shards, training_assets
-    from glassfinder.embed.face_fit import FitConfig, calibrate, calibration_half, predict, train
-    from glassfinder.embed.face_photo_data import training_photo, training_photo_bare, training_photo_wearing
-    from glassfinder.embed.face_presence import (
+    from glassfinder.face.training.data import load_shards, training_assets
+    from glassfinder.face.training.fit import FitConfig, calibrate, calibration_half, predict, train
+    from glassfinder.face.training.photo_data import training_photo_wearing
+    from glassfinder.face.training.presence import (
         BandSet,
         PresenceConfig,
         build_band_set,
         fit_head,
         upload_crops,
     )
+    from glassfinder.heads.training_photo import training_photo, training_photo_bare
 
     torch.set_num_threads(2)
     HeadAnalyzer = head_analyzer_class()

@@ -4,7 +4,7 @@ Through the query path's own steps (decode, detector, face network, verifier, sh
 presence threshold: search.query), for each face-analysis model given (`--models-dir`, repeatable;
 the packaged one when none is given):
 
-- the portraits' test split (embed/face_portraits.py: split by person, seeded; no portrait of it
+- the portraits' test split (heads/portraits.py: split by person, seeded; no portrait of it
   trained or calibrated anything), each as it is (grey), colourised, and as `--damaged` phone-damaged
   uploads: the `no_face` rate, the false refusals of real glasses (FRR: refused for any reason)
   and the false accepts of bare faces (FAR: searched), and how often the grey and colour versions
@@ -40,7 +40,7 @@ def portrait_views(portraits: list[Any], damaged: int, seed: int) -> list[dict[s
     import cv2
 
     from glassfinder.embed.augment import phone_damage_mapped
-    from glassfinder.embed.face_portraits import colour_swap, colourise, jpeg_bytes, read_rgb
+    from glassfinder.heads.portraits import colour_swap, colourise, jpeg_bytes, read_rgb
 
     rng = np.random.default_rng([seed, 9])
     views = []
@@ -58,7 +58,7 @@ def portrait_views(portraits: list[Any], damaged: int, seed: int) -> list[dict[s
 
 
 def decide(views: list[dict[str, Any]], models_dir: Path | None) -> list[dict[str, Any]]:
-    from glassfinder.embed.face_net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyzer
     from glassfinder.search.query import QueryRefusedError, check_analysis, decode_photo, find_face
 
     packaged_analyzer.cache_clear()
@@ -102,7 +102,7 @@ def portrait_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def card_eye_figures(models_dir: Path | None) -> dict[str, Any]:
-    from glassfinder.embed.packaged import read_packaged
+    from glassfinder.nets.packaged import read_packaged
 
     card = read_packaged("face-analysis", models_dir).card
     ev = card.get("evaluation", {})
@@ -127,7 +127,7 @@ def main() -> None:
     import torch
     from face_bench import make_photos, run, summarise
 
-    from glassfinder.embed.face_portraits import load_portraits, split_portraits
+    from glassfinder.heads.portraits import load_portraits, split_portraits
     from glassfinder.settings import portraits_dir
 
     torch.set_num_threads(2)

@@ -32,7 +32,7 @@ def _asset_and_spec(size: int):
 
 def bare_loop(size: int, count: int) -> tuple[float, str]:
     """img/s of pyrender alone: one scene built once, only the camera moves."""
-    from glassfinder.faces.procedural import build_head
+    from glassfinder.heads.procedural import build_head
     from glassfinder.render.preview import _look_at
     from glassfinder.render.tryon import AssetMeshes, DeterministicScene, TryOnRenderer, pyrender
 
@@ -69,7 +69,7 @@ def bare_loop(size: int, count: int) -> tuple[float, str]:
 
 def pipeline_loop(size: int, count: int, first_view: int = 0, image_format: str = "png") -> float:
     """img/s of the pipeline's per-view work (heads cached as in a worker)."""
-    from glassfinder.faces.procedural import build_head
+    from glassfinder.heads.procedural import build_head
     from glassfinder.render.spec import plan_view
     from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 
@@ -97,7 +97,7 @@ def _pool_job(args: tuple[int, int, int]) -> float:
 
 
 def memory_run(size: int, total: int) -> list[tuple[int, float]]:
-    from glassfinder.faces.procedural import build_head
+    from glassfinder.heads.procedural import build_head
     from glassfinder.render.spec import plan_view
     from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 

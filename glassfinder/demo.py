@@ -28,13 +28,13 @@ from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.augment import QUERY_DAMAGE
 from glassfinder.embed.data import load_views
 from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
-from glassfinder.embed.face_net import PACKAGED_NAME, packaged_analyzer
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import build_model
-from glassfinder.embed.packaged import read_packaged
 from glassfinder.embed.registry import load_model, published_sha
 from glassfinder.errors import GlassFinderError
+from glassfinder.face.net import PACKAGED_NAME, packaged_analyzer
 from glassfinder.index.reader import IndexReader
+from glassfinder.nets.packaged import read_packaged
 from glassfinder.render.catalog_sheet import contact_sheet, packshot_sheet
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.sheet import tryon_sheet

@@ -76,7 +76,7 @@ class RefusedError(BadInputError):
 
 
 class ImageRefusedError(RefusedError):
-    """Bytes the one image decoder (glassfinder.faces.decode) will not turn into pixels: not an
+    """Bytes the one image decoder (glassfinder.face.decode) will not turn into pixels: not an
     image, a format not accepted, truncated, or past the pixel or memory budget. `reason` is
     one of RefusedError.UNREADABLE or TOO_LARGE; `detail` names the file and what came."""
 

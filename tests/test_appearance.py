@@ -25,7 +25,7 @@ from glassfinder.embed.default_model import (
     prepare_portrait_bank,
     training_spec,
 )
-from glassfinder.embed.face_portraits import is_grey, load_portraits, split_portraits
+from glassfinder.heads.portraits import is_grey, load_portraits, split_portraits
 
 GEOMETRY = CropGeometry(width=256, height=128, eye_distance_frac=0.272, eye_y_frac=0.46)
 

@@ -19,10 +19,11 @@ from glassfinder.embed.align import CropGeometry, align_crop, align_matrix
 from glassfinder.embed.evaluate import evaluate_models, load_eval_sets, rank_products
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.job import embed_catalog
-from glassfinder.embed.model import ModelConfig, build_model, model_sha, weights_bytes
+from glassfinder.embed.model import ModelConfig, build_model, weights_bytes
 from glassfinder.embed.registry import WEIGHTS_FILE, current_sha, load_model, publish_model, set_current
 from glassfinder.embed.train import TrainConfig, load_training_views, train_model
 from glassfinder.errors import GlassFinderError, RetryableError, StoreUnavailableError
+from glassfinder.nets.weights import model_sha
 from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
@@ -204,8 +205,8 @@ def test_resume_continues_to_the_same_weights(rendered: LocalStore, tmp_path: Pa
 
 def _package_small_mobilenet(models: Path, monkeypatch: pytest.MonkeyPatch) -> ModelConfig:
     """A packaged default model (small, random MobileNetV2 backbone) in a temp folder, in use."""
-    from glassfinder.embed import packaged
     from glassfinder.embed.model import mobilenet_config
+    from glassfinder.nets import packaged
 
     config = mobilenet_config(depth=7, dim=32, crop=CropGeometry())
     model = build_model(config, seed=11, pretrained=False).eval()
@@ -248,8 +249,8 @@ def test_fine_tuning_from_the_packaged_model_resumes_exactly(
 def test_brief_fine_tuning_beats_the_imagenet_initialised_baseline(
     rendered: LocalStore, tmp_path: Path
 ) -> None:
-    from glassfinder.embed.mobilenet import PretrainedWeightsError
     from glassfinder.embed.model import mobilenet_config
+    from glassfinder.nets.mobilenet import PretrainedWeightsError
 
     config = tiny_config(model=mobilenet_config(depth=17, pooling="meanmax"), epochs=6, lr=1e-3)
     try:
@@ -394,7 +395,7 @@ def test_a_fresh_store_embeds_and_publishes_with_the_packaged_model(
     rendered: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No `train` step: `embed` and `index publish` without --model use glassfinder/models/glasses."""
-    from glassfinder.embed import packaged
+    from glassfinder.nets import packaged
 
     if not packaged.available("glasses"):
         pytest.skip("no packaged default model in this checkout")

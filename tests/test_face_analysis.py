@@ -19,9 +19,9 @@ import torch
 
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import catalog_assets, ingest_manifest
-from glassfinder.embed.face_data import INPUT_PX
-from glassfinder.embed.face_fit import FitConfig, loss_of
-from glassfinder.embed.face_net import (
+from glassfinder.face.crop import INPUT_PX
+from glassfinder.face.detect import PhotoError, QueryFace, find_query_face
+from glassfinder.face.net import (
     BAND_HALF_WIDTH,
     STRIDE,
     VERIFIED_DETECTION_THRESHOLD,
@@ -32,16 +32,11 @@ from glassfinder.embed.face_net import (
     neighbour_table,
     packaged_analyzer,
 )
-from glassfinder.embed.face_photo_data import (
-    PHOTO_FACE_INDEX,
-    render_photo_samples,
-    training_photo,
-    training_photo_bare,
-    training_photo_frame_mask,
-)
-from glassfinder.embed.face_presence import BandSet, PresenceConfig, fit_head, upload_crops
-from glassfinder.faces.photos import PhotoError, QueryFace, find_query_face
-from glassfinder.render.face_views import FACE_SPEC, FaceSample, render_face_samples
+from glassfinder.face.training.fit import FitConfig, loss_of
+from glassfinder.face.training.photo_data import PHOTO_FACE_INDEX, render_photo_samples
+from glassfinder.face.training.presence import BandSet, PresenceConfig, fit_head, upload_crops
+from glassfinder.face.training.views import FACE_SPEC, FaceSample, render_face_samples
+from glassfinder.heads.training_photo import training_photo, training_photo_bare, training_photo_frame_mask
 from glassfinder.search.query import (
     DETECT_FAST_SIDES_PX,
     DETECT_MAX_SIDE_PX,
@@ -219,7 +214,7 @@ def test_a_face_found_only_below_the_threshold_is_verified_and_analysed(
 def test_non_face_photos_the_verifier_never_saw_are_refused(analyzer: FaceAnalyzer) -> None:
     """The verifier's held-out non-face photos (a moon, a rocket, ...), whole and cropped, through
     the query path's detection, weak fallback and checks: none is searched."""
-    from glassfinder.embed.face_verify import held_out_source, non_face_photos, photo_variant
+    from glassfinder.face.training.verify import held_out_source, non_face_photos, photo_variant
 
     assert analyzer.verifier is not None
     rng = np.random.default_rng(5)
@@ -235,7 +230,7 @@ def test_non_face_photos_the_verifier_never_saw_are_refused(analyzer: FaceAnalyz
 
 
 def test_the_verifier_threshold_refuses_at_most_its_target_share_of_fit_faces() -> None:
-    from glassfinder.embed.face_verify import TARGET_FACE_REFUSAL, fit_verifier, rates
+    from glassfinder.face.training.verify import TARGET_FACE_REFUSAL, fit_verifier, rates
 
     rng = np.random.default_rng(0)
     faces = rng.normal(0.6, 1.0, (400, 8))

@@ -1,6 +1,8 @@
 """The layer rule of docs/architecture.md, checked on every import in the package (function-level too).
 
-store <- catalog, faces <- render <- embed <- index <- pipeline, search <- ops <- demo <- cli.
+store <- catalog, nets <- face <- heads <- render <- embed <- face.training <- index <- pipeline,
+search <- ops <- demo <- cli. `face` is face analysis at run time; `face.training` (a level of its
+own, above embed: it trains on embed's augmentations and catalogue) is what only training imports.
 A module may import its own subpackage and anything below; never a sibling of its own level or
 anything above (which is also what keeps the subpackages free of import cycles).
 """
@@ -24,17 +26,26 @@ LEVEL = {
     "quarantine": 0,
     "lru": 0,
     "catalog": 1,
-    "faces": 1,
-    "render": 2,
-    "embed": 3,
-    "index": 4,
-    "pipeline": 5,
-    "search": 5,
-    "ops": 6,
-    "airflow_local": 6,
-    "demo": 7,
-    "cli": 8,
+    "nets": 1,
+    "face": 2,
+    "heads": 3,
+    "render": 4,
+    "embed": 5,
+    "face.training": 6,
+    "index": 7,
+    "pipeline": 8,
+    "search": 8,
+    "ops": 9,
+    "airflow_local": 9,
+    "demo": 10,
+    "cli": 11,
 }
+
+
+def _unit(dotted: list[str]) -> str:
+    """The layer a module path (parts after 'glassfinder') belongs to: its most specific entry."""
+    two = ".".join(dotted[:2])
+    return two if two in LEVEL else dotted[0]
 
 
 def _imported(tree: ast.AST) -> list[str]:
@@ -43,9 +54,9 @@ def _imported(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "glassfinder":
             parts = node.module.split(".")
-            found += [a.name for a in node.names] if len(parts) == 1 else [parts[1]]
+            found += [a.name for a in node.names] if len(parts) == 1 else [_unit(parts[1:])]
         elif isinstance(node, ast.Import):
-            found += [a.name.split(".")[1] for a in node.names if a.name.startswith("glassfinder.")]
+            found += [_unit(a.name.split(".")[1:]) for a in node.names if a.name.startswith("glassfinder.")]
     return found
 
 
@@ -53,12 +64,12 @@ def upward_imports() -> list[str]:
     bad = []
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT)
-        source = rel.parts[0].removesuffix(".py")
+        source = _unit([p.removesuffix(".py") for p in rel.parts])
         if source == "__init__":
             continue
         assert source in LEVEL, f"{rel}: new subpackage {source!r} has no level in tests/test_layers.py"
         for target in _imported(ast.parse(path.read_text(), str(path))):
-            if target == source or target not in LEVEL:
+            if target == source or target not in LEVEL or source.startswith(target + "."):
                 continue
             if LEVEL[target] >= LEVEL[source] and LEVEL[target] > 0:
                 bad.append(f"{rel} imports glassfinder.{target} (level {LEVEL[target]} >= {LEVEL[source]})")
@@ -95,3 +106,21 @@ def test_every_named_variable_is_documented_and_unknown_ones_fail() -> None:
     with pytest.raises(KeyError, match="ENV_VARS"):
         settings.env("GLASSFINDER_NO_SUCH_KNOB")
     assert settings.env(settings.STORE_URI_ENV, {settings.STORE_URI_ENV: "s3://b/p"}) == "s3://b/p"
+
+
+def test_the_search_service_imports_neither_the_renderer_nor_training_code() -> None:
+    """The service answers shoppers: it needs face analysis at run time (glassfinder.face), never
+    pyrender/OpenGL (a GL context per worker, seconds of import) or any training module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, glassfinder.search.service, glassfinder.search.query\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split()
+    assert "glassfinder.face.net" in loaded and "glassfinder.face.detect" in loaded  # the check sees them
+    forbidden = ("pyrender", "OpenGL", "glassfinder.face.training", "glassfinder.embed.train")
+    assert [m for m in loaded if m.startswith(forbidden)] == []

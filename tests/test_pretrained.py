@@ -9,18 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from glassfinder.embed import packaged
 from glassfinder.embed.efficientnet_lite import FULL_DEPTH as EFFNET_FULL_DEPTH
 from glassfinder.embed.efficientnet_lite import (
     EfficientNetLite0Classifier,
     EfficientNetLiteTrunk,
     load_trunk,
-)
-from glassfinder.embed.mobilenet import (
-    FULL_DEPTH,
-    PretrainedWeightsError,
-    load_features,
-    mobilenet_v2_features,
 )
 from glassfinder.embed.model import (
     ARCHITECTURE,
@@ -29,11 +22,18 @@ from glassfinder.embed.model import (
     build_model,
     efficientnet_lite0_config,
     mobilenet_config,
-    model_sha,
     weights_bytes,
 )
 from glassfinder.embed.registry import current_sha, load_model, publish_model, published_sha
 from glassfinder.errors import GlassFinderError
+from glassfinder.nets import packaged
+from glassfinder.nets.mobilenet import (
+    FULL_DEPTH,
+    PretrainedWeightsError,
+    load_features,
+    mobilenet_v2_features,
+)
+from glassfinder.nets.weights import model_sha
 from glassfinder.store.local import LocalStore
 
 SMALL = mobilenet_config(depth=5, dim=32, crop=ModelConfig().crop)
@@ -80,7 +80,7 @@ def test_wrong_keys_or_shapes_fail_naming_the_key(damage: str, match: str) -> No
 
 
 def test_imagenet_weights_load_when_installed() -> None:
-    from glassfinder.embed.imagenet import load_mobilenet_v2_state
+    from glassfinder.nets.imagenet import load_mobilenet_v2_state
 
     try:
         state, where = load_mobilenet_v2_state()
@@ -146,8 +146,8 @@ def test_efficientnet_lite0_weights_load_and_classify_a_cat_when_downloaded() ->
     import cv2
     from skimage import data
 
-    from glassfinder.embed.imagenet import load_efficientnet_lite0_state
     from glassfinder.embed.model import MEAN, STD, to_input
+    from glassfinder.nets.imagenet import load_efficientnet_lite0_state
 
     try:
         state, where = load_efficientnet_lite0_state()
@@ -175,7 +175,7 @@ def test_efficientnet_lite0_weights_load_and_classify_a_cat_when_downloaded() ->
 def test_efficientnet_lite0_weights_with_another_hash_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from glassfinder.embed.imagenet import EFFICIENTNET_LITE0, load_efficientnet_lite0_state
+    from glassfinder.nets.imagenet import EFFICIENTNET_LITE0, load_efficientnet_lite0_state
 
     other = tmp_path / "efficientnet-lite0.pth"
     torch.save(_lukemelas_like_state(), other)
@@ -297,7 +297,7 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
     import io
     import shutil
 
-    from glassfinder.embed import face_net
+    from glassfinder.face import net as face_net
 
     models = tmp_path / "models"
     models.mkdir()

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glassfinder.embed.face_net import FaceAnalyzer, packaged_analyzer
-from glassfinder.embed.face_portraits import (
+from glassfinder.errors import BadInputError
+from glassfinder.face.net import FaceAnalyzer, packaged_analyzer
+from glassfinder.heads.portraits import (
     SPLIT_SEED,
     colour_swap,
     colourise,
@@ -21,7 +22,6 @@ from glassfinder.embed.face_portraits import (
     read_rgb,
     split_portraits,
 )
-from glassfinder.errors import BadInputError
 from glassfinder.search.query import QueryRefusedError, check_analysis, decode_photo, find_face
 
 COMMITTED = Path(__file__).parent / "data" / "portraits"
@@ -118,7 +118,7 @@ def test_real_portraits_bare_are_refused_and_real_glasses_searched_in_grey_and_i
 
 
 def test_the_card_records_the_seeded_split_and_the_committed_portraits_are_in_its_test_split() -> None:
-    from glassfinder.embed.packaged import read_packaged
+    from glassfinder.nets.packaged import read_packaged
 
     card = read_packaged("face-analysis").card
     split = card["evaluation"]["portraits"]["split"]

@@ -16,7 +16,7 @@ import pytest
 
 from glassfinder.catalog.build import build_frame, export_glb, import_glb
 from glassfinder.catalog.design import sample_colourways, sample_design
-from glassfinder.faces.procedural import build_head
+from glassfinder.heads.procedural import build_head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 
@@ -62,7 +62,7 @@ import dataclasses, hashlib, sys
 sys.path.insert(0, {str(REPO)!r})
 from tests.test_render import SPEC, _view
 from glassfinder.catalog.build import import_glb
-from glassfinder.faces.procedural import build_head
+from glassfinder.heads.procedural import build_head
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 view = _view(yaw=20)
 r = TryOnRenderer(SPEC.image_px)
@@ -213,7 +213,7 @@ import numpy as np
 sys.path.insert(0, {str(REPO)!r})
 from tests.test_render import SPEC, _view
 from glassfinder.catalog.build import import_glb
-from glassfinder.faces.procedural import build_head
+from glassfinder.heads.procedural import build_head
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 from glassfinder.render.pyrender_fixes import PLATFORM, pyrender
 assert PLATFORM == "osmesa", PLATFORM

@@ -38,7 +38,7 @@ from glassfinder.embed.augment import BASIC_AUGMENT
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.train import TrainConfig, train_and_publish
-from glassfinder.faces.photos import CROP_PX, analyse_photo
+from glassfinder.heads.photos import CROP_PX, analyse_photo
 from glassfinder.index.pipeline import build_and_publish
 from glassfinder.render.job import render_catalog, render_catalog_specs
 from glassfinder.render.packshot import PACKSHOT_SPEC

@@ -35,7 +35,7 @@ from PIL import Image
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 from glassfinder.cli import main
 from glassfinder.errors import ImageRefusedError, NotAPlainFileError
-from glassfinder.faces.decode import DecodeBudget, decode_image
+from glassfinder.face.decode import DecodeBudget, decode_image
 from glassfinder.search.query import QueryEngine, find_face
 from glassfinder.store import LocalStore
 from tests.test_photos import HOPPER

@@ -47,7 +47,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_photo_bank(args: argparse.Namespace) -> int:
-    from glassfinder.embed.face_portraits import load_portraits, split_portraits, write_photo_bank
+    from glassfinder.heads.portraits import load_portraits, split_portraits, write_photo_bank
     from glassfinder.layout import PORTRAIT_BANK_PREFIX
     from glassfinder.settings import portraits_dir
 

@@ -39,11 +39,7 @@ from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.augment import BASIC_AUGMENT, AugmentConfig
 from glassfinder.embed.data import ViewSet
-from glassfinder.embed.face_photo_data import training_photo_bare
-from glassfinder.embed.face_portraits import colourise, load_portraits, split_portraits
-from glassfinder.embed.imagenet import SOURCE
-from glassfinder.embed.model import mobilenet_config, model_sha, weights_bytes
-from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
+from glassfinder.embed.model import mobilenet_config, weights_bytes
 from glassfinder.embed.train import (
     INIT_DEFAULT,
     INIT_IMAGENET,
@@ -53,6 +49,11 @@ from glassfinder.embed.train import (
     resolve_init,
     train_model,
 )
+from glassfinder.heads.portraits import colourise, load_portraits, split_portraits
+from glassfinder.heads.training_photo import training_photo_bare
+from glassfinder.nets.imagenet import SOURCE
+from glassfinder.nets.packaged import MODELS_DIR, card_path, weights_path
+from glassfinder.nets.weights import model_sha
 from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.spec import PRESETS, RenderSpec
 from glassfinder.settings import portraits_dir

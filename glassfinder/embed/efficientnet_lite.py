@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassfinder.embed.mobilenet import strict_subset
 from glassfinder.errors import GlassFinderError
+from glassfinder.nets.mobilenet import strict_subset
 
 Triple = tuple[float, float, float]
 

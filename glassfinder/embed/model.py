@@ -11,7 +11,6 @@ travels in the model card, so a published model can be rebuilt from its card and
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,8 +23,8 @@ from torch import nn
 from glassfinder.embed import efficientnet_lite
 from glassfinder.embed.align import CropGeometry
 from glassfinder.embed.efficientnet_lite import EfficientNetLiteTrunk
-from glassfinder.embed.mobilenet import FULL_DEPTH, mobilenet_v2_features
 from glassfinder.errors import GlassFinderError
+from glassfinder.nets.mobilenet import FULL_DEPTH, mobilenet_v2_features
 
 ARCHITECTURE = "glassfinder-resnet-v1"
 MOBILENET = "mobilenetv2-imagenet"
@@ -94,6 +93,9 @@ class ModelConfig:
 
 
 class _Block(nn.Module):
+    #: (layer, batch norm) pairs whose norm reads only that layer: folded for inference (nets.fold).
+    FOLD_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -130,6 +132,8 @@ class EmbeddingNet(nn.Module):
     bridge - that averaging over the band washes out) or GeM, which blends the two with a learnt
     exponent. A linear layer and batch norm map the pooled features to the embedding.
     """
+
+    FOLD_PAIRS = (("head", "head_bn"),)  # see _Block.FOLD_PAIRS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -188,13 +192,13 @@ def build_model(config: ModelConfig, *, seed: int, pretrained: bool = True) -> E
     finally:
         torch.random.set_rng_state(gen_state)
     if pretrained and config.architecture == MOBILENET:
-        from glassfinder.embed.imagenet import load_mobilenet_v2_state
-        from glassfinder.embed.mobilenet import load_features
+        from glassfinder.nets.imagenet import load_mobilenet_v2_state
+        from glassfinder.nets.mobilenet import load_features
 
         state, where = load_mobilenet_v2_state()
         load_features(model.features, state, config.depth, where)
     if pretrained and config.architecture == EFFICIENTNET_LITE0:
-        from glassfinder.embed.imagenet import load_efficientnet_lite0_state
+        from glassfinder.nets.imagenet import load_efficientnet_lite0_state
 
         state, where = load_efficientnet_lite0_state()
         efficientnet_lite.load_trunk(model.effnet, state, where)
@@ -234,11 +238,6 @@ def weights_bytes(model: nn.Module) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, buf)
     return buf.getvalue()
-
-
-def model_sha(weights: bytes) -> str:
-    """16 hex digits of sha256 over the weights file: the model's identity in store keys."""
-    return hashlib.sha256(weights).hexdigest()[:16]
 
 
 def load_weights(config: ModelConfig, weights: bytes, where: str) -> EmbeddingNet:

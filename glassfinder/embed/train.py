@@ -478,7 +478,7 @@ def resolve_init(store: ObjectStore, init: str, dim: int | None) -> tuple[ModelC
 
     if init == INIT_DEFAULT:
         from glassfinder import settings
-        from glassfinder.embed.packaged import read_packaged
+        from glassfinder.nets.packaged import read_packaged
 
         packaged = read_packaged(settings.DEFAULT_MODEL_NAME)
         ref = f"{packaged.name}@{packaged.sha}"

@@ -12,7 +12,7 @@ import numpy as np
 import trimesh
 
 from glassfinder.catalog.convention import part_of
-from glassfinder.faces.base import Anchors
+from glassfinder.heads.base import Anchors
 
 #: The frame's front is this much wider than the head across the temples.
 WIDTH_MARGIN = 1.04

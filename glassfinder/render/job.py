@@ -42,8 +42,8 @@ from glassfinder.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from glassfinder.faces.photos import PhotoBank
-from glassfinder.faces.procedural import head
+from glassfinder.heads.photos import PhotoBank
+from glassfinder.heads.procedural import head
 from glassfinder.quarantine import QuarantineRecord
 from glassfinder.render.spec import RenderSpec, ViewParams, plan_view, split_of
 from glassfinder.store import open_object, open_store

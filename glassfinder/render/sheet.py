@@ -9,7 +9,7 @@ from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError
-from glassfinder.faces.procedural import head
+from glassfinder.heads.procedural import head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 from glassfinder.store import open_object

@@ -17,8 +17,8 @@ import trimesh
 from PIL import Image
 
 from glassfinder.catalog.convention import part_of
-from glassfinder.faces.base import Head
-from glassfinder.faces.photos import PhotoFace
+from glassfinder.heads.base import Head
+from glassfinder.heads.photos import PhotoFace
 from glassfinder.lru import BoundedCache
 from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
@@ -275,7 +275,7 @@ def _occluder_mesh(mesh: trimesh.Trimesh) -> pyrender.Mesh:
 def window_to_pixel_index(xy: np.ndarray) -> np.ndarray:
     """Points from the renderer's window coordinates (OpenGL: pixel i spans [i, i+1), so its
     centre is at i + 0.5) to pixel-index coordinates (pixel i's centre at i), the convention of
-    numpy indexing, OpenCV's warpAffine and every photo-side mapping (faces.photos.crop_mapping).
+    numpy indexing, OpenCV's warpAffine and every photo-side mapping (heads.photos.crop_mapping).
     A network trained on window coordinates places every point half a render pixel right and
     low on photos: measured on the real-face benchmark as a downward eye bias."""
     return np.asarray(xy, np.float32) - np.float32(0.5)
@@ -297,7 +297,7 @@ class PhotoRenderer:
     """Glasses on photo-bank faces: the generic head, posed by the photo's solvePnP, occludes."""
 
     def __init__(self, renderer: TryOnRenderer) -> None:
-        from glassfinder.faces.photos import generic_head
+        from glassfinder.heads.photos import generic_head
 
         self.renderer = renderer
         self.head = generic_head()
@@ -308,7 +308,7 @@ class PhotoRenderer:
     def render(
         self, asset: AssetMeshes, face: PhotoFace, crop_rgb: np.ndarray, view: ViewParams
     ) -> RenderedView:
-        from glassfinder.faces.photos import CROP_PX, head_pose_matrix
+        from glassfinder.heads.photos import CROP_PX, head_pose_matrix
 
         size = self.renderer.size_px
         s = size / CROP_PX

@@ -1,6 +1,6 @@
 """One query: photo bytes -> face box -> face analysis -> aligned eye band -> embedding -> top-k products.
 
-dlib's HOG detector finds the face; the face-analysis network (embed/face_net.py) places the eyes
+dlib's HOG detector finds the face; the face-analysis network (face/net.py) places the eyes
 and says whether glasses are worn. Anything that is not a face wearing glasses is refused with a
 reason code and the message the shopper sees. The engine serves one (index version, model) pair
 at a time and swaps to a new pair atomically when the index's CURRENT moves, so a request never
@@ -27,13 +27,6 @@ from glassfinder import layout
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.embed.align import align_crop
-from glassfinder.embed.face_net import (
-    MAX_SHAPE_DISAGREEMENT,
-    VERIFIED_DETECTION_THRESHOLD,
-    FaceAnalysis,
-    FaceAnalyzer,
-    packaged_analyzer,
-)
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import (
@@ -47,12 +40,19 @@ from glassfinder.errors import (
     RefusedError,
     StoreStateError,
 )
-from glassfinder.faces.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
-from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, PhotoError, QueryFace, find_query_face
+from glassfinder.face.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, PhotoError, QueryFace, find_query_face
+from glassfinder.face.landmarks import FACE_LANDMARKS
+from glassfinder.face.net import (
+    MAX_SHAPE_DISAGREEMENT,
+    VERIFIED_DETECTION_THRESHOLD,
+    FaceAnalysis,
+    FaceAnalyzer,
+    packaged_analyzer,
+)
 from glassfinder.index.reader import IndexReader
 from glassfinder.index.versions import newest_verified_version
 from glassfinder.lru import BoundedCache
-from glassfinder.render.face_views import FACE_LANDMARKS
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import read_shard
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 #: What the shopper is told whenever a photo is refused (the reference system's words).
 REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
-#: (see faces.photos.find_query_face). 320 first: boxes from the 256 px pass are looser or
+#: (see face.detect.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
 DETECT_FAST_SIDES_PX = (320, 256)
 DETECT_MAX_SIDE_PX = 1024
@@ -100,7 +100,7 @@ def decode_photo(
     data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
 ) -> np.ndarray:
     """(h, w, 3) uint8 RGB of an uploaded photo, upright, through the one guarded decoder
-    (glassfinder.faces.decode: pixel and memory budgets, JPEG draft, truncation refused).
+    (glassfinder.face.decode: pixel and memory budgets, JPEG draft, truncation refused).
 
     Every way a decoder can fail on hostile bytes ends in a QueryRefusedError (`too_many_pixels`
     as ImageTooLargeError, else `not_an_image` or `unsupported_format`): an upload must never

@@ -13,7 +13,7 @@ import numpy as np
 
 from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import catalog_asset_key
-from glassfinder.faces.photos import analyse_photo
+from glassfinder.heads.photos import analyse_photo
 from glassfinder.render.job import fixed_lens_of
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer

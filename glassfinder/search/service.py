@@ -8,7 +8,7 @@ Budgets a request cannot stretch, outermost first: the request head (size 431, p
 search.http_limits), the body (size 413 as soon as the line is crossed, whatever Content-Length
 claims; pace 408), admission (a bounded queue in front of `max_concurrent` query workers, 503
 with Retry-After past it; search.admission), the decode (pixels and peak memory, whatever the
-header claims; faces.decode) and the request's total time (503). /healthz and /metrics run on
+header claims; face.decode) and the request's total time (503). /healthz and /metrics run on
 the event loop, never behind queries. CURRENT is polled in the background and a new version is
 swapped in whole; any error reading it keeps the last good version serving and /healthz says
 `degraded` with why (still HTTP 200). /docs and /openapi.json only with `docs=True`.
@@ -37,7 +37,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassfinder.errors import GlassFinderError, http_status
-from glassfinder.faces.decode import DEFAULT_MAX_DECODE_BYTES, DecodeBudget
+from glassfinder.face.decode import DEFAULT_MAX_DECODE_BYTES, DecodeBudget
 from glassfinder.search.admission import Admission, AdmissionLimits, Overloaded
 from glassfinder.search.http_limits import HttpLimits, RequestGuard, guarded_h11
 from glassfinder.search.query import (

@@ -1,4 +1,4 @@
-"""Train, calibrate, measure and package the face-analysis network (see embed/face_train.py).
+"""Train, calibrate, measure and package the face-analysis network (see face/training/train.py).
 
 Held-out identities (face index % VAL_EVERY == 0) are split in two by identity: one half sets the
 glasses-presence threshold (see `calibrate`), the other half is where every reported
@@ -20,8 +20,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from glassfinder.embed.face_data import (
-    INPUT_PX,
+from glassfinder.face.crop import INPUT_PX
+from glassfinder.face.detect import _dlib
+from glassfinder.face.landmarks import FACE_LANDMARKS
+from glassfinder.face.net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
+from glassfinder.face.training.data import (
     LENS_CODES,
     VAL_EVERY,
     FaceData,
@@ -30,10 +33,8 @@ from glassfinder.embed.face_data import (
     proxy_box,
     training_crop,
 )
-from glassfinder.embed.face_net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
-from glassfinder.embed.face_photo_data import PHOTO_FACE_INDEX
-from glassfinder.embed.face_portraits import Portrait, split_record
-from glassfinder.embed.face_presence import (
+from glassfinder.face.training.photo_data import PHOTO_FACE_INDEX
+from glassfinder.face.training.presence import (
     PortraitViews,
     PresenceConfig,
     fit_band_presence,
@@ -41,12 +42,12 @@ from glassfinder.embed.face_presence import (
     portrait_views,
     upload_check,
 )
-from glassfinder.embed.imagenet import SOURCE, load_mobilenet_v2_state
-from glassfinder.embed.mobilenet import load_features
-from glassfinder.embed.model import model_sha
-from glassfinder.embed.packaged import MODELS_DIR, card_path, weights_path
-from glassfinder.faces.photos import _dlib
-from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
+from glassfinder.face.training.views import FACE_SPEC
+from glassfinder.heads.portraits import Portrait, split_record
+from glassfinder.nets.imagenet import SOURCE, load_mobilenet_v2_state
+from glassfinder.nets.mobilenet import load_features
+from glassfinder.nets.packaged import MODELS_DIR, card_path, weights_path
+from glassfinder.nets.weights import model_sha
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def train(data: FaceData, work: Path, cfg: FitConfig) -> tuple[FaceNet, float]:
 
 def adapt_to_photos(net: FaceNet, data: FaceData, photos: FaceData, work: Path, cfg: FitConfig) -> float:
     """Stage 2: a few epochs on the procedural training renders plus the real-face samples
-    (embed/face_photo_data.py) at a lower rate, so real skin and real eyelids move the presence
+    (face/training/photo_data.py) at a lower rate, so real skin and real eyelids move the presence
     and the eyes without losing what the renders taught."""
     torch.manual_seed(cfg.seed + 1)
     mixed = concat(data.subset(~data.held_out), photos)
@@ -285,7 +286,7 @@ def calibration_half(held: FaceData) -> np.ndarray:
 
 def choose_merge(net: FaceNet, calib: FaceData) -> list[bool]:
     """Per landmark: does averaging in the neighbours' votes lower its median error on the
-    calibration identities? (See face_net.decode.)"""
+    calibration identities? (See face.net.decode.)"""
     every = [True] * len(FACE_LANDMARKS)
     merged = predict(FaceAnalyzer(net, 0.5, every), calib)["landmarks"]
     own = predict(FaceAnalyzer(net, 0.5, [False] * len(FACE_LANDMARKS)), calib)["landmarks"]
@@ -331,7 +332,7 @@ def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
             "false_accept": round(float((p[test & ~held.worn] >= threshold).mean()), 4),
             "worn": int((test & held.worn).sum()),
             "bare": int((test & ~held.worn).sum()),
-            # Refused as not holding a face's shape (face_net.MAX_SHAPE_DISAGREEMENT), worn faces.
+            # Refused as not holding a face's shape (face.net.MAX_SHAPE_DISAGREEMENT), worn faces.
             "shape_refusal_worn": round(float((~pred["face"][test & held.worn]).mean()), 4),
         },
         "dlib_detected_share": round(float(detected[test].mean()), 3),
@@ -412,14 +413,14 @@ def train_and_package(
         "meta": meta,
         "config": asdict(cfg),
         "presence_config": asdict(presence_cfg),
-        # Stages 1-2 were run for another model (face_train --init packaged): this one's trunk is its.
+        # Stages 1-2 were run for another model (train --init packaged): this one's trunk is its.
         **({} if init is None else {"trunk_model_sha": init.model_sha}),
         "data": _data_record(data, photos, init, portraits),
         "evaluation": report,
         "train_seconds": round(sum(stage_seconds.values()), 1),
         "train_seconds_by_stage": stage_seconds,
         "imagenet": SOURCE,
-        "retrain": "python -m glassfinder.embed.face_train --work DIR",
+        "retrain": "python -m glassfinder.face.training.train --work DIR",
     }
     card_path(name, out_dir).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return report

@@ -13,7 +13,7 @@ network's own pupils (`BandPresence`).
 Why one network and not dlib's 5 points plus a HOG classifier: both were made for bare faces; a
 frame across the eyes moves dlib's eye corners and confuses HOG, and neither learns from the
 renders whose truth is exact. Written in plain torch because torchvision does not import beside
-this torch build (see embed/mobilenet.py).
+this torch build (see nets/mobilenet.py).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from glassfinder.embed.face_data import INPUT_PX, crop_matrix, cut
-from glassfinder.embed.infer import fold_batchnorm
-from glassfinder.embed.mobilenet import _conv_bn_relu, mobilenet_v2_features
 from glassfinder.errors import GlassFinderError
-from glassfinder.render.face_views import FACE_LANDMARKS
+from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
+from glassfinder.face.landmarks import FACE_LANDMARKS
+from glassfinder.nets.fold import fold_batchnorm
+from glassfinder.nets.mobilenet import _conv_bn_relu, mobilenet_v2_features
 
 STRIDE = 8
 TRUNK_DEPTH = 14  # features[:7] -> 32 channels at stride 8; features[7:14] -> 96 at stride 16
@@ -152,10 +152,10 @@ class FaceNet(nn.Module):
             "offset": offset,
             "neighbour": self.neighbour(h).view(b, n, NEIGHBOURS, 2, gh, gw),
             "presence": head[:, 0],  # the pooled head's: trains the trunk (stages 1-2), decides nothing
-            "presence_band": self.band_presence(band),  # the decision (face_presence.py fits it)
+            "presence_band": self.band_presence(band),  # the decision (face.training.presence.py fits it)
             "band": band,
             "box": head[:, 1:5],  # glasses box (x0, y0, x1, y1) in input / INPUT_PX units
-            "pooled": pooled,  # what the face verifier (embed/face_verify.py) reads
+            "pooled": pooled,  # what the face verifier (face/training/verify.py) reads
         }
 
 
@@ -237,7 +237,7 @@ POOLED_WIDTH = 128 + 96
 @dataclass(frozen=True)
 class FaceVerifier:
     """Is the box a face: standardise the pooled features, then a logistic regression (fitted by
-    embed/face_verify.py); a face at probability >= threshold."""
+    face/training/verify.py); a face at probability >= threshold."""
 
     mean: list[float]
     scale: list[float]
@@ -278,7 +278,7 @@ class FaceAnalysis:
     glasses_probability: float
     glasses_box_xyxy: np.ndarray  # (4,)
     shape_disagreement: float  # see `shape_disagreement`
-    #: The face verifier's probability that the box holds a face (embed/face_verify.py), and
+    #: The face verifier's probability that the box holds a face (face/training/verify.py), and
     #: the threshold its card set; 1.0 and 0.0 for a model without a verifier.
     face_probability: float = 1.0
     face_threshold: float = 0.0
@@ -386,9 +386,9 @@ def load_weights(
 
 
 def load_trunk(data: bytes, where: str) -> tuple[FaceNet, dict[str, Any]]:
-    """A weights file's network for further training (face_train --init packaged): every weight
+    """A weights file's network for further training (face.training.train --init packaged): every weight
     loaded strictly except the band presence head, which files from before it lack and which
-    stage 3 (embed/face_presence.py) fits afresh anyway."""
+    stage 3 (face/training/presence.py) fits afresh anyway."""
     return load_weights(data, where, allow_missing_prefix="band_presence.")
 
 
@@ -399,7 +399,7 @@ PACKAGED_NAME = "face-analysis"
 def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer]:
     """(model sha, analyzer) of the face-analysis model shipped in the package (sha256 checked
     against its card; a mismatch is refused)."""
-    from glassfinder.embed.packaged import read_packaged
+    from glassfinder.nets.packaged import read_packaged
 
     packaged = read_packaged(PACKAGED_NAME, models_dir)
     net, meta = load_weights(packaged.weights, str(packaged.path))
@@ -407,12 +407,12 @@ def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer
         raise GlassFinderError(
             f"face-analysis model {packaged.path} predicts {meta.get('landmarks')} at "
             f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
-            "retrain it (python -m glassfinder.embed.face_train)"
+            "retrain it (python -m glassfinder.face.training.train)"
         )
     if "verifier" not in meta:  # the query path searches weak detections only behind a verifier
         raise GlassFinderError(
             f"face-analysis model {packaged.path} has no meta.verifier: fit it "
-            "(python -m glassfinder.embed.face_verify --work DIR)"
+            "(python -m glassfinder.face.training.verify --work DIR)"
         )
     verifier = FaceVerifier.from_meta(meta["verifier"], str(packaged.path))
     return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"), verifier)

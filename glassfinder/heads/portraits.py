@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from glassfinder.errors import BadInputError
-from glassfinder.faces.decode import decode_image
+from glassfinder.face.decode import decode_image
 from glassfinder.layout import portrait_bank_key
 from glassfinder.store.base import ObjectStore
 

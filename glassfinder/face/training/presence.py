@@ -2,19 +2,19 @@
 
 The pooled presence head of stages 1-2 reads the whole crop, and two trainings with one recipe
 and seed gave the astronaut's bare photo 0.04 and 0.61: with one real bare face to learn from,
-what it learnt about real faces depended on the run. `face_net.BandPresence` reads only the eye
+what it learnt about real faces depended on the run. `face.net.BandPresence` reads only the eye
 band along the network's own pupils, and is fitted here with everything else frozen, so the
 landmarks and the face verifier (which read the trunk) stay exactly as stages 1-2 left them.
 
 Its data:
 - procedural training renders (held-out identities excluded), cut from dlib's box with the
-  training jitter and crop damage (face_data.training_crop), `render_views` draws of each;
+  training jitter and crop damage (face.training.data.training_crop), `render_views` draws of each;
 - Grace Hopper's photo (the one real face training may use; the astronaut never is): bare (her
   frames inpainted), in her own frames, and wearing catalogue frames rendered onto it, each
   damaged as a whole upload (augment.phone_damage_mapped: the reframing and rescale move the
   detector's box, blur and JPEG soften the band), mirrored half the time, then found and cut as
-  the query path does (faces.photos.find_query_face at the query's thresholds);
-- real portraits (embed/face_portraits.py: the training split only), with real glasses or bare,
+  the query path does (face.detect.find_query_face at the query's thresholds);
+- real portraits (heads/portraits.py: the training split only), with real glasses or bare,
   each as it is and as damaged uploads, colourised half the time; renders and Hopper's uploads are
   turned grey a share of the time, so that colour cannot decide presence either way. With one
   real face, presence on other real faces was a guess (14% of bare portraits searched, 19% of
@@ -37,11 +37,13 @@ import torch
 from torch.nn import functional as F
 
 from glassfinder.embed.augment import phone_damage_mapped
-from glassfinder.embed.face_data import FaceData, crop_matrix, cut, training_crop
-from glassfinder.embed.face_net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
-from glassfinder.embed.face_photo_data import training_photo, training_photo_bare, training_photo_wearing
-from glassfinder.embed.face_portraits import Portrait, colour_swap, colourise, greyscale, read_rgb
-from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, PhotoError, find_query_face
+from glassfinder.face.crop import crop_matrix, cut
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, PhotoError, find_query_face
+from glassfinder.face.net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
+from glassfinder.face.training.data import FaceData, training_crop
+from glassfinder.face.training.photo_data import training_photo_wearing
+from glassfinder.heads.portraits import Portrait, colour_swap, colourise, greyscale, read_rgb
+from glassfinder.heads.training_photo import training_photo, training_photo_bare
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ with scikit-image and matplotlib, and random boxes on them. With it the query pa
 a face dlib scores low (large dark lenses hide the eyes HOG looks for) instead of refusing it.
 
 Refit on the packaged face-analysis model (its landmarks and presence do not change; the weights
-file gains the verifier in its meta, and the card its figures); `face_train` runs this last:
+file gains the verifier in its meta, and the card its figures); `face.training.train` runs this last:
 
-    python -m glassfinder.embed.face_verify --work DIR
+    python -m glassfinder.face.training.verify --work DIR
 
 Needs scikit-image (the test extras) for its non-face photos.
 """
@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
-from glassfinder.embed.face_data import FaceData, crop_matrix, cut, training_assets, training_crop
-from glassfinder.embed.face_net import (
+from glassfinder.errors import GlassFinderError
+from glassfinder.face.crop import crop_matrix, cut
+from glassfinder.face.detect import detect_boxes
+from glassfinder.face.net import (
     PACKAGED_NAME,
     POOLED_WIDTH,
     VERIFIED_DETECTION_THRESHOLD,
@@ -41,10 +43,9 @@ from glassfinder.embed.face_net import (
     load_weights,
     save_weights,
 )
-from glassfinder.embed.face_portraits import Portrait
-from glassfinder.embed.face_presence import portrait_crops
-from glassfinder.errors import GlassFinderError
-from glassfinder.faces.photos import detect_boxes
+from glassfinder.face.training.data import FaceData, training_assets, training_crop
+from glassfinder.face.training.presence import portrait_crops
+from glassfinder.heads.portraits import Portrait
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ MAX_FACE_REFUSAL = 0.02
 MAX_NON_FACE_ACCEPT = 0.05
 #: Views (crop, rescale, flip) of each non-face photo.
 VARIANTS_PER_SOURCE = 24
-#: Face render shards the verifier uses (of face_train's; rendered here when missing).
+#: Face render shards the verifier uses (of face.training.train's; rendered here when missing).
 DEFAULT_SHARDS = 5
 #: Largest share of fit faces the verifier may refuse (the threshold is set there).
 TARGET_FACE_REFUSAL = 0.005
@@ -246,14 +247,14 @@ def rates(verifier: FaceVerifier, faces: np.ndarray, non_faces: np.ndarray) -> d
 def verifier_data(work: Path, shards: Sequence[int]) -> tuple[FaceData, FaceData]:
     """Face samples: procedural render shards (rendered into work/shards when missing, the face
     network's own training spec) and Hopper's photo samples."""
-    from glassfinder.embed.face_data import concat, load_shards, render_shard
-    from glassfinder.embed.face_photo_data import load_or_render_photo_samples
+    from glassfinder.face.training.data import concat, load_shards, render_shard
+    from glassfinder.face.training.photo_data import load_or_render_photo_samples
 
     catalogue = training_assets(work)
     for shard in shards:
         render_shard(work / "shards", shard, catalogue)
     renders = load_shards(work / "shards", shards)
-    # Its own folder: face_train's photo samples (same file name) hold many copies of one bare face.
+    # Its own folder: face.training.train's photo samples (same file name) hold many copies of one bare face.
     (work / "verifier").mkdir(parents=True, exist_ok=True)
     photos = load_or_render_photo_samples(work / "verifier", catalogue, worn=60, bare_copies=1)
     return renders, concat(photos, photos)  # two jittered crops of every photo sample
@@ -263,7 +264,7 @@ def portrait_faces(
     net: torch.nn.Module, portraits: Sequence[Portrait], seed: int = VERIFIER_SEED
 ) -> np.ndarray:
     """Pooled features of real portraits as the query path cuts them: each as it is and as damaged
-    uploads, colourised half the time (face_presence.portrait_crops)."""
+    uploads, colourised half the time (face.training.presence.portrait_crops)."""
     if not portraits:
         return np.zeros((0, POOLED_WIDTH))
     crops, _ = portrait_crops(portraits, PORTRAIT_VIEWS, np.random.default_rng([seed, 5]), 0.5)
@@ -279,8 +280,8 @@ def fit_and_package(
     """Fit the verifier on the packaged face-analysis model and write it into its weights and card.
     Real faces: Hopper's photo samples and, when given, the train split of the portraits (whose
     calibrate split joins the held-out faces it must not refuse)."""
-    from glassfinder.embed.model import model_sha
-    from glassfinder.embed.packaged import card_path, read_packaged, weights_path
+    from glassfinder.nets.packaged import card_path, read_packaged, weights_path
+    from glassfinder.nets.weights import model_sha
 
     packaged = read_packaged(PACKAGED_NAME, models_dir)
     net, meta = load_weights(packaged.weights, str(packaged.path))
@@ -328,7 +329,7 @@ def fit_and_package(
         verifier={
             **report,
             "method": f"logistic regression (C={VERIFIER_C}) on the network's pooled features (scikit-learn)",
-            "refit": "python -m glassfinder.embed.face_verify --work DIR",
+            "refit": "python -m glassfinder.face.training.verify --work DIR",
         },
     )
     path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -336,7 +337,7 @@ def fit_and_package(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m glassfinder.embed.face_verify", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m glassfinder.face.training.verify", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="resumable work folder")
     parser.add_argument(
         "--shards",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from glassfinder.faces.base import Anchors, Head
+from glassfinder.heads.base import Anchors, Head
 
 #: Built heads kept per process. A head is ~6 MB and takes ~60 ms to build; views draw faces at
 #: random from hundreds, so a big cache buys few hits: at 256 a render worker grew to 4.8 GB

@@ -19,20 +19,14 @@ import numpy as np
 
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
 from glassfinder.errors import GlassFinderError
-from glassfinder.faces.photos import QUERY_DETECTION_THRESHOLD, detect_boxes
-from glassfinder.render.face_views import FACE_LANDMARKS, render_face_samples
+from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
+from glassfinder.face.training.views import render_face_samples
 
 log = logging.getLogger(__name__)
 
 SHARD_SIZE = 200
 VAL_EVERY = 5
-#: The network's input: a square of this many pixels around the detector's box.
-INPUT_PX = 160
-#: The crop around a detector box: side = CROP_SCALE * box width, centre shifted by
-#: CROP_SHIFT * box width downward-positive (dlib's box starts at the brows; the crop keeps the
-#: forehead and chin in view).
-CROP_SCALE = 1.5
-CROP_SHIFT = -0.05
 LENS_CODES = ("", "clear", "tinted", "mirrored")
 #: The catalogue whose frames the face model and its verifier train on (a seed no bench uses).
 TRAINING_SEED = 6161
@@ -122,20 +116,6 @@ def load_shards(root: Path, shards: Sequence[int]) -> FaceData:
     return FaceData(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
-def crop_matrix(box_xyxy: np.ndarray, size: int = INPUT_PX) -> np.ndarray:
-    """2x3 affine from image pixels to the network's input square for a detector box."""
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    w = x1 - x0 + 1
-    side = CROP_SCALE * w
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + CROP_SHIFT * w
-    s = size / side
-    return np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], np.float32)
-
-
-def cut(rgb: np.ndarray, matrix: np.ndarray, size: int = INPUT_PX) -> np.ndarray:
-    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-
-
 def proxy_box(landmarks: np.ndarray) -> np.ndarray:
     """A detector-like box from landmark truth, for renders dlib missed (profiles, dark lenses):
     as wide as the eye corners' span plus margins, from the brows to below the mouth."""
@@ -177,15 +157,3 @@ def training_crop(
     lm = data.landmarks[i] @ m[:, :2].T + m[:, 2]
     gb = data.glasses_box[i].reshape(2, 2) @ m[:, :2].T + m[:, 2]
     return crop, lm.astype(np.float32), gb.reshape(4).astype(np.float32)
-
-
-__all__ = [
-    "FACE_LANDMARKS",
-    "FaceData",
-    "concat",
-    "crop_matrix",
-    "cut",
-    "load_shards",
-    "render_shard",
-    "training_crop",
-]

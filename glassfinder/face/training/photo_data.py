@@ -6,7 +6,7 @@ Hopper's public-domain photo (shipped with matplotlib) is the one real face trai
 astronaut is the unseen test face): her own frames are inpainted away along a hand-drawn mask to
 give a bare real face, catalogue frames are rendered onto that bare face by the product's photo
 renderer, and her hand-marked pupils give the eye truth on all of them. Only the pupils are marked;
-the other landmarks are NaN and teach nothing (see face_fit.loss_of).
+the other landmarks are NaN and teach nothing (see face.training.fit.loss_of).
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
-import matplotlib.cbook
 import numpy as np
 from PIL import Image
 
 from glassfinder.catalog.build import import_glb
-from glassfinder.embed.face_data import LENS_CODES, SHARD_FORMAT, FaceData
-from glassfinder.faces.photos import (
-    CROP_PX,
-    QUERY_DETECTION_THRESHOLD,
-    PhotoFace,
-    analyse_photo,
-    crop_mapping,
-    detect_boxes,
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
+from glassfinder.face.landmarks import FACE_LANDMARKS
+from glassfinder.face.training.data import LENS_CODES, SHARD_FORMAT, FaceData
+from glassfinder.face.training.views import FACE_SPEC
+from glassfinder.heads.photos import CROP_PX, PhotoFace, analyse_photo, crop_mapping
+from glassfinder.heads.training_photo import (
+    TRAINING_PHOTO_PUPILS,
+    training_photo,
+    training_photo_bare,
+    training_photo_frame_mask,
 )
-from glassfinder.render.face_views import FACE_LANDMARKS, FACE_SPEC
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, ViewParams, plan_view
 from glassfinder.render.tryon import (
     AssetMeshes,
@@ -42,18 +42,6 @@ from glassfinder.render.tryon import (
     window_to_pixel_index,
 )
 
-#: Hopper's pupils on matplotlib's grace_hopper.jpg (512x600), the subject's left eye (image
-#: right) first: centres of the dark pupil discs, marked at 16x zoom (about +-1 px, 0.012 IPD).
-TRAINING_PHOTO_PUPILS = np.array([[305.0, 187.0], [222.0, 190.0]], np.float32)
-#: Her frames, drawn over the photo: per lens (centre x, y, semi-axes a, b, rim width, browline
-#: depth), then the bridge and both hinge ends as polygons. Everything inside is inpainted.
-TRAINING_PHOTO_LENSES = ((216, 202, 37, 32, 10, 16), (314, 196, 40, 32, 10, 16))
-TRAINING_PHOTO_FRAME_POLYGONS = (
-    ((243, 170), (284, 164), (284, 190), (243, 194)),
-    ((156, 168), (192, 168), (192, 194), (156, 192)),
-    ((336, 156), (374, 160), (374, 190), (336, 192)),
-)
-TRAINING_PHOTO_GLINTS = ((331, 183, 5),)  # a reflection on the right lens's browline (x, y, radius)
 #: Marks these samples in FaceData.face_index: no procedural identity is negative, and
 #: -1 % VAL_EVERY != 0, so they are never in the held-out sets the figures come from.
 PHOTO_FACE_INDEX = -1
@@ -65,38 +53,6 @@ log = logging.getLogger(__name__)
 #: Separates these samples' draws from the procedural renders' (seeded by [spec.seed, i]).
 PHOTO_SEED_TAG = 7
 CLEAR_LENSES = tuple(entry for entry in DEFAULT_LENS_PALETTE if entry[0] == "clear")
-
-
-def training_photo() -> np.ndarray:
-    """The one real photo training may use (Grace Hopper, matplotlib's public-domain sample)."""
-    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def training_photo_frame_mask(shape: tuple[int, int]) -> np.ndarray:
-    """uint8 (h, w): 255 where her own frames (rims, browline, bridge, hinges) are."""
-    mask = np.zeros(shape, np.uint8)
-    for cx, cy, a, b, rim, brow in TRAINING_PHOTO_LENSES:
-        lens = np.zeros_like(mask)
-        cv2.ellipse(lens, (cx, cy), (a, b), 0, 0, 360, 255, -1)
-        inner = np.zeros_like(mask)
-        cv2.ellipse(inner, (cx, cy), (a - rim, b - rim), 0, 0, 360, 255, -1)
-        inner[: cy - b + brow] = 0  # the browline is solid: the whole top band goes
-        mask |= lens & ~inner
-    for poly in TRAINING_PHOTO_FRAME_POLYGONS:
-        cv2.fillPoly(mask, [np.array(poly, np.int32)], 255)
-    for x, y, r in TRAINING_PHOTO_GLINTS:
-        cv2.circle(mask, (x, y), r, 255, -1)
-    return mask
-
-
-def training_photo_bare() -> np.ndarray:
-    """Her photo with her frames inpainted away (Telea): soft bands where the rims were, no frame."""
-    rgb = training_photo()
-    bgr = cv2.inpaint(
-        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), training_photo_frame_mask(rgb.shape[:2]), 6, cv2.INPAINT_TELEA
-    )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -159,7 +115,7 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
     return FaceData(**{k: np.stack([r[k] for r in rows]) for k in rows[0]})
 
 
-#: Separates the presence stage's frame draws (embed/face_presence.py) from the samples' above.
+#: Separates the presence stage's frame draws (face/training/presence.py) from the samples' above.
 PRESENCE_SEED_TAG = 8
 
 
@@ -193,7 +149,7 @@ def frames_on_hopper(
         renderer.close()
 
 
-#: Separates the presence stage's frame draws (embed/face_presence.py) from the samples' above.
+#: Separates the presence stage's frame draws (face/training/presence.py) from the samples' above.
 PRESENCE_SEED_TAG = 8
 
 

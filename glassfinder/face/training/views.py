@@ -15,23 +15,11 @@ import numpy as np
 
 from glassfinder.catalog.build import import_glb
 from glassfinder.errors import GlassFinderError
-from glassfinder.faces.procedural import head
+from glassfinder.face.landmarks import FACE_LANDMARKS
+from glassfinder.heads.procedural import head
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer, window_to_pixel_index
 
-#: The landmarks the network predicts, in output order (pupils first: alignment uses them).
-FACE_LANDMARKS: tuple[str, ...] = (
-    "pupil_left",
-    "pupil_right",
-    "eye_left_inner",
-    "eye_left_outer",
-    "eye_right_inner",
-    "eye_right_outer",
-    "nose_bridge",
-    "nose_tip",
-    "mouth_left",
-    "mouth_right",
-)
 #: Gradient lenses (dark at the top, clear at the bottom are not modelled; a mid tint stands in).
 _EXTRA_LENSES: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
     ("tinted", (0.35, 0.25, 0.15, 0.45)),

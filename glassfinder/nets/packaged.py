@@ -48,7 +48,7 @@ def available(name: str, models_dir: Path | None = None) -> bool:
 
 def read_packaged(name: str, models_dir: Path | None = None) -> PackagedModel:
     """The packaged model `name`, its weights verified against the card's sha256."""
-    from glassfinder.embed.model import model_sha
+    from glassfinder.nets.weights import model_sha
 
     cpath, wpath = card_path(name, models_dir), weights_path(name, models_dir)
     if not cpath.is_file():

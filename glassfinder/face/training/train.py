@@ -1,21 +1,21 @@
-"""Retrain the packaged face-analysis model: `python -m glassfinder.embed.face_train --work DIR`.
+"""Retrain the packaged face-analysis model: `python -m glassfinder.face.training.train --work DIR`.
 
 Steps, each skipped when its output exists (the work folder is a resumable run):
 
-1. generate a catalogue (face_data.TRAINING_SEED, which no benchmark uses) whose frames are worn;
+1. generate a catalogue (face.training.data.TRAINING_SEED, which no benchmark uses) whose frames are worn;
 2. render SHARDS shards of whole-face views on procedural heads (never a photo: the astronaut is
    the unseen test face) with landmark truth and dlib's box on each, split over --workers
    processes;
 3. train the network from ImageNet with checkpoints every epoch (resume continues exactly);
 4. render frames onto Grace Hopper's photo with her own frames inpainted away, and adapt the
    network for a few epochs on those real-face samples mixed with the renders (--no-photos skips);
-5. with the trunk frozen, fit the glasses-presence decision on the eye band (embed/face_presence.py:
+5. with the trunk frozen, fit the glasses-presence decision on the eye band (face/training/presence.py:
    training renders, damaged uploads of Hopper's photo, bare and wearing frames, and the train
-   split of the real portraits, --portraits, split by embed/face_portraits.py);
+   split of the real portraits, --portraits, split by heads/portraits.py);
 6. measure it on held-out identities beside dlib's 5-point landmarks, set the presence threshold
    on the calibrate split of the portraits, and write the weights and a card into
    glassfinder/models/;
-7. fit the face verifier on its features (embed/face_verify.py: faces, the train portraits among
+7. fit the face verifier on its features (face/training/verify.py: faces, the train portraits among
    them, against non-face photos) and add it to the weights and the card;
 8. measure the finished model on the portraits' test split through the query path's detector,
    verifier, shape check and threshold, and add that to the card (`evaluation.portraits.test`).
@@ -39,21 +39,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from glassfinder.embed.face_data import render_shard, shard_path, training_assets
-from glassfinder.embed.face_fit import (
+from glassfinder.face.net import load_trunk, packaged_analyzer
+from glassfinder.face.training.data import render_shard, shard_path, training_assets
+from glassfinder.face.training.fit import (
     PORTRAIT_DAMAGED_VIEWS,
     FitConfig,
     PresenceConfig,
     TrunkInit,
     train_and_package,
 )
-from glassfinder.embed.face_net import load_trunk, packaged_analyzer
-from glassfinder.embed.face_photo_data import load_or_render_photo_samples
-from glassfinder.embed.face_portraits import load_portraits, split_portraits
-from glassfinder.embed.face_presence import portrait_figures, portrait_views
-from glassfinder.embed.face_verify import DEFAULT_SHARDS as VERIFIER_SHARDS
-from glassfinder.embed.face_verify import fit_and_package, non_face_photos
-from glassfinder.embed.packaged import card_path, read_packaged
+from glassfinder.face.training.photo_data import load_or_render_photo_samples
+from glassfinder.face.training.presence import portrait_figures, portrait_views
+from glassfinder.face.training.verify import DEFAULT_SHARDS as VERIFIER_SHARDS
+from glassfinder.face.training.verify import fit_and_package, non_face_photos
+from glassfinder.heads.portraits import load_portraits, split_portraits
+from glassfinder.nets.packaged import card_path, read_packaged
 from glassfinder.settings import portraits_dir
 from glassfinder.workers import exit_with_parent
 
@@ -99,7 +99,7 @@ def packaged_trunk() -> TrunkInit:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m glassfinder.embed.face_train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m glassfinder.face.training.train", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="resumable work folder")
     parser.add_argument(
         "--shards", type=int, default=DEFAULT_SHARDS, help=f"render shards (default {DEFAULT_SHARDS})"

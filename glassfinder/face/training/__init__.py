@@ -1,0 +1,1 @@
+"""Training the face-analysis model: render shards, fit, presence head, verifier, packaging."""

@@ -1,0 +1,1 @@
+"""Network building blocks and weights files shared by the face runtime and the glasses embedding."""
