@@ -237,7 +237,7 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def search_look(engine: Any, photos: list[dict[str, Any]], family: dict[str, str]) -> dict[str, Any]:
     """Top-1/top-10, refusals, same-shape-other-colourway misses and eye error of one look."""
-    from glassfinder.search.query import QueryRefusedError
+    from glassfinder.errors import QueryRefusedError
 
     ranks: list[int] = []
     errors: list[float] = []

@@ -98,12 +98,12 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 
 
 def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
-    from glassfinder.face.detect import PhotoError, detect_face
+    from glassfinder.errors import PhotoError, QueryRefusedError
+    from glassfinder.face.detect import detect_face
     from glassfinder.face.net import packaged_analyzer
     from glassfinder.search.query import (
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
-        QueryRefusedError,
         check_analysis,
         decode_photo,
         find_face,
@@ -194,9 +194,10 @@ def non_face_refusals(views_per_photo: int, models_dir: Path | None = None) -> d
     """Non-face photos (the face verifier's, held-out sources apart from fitted ones), whole and
     cropped/rescaled, through the query path's detection, weak fallback and checks: how many would
     be searched as a face wearing glasses."""
+    from glassfinder.errors import QueryRefusedError
     from glassfinder.face.net import packaged_analyzer
     from glassfinder.face.training.verify import held_out_source, non_face_photos, photo_variant
-    from glassfinder.search.query import QueryRefusedError, check_analysis, find_face
+    from glassfinder.search.query import check_analysis, find_face
 
     _, analyzer = packaged_analyzer(models_dir)
     rng = np.random.default_rng(2024)

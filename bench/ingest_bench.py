@@ -80,7 +80,8 @@ def child(manifest: str, dest: str) -> None:
 
 def refuse_child(path: str) -> None:
     """Refuse the big asset alone: time and RSS growth over holding its bytes."""
-    from glassfinder.catalog.loader import AssetError, load_asset
+    from glassfinder.catalog.loader import load_asset
+    from glassfinder.errors import AssetError
 
     data = Path(path).read_bytes()
     before = _peak_rss_mb()

@@ -152,7 +152,8 @@ def index_for(store: Any, label: str, ref: str, manifest_uri: str, spec_hash: st
 
 
 def search_all(store: Any, index: str, photos: list[dict[str, Any]]) -> dict[str, Any]:
-    from glassfinder.search.query import QueryEngine, QueryRefusedError
+    from glassfinder.errors import QueryRefusedError
+    from glassfinder.search.query import QueryEngine
 
     engine = QueryEngine(store, index)
     by_face: dict[str, dict[str, Any]] = {}

@@ -58,8 +58,9 @@ def portrait_views(portraits: list[Any], damaged: int, seed: int) -> list[dict[s
 
 
 def decide(views: list[dict[str, Any]], models_dir: Path | None) -> list[dict[str, Any]]:
+    from glassfinder.errors import QueryRefusedError
     from glassfinder.face.net import packaged_analyzer
-    from glassfinder.search.query import QueryRefusedError, check_analysis, decode_photo, find_face
+    from glassfinder.search.query import check_analysis, decode_photo, find_face
 
     packaged_analyzer.cache_clear()
     _, analyzer = packaged_analyzer(models_dir)

@@ -120,7 +120,8 @@ def main() -> None:
     import httpx
     import uvicorn
 
-    from glassfinder.search.query import QueryEngine, QueryRefusedError
+    from glassfinder.errors import QueryRefusedError
+    from glassfinder.search.query import QueryEngine
     from glassfinder.search.service import ServiceLimits, create_app
 
     with tempfile.TemporaryDirectory() as tmp:

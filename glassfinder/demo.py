@@ -31,7 +31,7 @@ from glassfinder.embed.evaluate import evaluate_models, load_eval_sets
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import build_model
 from glassfinder.embed.registry import load_model, published_sha
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, QueryRefusedError
 from glassfinder.face.net import PACKAGED_NAME, packaged_analyzer
 from glassfinder.index.reader import IndexReader
 from glassfinder.nets.packaged import read_packaged
@@ -39,7 +39,7 @@ from glassfinder.render.catalog_sheet import contact_sheet, packshot_sheet
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.sheet import tryon_sheet
 from glassfinder.render.spec import RenderSpec, load_spec
-from glassfinder.search.query import QueryEngine, QueryRefusedError
+from glassfinder.search.query import QueryEngine
 from glassfinder.search.samples import photo_wearing
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore

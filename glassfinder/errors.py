@@ -232,3 +232,117 @@ def http_status(exc: GlassFinderError) -> int:
     if isinstance(exc, BadInputError):
         return 400
     return 500
+
+
+# --- the catalogue -----------------------------------------------------------------------------------
+class ManifestError(BadInputError):
+    """The manifest file as a whole cannot be read (a bad row is quarantined instead)."""
+
+
+# --- manifest cells ----------------------------------------------------------------------------------
+class CellError(BadInputError):
+    """A cell breaks its column's rule; `expected` says what the rule wants."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+# --- asset budgets -----------------------------------------------------------------------------------
+class BudgetError(BadAssetError):
+    """An asset's declared geometry breaks a budget (or its JSON cannot be read); `reason` is the
+    quarantine code. The loader turns it into its AssetError."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- assets ------------------------------------------------------------------------------------------
+class AssetError(BadAssetError):
+    """An asset cannot be used; `reason` is a short code for the quarantine report."""
+
+    def __init__(self, name: str, reason: str, message: str) -> None:
+        super().__init__(f"asset {name}: {message}")
+        self.reason = reason
+
+
+# --- networks and packaged models --------------------------------------------------------------------
+class PretrainedWeightsError(GlassFinderError):
+    """ImageNet weights are missing, unreadable, or do not fit the network."""
+
+
+# --- packaged models ---------------------------------------------------------------------------------
+class PackagedModelError(GlassFinderError):
+    """A packaged model's files are missing, unreadable or do not match their card."""
+
+
+# --- photos ------------------------------------------------------------------------------------------
+class PhotoError(BadInputError):
+    """A photo cannot be used; `reason` is a short code for the quarantine report."""
+
+    def __init__(self, name: str, reason: str, message: str) -> None:
+        super().__init__(f"photo {name}: {message}")
+        self.reason = reason
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+class AssetUnavailableError(RetryableError):
+    """The asset's bytes could not be fetched or do not match the manifest: worth a retry later."""
+
+
+class RenderWorkerError(GlassFinderError):
+    """A render worker could not start or died: a fault of the machine, not of an asset."""
+
+
+# --- run params --------------------------------------------------------------------------------------
+class ParamError(BadInputError):
+    """A run param is missing, of the wrong type or out of range."""
+
+
+# --- pipeline runs -----------------------------------------------------------------------------------
+class PipelineStageError(GlassFinderError):
+    """A stage of the run failed (its own log says why); the summary names which."""
+
+
+# --- pipeline tasks ----------------------------------------------------------------------------------
+class NoModelError(GlassFinderError):
+    """No embedding model is published under the configured name yet."""
+
+
+# --- searches ----------------------------------------------------------------------------------------
+#: What the shopper is told whenever a photo is refused (the reference system's words).
+REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
+
+
+class QueryRefusedError(RefusedError):
+    """A photo that cannot be searched: `reason` is a stable code, the message says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{detail}. {REFUSAL_MESSAGE}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ImageTooLargeError(QueryRefusedError):
+    """More pixels than the limit (a decompression bomb, or just too big)."""
+
+
+# --- the search service ------------------------------------------------------------------------------
+class Overloaded(RetryableError):
+    """Every worker is busy and the queue is full (or the wait ran out): retry after a moment."""
+
+
+# --- local services ----------------------------------------------------------------------------------
+class ServiceError(GlassFinderError):
+    """A broker or database binary is missing or would not initialise."""
+
+
+# --- the local deployment ----------------------------------------------------------------------------
+class DeploymentError(GlassFinderError):
+    """The local Airflow deployment could not be started, checked or stopped."""
+
+
+# --- the cluster -------------------------------------------------------------------------------------
+class ClusterConfigError(BadInputError):
+    """A --workers value that names an unknown queue or a bad count."""

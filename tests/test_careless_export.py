@@ -14,7 +14,8 @@ import pytest
 
 from glassfinder.catalog.generate import build_family
 from glassfinder.catalog.ingest import ingest_manifest
-from glassfinder.catalog.loader import AssetError, load_asset
+from glassfinder.catalog.loader import load_asset
+from glassfinder.errors import AssetError
 from glassfinder.store import LocalStore
 
 

@@ -14,8 +14,8 @@ from glassfinder.catalog.build import export_glb, import_glb
 from glassfinder.catalog.convention import REQUIRED_PARTS, part_of
 from glassfinder.catalog.generate import build_family
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest, resolve_asset
-from glassfinder.catalog.loader import AssetError, load_asset
-from glassfinder.catalog.manifest import ManifestError
+from glassfinder.catalog.loader import load_asset
+from glassfinder.errors import AssetError, ManifestError
 from glassfinder.store import LocalStore, ObjectStore
 
 

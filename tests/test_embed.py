@@ -250,7 +250,7 @@ def test_brief_fine_tuning_beats_the_imagenet_initialised_baseline(
     rendered: LocalStore, tmp_path: Path
 ) -> None:
     from glassfinder.embed.model import mobilenet_config
-    from glassfinder.nets.mobilenet import PretrainedWeightsError
+    from glassfinder.errors import PretrainedWeightsError
 
     config = tiny_config(model=mobilenet_config(depth=17, pooling="meanmax"), epochs=6, lr=1e-3)
     try:

@@ -19,8 +19,9 @@ import torch
 
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import catalog_assets, ingest_manifest
+from glassfinder.errors import PhotoError, QueryRefusedError
 from glassfinder.face.crop import INPUT_PX
-from glassfinder.face.detect import PhotoError, QueryFace, find_query_face
+from glassfinder.face.detect import QueryFace, find_query_face
 from glassfinder.face.net import (
     BAND_HALF_WIDTH,
     STRIDE,
@@ -37,13 +38,7 @@ from glassfinder.face.training.photo_data import PHOTO_FACE_INDEX, render_photo_
 from glassfinder.face.training.presence import BandSet, PresenceConfig, fit_head, upload_crops
 from glassfinder.face.training.views import FACE_SPEC, FaceSample, render_face_samples
 from glassfinder.heads.training_photo import training_photo, training_photo_bare, training_photo_frame_mask
-from glassfinder.search.query import (
-    DETECT_FAST_SIDES_PX,
-    DETECT_MAX_SIDE_PX,
-    QueryRefusedError,
-    check_analysis,
-    find_face,
-)
+from glassfinder.search.query import DETECT_FAST_SIDES_PX, DETECT_MAX_SIDE_PX, check_analysis, find_face
 from glassfinder.store import LocalStore
 
 TINTED = ("tinted", (0.05, 0.05, 0.055, 0.8))

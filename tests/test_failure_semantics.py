@@ -19,6 +19,7 @@ from glassfinder.errors import (
     BadInputError,
     GlassFinderError,
     ObjectNotFoundError,
+    ParamError,
     PointerConflictError,
     RetryableError,
     StaleWriteError,
@@ -26,7 +27,6 @@ from glassfinder.errors import (
     VersionNotFoundError,
     http_status,
 )
-from glassfinder.pipeline.config import ParamError
 from glassfinder.pipeline.tasks import _fail_fast
 from glassfinder.store import LocalStore
 

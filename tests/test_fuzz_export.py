@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from glassfinder.catalog.columns import PRODUCT_ID_PATTERN
 from glassfinder.catalog.generate import build_family
 from glassfinder.catalog.ingest import ingest_manifest
-from glassfinder.catalog.loader import AssetError, load_asset
-from glassfinder.errors import GlassFinderError
+from glassfinder.catalog.loader import load_asset
+from glassfinder.errors import AssetError, GlassFinderError
 
 # Derandomised (the same examples every run: a CI failure reproduces) and no example database.
 FAST = settings(
@@ -116,7 +116,8 @@ def _write(folder: Path, rows: list[dict], fmt: str, drop_column: str | None) ->
 
 
 def _valid_id(value: object) -> str | None:
-    from glassfinder.catalog.columns import CellError, product_id
+    from glassfinder.catalog.columns import product_id
+    from glassfinder.errors import CellError
 
     try:
         return product_id(value)

@@ -560,7 +560,8 @@ def test_store_budgets_are_validated() -> None:
 
 
 def test_cli_search_refuses_a_huge_photo_file_unread(tmp_path: Path) -> None:
-    from glassfinder.search.query import QueryRefusedError, read_photo
+    from glassfinder.errors import QueryRefusedError
+    from glassfinder.search.query import read_photo
 
     huge = tmp_path / "huge.png"
     with open(huge, "wb") as fh:

@@ -124,3 +124,34 @@ def test_the_search_service_imports_neither_the_renderer_nor_training_code() -> 
     assert "glassfinder.face.net" in loaded and "glassfinder.face.detect" in loaded  # the check sees them
     forbidden = ("pyrender", "OpenGL", "glassfinder.face.training", "glassfinder.embed.train")
     assert [m for m in loaded if m.startswith(forbidden)] == []
+
+
+def test_every_error_class_lives_in_errors_and_in_the_architecture_table() -> None:
+    """One error family: a class defined elsewhere would say what to do in a place nobody looks."""
+    import inspect
+
+    from glassfinder import errors
+
+    elsewhere = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == ROOT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            # A private class (_Stop, _CallAbandoned) is a control-flow signal that never leaves its module.
+            if (
+                isinstance(node, ast.ClassDef)
+                and not node.name.startswith("_")
+                and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                    for b in node.bases
+                )
+            ):
+                elsewhere.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert elsewhere == []
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    classes = [
+        name
+        for name, cls in vars(errors).items()
+        if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == errors.__name__
+    ]
+    assert [c for c in classes if f"| `{c}` |" not in doc] == []

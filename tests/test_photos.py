@@ -17,7 +17,7 @@ from PIL import Image
 from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
-from glassfinder.face.detect import PhotoError
+from glassfinder.errors import PhotoError
 from glassfinder.heads import photos as photos_mod
 from glassfinder.heads.photos import PhotoBank, analyse_photo
 from glassfinder.layout import render_quarantine_report_key as quarantine_key

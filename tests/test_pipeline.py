@@ -18,10 +18,10 @@ from glassfinder.catalog.ingest import (
     write_catalog_manifest,
 )
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.errors import StaleWriteError
+from glassfinder.errors import ParamError, StaleWriteError
 from glassfinder.layout import render_quarantine_key as asset_quarantine_key
 from glassfinder.pipeline.catalog import diff_rows
-from glassfinder.pipeline.config import ParamError, PipelineConfig, param_specs
+from glassfinder.pipeline.config import PipelineConfig, param_specs
 from glassfinder.pipeline.plan import batch_size_for, plan_work
 from glassfinder.pipeline.training import training_spec
 from glassfinder.render.job import known_quarantine, render_catalog

@@ -25,14 +25,9 @@ from glassfinder.embed.model import (
     weights_bytes,
 )
 from glassfinder.embed.registry import current_sha, load_model, publish_model, published_sha
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, PretrainedWeightsError
 from glassfinder.nets import packaged
-from glassfinder.nets.mobilenet import (
-    FULL_DEPTH,
-    PretrainedWeightsError,
-    load_features,
-    mobilenet_v2_features,
-)
+from glassfinder.nets.mobilenet import FULL_DEPTH, load_features, mobilenet_v2_features
 from glassfinder.nets.weights import model_sha
 from glassfinder.store.local import LocalStore
 

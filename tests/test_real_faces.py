@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glassfinder.errors import BadInputError
+from glassfinder.errors import BadInputError, QueryRefusedError
 from glassfinder.face.net import FaceAnalyzer, packaged_analyzer
 from glassfinder.heads.portraits import (
     SPLIT_SEED,
@@ -22,7 +22,7 @@ from glassfinder.heads.portraits import (
     read_rgb,
     split_portraits,
 )
-from glassfinder.search.query import QueryRefusedError, check_analysis, decode_photo, find_face
+from glassfinder.search.query import check_analysis, decode_photo, find_face
 
 COMMITTED = Path(__file__).parent / "data" / "portraits"
 

@@ -19,11 +19,11 @@ from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows, write_manifest
-from glassfinder.errors import GlassFinderError, StoreUnavailableError
+from glassfinder.errors import GlassFinderError, RenderWorkerError, StoreUnavailableError
 from glassfinder.layout import render_quarantine_prefix as asset_quarantine_prefix
 from glassfinder.layout import render_quarantine_report_key as quarantine_key
 from glassfinder.layout import render_spec_key as spec_key
-from glassfinder.render.job import RenderWorkerError, render_catalog
+from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import LocalStore
 from glassfinder.store.seaweed import SeaweedServer

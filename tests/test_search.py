@@ -38,12 +38,13 @@ from glassfinder.embed.augment import BASIC_AUGMENT
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.train import TrainConfig, train_and_publish
+from glassfinder.errors import REFUSAL_MESSAGE, QueryRefusedError
 from glassfinder.heads.photos import CROP_PX, analyse_photo
 from glassfinder.index.pipeline import build_and_publish
 from glassfinder.render.job import render_catalog, render_catalog_specs
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.spec import RenderSpec
-from glassfinder.search.query import REFUSAL_MESSAGE, QueryEngine, QueryRefusedError
+from glassfinder.search.query import QueryEngine
 from glassfinder.search.samples import photo_wearing
 from glassfinder.search.service import ServiceLimits, create_app, server_config
 from glassfinder.store import LocalStore

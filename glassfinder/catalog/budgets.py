@@ -18,7 +18,7 @@ import json
 import struct
 from typing import Any
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BudgetError
 
 #: Nodes in one asset: a pair of glasses has ~10; a file with thousands is a scene dump.
 DEFAULT_MAX_NODES = 4096
@@ -30,15 +30,6 @@ _GLB_MAGIC = b"glTF"
 _JSON_CHUNK = 0x4E4F534A
 #: Triangles per vertex/index count by primitive mode (4 triangles, 5 strip, 6 fan; 0-3 no faces).
 _TRIANGLE_MODES = (4, 5, 6)
-
-
-class BudgetError(GlassFinderError):
-    """An asset's declared geometry breaks a budget (or its JSON cannot be read); `reason` is the
-    quarantine code. The loader turns it into its AssetError."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def glb_json(data: bytes) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from glassfinder.errors import CellError
+
 KINDS = ("optical", "sunglasses")
 LENS_POLICIES = ("fixed", "palette")  # sunglasses keep their lens; optical frames get a palette
 LENS_STYLES = ("clear", "tinted", "gradient", "mirrored")
@@ -46,14 +48,6 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 OnBad = Literal["quarantine", "drop"]
-
-
-class CellError(ValueError):
-    """A cell breaks its column's rule; `expected` says what the rule wants."""
-
-    def __init__(self, expected: str) -> None:
-        super().__init__(expected)
-        self.expected = expected
 
 
 # --- rules: a cell's raw value in, the normalised value out (or CellError) ----------------------

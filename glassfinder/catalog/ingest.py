@@ -30,10 +30,11 @@ from typing import Any
 
 from glassfinder import layout, settings
 from glassfinder.catalog.columns import CellProblem, check_row, complete
-from glassfinder.catalog.loader import DEFAULT_MAX_TRIANGLES, NORMALISER_VERSION, AssetError, load_asset
+from glassfinder.catalog.loader import DEFAULT_MAX_TRIANGLES, NORMALISER_VERSION, load_asset
 from glassfinder.catalog.manifest import NOT_AN_OBJECT, manifest_bytes, read_manifest_rows
 from glassfinder.catalog.sources import AssetRoots, max_asset_bytes_from_env, roots_from_env
 from glassfinder.errors import (
+    AssetError,
     AssetSourceError,
     CatalogShrinkError,
     GlassFinderError,

@@ -20,7 +20,7 @@ import trimesh
 from glassfinder.catalog import budgets
 from glassfinder.catalog.build import export_glb
 from glassfinder.catalog.convention import REQUIRED_PARTS, bridge_centre, bridge_vertices
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import AssetError, GlassFinderError
 
 FORMATS = {"glb": "glb", "gltf": "gltf", "obj": "obj"}
 DEFAULT_MAX_TRIANGLES = 300_000
@@ -28,14 +28,6 @@ DEFAULT_MAX_TRIANGLES = 300_000
 NORMALISER_VERSION = 1
 #: Frame width ranges (along its widest axis) by unit: what a pair of glasses measures.
 UNIT_WIDTH_RANGES = (("m", 1.0, 0.08, 0.30), ("cm", 0.01, 8.0, 30.0), ("mm", 0.001, 80.0, 300.0))
-
-
-class AssetError(GlassFinderError):
-    """An asset cannot be used; `reason` is a short code for the quarantine report."""
-
-    def __init__(self, name: str, reason: str, message: str) -> None:
-        super().__init__(f"asset {name}: {message}")
-        self.reason = reason
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glassfinder.catalog.columns import COLUMNS, KINDS, LENS_POLICIES, REQUIRED_INPUT_COLUMNS
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import ManifestError
 from glassfinder.store.base import ObjectStore
 
 __all__ = ["KINDS", "LENS_POLICIES", "MANIFEST_SCHEMA", "REQUIRED_INPUT_COLUMNS", "ManifestError"]
@@ -25,10 +25,6 @@ MANIFEST_SCHEMA = pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable)
 #: Key of the one entry a manifest row that is not an object (a JSON number, a broken JSON line)
 #: becomes, so that ingestion quarantines that row instead of refusing the whole manifest.
 NOT_AN_OBJECT = "\x00not_an_object"
-
-
-class ManifestError(GlassFinderError):
-    """The manifest file as a whole cannot be read (a bad row is quarantined instead)."""
 
 
 def manifest_bytes(rows: list[dict[str, Any]]) -> bytes:

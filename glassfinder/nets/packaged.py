@@ -16,13 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import PackagedModelError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-class PackagedModelError(GlassFinderError):
-    """A packaged model's files are missing, unreadable or do not match their card."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 
 from glassfinder import settings
-from glassfinder.errors import BadInputError
+from glassfinder.errors import ClusterConfigError
 
 #: The queues the DAGs route to (glassfinder.pipeline.dag_tasks): default, then gpu.
 QUEUES = (settings.DEFAULT_QUEUE, settings.GPU_QUEUE)
@@ -23,10 +23,6 @@ DEFAULT_WORKERS = {settings.DEFAULT_QUEUE: 1, settings.GPU_QUEUE: 1}
 WORKER_CONCURRENCY = 1
 #: The environment variable naming a worker on a shared host (see `worker_hostname`).
 WORKER_NAME_ENV = settings.WORKER_NAME_ENV
-
-
-class ClusterConfigError(BadInputError):
-    """A --workers value that names an unknown queue or a bad count."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder import settings
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import DeploymentError
 from glassfinder.ops import cluster, services
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ SECRETS_FILE = "secrets.json"
 USER = "admin"
 DEFAULT_HOME = ".glassfinder/airflow"
 DEFAULT_PORT = 8080
-
-
-class DeploymentError(GlassFinderError):
-    """The local Airflow deployment could not be started, checked or stopped."""
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import ServiceError
 
 PG_DATABASE = "airflow"
 PG_USER = "airflow"
-
-
-class ServiceError(GlassFinderError):
-    """A broker or database binary is missing or would not initialise."""
 
 
 @dataclass(frozen=True)

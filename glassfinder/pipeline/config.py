@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from glassfinder import layout, settings
-from glassfinder.errors import BadInputError, GlassFinderError
+from glassfinder.errors import GlassFinderError, ParamError
 from glassfinder.index.versions import GateConfig
 from glassfinder.render.spec import RenderSpec, load_spec
 
@@ -38,10 +38,6 @@ TASK_DEFAULTS: dict[str, Any] = {
     "retry_exponential_backoff": 4.0,
     "max_retry_delay": timedelta(minutes=30),
 }
-
-
-class ParamError(BadInputError):
-    """A run param is missing, of the wrong type or out of range."""
 
 
 def _common_params() -> dict[str, dict[str, Any]]:

@@ -16,16 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from glassfinder import layout
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import PipelineStageError
 from glassfinder.quarantine import QuarantineRecord
 from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)
 SUMMARY_RECORD = "summary.json"
-
-
-class PipelineStageError(GlassFinderError):
-    """A stage of the run failed (its own log says why); the summary names which."""
 
 
 def _sum(items: Sequence[dict[str, Any]], key: str) -> int:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from glassfinder.errors import GlassFinderError, RetryableError
+from glassfinder.errors import GlassFinderError, NoModelError, RetryableError
 from glassfinder.pipeline import catalog as catalog_stage
 from glassfinder.pipeline import publish as publish_stage
 from glassfinder.pipeline.batches import embed_batch, render_batch
@@ -40,10 +40,6 @@ def _fail_fast(fn: F) -> F:
             raise AirflowFailException(f"{type(exc).__name__}: {exc.speak('dag')}") from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-class NoModelError(GlassFinderError):
-    """No embedding model is published under the configured name yet."""
 
 
 def _waiting_for_a_model(

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from glassfinder.errors import GlassFinderError
-from glassfinder.pipeline.config import ParamError, PipelineConfig, check_params, param_specs, work_dir
+from glassfinder.errors import GlassFinderError, ParamError
+from glassfinder.pipeline.config import PipelineConfig, check_params, param_specs, work_dir
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore

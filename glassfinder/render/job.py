@@ -36,9 +36,11 @@ from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import (
+    AssetUnavailableError,
     BadAssetError,
     GlassFinderError,
     ObjectExistsError,
+    RenderWorkerError,
     StoreError,
     StoreUnavailableError,
 )
@@ -84,10 +86,6 @@ class AssetTask:
     fixed_lens: tuple[str, tuple[float, ...]] | None
     spec_hash: str = ""  # which of the pool's specs to render under
     kind: str = "tryon"  # or "packshot": the asset's packshots under the pool's packshot spec
-
-
-class AssetUnavailableError(GlassFinderError):
-    """The asset's bytes could not be fetched or do not match the manifest: worth a retry later."""
 
 
 def known_quarantine(store: ObjectStore, spec_hash: str) -> dict[str, dict[str, Any]]:
@@ -365,8 +363,6 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
 
 
 # --- pools -------------------------------------------------------------------------------------
-class RenderWorkerError(GlassFinderError):
-    """A render worker could not start or died: a fault of the machine, not of an asset."""
 
 
 @contextlib.contextmanager

@@ -20,13 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from glassfinder.errors import BadInputError, RetryableError
+from glassfinder.errors import BadInputError, Overloaded
 
 T = TypeVar("T")
-
-
-class Overloaded(RetryableError):
-    """Every worker is busy and the queue is full (or the wait ran out): retry after a moment."""
 
 
 @dataclass(frozen=True)

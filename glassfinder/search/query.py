@@ -34,14 +34,16 @@ from glassfinder.errors import (
     CorruptStoreFileError,
     GlassFinderError,
     ImageRefusedError,
+    ImageTooLargeError,
     IndexStoreError,
     NotAPlainFileError,
     ObjectNotFoundError,
-    RefusedError,
+    PhotoError,
+    QueryRefusedError,
     StoreStateError,
 )
 from glassfinder.face.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
-from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, PhotoError, QueryFace, find_query_face
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, QueryFace, find_query_face
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.face.net import (
     MAX_SHAPE_DISAGREEMENT,
@@ -59,8 +61,6 @@ from glassfinder.store.shards import read_shard
 
 log = logging.getLogger(__name__)
 
-#: What the shopper is told whenever a photo is refused (the reference system's words).
-REFUSAL_MESSAGE = "Please use a photo of a face wearing glasses or sunglasses."
 #: Detection runs at these sizes first (fast), then at the larger one if no face was found
 #: (see face.detect.find_query_face). 320 first: boxes from the 256 px pass are looser or
 #: tighter by a pyramid step, and the glasses presence of a bare face rose with a looser box.
@@ -70,19 +70,6 @@ DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
 #: Largest photo file `glassfinder search` reads (the service's uploads have their own limit).
 MAX_PHOTO_BYTES = 64 * 1024 * 1024
-
-
-class QueryRefusedError(RefusedError):
-    """A photo that cannot be searched: `reason` is a stable code, the message says why."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{detail}. {REFUSAL_MESSAGE}")
-        self.reason = reason
-        self.detail = detail
-
-
-class ImageTooLargeError(QueryRefusedError):
-    """More pixels than the limit (a decompression bomb, or just too big)."""
 
 
 def read_photo(path: Path, *, max_bytes: int = MAX_PHOTO_BYTES) -> bytes:

@@ -36,19 +36,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glassfinder.errors import GlassFinderError, http_status
-from glassfinder.face.decode import DEFAULT_MAX_DECODE_BYTES, DecodeBudget
-from glassfinder.search.admission import Admission, AdmissionLimits, Overloaded
-from glassfinder.search.http_limits import HttpLimits, RequestGuard, guarded_h11
-from glassfinder.search.query import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_TOP_K,
-    MAX_TOP_K,
+from glassfinder.errors import (
     REFUSAL_MESSAGE,
+    GlassFinderError,
     ImageTooLargeError,
-    QueryEngine,
+    Overloaded,
     QueryRefusedError,
+    http_status,
 )
+from glassfinder.face.decode import DEFAULT_MAX_DECODE_BYTES, DecodeBudget
+from glassfinder.search.admission import Admission, AdmissionLimits
+from glassfinder.search.http_limits import HttpLimits, RequestGuard, guarded_h11
+from glassfinder.search.query import DEFAULT_MAX_PIXELS, DEFAULT_TOP_K, MAX_TOP_K, QueryEngine
 from glassfinder.search.viewer import load_viewer_js
 
 if TYPE_CHECKING:

@@ -37,8 +37,9 @@ import torch
 from torch.nn import functional as F
 
 from glassfinder.embed.augment import phone_damage_mapped
+from glassfinder.errors import PhotoError
 from glassfinder.face.crop import crop_matrix, cut
-from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, PhotoError, find_query_face
+from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, find_query_face
 from glassfinder.face.net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
 from glassfinder.face.training.data import FaceData, training_crop
 from glassfinder.face.training.photo_data import training_photo_wearing
