@@ -340,6 +340,6 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
     blob = io.BytesIO()
     torch.save({"state_dict": state, "meta": meta}, blob)
     with pytest.raises(
-        GlassFinderError, match=r"(?s)face-analysis weights x\.pt cannot be loaded .*fuse\.9\.weight"
+        GlassFinderError, match=r"(?s)face-analysis weights x\.pt do not fit this network: .*fuse\.9\.weight"
     ):
         face_net.load_weights(blob.getvalue(), "x.pt")

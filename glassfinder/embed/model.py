@@ -25,6 +25,7 @@ from glassfinder.embed.align import CropGeometry
 from glassfinder.embed.efficientnet_lite import EfficientNetLiteTrunk
 from glassfinder.errors import GlassFinderError
 from glassfinder.nets.mobilenet import FULL_DEPTH, mobilenet_v2_features
+from glassfinder.nets.weights import load_into, read_weights
 
 ARCHITECTURE = "glassfinder-resnet-v1"
 MOBILENET = "mobilenetv2-imagenet"
@@ -243,11 +244,7 @@ def weights_bytes(model: nn.Module) -> bytes:
 def load_weights(config: ModelConfig, weights: bytes, where: str) -> EmbeddingNet:
     """Rebuild a network from its config and published weights (never unpickles code)."""
     model = EmbeddingNet(config)
-    try:
-        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise GlassFinderError(f"model weights {where} cannot be loaded into {config}: {exc}") from exc
+    load_into(model, read_weights(weights, where, "model weights"), where, f"model weights for {config}")
     return model.eval()
 
 

@@ -34,6 +34,7 @@ from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.nets.fold import fold_batchnorm
 from glassfinder.nets.mobilenet import _conv_bn_relu, mobilenet_v2_features
+from glassfinder.nets.weights import load_into, read_weights
 
 STRIDE = 8
 TRUNK_DEPTH = 14  # features[:7] -> 32 channels at stride 8; features[7:14] -> 96 at stride 16
@@ -368,20 +369,15 @@ def load_weights(
 ) -> tuple[FaceNet, dict[str, Any]]:
     """Rebuild the network from a weights file, strictly (never unpickles code). Weights whose
     names start with `allow_missing_prefix` may be missing: see `load_trunk`."""
+    blob = read_weights(data, where, "face-analysis weights")
     try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         state, meta = blob["state_dict"], blob["meta"]
         net = FaceNet(np.asarray(meta["neighbours"], np.int64))
-        missing, unexpected = net.load_state_dict(state, strict=allow_missing_prefix is None)
-    except GlassFinderError:
-        raise
-    except Exception as exc:
+    except (TypeError, KeyError, ValueError) as exc:
         raise GlassFinderError(
             f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
         ) from exc
-    wrong = list(unexpected) + [k for k in missing if not k.startswith(allow_missing_prefix or "")]
-    if wrong:
-        raise GlassFinderError(f"face-analysis weights {where} do not fit this network: {wrong[:5]}")
+    load_into(net, state, where, "face-analysis weights", allow_missing_prefix=allow_missing_prefix)
     return net, meta
 
 

