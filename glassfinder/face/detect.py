@@ -82,14 +82,18 @@ class FaceBox:
         return (self.box_xyxy[2] - self.box_xyxy[0] + 1) * (self.box_xyxy[3] - self.box_xyxy[1] + 1)
 
 
+def _hog(rgb: np.ndarray, upsample: int, floor: float) -> list[tuple[tuple[int, int, int, int], float]]:
+    """The one detector: dlib's HOG boxes (x0, y0, x1, y1) scoring `floor` or more, with their raw
+    scores, in dlib's order. Queries (detect_boxes) and photo banks (detect_face) both run it."""
+    detector, _ = _dlib()
+    dets, scores, _ = detector.run(np.ascontiguousarray(rgb), upsample, floor)
+    return [((d.left(), d.top(), d.right(), d.bottom()), float(s)) for d, s in zip(dets, scores, strict=True)]
+
+
 def detect_boxes(rgb: np.ndarray, *, threshold: float, upsample: int = 1) -> list[FaceBox]:
     """Every face dlib's HOG detector finds at or above `threshold`, most confident first."""
-    detector, _ = _dlib()
-    dets, scores, _ = detector.run(np.ascontiguousarray(rgb), upsample, min(threshold, 0.0))
     found = [
-        FaceBox((d.left(), d.top(), d.right(), d.bottom()), round(float(s), 3))
-        for d, s in zip(dets, scores, strict=True)
-        if s >= threshold
+        FaceBox(box, round(s, 3)) for box, s in _hog(rgb, upsample, min(threshold, 0.0)) if s >= threshold
     ]
     return sorted(found, key=lambda f: -f.score)
 
@@ -187,7 +191,7 @@ def detect_face(
     its longer side (dlib's HOG pyramid costs grow with the area), then measure landmarks on
     the full-resolution photo.
     """
-    detector, predictor = _dlib()
+    _, predictor = _dlib()
     scale = 1.0
     small = rgb
     if max_side_px is not None and max(rgb.shape[:2]) > max_side_px:
@@ -197,21 +201,15 @@ def detect_face(
                 (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.Resampling.BILINEAR
             )
         )
-    dets, scores, _ = detector.run(small, 1, min(threshold, 0.0))
-    if not len(dets):
+    hits = _hog(small, 1, min(threshold, 0.0))
+    if not hits:
         raise PhotoError(name, "no_face", "no face found")
-    best = int(np.argmax(scores))
-    score, det = float(scores[best]), dets[best]
+    (x0, y0, x1, y1), score = max(hits, key=lambda hit: hit[1])  # the first of equals, as argmax
     if score < threshold:
         raise PhotoError(name, "no_face", f"no face found (best detection score {score:.2f} < {threshold})")
-    import dlib
+    import dlib  # heavy native module, loaded with the detector (see _dlib)
 
-    box = dlib.rectangle(
-        round(det.left() / scale),
-        round(det.top() / scale),
-        round(det.right() / scale),
-        round(det.bottom() / scale),
-    )
+    box = dlib.rectangle(round(x0 / scale), round(y0 / scale), round(x1 / scale), round(y1 / scale))
     if box.width() < MIN_FACE_PX:
         raise PhotoError(name, "face_too_small", f"face is {box.width()} px wide, below {MIN_FACE_PX} px")
     shape = predictor(rgb, box)
