@@ -90,6 +90,10 @@ def feature_prefix(model_sha: str, spec_hash: str) -> str:
 
 #: The catalogue: its manifest, content-addressed assets, ingest caches and records.
 CATALOG_DIR = "catalog/"
+#: The folders every render spec, every embedding and every index lives under (quarantine lists them).
+RENDERS_DIR = "renders/"
+FEATURES_DIR = "features/"
+INDEXES_DIR = "indexes/"
 #: The clean catalogue manifest every later stage reads; rewritten only by compare-and-swap.
 CATALOG_MANIFEST_KEY = f"{CATALOG_DIR}manifest.parquet"
 #: The quarantine report of the last catalogue ingest (refused rows and why; dropped fields).

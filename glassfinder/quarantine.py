@@ -137,9 +137,9 @@ def read_quarantine(store: ObjectStore, stages: Iterable[str] = STAGES) -> list[
     if "ingest" in wanted:
         out += _records(_load(store, layout.CATALOG_QUARANTINE_KEY), "ingest")
     for stage, prefix, match in (
-        ("render", "renders/", layout.is_render_quarantine_key),
-        ("embed", "features/", layout.is_feature_quarantine_key),
-        ("index", "indexes/", layout.is_index_quarantine_key),
+        ("render", layout.RENDERS_DIR, layout.is_render_quarantine_key),
+        ("embed", layout.FEATURES_DIR, layout.is_feature_quarantine_key),
+        ("index", layout.INDEXES_DIR, layout.is_index_quarantine_key),
     ):
         if stage not in wanted:
             continue

@@ -155,3 +155,47 @@ def test_every_error_class_lives_in_errors_and_in_the_architecture_table() -> No
         if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == errors.__name__
     ]
     assert [c for c in classes if f"| `{c}` |" not in doc] == []
+
+
+def test_store_keys_are_built_only_in_layout() -> None:
+    """docs/architecture.md: object keys live in layout.py. A key spelt anywhere else would drift
+    from the layout the next time it changes (a reader looking where no writer writes)."""
+    tree = ast.parse((ROOT / "layout.py").read_text())
+    inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values[1:]}
+    prefixes = {
+        node.value.split("/")[0] + "/"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in inner  # a key's first segment, not a segment after a placeholder
+        and re_key(node.value)
+    }
+    assert {"renders/", "features/", "indexes/", "catalog/", "models/", "runs/", "faces/"} <= prefixes
+    spelt = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path == ROOT / "layout.py" or {"dags", "plugins"} & set(path.relative_to(ROOT).parts):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and node.value.startswith(tuple(prefixes))
+            ):
+                spelt.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert spelt == []
+
+
+def re_key(text: str) -> bool:
+    """A store key's first segment: lowercase letters and '_' then '/'."""
+    import re
+
+    return re.match(r"^[a-z_]+/", text) is not None
