@@ -21,8 +21,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    from glassfinder.catalog.build import import_glb
     from glassfinder.catalog.generate import generate_catalog
+    from glassfinder.catalog.loader import import_glb
     from glassfinder.catalog.manifest import read_manifest_rows
     from glassfinder.render.job import fixed_lens_of
     from glassfinder.render.packshot import PACKSHOT_SPEC, packshot_asset, render_packshots

@@ -19,8 +19,9 @@ import numpy as np
 
 
 def _asset_and_spec(size: int):
-    from glassfinder.catalog.build import build_frame, export_glb, import_glb
+    from glassfinder.catalog.build import build_frame, export_glb
     from glassfinder.catalog.design import sample_colourways, sample_design
+    from glassfinder.catalog.loader import import_glb
     from glassfinder.render.spec import RenderSpec
 
     rng = np.random.default_rng([1, 1])

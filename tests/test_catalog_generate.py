@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import trimesh
 
-from glassfinder.catalog.build import build_frame, import_glb
+from glassfinder.catalog.build import build_frame
 from glassfinder.catalog.convention import REQUIRED_PARTS, bridge_centre, part_of
 from glassfinder.catalog.design import FAMILIES, sample_colourways, sample_design
 from glassfinder.catalog.generate import MANIFEST_KEY, build_family, family_plan, generate_catalog
+from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.shapes import lens_outline
 from glassfinder.store import LocalStore, ObjectStore
 

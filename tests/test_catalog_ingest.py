@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import trimesh
 
-from glassfinder.catalog.build import export_glb, import_glb
+from glassfinder.catalog.build import export_glb
 from glassfinder.catalog.convention import REQUIRED_PARTS, part_of
 from glassfinder.catalog.generate import build_family
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, catalog_asset_key, ingest_manifest, resolve_asset
-from glassfinder.catalog.loader import load_asset
+from glassfinder.catalog.loader import import_glb, load_asset
 from glassfinder.errors import AssetError, ManifestError
 from glassfinder.store import LocalStore, ObjectStore
 

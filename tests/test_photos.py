@@ -93,8 +93,8 @@ def test_unreadable_photo_error() -> None:
 
 
 def test_glasses_render_onto_photos_over_the_eyes(bank_store: LocalStore, tmp_path: Path) -> None:
-    from glassfinder.catalog.build import import_glb
     from glassfinder.catalog.generate import build_family
+    from glassfinder.catalog.loader import import_glb
     from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, TryOnRenderer
 
     _, glb = build_family(2, 5, 1)[0]

@@ -14,8 +14,9 @@ from typing import cast
 import numpy as np
 import pytest
 
-from glassfinder.catalog.build import build_frame, export_glb, import_glb
+from glassfinder.catalog.build import build_frame, export_glb
 from glassfinder.catalog.design import sample_colourways, sample_design
+from glassfinder.catalog.loader import import_glb
 from glassfinder.heads.procedural import build_head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
@@ -61,7 +62,7 @@ def test_same_view_same_bytes_in_process_and_across_processes(
 import dataclasses, hashlib, sys
 sys.path.insert(0, {str(REPO)!r})
 from tests.test_render import SPEC, _view
-from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.loader import import_glb
 from glassfinder.heads.procedural import build_head
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 view = _view(yaw=20)
@@ -212,7 +213,7 @@ import sys
 import numpy as np
 sys.path.insert(0, {str(REPO)!r})
 from tests.test_render import SPEC, _view
-from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.loader import import_glb
 from glassfinder.heads.procedural import build_head
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 from glassfinder.render.pyrender_fixes import PLATFORM, pyrender

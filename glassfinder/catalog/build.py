@@ -580,11 +580,6 @@ def _offsets(meshes: list[trimesh.Trimesh]) -> list[int]:
     return [sum(counts[:i]) for i in range(len(meshes))]
 
 
-def import_glb(data: bytes) -> trimesh.Scene:
-    """A GLB's scene, nodes and materials kept (for assets already in the convention)."""
-    return trimesh.load_scene(io.BytesIO(data), file_type="glb")
-
-
 def export_glb(scene: trimesh.Scene) -> bytes:
     """The scene as GLB bytes (deterministic for the same scene)."""
     buf = io.BytesIO()
@@ -592,4 +587,4 @@ def export_glb(scene: trimesh.Scene) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["build_frame", "export_glb", "import_glb"]
+__all__ = ["build_frame", "export_glb"]

@@ -339,3 +339,9 @@ def _looks_like_lens(mesh: trimesh.Trimesh, front_z: float) -> bool:
     centre = mesh.bounds.mean(axis=0)[:2]
     near_centre = np.linalg.norm((v[:, :2] - centre) / ext[:2], axis=1) < 0.2
     return bool(near_centre.any())
+
+
+# --- assets already normalised -----------------------------------------------------------------------
+def import_glb(data: bytes) -> trimesh.Scene:
+    """A GLB's scene, nodes and materials kept (for assets already in the convention)."""
+    return trimesh.load_scene(io.BytesIO(data), file_type="glb")

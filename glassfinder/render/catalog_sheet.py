@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset
+from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.store.base import ObjectStore
 

@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from glassfinder import layout, settings
-from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset
+from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import (
     AssetUnavailableError,

@@ -243,7 +243,7 @@ def packshot_asset(
     where: str,
 ) -> tuple[dict[str, bytes], float]:
     """PNG bytes per view of the normalised asset `data`, and the seconds the rendering took."""
-    from glassfinder.catalog.build import import_glb
+    from glassfinder.catalog.loader import import_glb
     from glassfinder.render.tryon import AssetMeshes
 
     start = time.perf_counter()

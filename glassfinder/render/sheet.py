@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import resolve_asset
+from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.errors import GlassFinderError
 from glassfinder.heads.procedural import head

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from glassfinder.catalog.build import import_glb
 from glassfinder.catalog.ingest import catalog_asset_key
+from glassfinder.catalog.loader import import_glb
 from glassfinder.heads.photos import analyse_photo
 from glassfinder.render.job import fixed_lens_of
 from glassfinder.render.spec import RenderSpec, plan_view

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.loader import import_glb
 from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.face.training.data import LENS_CODES, SHARD_FORMAT, FaceData

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from glassfinder.catalog.build import import_glb
+from glassfinder.catalog.loader import import_glb
 from glassfinder.errors import GlassFinderError
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.heads.procedural import head
