@@ -19,6 +19,9 @@ from typing import Any
 
 from glassfinder import layout, settings
 from glassfinder.errors import GlassFinderError
+from glassfinder.pipeline.config import PipelineConfig
+from glassfinder.pipeline.summary import SUMMARY_RECORD
+from glassfinder.store import open_store
 
 #: The DAG and plugin files the package carries (links to the checkout's dags/ and plugins/ in a
 #: source tree, copies in an installed wheel): an Airflow on any host finds them where the code is.
@@ -87,6 +90,7 @@ class DagRunResult:
 
 def load_dags(path: Path = DAGS_DIR) -> Any:
     """The DagBag of the repository's DAG folder, or of one DAG file (raises on import errors)."""
+    # airflow: imported on use, after configure() (Airflow reads its configuration when first imported)
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(path), known_pools=set(POOLS))
@@ -102,10 +106,6 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = Fa
     The DAG is parsed afresh for every run: in-process runs leave the run conf in the task
     objects' params, which a second run of the same objects would inherit.
     """
-    from glassfinder.pipeline.config import PipelineConfig
-    from glassfinder.pipeline.summary import SUMMARY_RECORD
-    from glassfinder.store import open_store
-
     path = DAGS_DIR / f"{dag_id}.py"
     if not path.is_file():
         known = sorted(p.stem for p in DAGS_DIR.glob("*.py"))

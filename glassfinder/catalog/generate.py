@@ -141,6 +141,7 @@ def generate_catalog(
     families = 0
     bar = None
     if progress:
+        # tqdm (~50 ms): only for a progress bar, kept off the start-up of the spawned workers
         from tqdm import tqdm
 
         bar = tqdm(total=count, unit="asset", desc="generating")

@@ -213,7 +213,7 @@ def _with_progress(rows: list[dict[str, Any]], progress: bool) -> Any:
     """enumerate(rows), with a progress bar when asked for."""
     iterator: Any = enumerate(rows)
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # tqdm (~50 ms): only for a progress bar, kept off the DAG-parse path
 
         iterator = tqdm(iterator, total=len(rows), unit="asset", desc="ingesting")
     return iterator

@@ -11,7 +11,8 @@ from typing import Any
 from glassfinder.catalog.sources import roots_from_env
 from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store, store_arg
 from glassfinder.errors import CatalogShrinkError, GlassFinderError
-from glassfinder.store import open_store
+from glassfinder.quarantine import format_record, read_quarantine
+from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
 
 # Spelt here so `glassfinder --help` does not import the heavy module that owns it
@@ -38,7 +39,6 @@ def cmd_catalog_generate(args: argparse.Namespace) -> int:
 def cmd_catalog_sheet(args: argparse.Namespace) -> int:
     # trimesh and pyarrow: imported on use, keeping --help fast
     from glassfinder.render.catalog_sheet import contact_sheet
-    from glassfinder.store import open_object
 
     if args.packshots:
         return _packshot_sheet(args)
@@ -54,10 +54,10 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
 
 
 def _packshot_sheet(args: argparse.Namespace) -> int:
+    # trimesh and pyarrow: imported on use, keeping --help fast
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.render.catalog_sheet import packshot_sheet
     from glassfinder.render.packshot import PACKSHOT_SPEC
-    from glassfinder.store import open_object
 
     store = open_args_store(args)
     mstore, key = open_object(args.manifest) if args.manifest else (store, CATALOG_MANIFEST_KEY)
@@ -128,7 +128,6 @@ def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStor
     """Write the quarantine report where the operator looks: --report, the catalogue, or beside
     the manifest (also when the ingest was refused, since it says why every row was bad)."""
     from glassfinder.catalog.ingest import QUARANTINE_KEY  # trimesh: imported on use
-    from glassfinder.store import open_object
 
     if args.report:
         Path(args.report).write_text(report.to_json())
@@ -144,8 +143,6 @@ def _write_ingest_report(args: argparse.Namespace, report: Any, dest: ObjectStor
 
 
 def cmd_catalog_quarantine(args: argparse.Namespace) -> int:
-    from glassfinder.quarantine import format_record, read_quarantine
-
     records = read_quarantine(open_args_store(args), args.stage or STAGES)
     if args.product:
         records = [r for r in records if r.product_id == args.product]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from glassfinder.cli.common import SubParsers
 from glassfinder.errors import GlassFinderError
-from glassfinder.layout import render_quarantine_report_key
+from glassfinder.layout import PORTRAIT_BANK_PREFIX, render_quarantine_report_key
+from glassfinder.settings import portraits_dir
 from glassfinder.store import open_store
 
 
@@ -47,9 +48,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_photo_bank(args: argparse.Namespace) -> int:
+    # PIL and numpy: imported on use, keeping --help fast
     from glassfinder.heads.portraits import load_portraits, split_portraits, write_photo_bank
-    from glassfinder.layout import PORTRAIT_BANK_PREFIX
-    from glassfinder.settings import portraits_dir
 
     store = open_store(args.out)
     train = split_portraits(load_portraits(args.portraits or portraits_dir()))["train"]

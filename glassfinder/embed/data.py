@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
+from tqdm import tqdm
 
 from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
@@ -142,8 +143,6 @@ def load_views(
         )
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(keys), unit="shard", desc=f"loading renders/{spec_hash}")
     crops, metas = [], []
     for _, meta, shard_crops in iter_shard_crops(

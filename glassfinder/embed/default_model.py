@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -219,8 +220,6 @@ def write_packaged(
 
 def _portable_args(argv: list[str] | None) -> list[str]:
     """The command line minus the values that name this machine's folders."""
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     out: list[str] = []
     for i, a in enumerate(args):

@@ -210,7 +210,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), as said above
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "report.json", out_dir / "topn.png"

@@ -24,7 +24,8 @@ from glassfinder.embed import efficientnet_lite
 from glassfinder.embed.align import CropGeometry
 from glassfinder.embed.efficientnet_lite import EfficientNetLiteTrunk
 from glassfinder.errors import GlassFinderError
-from glassfinder.nets.mobilenet import FULL_DEPTH, mobilenet_v2_features
+from glassfinder.nets.imagenet import load_efficientnet_lite0_state, load_mobilenet_v2_state
+from glassfinder.nets.mobilenet import FULL_DEPTH, load_features, mobilenet_v2_features
 from glassfinder.nets.weights import load_into, read_weights
 
 ARCHITECTURE = "glassfinder-resnet-v1"
@@ -193,14 +194,9 @@ def build_model(config: ModelConfig, *, seed: int, pretrained: bool = True) -> E
     finally:
         torch.random.set_rng_state(gen_state)
     if pretrained and config.architecture == MOBILENET:
-        from glassfinder.nets.imagenet import load_mobilenet_v2_state
-        from glassfinder.nets.mobilenet import load_features
-
         state, where = load_mobilenet_v2_state()
         load_features(model.features, state, config.depth, where)
     if pretrained and config.architecture == EFFICIENTNET_LITE0:
-        from glassfinder.nets.imagenet import load_efficientnet_lite0_state
-
         state, where = load_efficientnet_lite0_state()
         efficientnet_lite.load_trunk(model.effnet, state, where)
     return model

@@ -23,6 +23,7 @@ from glassfinder.errors import (
     PointerConflictError,
     StaleWriteError,
 )
+from glassfinder.nets.packaged import packaged_sha, read_packaged
 from glassfinder.nets.weights import model_sha
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.pointer import read_pointer, swap_pointer
@@ -85,8 +86,6 @@ def current_sha(store: ObjectStore, name: str) -> tuple[str | None, str | None]:
     """
     sha, etag = published_sha(store, name)
     if sha is None:
-        from glassfinder.nets.packaged import packaged_sha
-
         return packaged_sha(name), None
     return sha, etag
 
@@ -142,8 +141,6 @@ def load_model(store: ObjectStore, ref: str) -> LoadedModel:
 
 def _load_packaged(name: str, sha: str) -> LoadedModel | None:
     """The packaged model `name` when its sha is `sha` (verified against its card), else None."""
-    from glassfinder.nets.packaged import packaged_sha, read_packaged
-
     if packaged_sha(name) != sha:
         return None
     packaged = read_packaged(name)

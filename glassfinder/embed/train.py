@@ -19,10 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pyarrow as pa
 import torch
+from pytorch_metric_learning import losses
+from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from tqdm import tqdm
 
-from glassfinder import layout
+from glassfinder import layout, settings
 from glassfinder.embed.align import CropGeometry, align_matrix
 from glassfinder.embed.augment import AugmentConfig, augment_crop
 from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
@@ -35,7 +42,9 @@ from glassfinder.embed.model import (
     pick_device,
     to_input,
 )
+from glassfinder.embed.registry import load_model, publish_model
 from glassfinder.errors import GlassFinderError
+from glassfinder.nets.packaged import read_packaged
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -123,8 +132,6 @@ class TrainResult:
 def make_loss(
     name: str, num_classes: int, dim: int, *, margin: float | None = None, scale: float | None = None
 ) -> torch.nn.Module:
-    from pytorch_metric_learning import losses
-
     if name == "arcface":
         return losses.ArcFaceLoss(num_classes, dim, margin=margin or 28.6, scale=scale or 32)
     if name == "subcenter":
@@ -142,8 +149,6 @@ def make_loss(
 
 def canonical_crops(views: ViewSet, geometry: CropGeometry) -> np.ndarray:
     """The un-jittered model-input crops of loosely aligned views."""
-    import cv2
-
     matrix = align_matrix(views.geometry.eyes(), geometry)
     return np.stack(
         [
@@ -155,8 +160,6 @@ def canonical_crops(views: ViewSet, geometry: CropGeometry) -> np.ndarray:
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """precision@1 and MAP@R of every view against the others (leave-one-out)."""
-    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-
     calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count")
     acc = calc.get_accuracy(embeddings, labels, embeddings, labels, ref_includes_query=True)
     return {k: round(float(v), 4) for k, v in acc.items()}
@@ -170,9 +173,6 @@ def _batches(
     steps: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of augmented batches, prepared one ahead in a thread (cv2 and numpy drop the GIL)."""
-    from pytorch_metric_learning.samplers import MPerClassSampler
-    from pytorch_metric_learning.utils import common_functions
-
     # The sampler draws from the library's module-level numpy RandomState: seed it per epoch so
     # a resumed run sees exactly the batches an uninterrupted one would.
     common_functions.NUMPY_RANDOM = np.random.RandomState([config.seed, epoch])
@@ -362,8 +362,6 @@ def _train_epoch(
     total = 0.0
     batches = _batches(views, labels, config, epoch, steps)
     if progress:
-        from tqdm import tqdm
-
         batches = tqdm(batches, total=steps, unit="batch", desc=f"epoch {epoch}/{config.epochs}", leave=False)
     for x, y in batches:
         total += _train_step(parts, x, y, dev)
@@ -444,8 +442,6 @@ def initial_model(store: ObjectStore, config: TrainConfig) -> EmbeddingNet:
     """The network training starts from: ImageNet/seeded (init_from '') or a model's weights."""
     if not config.init_from:
         return build_model(config.model, seed=config.seed)
-    from glassfinder.embed.registry import load_model
-
     loaded = load_model(store, config.init_from)
     if loaded.model.config != config.model:
         raise GlassFinderError(
@@ -469,17 +465,10 @@ def resolve_init(store: ObjectStore, init: str, dim: int | None) -> tuple[ModelC
     anything else: NAME or NAME@SHA of a published model to fine-tune. `dim` only applies to a
     fresh network: a fine-tuned one keeps its own.
     """
-    from glassfinder.embed.model import ModelConfig as _Config
-
     if init in (INIT_IMAGENET, INIT_SCRATCH):
         dim = 128 if dim is None else dim
-        return (mobilenet_config(dim=dim) if init == INIT_IMAGENET else _Config(dim=dim)), ""
-    from glassfinder.embed.registry import load_model
-
+        return (mobilenet_config(dim=dim) if init == INIT_IMAGENET else ModelConfig(dim=dim)), ""
     if init == INIT_DEFAULT:
-        from glassfinder import settings
-        from glassfinder.nets.packaged import read_packaged
-
         packaged = read_packaged(settings.DEFAULT_MODEL_NAME)
         ref = f"{packaged.name}@{packaged.sha}"
     else:
@@ -502,8 +491,6 @@ def load_training_views(
         load_views(store, h, loose, splits=("train", "val"), progress=progress) for h in config.spec_hashes
     ]
     crops = np.concatenate([s.crops for s in sets])
-    import pyarrow as pa
-
     meta = pa.concat_tables([s.meta for s in sets])
     views = ViewSet(crops, meta, loose)
     split = np.asarray(meta.column("split").to_pylist())
@@ -530,8 +517,6 @@ def train_and_publish(
     publish: bool = True,
 ) -> tuple[TrainResult, str | None]:
     """Train, then publish weights + card and move the name's CURRENT (unless publish=False)."""
-    from glassfinder.embed.registry import publish_model
-
     layout.model_current_key(name)  # reject a bad name before hours of training, not after
     result = train_model(store, config, work_dir=work_dir, resume=resume, device=device, progress=progress)
     if not publish:

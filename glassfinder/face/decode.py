@@ -76,7 +76,7 @@ def _register_heif() -> bool:
     with _HEIF_LOCK:
         if _heif_registered is None:
             try:
-                import pillow_heif
+                import pillow_heif  # optional (see above): imported once, on the first HEIC/HEIF upload
 
                 pillow_heif.register_heif_opener(thumbnails=False)
                 _heif_registered = True

@@ -43,7 +43,7 @@ def _dlib() -> tuple[Any, Any]:
     """This thread's detector and landmark model (dlib's objects are not safe to share)."""
     models = getattr(_THREAD, "dlib", None)
     if models is None:
-        import dlib
+        import dlib  # heavy native module: loaded by the first detection, not by importing face
 
         models = _THREAD.dlib = (
             dlib.get_frontal_face_detector(),
@@ -111,7 +111,7 @@ class QueryFace:
 
 def _shrunk(rgb: np.ndarray, side_px: int) -> tuple[np.ndarray, float]:
     """OpenCV's area resampling: half the time of Pillow's antialiased bilinear on a query photo."""
-    import cv2
+    import cv2  # kept off the DAG-parse path (heads.photos imports this module)
 
     if max(rgb.shape[:2]) <= side_px:
         return rgb, 1.0

@@ -34,6 +34,7 @@ from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.nets.fold import fold_batchnorm
 from glassfinder.nets.mobilenet import _conv_bn_relu, mobilenet_v2_features
+from glassfinder.nets.packaged import read_packaged
 from glassfinder.nets.weights import load_into, read_weights
 
 STRIDE = 8
@@ -395,8 +396,6 @@ PACKAGED_NAME = "face-analysis"
 def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer]:
     """(model sha, analyzer) of the face-analysis model shipped in the package (sha256 checked
     against its card; a mismatch is refused)."""
-    from glassfinder.nets.packaged import read_packaged
-
     packaged = read_packaged(PACKAGED_NAME, models_dir)
     net, meta = load_weights(packaged.weights, str(packaged.path))
     if list(meta.get("landmarks", [])) != list(FACE_LANDMARKS) or int(meta.get("input_px", 0)) != INPUT_PX:

@@ -21,8 +21,10 @@ from PIL import Image
 
 from glassfinder import layout
 from glassfinder.errors import ImageRefusedError, ObjectNotFoundError, PhotoError
+from glassfinder.face.decode import decode_image
 from glassfinder.face.detect import MIN_FACE_PX, detect_face
 from glassfinder.heads.base import Head
+from glassfinder.heads.procedural import head
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,6 @@ class PhotoFace:
 
 
 def generic_head() -> Head:
-    from glassfinder.heads.procedural import head
-
     return head(GENERIC_HEAD_SEED)
 
 
@@ -76,8 +76,6 @@ def generic_model_points() -> np.ndarray:
 
 def _decode(data: bytes, name: str) -> np.ndarray:
     """The photo's upright RGB through the one guarded decoder (glassfinder.face.decode)."""
-    from glassfinder.face.decode import decode_image
-
     try:
         rgb = decode_image(data, name)
     except ImageRefusedError as exc:
@@ -91,6 +89,7 @@ def _decode(data: bytes, name: str) -> np.ndarray:
 
 def analyse_photo(data: bytes, name: str) -> tuple[PhotoFace, np.ndarray]:
     """Detect, align and measure the face of one photo; (measurements, RGB square crop)."""
+    # cv2: imported on use, kept off the DAG-parse path (render.job imports this module)
     import cv2
 
     rgb = _decode(data, name)
@@ -157,6 +156,7 @@ def crop_mapping(crop_box: tuple[int, int, int, int], crop_px: int = CROP_PX) ->
 
 def _euler_deg(rvec: np.ndarray) -> tuple[float, float, float]:
     """Head yaw (turn), pitch (nod), roll (tilt) in degrees from an OpenCV rotation."""
+    # cv2: imported on use, kept off the DAG-parse path (render.job imports this module)
     import cv2
 
     r_cv, _ = cv2.Rodrigues(rvec)
@@ -170,6 +170,7 @@ def _euler_deg(rvec: np.ndarray) -> tuple[float, float, float]:
 
 def head_pose_matrix(face: PhotoFace) -> np.ndarray:
     """4x4 pose of the generic head in a camera at the origin looking down -Z (pyrender's)."""
+    # cv2: imported on use, kept off the DAG-parse path (render.job imports this module)
     import cv2
 
     r_cv, _ = cv2.Rodrigues(np.asarray(face.rvec, float))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from glassfinder.errors import BadInputError
 from glassfinder.face.decode import decode_image
@@ -164,8 +165,6 @@ def colour_swap(rgb: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

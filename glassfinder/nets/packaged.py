@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder.errors import PackagedModelError
+from glassfinder.nets.weights import model_sha
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -44,8 +45,6 @@ def available(name: str, models_dir: Path | None = None) -> bool:
 
 def read_packaged(name: str, models_dir: Path | None = None) -> PackagedModel:
     """The packaged model `name`, its weights verified against the card's sha256."""
-    from glassfinder.nets.weights import model_sha
-
     cpath, wpath = card_path(name, models_dir), weights_path(name, models_dir)
     if not cpath.is_file():
         raise PackagedModelError(f"no packaged model named {name!r} (expected {cpath})")

@@ -37,6 +37,7 @@ from typing import Any
 from glassfinder import settings
 from glassfinder.errors import DeploymentError
 from glassfinder.ops import cluster, services
+from glassfinder.store.seaweed import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,6 @@ def up(cfg: DeploymentConfig, *, wait_s: float = 180) -> dict[str, Any]:
     if not _port_free(cfg.port):
         raise DeploymentError(f"port {cfg.port} on 127.0.0.1 is in use: pass another --port")
     if cfg.celery:
-        from glassfinder.store.seaweed import free_ports
-
         db_port, broker_port = free_ports(2)
         cfg = replace(cfg, db_port=cfg.db_port or db_port, broker_port=cfg.broker_port or broker_port)
     cfg.home.mkdir(parents=True, exist_ok=True)

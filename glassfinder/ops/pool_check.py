@@ -13,6 +13,8 @@ import threading
 from typing import Any
 
 from airflow.listeners import hookimpl
+from airflow.utils.session import create_session
+from sqlalchemy import select
 
 from glassfinder import settings
 from glassfinder.ops.deployment import REQUIRED_POOLS
@@ -22,9 +24,9 @@ log = logging.getLogger(__name__)
 
 def missing_pools() -> list[str]:
     """The pools the DAGs need that the metadata database lacks."""
+    # airflow.models (the metadata database's ORM): only the scheduler, where this hook runs, has that
+    # database; the plugin is imported by every Airflow process, task processes included
     from airflow.models.pool import Pool
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     with create_session() as session:
         present = set(session.scalars(select(Pool.pool).where(Pool.pool.in_(list(REQUIRED_POOLS)))).all())

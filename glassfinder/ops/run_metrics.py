@@ -20,6 +20,8 @@ import threading
 from typing import Any
 
 from airflow.listeners import hookimpl
+from airflow.utils.session import create_session
+from sqlalchemy import inspect, select
 
 from glassfinder import layout, settings
 from glassfinder.store import open_store
@@ -44,8 +46,6 @@ def snapshot(dag_run: Any, state: str) -> dict[str, Any]:
     are not loaded (expired by a commit, as under dag.test()) are read later by primary key.
     """
     try:
-        from sqlalchemy import inspect
-
         info = inspect(dag_run)
         loaded = dict(info.dict)
         loaded["id"] = info.identity[0] if info.identity else loaded.get("id")
@@ -59,8 +59,9 @@ def complete(run: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in RUN_FIELDS if run.get(f) is None]
     if not missing or run.get("id") is None:
         return run
+    # airflow.models (the metadata database's ORM): only the scheduler, where this hook runs, has that
+    # database; the plugin is imported by every Airflow process, task processes included
     from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
 
     with create_session() as session:
         row = session.get(DagRun, run["id"])
@@ -71,9 +72,9 @@ def complete(run: dict[str, Any]) -> dict[str, Any]:
 
 def task_rows(dag_id: str, run_id: str) -> list[dict[str, Any]]:
     """The run's task instances, read through a session of the calling thread's own."""
+    # airflow.models (the metadata database's ORM): only the scheduler, where this hook runs, has that
+    # database; the plugin is imported by every Airflow process, task processes included
     from airflow.models.taskinstance import TaskInstance as TI
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
 
     with create_session() as session:
         tis = session.scalars(select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id)).all()

@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +116,7 @@ def postgres_url(port: int) -> str:
 
 def create_database(port: int, *, timeout_s: float = 60) -> None:
     """Create the `airflow` database once the server answers (no-op when it exists)."""
-    import time
-
+    # psycopg2 (a native driver): only a PostgreSQL metadata database needs it, kept off --help
     import psycopg2
 
     deadline = time.monotonic() + timeout_s

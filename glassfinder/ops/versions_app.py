@@ -171,6 +171,7 @@ def create_app(store_uri: str | None = None, *, require_login: bool = False) -> 
     """
     dependencies = []
     if require_login:
+        # airflow: only when mounted in Airflow's API server; the standalone app runs without it
         from airflow.api_fastapi.core_api.security import requires_authenticated
 
         dependencies.append(Depends(requires_authenticated()))

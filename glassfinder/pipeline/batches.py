@@ -85,6 +85,7 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
 def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """Embed the batch's rendered assets with the plan's pinned model; returns the figures."""
+    # embed.infer, embed.job, embed.registry pull torch: kept off the DAG-parse path
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model

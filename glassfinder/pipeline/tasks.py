@@ -12,10 +12,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
 from glassfinder.errors import GlassFinderError, NoModelError, RetryableError
 from glassfinder.pipeline import catalog as catalog_stage
 from glassfinder.pipeline import publish as publish_stage
-from glassfinder.pipeline.batches import embed_batch, render_batch
+from glassfinder.pipeline.batches import embed_batch, load_saved_spec, render_batch
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.pipeline.plan import plan_work
 from glassfinder.pipeline.summary import summarise
@@ -35,6 +36,8 @@ def _fail_fast(fn: F) -> F:
         except RetryableError:
             raise  # an outage or a lost race: the task's retries are for exactly this
         except GlassFinderError as exc:
+            # airflow: only to fail a task; importing it reads Airflow's configuration, which a
+            # caller outside Airflow may not have set yet (see glassfinder.airflow_local)
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(f"{type(exc).__name__}: {exc.speak('dag')}") from exc
@@ -63,7 +66,7 @@ def _no_model_result(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
-    from glassfinder.embed.registry import current_sha
+    from glassfinder.embed.registry import current_sha  # pulls torch: kept off the DAG-parse path
 
     sha, _ = current_sha(open_store(cfg.store), cfg.model)
     if sha is None:
@@ -119,8 +122,6 @@ def plan_reindex(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[
 @_fail_fast
 def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[str, Any]:
     """Only the changed products, embedded exactly as the CURRENT index's own vectors were."""
-    from glassfinder.pipeline.batches import load_saved_spec
-
     cfg = PipelineConfig.from_params(params)
     store = open_store(cfg.store)
     try:
@@ -149,8 +150,6 @@ def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> di
 @_fail_fast
 def plan_training(params: Mapping[str, Any]) -> dict[str, Any]:
     """The catalogue's products under the spec the params describe, render only."""
-    from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-
     spec = training_spec(params)
     cfg = PipelineConfig.from_params(params)
     store = open_store(cfg.store)

@@ -61,7 +61,7 @@ def training_spec(params: Mapping[str, Any]) -> RenderSpec:
 
 def train_config(params: Mapping[str, Any], spec_hash: str, store: ObjectStore) -> Any:
     """The training run the params ask for; by default it fine-tunes the packaged model."""
-    from glassfinder.embed.train import TrainConfig, resolve_init
+    from glassfinder.embed.train import TrainConfig, resolve_init  # torch: kept off the DAG-parse path
 
     defaults = param_specs("training")
 
@@ -87,7 +87,7 @@ def train_and_register(
     cfg: PipelineConfig, params: Mapping[str, Any], plan: dict[str, Any]
 ) -> dict[str, Any]:
     """Train on the plan's training shards, publish the model as cfg.model and move its CURRENT."""
-    from glassfinder.embed.train import train_and_publish
+    from glassfinder.embed.train import train_and_publish  # torch: kept off the DAG-parse path
 
     store, name = open_store(cfg.store), cfg.model
     (spec_hash,) = plan["render_specs"]

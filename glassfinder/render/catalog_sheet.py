@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from glassfinder import layout
 from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.render.job import fixed_lens_of
+from glassfinder.render.packshot import PackshotSpec, render_packshots
 from glassfinder.store.base import ObjectStore
-
-if TYPE_CHECKING:
-    from glassfinder.render.packshot import PackshotSpec
 
 
 def contact_sheet(
     store: ObjectStore, manifest_key: str, *, limit: int = 40, columns: int = 4, tile_px: int = 256
 ) -> Image.Image:
     """A sheet of the first `limit` products of the manifest at `manifest_key` in `store`."""
+    # render.preview (pyrender, OpenGL): only here; packshot_sheet of stored packshots needs no GL
     from glassfinder.render.preview import FRONT, THREE_QUARTER, PreviewRenderer
 
     rows = read_manifest_rows(store, manifest_key)[:limit]
@@ -73,9 +73,6 @@ def packshot_sheet(
     packshots: the store the pipeline keeps packshots in; a product it has none for is rendered
     here (same spec, same pixels) and not stored.
     """
-    from glassfinder import layout
-    from glassfinder.render.job import fixed_lens_of
-
     rows = read_manifest_rows(store, manifest_key)[:limit]
     views = spec.view_names
     label_h = 18
@@ -93,7 +90,7 @@ def packshot_sheet(
                 images = [Image.open(io.BytesIO(packshots.get(k))).convert("RGB") for k in keys]
                 from_store += 1
             else:
-                from glassfinder.render.packshot import render_packshots
+                # render.tryon (pyrender, OpenGL): only when a product's packshots are not stored
                 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
 
                 renderer = renderer or TryOnRenderer(spec.image_px)

@@ -47,6 +47,13 @@ from glassfinder.errors import (
 from glassfinder.heads.photos import PhotoBank
 from glassfinder.heads.procedural import head
 from glassfinder.quarantine import QuarantineRecord
+from glassfinder.render.packshot import (
+    PackshotSpec,
+    missing_packshots,
+    packshot_asset,
+    save_packshot_spec,
+    write_packshots,
+)
 from glassfinder.render.spec import RenderSpec, ViewParams, plan_view, split_of
 from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
@@ -54,7 +61,6 @@ from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, wri
 from glassfinder.workers import exit_with_parent
 
 if TYPE_CHECKING:  # render.tryon pulls pyrender (OpenGL): kept off the DAG-parse path
-    from glassfinder.render.packshot import PackshotSpec
     from glassfinder.render.tryon import AssetMeshes, PhotoRenderer, RenderedView, TryOnRenderer
 
 log = logging.getLogger(__name__)
@@ -120,8 +126,6 @@ def _init_worker(
     try:
         _start_worker(spec_jsons, out, workers, photos)
         if packshot_json is not None:
-            from glassfinder.render.packshot import PackshotSpec
-
             _WORKER["packshot"] = PackshotSpec.from_json(packshot_json)
     except Exception as exc:
         _WORKER["init_error"] = f"{type(exc).__name__}: {exc}"
@@ -293,8 +297,6 @@ def _render_task(task: AssetTask) -> dict[str, Any]:
 def _packshot_one(task: AssetTask) -> dict[str, Any]:
     """Render and store one asset's packshots. An asset that cannot be read or loaded is left to
     the try-on render's quarantine record (same bytes, same failure); reported, never raised."""
-    from glassfinder.render.packshot import packshot_asset, write_packshots
-
     spec = _WORKER["packshot"]
     base = {"spec_hash": spec.spec_hash, "product_id": task.product_id, "source": task.asset_key}
     try:
@@ -537,8 +539,6 @@ def _packshot_tasks(
     mkey: str,
 ) -> list[AssetTask]:
     """The assets lacking packshots; an asset whose try-on render failed for good is not retried."""
-    from glassfinder.render.packshot import missing_packshots
-
     final: set[str] = set().union(*(known_quarantine(out, s.spec_hash) for s in specs)) if specs else set()
     by_sha = {str(r.get("asset_sha256") or ""): r for r in rows}
     by_sha.pop("", None)
@@ -598,8 +598,6 @@ def render_catalog_specs(
         photos[spec.spec_hash] = _photo_bank(spec, out, report)
         tasks += _tasks_for(rows, spec, out, report, mstore, mkey)
     if packshot is not None:
-        from glassfinder.render.packshot import save_packshot_spec
-
         save_packshot_spec(out, packshot)
         reports[packshot.spec_hash] = RenderReport(spec_hash=packshot.spec_hash, kind="packshot")
         tasks += _packshot_tasks(rows, specs, packshot, out, reports[packshot.spec_hash], mstore, mkey)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from glassfinder import layout
+from glassfinder.catalog.loader import import_glb
 from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError
 from glassfinder.render.spec import ContentAddressed
 from glassfinder.store.base import ObjectStore
@@ -131,6 +133,7 @@ def write_packshots(
 
 # --- rendering ----------------------------------------------------------------------------------
 def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    # pyrender (OpenGL) only where packshots are rendered: the service imports this module (see above)
     from glassfinder.render.preview import _look_at as look_at
 
     return look_at(eye, target)
@@ -167,8 +170,6 @@ def _flatten_to_floor(floor_y: float) -> np.ndarray:
 
 
 def _blur(alpha: np.ndarray, radius_px: float) -> np.ndarray:
-    from PIL import Image, ImageFilter
-
     img = Image.fromarray(np.clip(alpha * 255 + 0.5, 0, 255).astype(np.uint8))
     return np.asarray(img.filter(ImageFilter.GaussianBlur(radius_px)), np.float32) / 255.0
 
@@ -185,6 +186,7 @@ def render_packshots(
     fixed_lens: (style, rgba) of a product that keeps its lenses (sunglasses); None keeps the
     asset's own lens material (what the shop's file says the lenses are).
     """
+    # pyrender (OpenGL) only where packshots are rendered: the service imports this module (see above)
     from glassfinder.render.pyrender_fixes import pyrender
     from glassfinder.render.tryon import DeterministicScene
 
@@ -227,8 +229,6 @@ def render_packshots(
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -243,7 +243,7 @@ def packshot_asset(
     where: str,
 ) -> tuple[dict[str, bytes], float]:
     """PNG bytes per view of the normalised asset `data`, and the seconds the rendering took."""
-    from glassfinder.catalog.loader import import_glb
+    # pyrender (OpenGL) only where packshots are rendered: the service imports this module (see above)
     from glassfinder.render.tryon import AssetMeshes
 
     start = time.perf_counter()

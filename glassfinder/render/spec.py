@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glassfinder.errors import GlassFinderError
+from glassfinder.store import open_object
 
 SPEC_VERSION = 1
 BACKGROUNDS = ("gradient", "noise", "texture")
@@ -310,8 +312,6 @@ PRESETS: dict[str, RenderSpec] = {
 
 def load_spec(arg: str) -> RenderSpec:
     """A spec from a preset name (see PRESETS), inline JSON, a local JSON file, or a store URI."""
-    from pathlib import Path
-
     if arg in PRESETS:
         return PRESETS[arg]
     if arg.lstrip().startswith("{"):
@@ -324,7 +324,5 @@ def load_spec(arg: str) -> RenderSpec:
             f"render spec {arg!r} not found: expected a preset {sorted(PRESETS)}, inline JSON, "
             "a JSON file or a store URI"
         )
-    from glassfinder.store import open_object
-
     store, key = open_object(arg)
     return RenderSpec.from_json(store.get(key).decode(), where=f"render spec {arg}")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from glassfinder.catalog.convention import part_of
 from glassfinder.heads.base import Head
-from glassfinder.heads.photos import PhotoFace
+from glassfinder.heads.photos import CROP_PX, PhotoFace, generic_head, head_pose_matrix
 from glassfinder.lru import BoundedCache
 from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
@@ -297,8 +297,6 @@ class PhotoRenderer:
     """Glasses on photo-bank faces: the generic head, posed by the photo's solvePnP, occludes."""
 
     def __init__(self, renderer: TryOnRenderer) -> None:
-        from glassfinder.heads.photos import generic_head
-
         self.renderer = renderer
         self.head = generic_head()
         self.occluders = [
@@ -308,8 +306,6 @@ class PhotoRenderer:
     def render(
         self, asset: AssetMeshes, face: PhotoFace, crop_rgb: np.ndarray, view: ViewParams
     ) -> RenderedView:
-        from glassfinder.heads.photos import CROP_PX, head_pose_matrix
-
         size = self.renderer.size_px
         s = size / CROP_PX
         head_pose = head_pose_matrix(face)

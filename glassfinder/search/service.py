@@ -26,14 +26,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
+import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassfinder.errors import (
@@ -49,9 +58,6 @@ from glassfinder.search.admission import Admission, AdmissionLimits
 from glassfinder.search.http_limits import HttpLimits, RequestGuard, guarded_h11
 from glassfinder.search.query import DEFAULT_MAX_PIXELS, DEFAULT_TOP_K, MAX_TOP_K, QueryEngine
 from glassfinder.search.viewer import load_viewer_js
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +160,6 @@ class _Metrics:
 
 def _metrics(engine: QueryEngine, admission: Admission) -> _Metrics:
     """The counters, the stage histogram and gauges read at scrape time (index version, queue)."""
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        CollectorRegistry,
-        Counter,
-        Gauge,
-        Histogram,
-        generate_latest,
-    )
-
     registry = CollectorRegistry()
     requests = Counter(
         "glassfinder_search_requests", "Search requests by outcome", ["outcome"], registry=registry
@@ -478,8 +475,6 @@ def create_app(
 
 def server_config(app: ServiceApp, *, host: str, port: int, log_level: str = "info") -> Any:
     """uvicorn's Config for `app`: the h11 protocol with the head limits (see search.http_limits)."""
-    import uvicorn
-
     http = app.limits.http()
     return uvicorn.Config(
         app,
@@ -497,8 +492,6 @@ def serve(
     engine: QueryEngine, *, host: str, port: int, limits: ServiceLimits, samples: dict[str, bytes]
 ) -> None:
     """Run the service until interrupted (uvicorn, one process; queries on their own workers)."""
-    import uvicorn
-
     log.info(
         "search service on http://%s:%d/ (index %s v%d%s)",
         host,

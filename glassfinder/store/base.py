@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from glassfinder.errors import InvalidKeyError
+from glassfinder.errors import InvalidKeyError, ObjectNotFoundError
 
 #: What `put` accepts: bytes in memory, or a readable binary stream (read to its end).
 Payload = bytes | bytearray | memoryview | BinaryIO
@@ -148,8 +148,6 @@ class ObjectStore(ABC):
 
     def exists(self, key: str) -> bool:
         """Whether `key` exists."""
-        from glassfinder.errors import ObjectNotFoundError
-
         try:
             self.head(key)
         except ObjectNotFoundError:

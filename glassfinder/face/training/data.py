@@ -17,7 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from glassfinder.catalog.ingest import catalog_assets
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
+from glassfinder.embed.default_model import prepare_catalog
 from glassfinder.errors import GlassFinderError
 from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
 from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
@@ -35,9 +37,6 @@ TRAINING_PRODUCTS = 80
 
 def training_assets(work: Path) -> list[tuple[str, bytes]]:
     """(sha, GLB bytes) of the training catalogue, generated once into work/catalog."""
-    from glassfinder.catalog.ingest import catalog_assets
-    from glassfinder.embed.default_model import prepare_catalog
-
     store = prepare_catalog(work / "catalog", TRAINING_PRODUCTS, seed=TRAINING_SEED)
     return catalog_assets(store, limit=TRAINING_PRODUCTS)
 

@@ -28,8 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cv2
+import matplotlib.cbook
 import numpy as np
 import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
 from glassfinder.errors import GlassFinderError
@@ -43,9 +48,19 @@ from glassfinder.face.net import (
     load_weights,
     save_weights,
 )
-from glassfinder.face.training.data import FaceData, training_assets, training_crop
+from glassfinder.face.training.data import (
+    FaceData,
+    concat,
+    load_shards,
+    render_shard,
+    training_assets,
+    training_crop,
+)
+from glassfinder.face.training.photo_data import load_or_render_photo_samples
 from glassfinder.face.training.presence import portrait_crops
 from glassfinder.heads.portraits import Portrait
+from glassfinder.nets.packaged import card_path, read_packaged, weights_path
+from glassfinder.nets.weights import model_sha
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +128,13 @@ def _uint8_rgb(image: np.ndarray) -> np.ndarray | None:
 
 def non_face_photos() -> list[tuple[str, np.ndarray]]:
     """(name, RGB) of the listed non-face photos (all ship in the packages), in a fixed order."""
-    try:
+    try:  # scikit-image: an optional extra (the test extra), only for these photos
         import skimage.data
     except ImportError as exc:
         raise GlassFinderError(
             "the face verifier's non-face photos come from scikit-image: install the test extras "
             "(pip install -e '.[test]')"
         ) from exc
-    import matplotlib.cbook
-    from PIL import Image
 
     out = []
     for name in SKIMAGE_NON_FACES:  # a missing one would shift every later source's seed and split
@@ -149,8 +162,6 @@ def held_out_source(k: int) -> bool:
 
 def photo_variant(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random crop (30-100% of each side), flip and rescale (longer side 160-900 px)."""
-    import cv2
-
     h, w = image.shape[:2]
     s = rng.uniform(0.3, 1.0)
     ch, cw = max(8, int(h * s)), max(8, int(w * rng.uniform(0.3, 1.0)))
@@ -213,9 +224,6 @@ def pooled_features(net: torch.nn.Module, crops: np.ndarray, batch: int = 64) ->
 def fit_verifier(faces: np.ndarray, non_faces: np.ndarray, seed: int = VERIFIER_SEED) -> FaceVerifier:
     """Logistic regression, classes weighted equally; threshold where TARGET_FACE_REFUSAL of the
     fit faces fall below it (capped at 0.5)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     x = np.concatenate([faces, non_faces])
     y = np.concatenate([np.ones(len(faces)), np.zeros(len(non_faces))])
     scaler = StandardScaler().fit(x)
@@ -247,9 +255,6 @@ def rates(verifier: FaceVerifier, faces: np.ndarray, non_faces: np.ndarray) -> d
 def verifier_data(work: Path, shards: Sequence[int]) -> tuple[FaceData, FaceData]:
     """Face samples: procedural render shards (rendered into work/shards when missing, the face
     network's own training spec) and Hopper's photo samples."""
-    from glassfinder.face.training.data import concat, load_shards, render_shard
-    from glassfinder.face.training.photo_data import load_or_render_photo_samples
-
     catalogue = training_assets(work)
     for shard in shards:
         render_shard(work / "shards", shard, catalogue)
@@ -280,9 +285,6 @@ def fit_and_package(
     """Fit the verifier on the packaged face-analysis model and write it into its weights and card.
     Real faces: Hopper's photo samples and, when given, the train split of the portraits (whose
     calibrate split joins the held-out faces it must not refuse)."""
-    from glassfinder.nets.packaged import card_path, read_packaged, weights_path
-    from glassfinder.nets.weights import model_sha
-
     packaged = read_packaged(PACKAGED_NAME, models_dir)
     net, meta = load_weights(packaged.weights, str(packaged.path))
     net.eval()
