@@ -23,7 +23,7 @@ from torch import nn
 from glassfinder.embed import efficientnet_lite
 from glassfinder.embed.align import CropGeometry
 from glassfinder.embed.efficientnet_lite import EfficientNetLiteTrunk
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.nets.imagenet import load_efficientnet_lite0_state, load_mobilenet_v2_state
 from glassfinder.nets.mobilenet import FULL_DEPTH, load_features, mobilenet_v2_features
 from glassfinder.nets.weights import load_into, read_weights
@@ -57,23 +57,23 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise GlassFinderError(
+            raise BadInputError(
                 f"model architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
             )
         if self.pooling not in POOLINGS:
-            raise GlassFinderError(f"model pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise BadInputError(f"model pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.architecture == MOBILENET and not 2 <= self.depth <= FULL_DEPTH:
-            raise GlassFinderError(f"MobileNetV2 depth must be 2..{FULL_DEPTH}, got {self.depth}")
+            raise BadInputError(f"MobileNetV2 depth must be 2..{FULL_DEPTH}, got {self.depth}")
         full = efficientnet_lite.FULL_DEPTH
         if self.architecture == EFFICIENTNET_LITE0 and not 2 <= self.depth <= full:
-            raise GlassFinderError(f"EfficientNet-Lite0 depth must be 2..{full}, got {self.depth}")
+            raise BadInputError(f"EfficientNet-Lite0 depth must be 2..{full}, got {self.depth}")
         if len(self.widths) != len(self.blocks) or not self.widths:
-            raise GlassFinderError(
+            raise BadInputError(
                 f"model widths and blocks must be non-empty and of equal length, got {self.widths} "
                 f"and {self.blocks}"
             )
         if self.dim < 8:
-            raise GlassFinderError(f"embedding dim must be >= 8, got {self.dim}")
+            raise BadInputError(f"embedding dim must be >= 8, got {self.dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +91,7 @@ class ModelConfig:
                 pooling=str(raw.get("pooling", "meanmax")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise GlassFinderError(f"model config is malformed ({exc!r}): {raw}") from exc
+            raise BadInputError(f"model config is malformed ({exc!r}): {raw}") from exc
 
 
 class _Block(nn.Module):
@@ -248,6 +248,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     """'cuda' when present (or asked for), else CPU."""
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise GlassFinderError(f"device {requested!r} requested but CUDA is not available")
+            raise BadInputError(f"device {requested!r} requested but CUDA is not available")
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

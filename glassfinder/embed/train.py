@@ -43,7 +43,7 @@ from glassfinder.embed.model import (
     to_input,
 )
 from glassfinder.embed.registry import load_model, publish_model
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.nets.packaged import read_packaged
 from glassfinder.store.base import ObjectStore
 
@@ -83,15 +83,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise GlassFinderError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise BadInputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.spec_hashes:
-            raise GlassFinderError("training needs at least one render spec hash")
+            raise BadInputError("training needs at least one render spec hash")
         if self.batch_size % self.m_per_class:
-            raise GlassFinderError(
+            raise BadInputError(
                 f"batch_size ({self.batch_size}) must be a multiple of m_per_class ({self.m_per_class})"
             )
         if self.epochs < 1:
-            raise GlassFinderError(f"epochs must be >= 1, got {self.epochs}")
+            raise BadInputError(f"epochs must be >= 1, got {self.epochs}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -144,7 +144,7 @@ def make_loss(
         )
     if name == "proxyanchor":
         return losses.ProxyAnchorLoss(num_classes, dim, margin=margin or 0.1, alpha=scale or 32)
-    raise GlassFinderError(f"loss must be one of {LOSSES}, got {name!r}")
+    raise BadInputError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
 def canonical_crops(views: ViewSet, geometry: CropGeometry) -> np.ndarray:
@@ -229,7 +229,7 @@ def train_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = work_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
-        raise GlassFinderError(
+        raise BadInputError(
             f"{ckpt_path} exists from an earlier run: pass {{option:resume}} to continue it "
             "or use {option:work_dir}"
         )
@@ -269,7 +269,7 @@ def train_model(
 def _check_batch_fits(products: int, config: TrainConfig) -> None:
     """A batch holds m_per_class views of distinct products: too few products cannot fill one."""
     if products * config.m_per_class < config.batch_size:
-        raise GlassFinderError(
+        raise BadInputError(
             f"{products} training products x m_per_class {config.m_per_class} is fewer than batch_size "
             f"{config.batch_size}: lower {{option:batch_size}} or render more products"
         )
@@ -323,7 +323,7 @@ def _resume(ckpt_path: Path, parts: _TrainingParts, config: TrainConfig, dev: to
     """Load a checkpoint into `parts`; only the config that made it may continue it."""
     ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
     if ckpt["config"] != config.to_json():
-        raise GlassFinderError(
+        raise BadInputError(
             f"{ckpt_path} was made with a different training config; resume needs the same one "
             f"(checkpoint: {ckpt['config']})"
         )
@@ -444,7 +444,7 @@ def initial_model(store: ObjectStore, config: TrainConfig) -> EmbeddingNet:
         return build_model(config.model, seed=config.seed)
     loaded = load_model(store, config.init_from)
     if loaded.model.config != config.model:
-        raise GlassFinderError(
+        raise BadInputError(
             f"init_from {config.init_from}: its config {loaded.model.config} differs from the training "
             f"config's model {config.model}; fine-tuning keeps the architecture, dim and crop"
         )
@@ -475,7 +475,7 @@ def resolve_init(store: ObjectStore, init: str, dim: int | None) -> tuple[ModelC
         ref = init
     loaded = load_model(store, ref)
     if dim is not None and dim != loaded.model.config.dim:
-        raise GlassFinderError(
+        raise BadInputError(
             f"--dim {dim} cannot apply when fine-tuning {loaded.name}@{loaded.sha} (dim "
             f"{loaded.model.config.dim}): use --init imagenet or --init scratch for a new dimension"
         )
@@ -496,7 +496,7 @@ def load_training_views(
     split = np.asarray(meta.column("split").to_pylist())
     train, val = views.subset(split == "train"), views.subset(split == "val")
     if not len(train):
-        raise GlassFinderError(f"render specs {list(config.spec_hashes)} have no 'train' split views")
+        raise BadInputError(f"render specs {list(config.spec_hashes)} have no 'train' split views")
     return train, val
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.store import open_object
 
 SPEC_VERSION = 1
@@ -75,13 +75,13 @@ class ContentAddressed:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise GlassFinderError(f"{where} is not valid JSON: {exc}") from exc
+            raise BadInputError(f"{where} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict):
-            raise GlassFinderError(f"{where} must be a JSON object, got {type(raw).__name__}")
+            raise BadInputError(f"{where} must be a JSON object, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise GlassFinderError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+            raise BadInputError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**{k: _tuples(v) for k, v in raw.items()})
 
 
@@ -119,31 +119,31 @@ class RenderSpec(ContentAddressed):
 
     def __post_init__(self) -> None:
         if self.image_px < 32 or self.image_px > 2048:
-            raise GlassFinderError(f"render spec image_px must be 32..2048, got {self.image_px}")
+            raise BadInputError(f"render spec image_px must be 32..2048, got {self.image_px}")
         if self.views_per_asset < 1:
-            raise GlassFinderError(f"render spec views_per_asset must be >= 1, got {self.views_per_asset}")
+            raise BadInputError(f"render spec views_per_asset must be >= 1, got {self.views_per_asset}")
         if self.face_source != "procedural" and not (
             self.face_source.startswith("photos:") and len(self.face_source) > len("photos:")
         ):
-            raise GlassFinderError(
+            raise BadInputError(
                 "render spec face_source must be 'procedural' or 'photos:<store URI>', "
                 f"got {self.face_source!r}"
             )
         bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
         if bad or not self.backgrounds:
-            raise GlassFinderError(
+            raise BadInputError(
                 f"render spec backgrounds must be a non-empty subset of {BACKGROUNDS}, got {bad}"
             )
         if self.image_format not in ("png", "jpeg"):
-            raise GlassFinderError(
+            raise BadInputError(
                 f"render spec image_format must be 'png' or 'jpeg', got {self.image_format!r}"
             )
         if abs(sum(self.split_fractions) - 1.0) > 1e-6:
-            raise GlassFinderError(f"render spec split_fractions must sum to 1, got {self.split_fractions}")
+            raise BadInputError(f"render spec split_fractions must sum to 1, got {self.split_fractions}")
         if not 0.0 <= self.fit_jitter <= 1.0:
-            raise GlassFinderError(f"render spec fit_jitter must be within 0..1, got {self.fit_jitter}")
+            raise BadInputError(f"render spec fit_jitter must be within 0..1, got {self.fit_jitter}")
         if not 0.0 <= self.material_jitter <= 1.0:
-            raise GlassFinderError(
+            raise BadInputError(
                 f"render spec material_jitter must be within 0..1, got {self.material_jitter}"
             )
 
@@ -320,7 +320,7 @@ def load_spec(arg: str) -> RenderSpec:
     if path.is_file():
         return RenderSpec.from_json(path.read_text(), where=f"render spec {arg}")
     if "://" not in arg:
-        raise GlassFinderError(
+        raise BadInputError(
             f"render spec {arg!r} not found: expected a preset {sorted(PRESETS)}, inline JSON, "
             "a JSON file or a store URI"
         )
