@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 from glassfinder import settings
 from glassfinder.errors import (
     AssetSourceError,
+    BadInputError,
     GlassFinderError,
     InvalidKeyError,
     ObjectNotFoundError,
@@ -60,11 +61,9 @@ _KINDS = (
 
 
 def check_max_asset_bytes(value: int) -> int:
-    """`value` if it is a usable asset budget, else GlassFinderError naming the range."""
+    """`value` if it is a usable asset budget, else BadInputError naming the range."""
     if not 1 <= value <= MAX_ASSET_BYTES_LIMIT:
-        raise GlassFinderError(
-            f"max_asset_bytes must be between 1 and {MAX_ASSET_BYTES_LIMIT:,}, got {value:,}"
-        )
+        raise BadInputError(f"max_asset_bytes must be between 1 and {MAX_ASSET_BYTES_LIMIT:,}, got {value:,}")
     return value
 
 
@@ -76,7 +75,7 @@ def max_asset_bytes_from_env(environ: dict[str, str] | None = None) -> int:
     try:
         return check_max_asset_bytes(int(raw))
     except ValueError:
-        raise GlassFinderError(f"{MAX_BYTES_ENV} must be a whole number of bytes, got {raw!r}") from None
+        raise BadInputError(f"{MAX_BYTES_ENV} must be a whole number of bytes, got {raw!r}") from None
 
 
 def roots_from_env(environ: dict[str, str] | None = None) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from glassfinder.catalog.sources import roots_from_env
 from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store, store_arg
-from glassfinder.errors import CatalogShrinkError, GlassFinderError
+from glassfinder.errors import BadInputError, CatalogShrinkError
 from glassfinder.quarantine import format_record, read_quarantine
 from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
@@ -43,9 +43,7 @@ def cmd_catalog_sheet(args: argparse.Namespace) -> int:
     if args.packshots:
         return _packshot_sheet(args)
     if not args.manifest:
-        raise GlassFinderError(
-            "catalog sheet needs a manifest URI (or --packshots for the store's catalogue)"
-        )
+        raise BadInputError("catalog sheet needs a manifest URI (or --packshots for the store's catalogue)")
     store, key = open_object(args.manifest)
     sheet = contact_sheet(store, key, limit=args.limit, columns=args.columns, tile_px=args.tile_px)
     sheet.save(args.out)
@@ -85,9 +83,7 @@ def _ingest(args: argparse.Namespace, *, write: bool) -> int:
 
     allow = getattr(args, "allow_shrink", False)
     if allow and not args.reason:
-        raise GlassFinderError(
-            "--allow-shrink needs --reason: the reason is recorded under catalog/overrides/"
-        )
+        raise BadInputError("--allow-shrink needs --reason: the reason is recorded under catalog/overrides/")
     dest = open_args_store(args) if write else None
     try:
         report = ingest_manifest(

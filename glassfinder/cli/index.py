@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from glassfinder.cli.common import Command, SubParsers, add, open_args_store
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 
 if TYPE_CHECKING:
     from glassfinder.index.versions import GateConfig
@@ -17,7 +17,7 @@ def _gate(args: argparse.Namespace) -> tuple[GateConfig, str | None]:
     from glassfinder.index.versions import GateConfig  # faiss: imported on use, keeping --help fast
 
     if args.force and not args.reason:
-        raise GlassFinderError("--force needs --reason: the reason is recorded in the version's manifest")
+        raise BadInputError("--force needs --reason: the reason is recorded in the version's manifest")
     noise = {} if args.noise_confidence is None else {"noise_confidence": args.noise_confidence}
     return GateConfig(args.max_top1_drop, args.max_top10_drop, **noise), (args.reason if args.force else None)
 

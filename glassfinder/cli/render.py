@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from glassfinder.cli.common import SubParsers
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.layout import PORTRAIT_BANK_PREFIX, render_quarantine_report_key
 from glassfinder.settings import portraits_dir
 from glassfinder.store import open_store
@@ -19,13 +19,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.action == "photo-bank":
         return cmd_photo_bank(args)
     if not args.manifest:
-        raise GlassFinderError("render needs --manifest URI (the catalogue manifest from catalog ingest)")
+        raise BadInputError("render needs --manifest URI (the catalogue manifest from catalog ingest)")
     spec = load_spec(args.spec)
     if args.action == "sheet":
         from glassfinder.render.sheet import tryon_sheet  # pyrender: imported on use
 
         if not args.product:
-            raise GlassFinderError("render sheet needs --product ID")
+            raise BadInputError("render sheet needs --product ID")
         sheet = tryon_sheet(args.manifest, args.product, spec, views=args.views)
         sheet.save(args.out)
         print(f"wrote {args.out}: {args.product} in {args.views} views (spec {spec.spec_hash})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from glassfinder import settings
 from glassfinder.cli.common import SubParsers, add, float_between, int_between, open_args_store
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 
 #: Exit status of `glassfinder search` when the photo is refused (errors exit 1).
 REFUSED_EXIT = 3
@@ -27,7 +27,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     path = Path(args.photo)
     if not path.is_file():
-        raise GlassFinderError(f"photo {path} does not exist or is not a file")
+        raise BadInputError(f"photo {path} does not exist or is not a file")
     engine = QueryEngine(open_args_store(args), args.index or settings.index_name())
     try:
         result = engine.search(read_photo(path), path.name, k=args.top_k)
@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path in args.sample or []:
         p = Path(path)
         if not p.is_file():
-            raise GlassFinderError(f"sample photo {p} does not exist or is not a file")
+            raise BadInputError(f"sample photo {p} does not exist or is not a file")
         samples[p.name] = p.read_bytes()
     limits = ServiceLimits(
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,

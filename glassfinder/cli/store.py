@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from glassfinder.cli.common import SubParsers, add, open_args_store
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.store.check import check_store
 from glassfinder.store.s3 import S3Store
 
@@ -53,7 +53,7 @@ def cmd_store_put(args: argparse.Namespace) -> int:
     store = open_args_store(args)
     path = Path(args.file)
     if not path.is_file():
-        raise GlassFinderError(f"file to upload not found: {path}")
+        raise BadInputError(f"file to upload not found: {path}")
     info = store.put_file(args.key, path, create_only=args.create_only, if_match=args.if_match)
     print(json.dumps({"key": info.key, "size": info.size, "etag": info.etag}))
     return 0

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from glassfinder import layout
 from glassfinder.catalog.loader import import_glb
-from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError
+from glassfinder.errors import BadInputError, GlassFinderError, ObjectExistsError, ObjectNotFoundError
 from glassfinder.render.spec import ContentAddressed
 from glassfinder.store.base import ObjectStore
 
@@ -56,14 +56,14 @@ class PackshotSpec(ContentAddressed):
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_px <= 2048:
-            raise GlassFinderError(f"packshot spec image_px must be 64..2048, got {self.image_px}")
+            raise BadInputError(f"packshot spec image_px must be 64..2048, got {self.image_px}")
         names = [v[0] for v in self.views]
         if not names or len(set(names)) != len(names):
-            raise GlassFinderError(f"packshot spec views must be named uniquely, got {names}")
+            raise BadInputError(f"packshot spec views must be named uniquely, got {names}")
         for name in names:
             layout.packshot_key("0" * 16, "0" * 64, name)  # the name must be a valid key part
         if not 0.1 <= self.fill <= 1.0:
-            raise GlassFinderError(f"packshot spec fill must be within 0.1..1, got {self.fill}")
+            raise BadInputError(f"packshot spec fill must be within 0.1..1, got {self.fill}")
 
     @property
     def view_names(self) -> tuple[str, ...]:
