@@ -86,11 +86,11 @@ def chosen_rows(rows: list[dict[str, Any]], per_face: int, seed: int) -> dict[st
 
 
 def pupils_of(face: str) -> np.ndarray:
-    from face_bench import ASTRONAUT_PUPILS
+    from face_bench import UNSEEN_FACE_PUPILS
 
     from glassfinder.heads.training_photo import TRAINING_PHOTO_PUPILS
 
-    return np.asarray(ASTRONAUT_PUPILS if face == "astronaut" else TRAINING_PHOTO_PUPILS, float)
+    return np.asarray(UNSEEN_FACE_PUPILS if face == "astronaut" else TRAINING_PHOTO_PUPILS, float)
 
 
 def _cached(path: Path, make: Any) -> dict[str, Any]:
@@ -304,7 +304,7 @@ def main() -> None:
     from photo_bench import index_for, model_refs, prepare
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyser
     from glassfinder.search.query import QueryEngine
 
     work = Path(args.work)
@@ -329,7 +329,7 @@ def main() -> None:
         "gallery_spec": spec_hash,
         "gallery_views": args.gallery_views,
         "photos_per_face": args.photos_per_face,
-        "face_model_sha": packaged_analyzer()[0],
+        "face_model_sha": packaged_analyser()[0],
         "rows": {},
     }
     for label, ref in wanted:

@@ -26,7 +26,7 @@ import numpy as np
 #: The 'catalog' preset's look (256 px, tighter framing, mostly clear optical lenses) on faces
 #: 0-799; queries on held-out faces 900-999 (bench/photo_bench.py renders the same gallery).
 GALLERY_VIEWS = 6
-CATALOGUE_SPEC = {
+CATALOG_SPEC = {
     "image_px": 256,
     "views_per_asset": GALLERY_VIEWS,
     "face_first": 0,
@@ -35,7 +35,7 @@ CATALOGUE_SPEC = {
     "framing_m": [0.20, 0.26],
     "lens_palette": "optical",
 }
-QUERY_SPEC = {**CATALOGUE_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
+QUERY_SPEC = {**CATALOG_SPEC, "views_per_asset": 2, "face_first": 900, "face_count": 100, "seed": 1}
 #: Training set-ups compared (TrainConfig fields; "arch": "resnet" is the small CNN trained from
 #: scratch - the network before the ImageNet backbone -, "effl0" the ImageNet EfficientNet-Lite0
 #: with the MobileNetV2 default's head, crop and pooling, else the ImageNet MobileNetV2 default;
@@ -63,7 +63,7 @@ CANDIDATES: dict[str, dict] = {
 def gallery_spec(views: int = GALLERY_VIEWS) -> dict:
     """The catalogue spec with `views` per product: fewer views make a 3,200-product gallery
     affordable on 2 cores (rendering is most of the time), at some cost in accuracy."""
-    return {**CATALOGUE_SPEC, "views_per_asset": views}
+    return {**CATALOG_SPEC, "views_per_asset": views}
 
 
 def spec_of(raw: dict) -> Any:

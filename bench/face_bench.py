@@ -3,7 +3,7 @@
 The astronaut (scikit-image) is the face no packaged model trained or calibrated on. The product's
 renderer puts catalogue frames on her photo (search/samples.py), each photo is then damaged like
 a phone photo (bench/photo_bench.py: reframing crop, rescale, colour cast, blur, noise, JPEG) with
-the geometric part tracked, so her hand-annotated pupils (ASTRONAUT_PUPILS, measured once on the
+the geometric part tracked, so her hand-annotated pupils (UNSEEN_FACE_PUPILS, measured once on the
 original 512 px photo to about +-0.7 px, ~0.016 of her pupil distance) are known on every photo.
 Her bare photo and crops/rescales of it must be refused, and so must non-face photos (the face
 verifier's, held-out sources reported apart from the ones it was fitted on). Grace Hopper (matplotlib) wearing
@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: The astronaut's pupils on the original photo: the subject's left eye (image right) first.
-ASTRONAUT_PUPILS = np.array([[246.5, 102.5], [203.0, 100.5]])
-CATALOGUE_SEED = 11
+UNSEEN_FACE_PUPILS = np.array([[246.5, 102.5], [203.0, 100.5]])
+CATALOG_SEED = 11
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -61,10 +61,10 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
     from glassfinder.heads.training_photo import TRAINING_PHOTO_PUPILS
     from glassfinder.search.samples import photo_wearing
 
-    store = prepare_catalog(work, products, seed=CATALOGUE_SEED)
+    store = prepare_catalog(work, products, seed=CATALOG_SEED)
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     faces = face_photos()
-    pupils = {"astronaut": ASTRONAUT_PUPILS, "hopper": TRAINING_PHOTO_PUPILS.astype(np.float64)}
+    pupils = {"astronaut": UNSEEN_FACE_PUPILS, "hopper": TRAINING_PHOTO_PUPILS.astype(np.float64)}
     to_crop = {f: crop_mapping(analyse_photo(faces[f], f"{f}.png")[0].crop_box) for f in pupils}
     out = work / "face-photos"
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
         meta = path.with_suffix(".json")
         if not path.exists():
             data, m = phone_damage_mapped(astro_rgb, np.random.default_rng([i, 23]))
-            meta.write_text(json.dumps({"eyes": _apply(m, ASTRONAUT_PUPILS).tolist(), "lens": None}))
+            meta.write_text(json.dumps({"eyes": _apply(m, UNSEEN_FACE_PUPILS).tolist(), "lens": None}))
             path.write_bytes(data)
         photos.append({"face": "astronaut", "worn": False, "path": path, **json.loads(meta.read_text())})
     print(f"photos ready in {time.perf_counter() - t0:.0f} s ({len(photos)})")
@@ -100,7 +100,7 @@ def make_photos(work: Path, n_worn: int, n_bare: int, products: int) -> list[dic
 def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[str, Any]:
     from glassfinder.errors import PhotoError, QueryRefusedError
     from glassfinder.face.detect import detect_face
-    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyser
     from glassfinder.search.query import (
         DETECT_MAX_SIDE_PX,
         QUERY_DETECTION_THRESHOLD,
@@ -109,7 +109,7 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
         find_face,
     )
 
-    sha, analyzer = packaged_analyzer(models_dir)
+    sha, analyser = packaged_analyser(models_dir)
     rows = []
     for p in photos:
         rgb = decode_photo(p["path"].read_bytes(), p["path"].name)
@@ -118,11 +118,11 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
         eyes: np.ndarray | None = None  # stays unset when no face is found
         try:
             face = find_face(rgb, p["path"].name)
-            a = analyzer.analyse(rgb, face.box_xyxy)
+            a = analyser.analyse(rgb, face.box_xyxy)
             rec["ms"] = (time.perf_counter() - t0) * 1000
             rec["p"], rec["shape_disagreement"] = a.glasses_probability, a.shape_disagreement
             eyes = a.eyes_xy
-            check_analysis(a, analyzer.threshold, p["path"].name, face.box_xyxy)
+            check_analysis(a, analyser.threshold, p["path"].name, face.box_xyxy)
             rec["refused"] = None
         except QueryRefusedError as exc:  # before analysis (eyes unset) or after it
             rec["refused"] = exc.reason
@@ -139,7 +139,7 @@ def run(photos: list[dict[str, Any]], models_dir: Path | None = None) -> dict[st
             if eyes is not None:  # the signed error (x right, y down), to tell a bias from scatter
                 rec["offset"] = ((eyes - truth).mean(axis=0) / np.linalg.norm(truth[0] - truth[1])).tolist()
         rows.append(rec)
-    return {"model": sha, "threshold": analyzer.threshold, "rows": rows}
+    return {"model": sha, "threshold": analyser.threshold, "rows": rows}
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
@@ -195,11 +195,11 @@ def non_face_refusals(views_per_photo: int, models_dir: Path | None = None) -> d
     cropped/rescaled, through the query path's detection, weak fallback and checks: how many would
     be searched as a face wearing glasses."""
     from glassfinder.errors import QueryRefusedError
-    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyser
     from glassfinder.face.training.verify import held_out_source, non_face_photos, photo_variant
     from glassfinder.search.query import check_analysis, find_face
 
-    _, analyzer = packaged_analyzer(models_dir)
+    _, analyser = packaged_analyser(models_dir)
     rng = np.random.default_rng(2024)
     out: dict[str, Any] = {}
     for k, (name, image) in enumerate(non_face_photos()):
@@ -209,8 +209,8 @@ def non_face_refusals(views_per_photo: int, models_dir: Path | None = None) -> d
             group["photos"] += 1
             try:
                 face = find_face(view, name)
-                a = analyzer.analyse(view, face.box_xyxy)
-                check_analysis(a, analyzer.threshold, name, face.box_xyxy)
+                a = analyser.analyse(view, face.box_xyxy)
+                check_analysis(a, analyser.threshold, name, face.box_xyxy)
                 group["searched"].append(f"{name} #{v}")
             except QueryRefusedError:
                 pass

@@ -46,8 +46,8 @@ def face_photos() -> dict[str, bytes]:
 
     buf = io.BytesIO()
     Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
-    hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
-    return {"astronaut": buf.getvalue(), "hopper": hopper}
+    training_face = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    return {"astronaut": buf.getvalue(), "hopper": training_face}
 
 
 def phone_damage(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -132,7 +132,7 @@ def index_for(store: Any, label: str, ref: str, manifest_uri: str, spec_hash: st
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model
-    from glassfinder.index.pipeline import build_and_publish
+    from glassfinder.index.pipeline import PublishRequest, build_and_publish
 
     loaded = load_model(store, ref)
     report = embed_catalog(store, spec_hash, Embedder(loaded.model), loaded.sha, progress=True)
@@ -141,12 +141,13 @@ def index_for(store: Any, label: str, ref: str, manifest_uri: str, spec_hash: st
     name = f"photo-bench-{label.replace('@', '-')}"
     build_and_publish(
         store,
-        name,
-        manifest_uri=manifest_uri,
-        model_ref=f"{loaded.name}@{loaded.sha}",
-        spec_hash=spec_hash,
-        query_spec=None,
-        force_reason="photo bench",
+        PublishRequest(
+            name,
+            manifest_uri=manifest_uri,
+            model_ref=f"{loaded.name}@{loaded.sha}",
+            spec_hash=spec_hash,
+            force_reason="photo bench",
+        ),
     )
     return name
 
@@ -207,9 +208,9 @@ def main() -> None:
     work = Path(args.work)
     store, spec_hash, rows = prepare(work, args.products, args.seed, args.gallery_views)
     photos = make_photos(work, store, rows, args.photos_per_face)
-    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyser
 
-    face_model = packaged_analyzer()[0]
+    face_model = packaged_analyser()[0]
     refs = model_refs(store, [m for m in args.models.split(",") if m])
     report: dict[str, Any] = {
         "products": len(rows),

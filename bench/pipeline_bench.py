@@ -69,7 +69,7 @@ def task_seconds(store_uri: str, run: Any) -> dict[str, float]:
     return out
 
 
-def _stage_catalogue(store_uri: str, sample: Any, rows: list[dict[str, Any]], products: int) -> None:
+def _stage_catalog(store_uri: str, sample: Any, rows: list[dict[str, Any]], products: int) -> None:
     """The shop's export and an untrained model in a fresh store, as a new deployment finds them."""
     from glassfinder.catalog.manifest import write_manifest
     from glassfinder.embed.model import ModelConfig, build_model
@@ -141,7 +141,7 @@ def celery_main(args: argparse.Namespace, root: Path) -> None:
     with target_store(True, root):
         for i, (label, executor, workers) in enumerate(setups):
             store_uri = f"s3://glassfinder-bench/night-{i}"
-            _stage_catalogue(store_uri, sample, rows, args.products)
+            _stage_catalog(store_uri, sample, rows, args.products)
             (port,) = free_ports(1)
             cfg = DeploymentConfig(
                 home=root / f"airflow-{i}",

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 
-def head_analyzer_class() -> Any:
-    """FaceAnalyzer whose glasses probability comes from the named output (the pooled head's
+def head_analyser_class() -> Any:
+    """FaceAnalyser whose glasses probability comes from the named output (the pooled head's
     "presence" or the eye band's "presence_band", which the packaged analyser reads)."""
     import torch
 
-    from glassfinder.face.net import FaceAnalyzer
+    from glassfinder.face.net import FaceAnalyser
 
-    class HeadAnalyzer(FaceAnalyzer):
+    class HeadAnalyser(FaceAnalyser):
         def __init__(self, net: Any, threshold: float, *, head: str) -> None:
             super().__init__(net, threshold)
             self.head = head
@@ -43,7 +43,7 @@ def head_analyzer_class() -> Any:
                 p = torch.sigmoid(self._folded(x)[self.head]).numpy()
             return lm, box, p, disagreement, p_face
 
-    return HeadAnalyzer
+    return HeadAnalyser
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
     from glassfinder.heads.training_photo import training_photo, training_photo_bare
 
     torch.set_num_threads(2)
-    HeadAnalyzer = head_analyzer_class()
+    HeadAnalyser = head_analyser_class()
     data = load_shards(args.work / "shards", range(args.shards))
     net, seconds = train(data, args.work, FitConfig())
     print(f"stage 1 (renders only): {seconds:.0f} s of training")
@@ -89,12 +89,12 @@ def main() -> None:
     crops = {k: np.stack(upload_crops(photos, args.uploads, rng, k)) for k, (photos, _) in kinds.items()}
     report: dict[str, Any] = {"uploads_per_kind": args.uploads}
     for head in ("presence", "presence_band"):
-        p = predict(HeadAnalyzer(net, 0.5, head=head), calib)["p"]
+        p = predict(HeadAnalyser(net, 0.5, head=head), calib)["p"]
         threshold = calibrate(p[calib.worn], p[~calib.worn])
-        analyzer = HeadAnalyzer(net, threshold, head=head)
+        analyser = HeadAnalyser(net, threshold, head=head)
         entry: dict[str, Any] = {"threshold": round(threshold, 4)}
         for kind, (_, worn) in kinds.items():
-            probs = analyzer.analyse_crops(crops[kind])[2]
+            probs = analyser.analyse_crops(crops[kind])[2]
             wrong = probs < threshold if worn else probs >= threshold
             entry[kind] = {
                 "refused" if worn else "accepted": f"{int(wrong.sum())}/{len(probs)}",

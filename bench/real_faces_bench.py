@@ -59,11 +59,11 @@ def portrait_views(portraits: list[Any], damaged: int, seed: int) -> list[dict[s
 
 def decide(views: list[dict[str, Any]], models_dir: Path | None) -> list[dict[str, Any]]:
     from glassfinder.errors import QueryRefusedError
-    from glassfinder.face.net import packaged_analyzer
+    from glassfinder.face.net import packaged_analyser
     from glassfinder.search.query import check_analysis, decode_photo, find_face
 
-    packaged_analyzer.cache_clear()
-    _, analyzer = packaged_analyzer(models_dir)
+    packaged_analyser.cache_clear()
+    _, analyser = packaged_analyser(models_dir)
     out = []
     for v in views:
         name = f"{v['id']}-{v['variant']}.jpg"
@@ -71,9 +71,9 @@ def decide(views: list[dict[str, Any]], models_dir: Path | None) -> list[dict[st
         try:
             rgb = decode_photo(v["data"], name)
             face = find_face(rgb, name)
-            a = analyzer.analyse(rgb, face.box_xyxy)
+            a = analyser.analyse(rgb, face.box_xyxy)
             rec["p"] = round(a.glasses_probability, 4)
-            check_analysis(a, analyzer.threshold, name, face.box_xyxy)
+            check_analysis(a, analyser.threshold, name, face.box_xyxy)
             rec["outcome"] = "searched"
         except QueryRefusedError as exc:
             rec["outcome"] = exc.reason
@@ -134,12 +134,12 @@ def main() -> None:
     torch.set_num_threads(2)
     test = split_portraits(load_portraits(args.portraits or portraits_dir()))["test"]
     views = portrait_views(test, args.damaged, seed=1)
-    astronaut = make_photos(Path(args.work), args.photos, args.bare, args.products)
-    astronaut = [p for p in astronaut if p["face"] == "astronaut"]
+    unseen_face_photos = make_photos(Path(args.work), args.photos, args.bare, args.products)
+    unseen_face_photos = [p for p in unseen_face_photos if p["face"] == "astronaut"]
     report: dict[str, Any] = {"portraits_test": {"portraits": len(test), "worn": sum(p.worn for p in test)}}
     for models_dir in args.models_dir or [None]:
         label = str(models_dir or "packaged")
-        summary = summarise(run(astronaut, models_dir))
+        summary = summarise(run(unseen_face_photos, models_dir))
         report[label] = {
             "card": card_eye_figures(models_dir),
             "portraits": portrait_figures(decide(views, models_dir)),

@@ -60,7 +60,7 @@ def build_world(
     ingest_manifest(f"{source.uri}/manifest.parquet", dest=store)
     model = build_model(ModelConfig(), seed=seed).eval()
     sha = publish_model(store, "glasses", model, {"training": {"seed": seed}})
-    astronaut = _png(skimage.data.astronaut())
+    unseen_face = _png(skimage.data.astronaut())
 
     rng = np.random.default_rng(seed)
     dim = model.config.dim
@@ -92,11 +92,11 @@ def build_world(
 
     from glassfinder.search.samples import photo_wearing
 
-    hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    training_face = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     queries = [
         _encode(photo_wearing(store, row, photo, name), fmt)
-        for name, photo in (("astronaut", astronaut), ("hopper", hopper))
+        for name, photo in (("astronaut", unseen_face), ("hopper", training_face))
         for row in rows[:4]
     ]
     return store, queries

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from glassfinder import layout, settings
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError, DeploymentError, GlassFinderError, PipelineStageError
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.pipeline.summary import SUMMARY_RECORD
 from glassfinder.store import open_store
@@ -52,11 +52,11 @@ def configure(home: Path = DEFAULT_HOME, *, log_level: str = "INFO") -> Path:
     each run's figures are in its records in the store either way).
     """
     if not DAGS_DIR.is_dir():
-        raise GlassFinderError(
+        raise DeploymentError(
             f"DAG folder {DAGS_DIR} not found: reinstall the glassfinder package (it ships its DAGs)"
         )
     if "airflow" in sys.modules and settings.env("AIRFLOW_HOME") != str(home.resolve()):
-        raise GlassFinderError(
+        raise DeploymentError(
             "Airflow was imported before glassfinder.airflow_local.configure(): call it first"
         )
     home.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def configure(home: Path = DEFAULT_HOME, *, log_level: str = "INFO") -> Path:
             check=False,
         )
         if proc.returncode != 0:
-            raise GlassFinderError(f"airflow db migrate failed in {home}: {proc.stderr.strip()[-2000:]}")
+            raise DeploymentError(f"airflow db migrate failed in {home}: {proc.stderr.strip()[-2000:]}")
         stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return home.resolve()
 
@@ -95,21 +95,21 @@ def load_dags(path: Path = DAGS_DIR) -> Any:
 
     bag = DagBag(dag_folder=str(path), known_pools=set(POOLS))
     if bag.import_errors:
-        raise GlassFinderError(f"DAG import errors: {bag.import_errors}")
+        raise DeploymentError(f"DAG import errors: {bag.import_errors}")
     return bag
 
 
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = False) -> DagRunResult:
     """Run one DAG run to the end in this process; its summary record is read back from the store.
 
-    check: raise GlassFinderError, naming the failed tasks, unless the run succeeded.
+    check: raise PipelineStageError, naming the failed tasks, unless the run succeeded.
     The DAG is parsed afresh for every run: in-process runs leave the run conf in the task
     objects' params, which a second run of the same objects would inherit.
     """
     path = DAGS_DIR / f"{dag_id}.py"
     if not path.is_file():
         known = sorted(p.stem for p in DAGS_DIR.glob("*.py"))
-        raise GlassFinderError(f"no DAG file {path}: the DAGs are {known}")
+        raise BadInputError(f"no DAG file {path}: the DAGs are {known}")
     dag = load_dags(path).get_dag(dag_id)
     start = time.perf_counter()
     run = dag.test(run_conf=conf or {})
@@ -126,7 +126,7 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, check: bool = Fa
     result = DagRunResult(dag_id, run.run_id, str(run.state), seconds, states, summary)
     if check and (result.state != "success" or not summary):
         failed = sorted(t for t, state in states.items() if state not in ("success", "skipped"))
-        raise GlassFinderError(
+        raise PipelineStageError(
             f"{dag_id} {run.run_id} ended {result.state}; tasks not successful: {failed}; "
             f"their logs are under {settings.env('AIRFLOW_HOME')}/logs"
         )

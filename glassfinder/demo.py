@@ -32,7 +32,7 @@ from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import build_model
 from glassfinder.embed.registry import load_model, published_sha
 from glassfinder.errors import GlassFinderError, QueryRefusedError
-from glassfinder.face.net import PACKAGED_NAME, packaged_analyzer
+from glassfinder.face.net import PACKAGED_NAME, packaged_analyser
 from glassfinder.index.reader import IndexReader
 from glassfinder.nets.packaged import read_packaged
 from glassfinder.render.catalog_sheet import contact_sheet, packshot_sheet
@@ -253,7 +253,7 @@ def _check_store_aloud(store: ObjectStore, say: Callable[[str], None]) -> StoreC
     return check
 
 
-def _bring_in_catalogue(
+def _bring_in_catalog(
     store: ObjectStore, products: int, seed: int, sheet_path: Path, say: Callable[[str], None]
 ) -> tuple[str, GenerateReport, IngestReport]:
     """Generate the shop's export, ingest it and draw its contact sheet; returns the export's URI.
@@ -368,7 +368,7 @@ def _photo_queries(store: ObjectStore, sheet_path: Path, say: Callable[[str], No
         say("search: photo queries skipped (scikit-image, which ships the sample face, is not installed)")
         return []
     # The packaged face analysis: trained on procedural heads and Hopper's photo, never on the astronaut.
-    sha, _ = packaged_analyzer()
+    sha, _ = packaged_analyser()
     card = read_packaged(PACKAGED_NAME).card["evaluation"]
     eyes, presence = card["eye_error_ipd"]["network_all"], card["presence"]
     say(
@@ -415,7 +415,7 @@ def run_demo(
     airflow_local.configure(sheet_path.parent / "airflow", log_level="ERROR")
     store = open_store(store_uri)
     check = _check_store_aloud(store, say)
-    source, generated, ingested = _bring_in_catalogue(store, products, seed, sheet_path, say)
+    source, generated, ingested = _bring_in_catalog(store, products, seed, sheet_path, say)
     training, model = _training_data_run(store, say)
     nightly = _first_night(store, source, say)
     catalog_spec, query_spec = load_spec("catalog"), load_spec("queries")

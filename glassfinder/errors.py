@@ -55,7 +55,10 @@ class GlassFinderError(Exception):
 # --- what to do about it ------------------------------------------------------------------------
 # Each class below says what its caller should do; the Airflow retry policy
 # (glassfinder.pipeline.tasks), the render quarantine (glassfinder.render.job) and HTTP statuses
-# (http_status below) are derived from these classes, nowhere else.
+# (http_status below) are derived from these classes, nowhere else. Every other class descends
+# from exactly one of the verdicts RetryableError, BadInputError, BadAssetError, NotFoundError and
+# FaultError; StoreError and IndexStoreError are categories (where it failed, not what to do),
+# and each of their subclasses takes its verdict from its second base.
 class RetryableError(GlassFinderError):
     """Another attempt may succeed (an outage, a lost compare-and-swap race): retry, never quarantine."""
 
@@ -90,16 +93,22 @@ class NotFoundError(GlassFinderError):
     """What was asked for does not exist (a key, a version): a 404, not an outage."""
 
 
+class FaultError(GlassFinderError):
+    """Something an operator must fix (a deployment, a corrupt or missing file the product itself
+    wrote, a missing published model, a bug): neither a retry nor a quarantine helps; fail loudly."""
+
+
 class PointerConflictError(RetryableError):
     """A CURRENT pointer moved between reading and swapping it: re-read and try again."""
 
 
 # --- object store -------------------------------------------------------------------------------
 class StoreError(GlassFinderError):
-    """A problem talking to or living in the object store."""
+    """A problem talking to or living in the object store. A category: each subclass's other
+    base says what to do."""
 
 
-class InvalidStoreURIError(StoreError):
+class InvalidStoreURIError(StoreError, FaultError):
     """The store URI cannot be parsed or names an unsupported scheme."""
 
 
@@ -107,11 +116,11 @@ class InvalidKeyError(StoreError, BadInputError):
     """An object key is empty, absolute, or escapes the store root."""
 
 
-class BucketNotFoundError(StoreError):
+class BucketNotFoundError(StoreError, FaultError):
     """The S3 bucket named by the URI does not exist."""
 
 
-class StoreAuthError(StoreError):
+class StoreAuthError(StoreError, FaultError):
     """The credentials were rejected or lack permission."""
 
 
@@ -119,8 +128,9 @@ class ObjectNotFoundError(StoreError, NotFoundError):
     """The key does not exist."""
 
 
-class ObjectExistsError(StoreError):
-    """A create-only write found the key already present."""
+class ObjectExistsError(StoreError, FaultError):
+    """A create-only write found the key already present (callers that expect it skip; one that
+    escapes is a fault)."""
 
 
 class StaleWriteError(StoreError, RetryableError):
@@ -131,6 +141,16 @@ class StoreUnavailableError(StoreError, RetryableError):
     """The store kept failing with transient errors after every retry."""
 
 
+class StoreFaultError(StoreError, FaultError):
+    """The store misbehaves in a way a retry will not fix (a server that will not start, a
+    response that makes no sense, a guarantee it ignores, a full disk): an operator must look."""
+
+
+class StoreConfigError(StoreError, FaultError):
+    """The store client's settings (S3Config, the GLASSFINDER_S3_* variables) are out of range or
+    cannot be parsed: fix the deployment's configuration."""
+
+
 # --- assets -------------------------------------------------------------------------------------
 class BadAssetError(GlassFinderError):
     """An asset's bytes cannot be used (unparseable, parts missing, cannot be fitted): quarantine
@@ -138,8 +158,9 @@ class BadAssetError(GlassFinderError):
 
 
 # --- Parquet shards -----------------------------------------------------------------------------
-class ShardError(GlassFinderError):
-    """A Parquet shard cannot be written or read."""
+class ShardError(FaultError):
+    """A Parquet shard cannot be written or read (the product wrote it: a fault, except that the
+    embed job quarantines an unreadable image shard and tries it again next run)."""
 
 
 class ShardSchemaError(ShardError):
@@ -152,7 +173,8 @@ class ShardCorruptError(ShardError):
 
 # --- index --------------------------------------------------------------------------------------
 class IndexStoreError(GlassFinderError):
-    """An index cannot be built, published, promoted or read."""
+    """An index cannot be built, published, promoted or read. A category: each subclass's other
+    base says what to do."""
 
 
 class PublishConflictError(IndexStoreError, RetryableError):
@@ -163,12 +185,22 @@ class VersionNotFoundError(IndexStoreError, NotFoundError):
     """The index version was never published (or only partly)."""
 
 
-class GateRefusedError(IndexStoreError):
+class GateRefusedError(IndexStoreError, BadInputError):
     """The quality gate refused to promote a candidate that evaluates worse than CURRENT."""
 
 
-class IndexCorruptError(IndexStoreError):
+class IndexCorruptError(IndexStoreError, FaultError):
     """A version's file does not match the sha256 or size its manifest records."""
+
+
+class IndexBuildError(IndexStoreError, FaultError):
+    """An index cannot be built or read because a step before it has not run (no CURRENT version
+    yet, no published model, no feature shards): an operator runs that step; a retry cannot help."""
+
+
+class IndexRequestError(IndexStoreError, BadInputError):
+    """A request about an index that cannot be done as asked (remove products it does not hold,
+    roll back with no version to go to, publish a first version without a model): change it."""
 
 
 # --- catalogue ----------------------------------------------------------------------------------
@@ -193,7 +225,7 @@ class CatalogShrinkError(BadInputError):
     report: object | None = None
 
 
-class StoreStateError(GlassFinderError):
+class StoreStateError(FaultError):
     """A file the serving side reads from the store is unreadable, corrupt or not a plain file
     (a broken CURRENT, a manifest missing a field, junk inside a Parquet table, a symlink): the
     message names the file and the fix; never retried (the same bytes fail the same way) and
@@ -213,7 +245,7 @@ class NotAPlainFileError(StoreError, StoreStateError):
 
 
 # --- index signing ------------------------------------------------------------------------------
-class IndexSignatureError(IndexStoreError):
+class IndexSignatureError(IndexStoreError, FaultError):
     """A version's manifest is unsigned or its HMAC does not match the readers' key."""
 
 
@@ -268,12 +300,12 @@ class AssetError(BadAssetError):
 
 
 # --- networks and packaged models --------------------------------------------------------------------
-class PretrainedWeightsError(GlassFinderError):
+class PretrainedWeightsError(FaultError):
     """ImageNet weights are missing, unreadable, or do not fit the network."""
 
 
 # --- packaged models ---------------------------------------------------------------------------------
-class PackagedModelError(GlassFinderError):
+class PackagedModelError(FaultError):
     """A packaged model's files are missing, unreadable or do not match their card."""
 
 
@@ -291,7 +323,7 @@ class AssetUnavailableError(RetryableError):
     """The asset's bytes could not be fetched or do not match the manifest: worth a retry later."""
 
 
-class RenderWorkerError(GlassFinderError):
+class RenderWorkerError(FaultError):
     """A render worker could not start or died: a fault of the machine, not of an asset."""
 
 
@@ -301,12 +333,12 @@ class ParamError(BadInputError):
 
 
 # --- pipeline runs -----------------------------------------------------------------------------------
-class PipelineStageError(GlassFinderError):
+class PipelineStageError(FaultError):
     """A stage of the run failed (its own log says why); the summary names which."""
 
 
 # --- pipeline tasks ----------------------------------------------------------------------------------
-class NoModelError(GlassFinderError):
+class NoModelError(FaultError):
     """No embedding model is published under the configured name yet."""
 
 
@@ -334,12 +366,12 @@ class Overloaded(RetryableError):
 
 
 # --- local services ----------------------------------------------------------------------------------
-class ServiceError(GlassFinderError):
+class ServiceError(FaultError):
     """A broker or database binary is missing or would not initialise."""
 
 
 # --- the local deployment ----------------------------------------------------------------------------
-class DeploymentError(GlassFinderError):
+class DeploymentError(FaultError):
     """The local Airflow deployment could not be started, checked or stopped."""
 
 

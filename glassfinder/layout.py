@@ -104,6 +104,24 @@ QUARANTINE_REPORT_SUFFIX = ".quarantine.json"
 CATALOG_DELTA_PREFIX = f"{CATALOG_DIR}deltas/"
 
 
+#: A run's pinned catalogue: the manifest's bytes under their sha256, beside the live manifest
+#: (rows name assets relative to the manifest's folder, so a snapshot must share it).
+_CATALOG_SNAPSHOT_RE = re.compile(r"(?:^|/)catalog/manifest-([0-9a-f]{64})\.parquet$")
+
+
+def catalog_snapshot_key(sha256: str) -> str:
+    """Key of the catalogue manifest whose bytes hash to `sha256`; written once, never replaced."""
+    if len(sha256) != 64:
+        raise BadInputError(f"catalogue snapshot needs a 64-hex sha256, got {sha256!r}")
+    return f"{CATALOG_DIR}manifest-{_hex('sha256', sha256)}.parquet"
+
+
+def catalog_snapshot_sha(key_or_uri: str) -> str | None:
+    """The sha256 a catalogue snapshot's key (or URI) names, or None for any other object."""
+    m = _CATALOG_SNAPSHOT_RE.search(key_or_uri)
+    return m.group(1) if m else None
+
+
 def catalog_asset_key(sha256: str) -> str:
     """Store key of a normalised asset; manifests name it relative to their own folder."""
     return f"{CATALOG_DIR}assets/{sha256}.glb"

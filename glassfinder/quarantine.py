@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from glassfinder import layout
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.errors import CorruptStoreFileError, ObjectNotFoundError
 from glassfinder.store.base import ObjectStore
 
 Stage = Literal["ingest", "render", "embed", "index"]
@@ -117,7 +117,7 @@ def _load(store: ObjectStore, key: str) -> Any:
     except ObjectNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GlassFinderError(f"quarantine record {store.uri}/{key} is not JSON: {exc}") from None
+        raise CorruptStoreFileError(f"quarantine record {store.uri}/{key} is not JSON: {exc}") from None
 
 
 def _records(data: Any, stage: str) -> Iterator[QuarantineRecord]:

@@ -40,7 +40,7 @@ def test_same_seed_same_bytes(catalog: LocalStore, tmp_path: Path) -> None:
     assert all(catalog.get(k) == again.get(k) for k in keys[:5])
 
 
-def test_a_catalogue_is_a_prefix_of_a_bigger_one_with_the_same_seed(tmp_path: Path) -> None:
+def test_a_catalog_is_a_prefix_of_a_bigger_one_with_the_same_seed(tmp_path: Path) -> None:
     """Growing a shop's sample catalogue keeps every product it had, byte for byte: seed 3 at
     12 products cuts a family short that 14 completes (the case that used to change products)."""
     small, big = LocalStore(tmp_path / "small"), LocalStore(tmp_path / "big")

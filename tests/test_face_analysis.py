@@ -26,12 +26,12 @@ from glassfinder.face.net import (
     BAND_HALF_WIDTH,
     STRIDE,
     VERIFIED_DETECTION_THRESHOLD,
-    FaceAnalyzer,
+    FaceAnalyser,
     FaceNet,
     band_grid,
     decode,
     neighbour_table,
-    packaged_analyzer,
+    packaged_analyser,
 )
 from glassfinder.face.training.fit import FitConfig, loss_of
 from glassfinder.face.training.photo_data import PHOTO_FACE_INDEX, render_photo_samples
@@ -57,8 +57,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def analyzer() -> FaceAnalyzer:
-    return packaged_analyzer()[1]
+def analyser() -> FaceAnalyser:
+    return packaged_analyser()[1]
 
 
 def render(
@@ -100,11 +100,11 @@ def find(rgb: np.ndarray) -> QueryFace:
     return find_face(rgb, "upload.jpg")
 
 
-def refusal(rgb: np.ndarray, analyzer: FaceAnalyzer) -> str | None:
+def refusal(rgb: np.ndarray, analyser: FaceAnalyser) -> str | None:
     """The query path's refusal reason before the search (detect, analyse, check), or None."""
     try:
         face = find_face(rgb, "upload.jpg")
-        check_analysis(analyzer.analyse(rgb, face.box_xyxy), analyzer.threshold, "upload.jpg", face.box_xyxy)
+        check_analysis(analyser.analyse(rgb, face.box_xyxy), analyser.threshold, "upload.jpg", face.box_xyxy)
     except QueryRefusedError as exc:
         assert "upload.jpg" in str(exc)
         return exc.reason
@@ -115,32 +115,32 @@ def eye_error(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(found - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1]))
 
 
-def test_eyes_are_found_behind_sunglasses_and_the_face_is_accepted(assets, analyzer: FaceAnalyzer) -> None:
+def test_eyes_are_found_behind_sunglasses_and_the_face_is_accepted(assets, analyser: FaceAnalyser) -> None:
     errors = []
     for i, face in enumerate(HELD_OUT):
         sample = render(assets, face, worn=True, lens=(TINTED, MIRRORED)[i % 2], index=i)
         photo = background(720, 540, seed=i)
         truth = paste(photo, sample, 2.0, (180, 60))
         found = find(photo)
-        a = analyzer.analyse(photo, found.box_xyxy)
-        assert a.glasses_probability >= analyzer.threshold, (face, a.glasses_probability)
+        a = analyser.analyse(photo, found.box_xyxy)
+        assert a.glasses_probability >= analyser.threshold, (face, a.glasses_probability)
         assert a.looks_like_a_face, (face, a.shape_disagreement)
         assert a.eyes_xy[0, 0] > a.eyes_xy[1, 0]  # the subject's left eye is on the image's right
         errors.append(eye_error(a.eyes_xy, truth))
     assert max(errors) < 0.10 and float(np.median(errors)) < 0.06, errors
 
 
-def test_a_bare_face_is_refused(assets, analyzer: FaceAnalyzer) -> None:
+def test_a_bare_face_is_refused(assets, analyser: FaceAnalyser) -> None:
     probabilities = []
     for i, face in enumerate(HELD_OUT):
         sample = render(assets, face, worn=False, index=i)
         photo = background(720, 540, seed=10 + i)
         paste(photo, sample, 2.0, (180, 60))
-        probabilities.append(analyzer.analyse(photo, find(photo).box_xyxy).glasses_probability)
-    assert all(p < analyzer.threshold for p in probabilities), (probabilities, analyzer.threshold)
+        probabilities.append(analyser.analyse(photo, find(photo).box_xyxy).glasses_probability)
+    assert all(p < analyser.threshold for p in probabilities), (probabilities, analyser.threshold)
 
 
-def test_a_false_detection_that_is_not_a_face_is_refused_as_no_face(analyzer: FaceAnalyzer) -> None:
+def test_a_false_detection_that_is_not_a_face_is_refused_as_no_face(analyser: FaceAnalyser) -> None:
     """A detector's false face (a mission patch, a print, a texture) can score as glasses; the
     landmarks' disagreement with their neighbours' votes refuses it before the search."""
     import skimage.data
@@ -156,14 +156,14 @@ def test_a_false_detection_that_is_not_a_face_is_refused_as_no_face(analyzer: Fa
         h, w = rgb.shape[:2]
         side = min(h, w) // 2
         box = (w // 2 - side // 2, h // 2 - side // 2, w // 2 + side // 2, h // 2 + side // 2)
-        a = analyzer.analyse(rgb, box)
+        a = analyser.analyse(rgb, box)
         assert not a.looks_like_a_face, (name, a.shape_disagreement)
         with pytest.raises(QueryRefusedError) as refused:
-            check_analysis(a, analyzer.threshold, name, box)
+            check_analysis(a, analyser.threshold, name, box)
         assert refused.value.reason == "no_face" and name in str(refused.value)
 
 
-def test_a_texture_the_detector_takes_for_a_face_is_refused_by_the_verifier(analyzer: FaceAnalyzer) -> None:
+def test_a_texture_the_detector_takes_for_a_face_is_refused_by_the_verifier(analyser: FaceAnalyser) -> None:
     """dlib scores scikit-image's coins above the query threshold and the landmarks hold a face's
     shape on them: before the verifier, a photo of coins was searched as a face wearing glasses."""
     import skimage.data
@@ -171,15 +171,15 @@ def test_a_texture_the_detector_takes_for_a_face_is_refused_by_the_verifier(anal
     coins = np.repeat(skimage.data.coins()[..., None], 3, axis=2)
     found = find(coins)
     assert not found.weak
-    a = analyzer.analyse(coins, found.box_xyxy)
+    a = analyser.analyse(coins, found.box_xyxy)
     assert not a.verified_as_face and not a.looks_like_a_face, a.face_probability
     with pytest.raises(QueryRefusedError) as refused:
-        check_analysis(a, analyzer.threshold, "coins.png", found.box_xyxy)
+        check_analysis(a, analyser.threshold, "coins.png", found.box_xyxy)
     assert refused.value.reason == "no_face" and "does not look like a face" in str(refused.value)
 
 
 def test_a_face_found_only_below_the_threshold_is_verified_and_analysed(
-    assets, analyzer: FaceAnalyzer
+    assets, analyser: FaceAnalyser
 ) -> None:
     """Large dark lenses can put a face under the detector's threshold: the best box down to the
     weak threshold is returned, marked weak, and the verifier (not the score) accepts it."""
@@ -201,22 +201,22 @@ def test_a_face_found_only_below_the_threshold_is_verified_and_analysed(
     assert err.value.reason == "no_face"
     found = unreachable(VERIFIED_DETECTION_THRESHOLD)
     assert found.weak and found.score < 5.0
-    a = analyzer.analyse(photo, found.box_xyxy)
+    a = analyser.analyse(photo, found.box_xyxy)
     assert a.looks_like_a_face, (a.face_probability, a.shape_disagreement)
     assert eye_error(a.eyes_xy, truth) < 0.10
 
 
-def test_non_face_photos_the_verifier_never_saw_are_refused(analyzer: FaceAnalyzer) -> None:
+def test_non_face_photos_the_verifier_never_saw_are_refused(analyser: FaceAnalyser) -> None:
     """The verifier's held-out non-face photos (a moon, a rocket, ...), whole and cropped, through
     the query path's detection, weak fallback and checks: none is searched."""
     from glassfinder.face.training.verify import held_out_source, non_face_photos, photo_variant
 
-    assert analyzer.verifier is not None
+    assert analyser.verifier is not None
     rng = np.random.default_rng(5)
     held = [(name, image) for k, (name, image) in enumerate(non_face_photos()) if held_out_source(k)]
     assert len(held) >= 6
     reasons = [
-        refusal(np.ascontiguousarray(view), analyzer)
+        refusal(np.ascontiguousarray(view), analyser)
         for _name, image in held
         for view in [image] + [photo_variant(image, rng) for _ in range(2)]
     ]
@@ -236,7 +236,7 @@ def test_the_verifier_threshold_refuses_at_most_its_target_share_of_fit_faces() 
     assert measured["non_face_accept"] < 0.9  # overlapping classes: the low threshold lets many in
 
 
-def test_a_profile_is_refused_as_no_face_even_with_the_weak_fallback(assets, analyzer: FaceAnalyzer) -> None:
+def test_a_profile_is_refused_as_no_face_even_with_the_weak_fallback(assets, analyser: FaceAnalyser) -> None:
     """A head turned 80 degrees shows one eye: the frontal detector, the weak fallback and the
     verifier must not turn it into a searched face with made-up eyes."""
     spec = replace(FACE_SPEC, face_first=995, face_count=1, yaw_deg=(80.0, 80.0), pitch_deg=(0.0, 0.0))
@@ -246,12 +246,12 @@ def test_a_profile_is_refused_as_no_face_even_with_the_weak_fallback(assets, ana
         with pytest.raises(QueryRefusedError) as refused:
             face = find_face(photo, "profile.jpg")
             check_analysis(
-                analyzer.analyse(photo, face.box_xyxy), analyzer.threshold, "profile.jpg", face.box_xyxy
+                analyser.analyse(photo, face.box_xyxy), analyser.threshold, "profile.jpg", face.box_xyxy
             )
         assert refused.value.reason == "no_face" and "profile.jpg" in str(refused.value)
 
 
-def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: FaceAnalyzer) -> None:
+def test_several_faces_the_largest_is_searched_and_counted(assets, analyser: FaceAnalyser) -> None:
     """Two faces of about the same size (so the same detection pass finds both): the larger wins."""
     photo = background(900, 480, seed=3)
     sample = render(assets, 995, worn=True, lens=CLEAR)
@@ -259,32 +259,32 @@ def test_several_faces_the_largest_is_searched_and_counted(assets, analyzer: Fac
     truth = paste(photo, sample, 2.1, (450, 20))
     found = find(photo)
     assert found.faces_found == 2 and found.box_xyxy[0] > 450
-    a = analyzer.analyse(photo, found.box_xyxy)
+    a = analyser.analyse(photo, found.box_xyxy)
     assert eye_error(a.eyes_xy, truth) < 0.10
 
 
-def test_a_tiny_face_is_found_by_the_full_size_pass(assets, analyzer: FaceAnalyzer) -> None:
+def test_a_tiny_face_is_found_by_the_full_size_pass(assets, analyser: FaceAnalyser) -> None:
     """A face ~100 px wide in a 1800 px photo: invisible at the fast pass's 320 px, found at 1024."""
     photo = background(1800, 1200, seed=4)
     truth = paste(photo, render(assets, 985, worn=True, lens=CLEAR), 1.0, (900, 500))
     found = find(photo)
     assert found.faces_found == 1 and not found.at_border
-    assert eye_error(analyzer.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
+    assert eye_error(analyser.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
 
 
-def test_a_face_cut_by_the_border_is_searched_and_flagged(assets, analyzer: FaceAnalyzer) -> None:
+def test_a_face_cut_by_the_border_is_searched_and_flagged(assets, analyser: FaceAnalyser) -> None:
     photo = background(600, 480, seed=5)
     truth = paste(photo, render(assets, 980, worn=True, lens=TINTED), 2.0, (-70, 60))
     found = find(photo)
     assert found.at_border
-    assert eye_error(analyzer.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
+    assert eye_error(analyser.analyse(photo, found.box_xyxy).eyes_xy, truth) < 0.12
 
 
-def test_no_face_and_a_too_small_face_are_refused_with_their_reason(assets, analyzer: FaceAnalyzer) -> None:
-    assert refusal(background(640, 480, seed=6), analyzer) == "no_face"
+def test_no_face_and_a_too_small_face_are_refused_with_their_reason(assets, analyser: FaceAnalyser) -> None:
+    assert refusal(background(640, 480, seed=6), analyser) == "no_face"
     photo = background(400, 300, seed=7)
     paste(photo, render(assets, 995, worn=True), 0.28, (150, 100))  # a face ~30 px wide
-    assert refusal(photo, analyzer) in ("no_face", "face_too_small")
+    assert refusal(photo, analyser) in ("no_face", "face_too_small")
 
 
 def test_real_face_samples_carry_her_pupils_and_lose_her_frames(assets) -> None:
@@ -352,8 +352,8 @@ def test_decode_merges_neighbour_votes_only_where_the_model_says() -> None:
     mixed = decode(out, net.neighbours, grid, torch.tensor([False, True] * 5))
     assert not torch.allclose(merged, own)
     assert torch.equal(mixed[0, 0::2], own[0, 0::2]) and torch.equal(mixed[0, 1::2], merged[0, 1::2])
-    analyzer = packaged_analyzer()[1]
-    assert analyzer.merge is not None and not analyzer.merge[:2].any()
+    analyser = packaged_analyser()[1]
+    assert analyser.merge is not None and not analyser.merge[:2].any()
 
 
 def _sampled_pixels(pupils: list[list[float]]) -> np.ndarray:

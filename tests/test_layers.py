@@ -157,6 +157,87 @@ def test_every_error_class_lives_in_errors_and_in_the_architecture_table() -> No
     assert [c for c in classes if f"| `{c}` |" not in doc] == []
 
 
+def _names_the_base(node: ast.expr | None) -> bool:
+    """`GlassFinderError`, `errors.GlassFinderError`, or a call of either."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    return getattr(node, "id", getattr(node, "attr", None)) == "GlassFinderError"
+
+
+def test_nothing_raises_the_bare_base_error() -> None:
+    """docs/architecture.md: every raise names a class whose type says retry, quarantine, refuse,
+    not found or fail; the bare base says none of them. A parameter defaulting to the base (the
+    class a helper raises unless told otherwise) counts as a raise of it."""
+    bare = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and _names_the_base(node.exc):
+                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}: raise")
+            elif isinstance(node, ast.arguments):
+                bare += [
+                    f"{path.relative_to(ROOT)}:{d.lineno}: default"
+                    for d in [*node.defaults, *node.kw_defaults]
+                    if d is not None and _names_the_base(d)
+                ]
+    assert bare == []
+
+
+def _names_a_category(node: ast.expr | None) -> bool:
+    """`StoreError` or `IndexStoreError` (bare or as `errors.X`), or a call of either."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    return getattr(node, "id", getattr(node, "attr", None)) in ("StoreError", "IndexStoreError")
+
+
+def test_nothing_raises_or_makes_a_bare_category_error() -> None:
+    """docs/architecture.md: StoreError and IndexStoreError say where it failed, not what to do;
+    every raise names a subclass whose other base is the verdict. Building one (`exc =
+    StoreError(...)`, `return StoreError(...)`) counts, and so does a parameter defaulting to one;
+    `except StoreError`, isinstance checks and annotations do not."""
+    bare = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Raise) and _names_a_category(node.exc):
+                bare.append(f"{where}: raise")
+            elif isinstance(node, ast.Call) and _names_a_category(node.func):
+                bare.append(f"{where}: call")
+            elif isinstance(node, ast.arguments):
+                bare += [
+                    f"{path.relative_to(ROOT)}:{d.lineno}: default"
+                    for d in [*node.defaults, *node.kw_defaults]
+                    if d is not None and _names_a_category(d)
+                ]
+    assert bare == []
+
+
+def test_every_error_class_has_exactly_one_verdict() -> None:
+    """Each class says one thing to do: it descends from exactly one verdict. The categories say
+    where it failed (their subclasses pick a verdict as their other base); the base says nothing."""
+    import inspect
+
+    from glassfinder import errors
+
+    verdicts = (
+        errors.RetryableError,
+        errors.BadInputError,
+        errors.BadAssetError,
+        errors.NotFoundError,
+        errors.FaultError,
+    )
+    categories = (errors.StoreError, errors.IndexStoreError)
+    wrong = {}
+    for name, cls in vars(errors).items():
+        if not (inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == errors.__name__):
+            continue
+        has = [v.__name__ for v in verdicts if issubclass(cls, v)]
+        expected = 0 if cls in (errors.GlassFinderError, *categories) else 1
+        if len(has) != expected:
+            wrong[name] = has
+    assert wrong == {}
+    assert all(issubclass(c, errors.GlassFinderError) for c in verdicts)
+
+
 def test_store_keys_are_built_only_in_layout() -> None:
     """docs/architecture.md: object keys live in layout.py. A key spelt anywhere else would drift
     from the layout the next time it changes (a reader looking where no writer writes)."""

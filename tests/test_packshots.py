@@ -14,6 +14,7 @@ from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.catalog.snapshot import pin_live
 from glassfinder.errors import GlassFinderError
 from glassfinder.pipeline.batches import render_batch
 from glassfinder.pipeline.plan import plan_work
@@ -35,13 +36,12 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, Local
 
 
 def _night(store: LocalStore, product_ids: list[str] | None = None) -> dict:
-    manifest = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     plan = plan_work(
-        store, manifest, [TRYON], product_ids=product_ids, assets_per_batch=8, max_batches=4,
+        store, pin_live(store), [TRYON], product_ids=product_ids, assets_per_batch=8, max_batches=4,
         render_workers=1, packshot=PACKSHOT_SPEC,
     )  # fmt: skip
-    made = [render_batch(b)["render"] for b in plan["batches"]]
-    return {"plan": plan, "packshots": sum(m["packshots"] for m in made), "made": made}
+    made = [render_batch(b)["render"] for b in plan.batches]
+    return {"plan": plan.to_json(), "packshots": sum(m["packshots"] for m in made), "made": made}
 
 
 def test_a_second_night_makes_no_packshot_and_a_new_product_gets_exactly_its_own(catalog) -> None:

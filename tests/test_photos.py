@@ -33,18 +33,18 @@ def _png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-ASTRONAUT = _png(skimage.data.astronaut())
-HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+UNSEEN_FACE = _png(skimage.data.astronaut())
+TRAINING_FACE = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
 
 
 @pytest.fixture(scope="module")
 def bank_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
     store = LocalStore(tmp_path_factory.mktemp("photos"))
-    store.put("astronaut.png", ASTRONAUT)
-    store.put("grace_hopper.jpg", HOPPER)
+    store.put("astronaut.png", UNSEEN_FACE)
+    store.put("grace_hopper.jpg", TRAINING_FACE)
     store.put("coffee.png", _png(skimage.data.coffee()))
     store.put("cat.png", _png(skimage.data.chelsea()))
-    store.put("corrupt.jpg", HOPPER[:2000])
+    store.put("corrupt.jpg", TRAINING_FACE[:2000])
     store.put("tiny.png", _png(np.full((30, 30, 3), 128, np.uint8)))
     store.put("notes.txt", b"not a photo, ignored")
     return store
@@ -52,7 +52,7 @@ def bank_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
 
 @pytest.mark.parametrize("name", ["astronaut.png", "grace_hopper.jpg"])
 def test_public_domain_faces_are_found_with_plausible_pose(name: str) -> None:
-    data = ASTRONAUT if name.startswith("astronaut") else HOPPER
+    data = UNSEEN_FACE if name.startswith("astronaut") else TRAINING_FACE
     face, crop = analyse_photo(data, name)
     assert crop.shape == (512, 512, 3)
     left, right = np.array(face.eye_left_xy), np.array(face.eye_right_xy)

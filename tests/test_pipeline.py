@@ -18,8 +18,10 @@ from glassfinder.catalog.ingest import (
     write_catalog_manifest,
 )
 from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.catalog.snapshot import CatalogSnapshot, pin_rows
 from glassfinder.errors import ParamError, StaleWriteError
 from glassfinder.layout import render_quarantine_key as asset_quarantine_key
+from glassfinder.pipeline.artefacts import Batch, EmbedTarget, RunPlan
 from glassfinder.pipeline.catalog import diff_rows
 from glassfinder.pipeline.config import PipelineConfig, param_specs
 from glassfinder.pipeline.plan import batch_size_for, plan_work
@@ -40,14 +42,15 @@ def test_batches_never_exceed_the_mapping_limit(
     assert -(-count // size) == batches <= most
 
 
-def _fake_catalog(store: LocalStore, n: int) -> str:
+def _fake_catalog(store: LocalStore, n: int) -> CatalogSnapshot:
     rows = [
         {"product_id": f"P{i:05d}", "asset_uri": f"assets/{i}.glb", "asset_sha256": f"{i:064x}"}
         for i in range(n)
     ]
     rows.append({"product_id": "shared-asset", "asset_uri": "assets/0.glb", "asset_sha256": f"{0:064x}"})
-    store.put("catalog/manifest.json", json.dumps(rows).encode())
-    return f"{store.uri}/catalog/manifest.json"
+    data = json.dumps(rows).encode()
+    store.put("catalog/manifest.json", data)
+    return CatalogSnapshot(f"{store.uri}/catalog/manifest.json", hashlib.sha256(data).hexdigest(), len(rows))
 
 
 def test_plan_covers_every_missing_asset_once_within_the_batch_limit(tmp_path: Path) -> None:
@@ -67,10 +70,11 @@ def test_plan_covers_every_missing_asset_once_within_the_batch_limit(tmp_path: P
         store,
         manifest,
         [spec, queries],
-        embed=("glasses", "ab" * 8, spec.spec_hash),
+        embed=EmbedTarget("glasses", "ab" * 8, spec.spec_hash),
         assets_per_batch=10,
         max_batches=7,
-    )
+    ).to_json()
+    assert RunPlan.from_json(plan).to_json() == plan  # what the next task gets is what this one made
     assets = [a for b in plan["batches"] for a in b["assets"]]
     assert len(plan["batches"]) == 7 and len(assets) == len(set(assets)) == 999  # 1000 minus the finished one
     assert done not in assets and broken in assets  # still lacks its query view
@@ -79,14 +83,15 @@ def test_plan_covers_every_missing_asset_once_within_the_batch_limit(tmp_path: P
     assert [(q["asset_sha256"], q["products"]) for q in plan["known_quarantined"]] == [(broken, ["P00009"])]
     assert plan["products"] == 1001  # two products share asset 0: rendered once
     batch = plan["batches"][0]
-    assert batch["embed"] == {"model": f"glasses@{'ab' * 8}", "spec_hash": spec.spec_hash}
+    assert batch["embed"] == {"model": "glasses", "sha": "ab" * 8, "spec_hash": spec.spec_hash}
+    assert Batch.from_json(batch).embed.ref == f"glasses@{'ab' * 8}"  # type: ignore[union-attr]
     assert json.loads(store.get(f"renders/{queries.spec_hash}/spec.json")) == json.loads(
         queries.canonical_json()
     )
     only = plan_work(
         store, manifest, [spec], product_ids=["P00003", "shared-asset"], assets_per_batch=10, max_batches=7
     )
-    assert [b["assets"] for b in only["batches"]] == [[f"{3:064x}", f"{0:064x}"]]
+    assert [b.assets for b in only.batches] == [(f"{3:064x}", f"{0:064x}")]
 
 
 def test_params_are_parsed_once_with_errors_naming_the_param(tmp_path: Path) -> None:
@@ -236,6 +241,8 @@ def test_onboarding_with_nothing_changed_before_the_first_index_publishes_nothin
     from glassfinder.pipeline.publish import publish_incremental
 
     cfg = PipelineConfig.from_params({"store": str(tmp_path)})
-    plan: dict[str, Any] = {"manifest": f"{tmp_path}/catalog/manifest.parquet", "batches": [], "embed": None}
+    plan = plan_work(
+        LocalStore(tmp_path), pin_rows(LocalStore(tmp_path), []), [], assets_per_batch=1, max_batches=1
+    )
     result = publish_incremental(cfg, plan, {"changed": [], "removed": []})
     assert result == {"published": False, "reason": "no changes", "version": None}

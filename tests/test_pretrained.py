@@ -267,7 +267,7 @@ def test_shipped_default_model_matches_its_card() -> None:
     assert model.card["training_data"]["catalogue_seed"] not in (0, 1, 5, 7, 11, 99)
 
 
-def test_the_training_catalogue_grows_to_a_larger_count_keeping_its_products(tmp_path: Path) -> None:
+def test_the_training_catalog_grows_to_a_larger_count_keeping_its_products(tmp_path: Path) -> None:
     """Rerunning the retrain script with more --products extends its catalogue: the products
     already rendered stay the same assets (their renders are reused), and new ones are added."""
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
@@ -299,8 +299,8 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
     for name in (f"{face_net.PACKAGED_NAME}.pt", f"{face_net.PACKAGED_NAME}.card.json"):
         shutil.copy(packaged.MODELS_DIR / name, models)
     card = json.loads((models / f"{face_net.PACKAGED_NAME}.card.json").read_text())
-    sha, analyzer = face_net.packaged_analyzer(models)
-    assert sha == card["model_sha"] and 0.0 < analyzer.threshold < 1.0
+    sha, analyser = face_net.packaged_analyser(models)
+    assert sha == card["model_sha"] and 0.0 < analyser.threshold < 1.0
     assert (models / f"{face_net.PACKAGED_NAME}.pt").stat().st_size <= 25 * 1024 * 1024
     assert "MIT" in card["imagenet"]["licence"] and "astronaut" in card["data"]["faces"]
 
@@ -309,9 +309,9 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
     flipped = bytearray(original)
     flipped[len(flipped) // 2] ^= 0x01
     weights.write_bytes(bytes(flipped))
-    face_net.packaged_analyzer.cache_clear()
+    face_net.packaged_analyser.cache_clear()
     with pytest.raises(packaged.PackagedModelError, match="does not match its card"):
-        face_net.packaged_analyzer(models)
+        face_net.packaged_analyser(models)
 
     net, meta = face_net.load_weights(original, "the shipped file")
 
@@ -320,20 +320,20 @@ def test_packaged_face_analysis_model_is_verified_and_loaded_strictly(tmp_path: 
         weights.write_bytes(data)
         shipped = {**card, "weights_sha256": hashlib.sha256(data).hexdigest()}
         (models / f"{face_net.PACKAGED_NAME}.card.json").write_text(json.dumps(shipped))
-        face_net.packaged_analyzer.cache_clear()
+        face_net.packaged_analyser.cache_clear()
 
     # The query path searches weak detections only behind a verifier: a model without one, or
     # with one that does not fit the network's features, is refused by name.
     ship({k: v for k, v in meta.items() if k != "verifier"})
     with pytest.raises(GlassFinderError, match=r"face-analysis\.pt has no meta\.verifier"):
-        face_net.packaged_analyzer(models)
+        face_net.packaged_analyser(models)
     ship({**meta, "verifier": {**meta["verifier"], "coef": [1.0, 2.0, 3.0]}})
     with pytest.raises(GlassFinderError, match=r"meta\.verifier has \[3, 224\] weights"):
-        face_net.packaged_analyzer(models)
+        face_net.packaged_analyser(models)
     ship({**meta, "verifier": {"coef": []}})
     with pytest.raises(GlassFinderError, match=r"meta\.verifier is malformed"):
-        face_net.packaged_analyzer(models)
-    face_net.packaged_analyzer.cache_clear()
+        face_net.packaged_analyser(models)
+    face_net.packaged_analyser.cache_clear()
 
     state = net.state_dict()
     state["fuse.9.weight"] = torch.zeros(1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glassfinder.errors import BadInputError, QueryRefusedError
-from glassfinder.face.net import FaceAnalyzer, packaged_analyzer
+from glassfinder.face.net import FaceAnalyser, packaged_analyser
 from glassfinder.heads.portraits import (
     SPLIT_SEED,
     colour_swap,
@@ -93,11 +93,11 @@ def _committed() -> list[tuple[Path, bool]]:
     return [(COMMITTED / f"{pid}.jpg", worn) for pid, worn in sorted(rows.items())]
 
 
-def _decision(analyzer: FaceAnalyzer, data: bytes, name: str) -> str:
+def _decision(analyser: FaceAnalyser, data: bytes, name: str) -> str:
     rgb = decode_photo(data, name)
     try:
         face = find_face(rgb, name)
-        check_analysis(analyzer.analyse(rgb, face.box_xyxy), analyzer.threshold, name, face.box_xyxy)
+        check_analysis(analyser.analyse(rgb, face.box_xyxy), analyser.threshold, name, face.box_xyxy)
     except QueryRefusedError as exc:
         return exc.reason
     return "searched"
@@ -106,15 +106,15 @@ def _decision(analyzer: FaceAnalyzer, data: bytes, name: str) -> str:
 def test_real_portraits_bare_are_refused_and_real_glasses_searched_in_grey_and_in_colour() -> None:
     """Portraits of the test split (never trained or calibrated on): a bare face is refused as
     `no_glasses`, real glasses are searched, and a colour version gets the grey one's decision."""
-    _, analyzer = packaged_analyzer()
+    _, analyser = packaged_analyser()
     rng = np.random.default_rng(5)
     for path, worn in _committed():
         rgb = read_rgb(path)
         want = "searched" if worn else "no_glasses"
-        assert _decision(analyzer, path.read_bytes(), path.name) == want, path.name
+        assert _decision(analyser, path.read_bytes(), path.name) == want, path.name
         for k in range(2):
             coloured = jpeg_bytes(colourise(rgb, rng))
-            assert _decision(analyzer, coloured, f"{path.stem}-colour{k}.jpg") == want, path.name
+            assert _decision(analyser, coloured, f"{path.stem}-colour{k}.jpg") == want, path.name
 
 
 def test_the_card_records_the_seeded_split_and_the_committed_portraits_are_in_its_test_split() -> None:

@@ -40,7 +40,7 @@ from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.train import TrainConfig, train_and_publish
 from glassfinder.errors import REFUSAL_MESSAGE, QueryRefusedError
 from glassfinder.heads.photos import CROP_PX, analyse_photo
-from glassfinder.index.pipeline import build_and_publish
+from glassfinder.index.pipeline import PublishRequest, build_and_publish
 from glassfinder.render.job import render_catalog, render_catalog_specs
 from glassfinder.render.packshot import PACKSHOT_SPEC
 from glassfinder.render.spec import RenderSpec
@@ -48,7 +48,7 @@ from glassfinder.search.query import QueryEngine
 from glassfinder.search.samples import photo_wearing
 from glassfinder.search.service import ServiceLimits, create_app, server_config
 from glassfinder.store import LocalStore
-from tests.test_photos import ASTRONAUT, HOPPER, _png
+from tests.test_photos import TRAINING_FACE, UNSEEN_FACE, _png
 
 COFFEE = _png(skimage.data.coffee())
 CAT = _png(skimage.data.chelsea())
@@ -70,8 +70,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     store = LocalStore(root / "store")
     ingest_manifest(f"{source.uri}/manifest.parquet", dest=store)
     faces = LocalStore(root / "faces")
-    faces.put("astronaut.png", ASTRONAUT)
-    faces.put("grace_hopper.jpg", HOPPER)
+    faces.put("astronaut.png", UNSEEN_FACE)
+    faces.put("grace_hopper.jpg", TRAINING_FACE)
 
     manifest_uri = f"{store.uri}/{CATALOG_MANIFEST_KEY}"
     spec = RenderSpec(image_px=192, views_per_asset=6, face_source=f"photos:{faces.uri}", fit_jitter=0.5)
@@ -90,19 +90,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     assert sha is not None
     embed_catalog(store, spec.spec_hash, Embedder(model, batch_size=16), sha)
     build_and_publish(
-        store,
-        "catalog",
-        manifest_uri=manifest_uri,
-        model_ref="glasses",
-        spec_hash=spec.spec_hash,
-        query_spec=None,
+        store, PublishRequest("catalog", manifest_uri, model_ref="glasses", spec_hash=spec.spec_hash)
     )
 
     rows = read_manifest_rows(store, CATALOG_MANIFEST_KEY)
     products = {r["asset_sha256"]: r["product_id"] for r in rows}
     queries = [
         (name, row["product_id"], _png(photo_wearing(store, row, photo, name)))
-        for name, photo in (("astronaut", ASTRONAUT), ("grace_hopper", HOPPER))
+        for name, photo in (("astronaut", UNSEEN_FACE), ("grace_hopper", TRAINING_FACE))
         for row in rows[::3]
     ]
     return World(store, products, queries)
@@ -135,7 +130,7 @@ def test_photos_with_rendered_glasses_find_their_product(engine: QueryEngine, wo
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (ASTRONAUT, "no_glasses"),
+        (UNSEEN_FACE, "no_glasses"),
         (COFFEE, "no_face"),
         (CAT, "no_face"),
         (b"GIF89a not really", "not_an_image"),
@@ -152,7 +147,7 @@ def test_unusable_photos_are_refused_with_a_reason(engine: QueryEngine, data: by
 def test_a_face_wearing_real_glasses_is_accepted(engine: QueryEngine) -> None:
     """Grace Hopper wears her own glasses (a seen face: the face model trained on her photo, as it
     is, with her frames inpainted away, and with rendered frames): she must not be refused."""
-    result = engine.search(HOPPER, "grace_hopper.jpg")
+    result = engine.search(TRAINING_FACE, "grace_hopper.jpg")
     assert result.glasses_probability >= result.glasses_threshold
     assert len(result.hits) == PRODUCTS
 
@@ -166,7 +161,7 @@ def test_cli_search_prints_products_or_refuses(world: World, tmp_path: Path, cap
     answer = json.loads(capsys.readouterr().out)
     assert answer["hits"][0]["product_id"] == truth and len(answer["hits"]) == 3
     # Her pupils, marked by hand on the original photo, carried into the rendered query's crop.
-    face, _ = analyse_photo(ASTRONAUT, "astronaut.png")
+    face, _ = analyse_photo(UNSEEN_FACE, "astronaut.png")
     x0, y0, x1, _ = face.crop_box
     s = CROP_PX / (x1 - x0)
     pupils = (np.array([[246.5, 102.5], [203.0, 100.5]]) + 0.5 - [x0, y0]) * s - 0.5
@@ -211,7 +206,7 @@ def running(app, **limits) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def service(engine: QueryEngine, world: World) -> Iterator[str]:
-    samples = {"astronaut-bare.png": ASTRONAUT, "coffee.png": COFFEE}
+    samples = {"astronaut-bare.png": UNSEEN_FACE, "coffee.png": COFFEE}
     samples |= {f"{name}-wearing-{truth}.png": photo for name, truth, photo in world.queries}
     # A queue deep and patient enough for the concurrency test below (admission's 503s are
     # tests/test_service_limits.py's business).
@@ -281,8 +276,8 @@ def test_service_search_and_product_pages(service: str, world: World, engine: Qu
             "too_many_pixels",
         ),
         ({"photo": ("huge.png", b"\x89PNG" + bytes(2_100_000), "image/png")}, "", 413, "upload_too_large"),
-        ({"photo": ("a.png", ASTRONAUT, "image/png")}, "?k=0", 422, None),
-        ({"other": ("a.png", ASTRONAUT, "image/png")}, "", 422, None),
+        ({"photo": ("a.png", UNSEEN_FACE, "image/png")}, "?k=0", 422, None),
+        ({"other": ("a.png", UNSEEN_FACE, "image/png")}, "", 422, None),
     ],
     ids=[
         "no-face",
@@ -330,8 +325,8 @@ def test_service_hot_reloads_when_current_moves(world: World, tmp_path: Path) ->
     with running(create_app(engine, ServiceLimits(reload_interval_s=0.2))) as url:
         assert httpx.get(f"{url}/healthz").json()["index_version"] == 1
         build_and_publish(
-            store, "catalog", manifest_uri=f"{store.uri}/{CATALOG_MANIFEST_KEY}", model_ref="glasses",
-            spec_hash=spec_hash, query_spec=None, force_reason="hot reload test",
+            store, PublishRequest("catalog", f"{store.uri}/{CATALOG_MANIFEST_KEY}", model_ref="glasses",
+            spec_hash=spec_hash, force_reason="hot reload test"),
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while httpx.get(f"{url}/healthz").json()["index_version"] != 2:
@@ -556,7 +551,7 @@ def test_service_answers_a_bomb_413_and_counts_every_4xx(service: str) -> None:
     before = {o: _metric(service, o) for o in ("too_many_pixels", "upload_too_large", "bad_request")}
     r = httpx.post(f"{service}/search", files={"photo": ("bomb.png", BOMB, "image/png")}, timeout=60)
     assert r.status_code == 413 and r.json()["reason"] == "too_many_pixels", r.text
-    bad_k = httpx.post(f"{service}/search?k=0", files={"photo": ("a.png", ASTRONAUT, "image/png")})
+    bad_k = httpx.post(f"{service}/search?k=0", files={"photo": ("a.png", UNSEEN_FACE, "image/png")})
     assert bad_k.status_code == 422
     body, content_type = _multipart(b"\x89PNG" + bytes(2_100_000))
     r = httpx.post(f"{service}/search", content=body, headers={"content-type": content_type}, timeout=60)

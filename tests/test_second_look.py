@@ -92,7 +92,7 @@ def product() -> tuple[dict, bytes]:
     return row, glb
 
 
-ASTRONAUT_PUPILS = np.array([[246.5, 102.5], [203.0, 100.5]])  # bench/face_bench.py's hand marks
+UNSEEN_FACE_PUPILS = np.array([[246.5, 102.5], [203.0, 100.5]])  # bench/face_bench.py's hand marks
 
 
 def test_the_frame_lands_on_the_eyes_and_nowhere_else(look, product) -> None:
@@ -102,7 +102,7 @@ def test_the_frame_lands_on_the_eyes_and_nowhere_else(look, product) -> None:
     row, glb = product
     renderer = look.LayerRenderer()
     try:
-        place = look.placement_from(ASTRONAUT_PUPILS, None)
+        place = look.placement_from(UNSEEN_FACE_PUPILS, None)
         worn, record = look.composite(
             photo, look.Glasses.from_glb(glb), look.own_lens(row, np.random.default_rng(1)), place,
             renderer, np.random.default_rng(2),
@@ -115,8 +115,8 @@ def test_the_frame_lands_on_the_eyes_and_nowhere_else(look, product) -> None:
         renderer.close()
     assert np.array_equal(worn, again), "same generator, same photo"
     diff = np.abs(worn.astype(int) - photo.astype(int)).sum(axis=2)
-    ipd = float(np.linalg.norm(ASTRONAUT_PUPILS[0] - ASTRONAUT_PUPILS[1]))
-    (x0, y0), (x1, y1) = ASTRONAUT_PUPILS.min(axis=0), ASTRONAUT_PUPILS.max(axis=0)
+    ipd = float(np.linalg.norm(UNSEEN_FACE_PUPILS[0] - UNSEEN_FACE_PUPILS[1]))
+    (x0, y0), (x1, y1) = UNSEEN_FACE_PUPILS.min(axis=0), UNSEEN_FACE_PUPILS.max(axis=0)
     around_eyes = diff[int(y0 - 0.6 * ipd) : int(y1 + 0.6 * ipd), int(x0 - 0.9 * ipd) : int(x1 + 0.9 * ipd)]
     assert (around_eyes > 60).mean() > 0.05, "a frame is drawn around the eyes"
     assert diff[300:, :].max() == 0 and diff[:, :100].max() == 0, "nothing drawn far from the face"

@@ -38,7 +38,7 @@ from glassfinder.errors import ImageRefusedError, NotAPlainFileError
 from glassfinder.face.decode import DecodeBudget, decode_image
 from glassfinder.search.query import QueryEngine, find_face
 from glassfinder.store import LocalStore
-from tests.test_photos import HOPPER
+from tests.test_photos import TRAINING_FACE
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS, VIEWS = 40, 3
@@ -77,7 +77,7 @@ def publish_random_index(
     return publish_version(store, "catalog", built, info, evaluation=None, force_reason="test").version
 
 
-def _catalogue_table() -> bytes:
+def _catalog_table() -> bytes:
     buf = io.BytesIO()
     pq.write_table(
         pa.table(
@@ -95,7 +95,7 @@ def _catalogue_table() -> bytes:
 @pytest.fixture(scope="module")
 def clean_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
     store = LocalStore(tmp_path_factory.mktemp("limits") / "store")
-    store.put(CATALOG_MANIFEST_KEY, _catalogue_table())
+    store.put(CATALOG_MANIFEST_KEY, _catalog_table())
     publish_random_index(store, seed=1)
     return store
 
@@ -128,27 +128,27 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-HOPPER_RGB = np.asarray(Image.open(io.BytesIO(HOPPER)).convert("RGB"))
+TRAINING_FACE_RGB = np.asarray(Image.open(io.BytesIO(TRAINING_FACE)).convert("RGB"))
 
 
 @functools.cache
 def phone_formats() -> dict[str, tuple[bytes, np.ndarray]]:
     """Hopper's photo as phones send it: (bytes, the RGB it should decode to, roughly)."""
-    img = Image.fromarray(HOPPER_RGB)
+    img = Image.fromarray(TRAINING_FACE_RGB)
     grey = np.asarray(img.convert("L"))
     grey16 = Image.fromarray(grey.astype(np.uint16) * 257)  # 16-bit greyscale (mode I;16)
     palette = img.quantize(256)
     cmyk = img.convert("CMYK")
-    mirrored = Image.fromarray(HOPPER_RGB[:, ::-1].copy())
+    mirrored = Image.fromarray(TRAINING_FACE_RGB[:, ::-1].copy())
     import pillow_heif
 
     pillow_heif.register_heif_opener()
     return {
-        "mpo": (_encode(img, "MPO", save_all=True, append_images=[mirrored], quality=95), HOPPER_RGB),
+        "mpo": (_encode(img, "MPO", save_all=True, append_images=[mirrored], quality=95), TRAINING_FACE_RGB),
         "png16-grey": (_encode(grey16, "PNG"), np.repeat(grey[..., None], 3, axis=2)),
         "png-palette": (_encode(palette, "PNG"), np.asarray(palette.convert("RGB"))),
-        "jpeg-cmyk": (_encode(cmyk, "JPEG", quality=95), HOPPER_RGB),
-        "heic": (_encode(img, "HEIF", quality=90), HOPPER_RGB),
+        "jpeg-cmyk": (_encode(cmyk, "JPEG", quality=95), TRAINING_FACE_RGB),
+        "heic": (_encode(img, "HEIF", quality=90), TRAINING_FACE_RGB),
     }
 
 
@@ -168,9 +168,10 @@ def test_a_jpeg_lying_about_its_size_is_refused_or_drafted() -> None:
 
 
 def test_a_big_phone_jpeg_is_decoded_at_draft_scale() -> None:
-    photo = Image.fromarray(HOPPER_RGB).resize((HOPPER_RGB.shape[1] * 8, HOPPER_RGB.shape[0] * 8))
+    h, w = TRAINING_FACE_RGB.shape[:2]
+    photo = Image.fromarray(TRAINING_FACE_RGB).resize((w * 8, h * 8))
     rgb = decode_image(_encode(photo, "JPEG", quality=85), "phone.jpg")
-    assert rgb.shape[:2] == (HOPPER_RGB.shape[0] * 2, HOPPER_RGB.shape[1] * 2)  # 1/4 keeps >= 1024 px
+    assert rgb.shape[:2] == (h * 2, w * 2)  # 1/4 keeps >= 1024 px
 
 
 @pytest.mark.parametrize("fmt", ["mpo", "png16-grey", "png-palette", "jpeg-cmyk", "heic"])
@@ -268,13 +269,13 @@ def _post(url: str, data: bytes, name: str = "q.jpg", ctype: str = "image/jpeg")
 def test_hostile_uploads_are_answered_4xx_quickly_within_a_memory_bound(served: Served) -> None:
     """16 of the issue's 629-byte 6324 x 6324 JPEGs at once, then their whole-but-lying twins,
     a PNG bomb and a truncated PNG: each a quick 4xx, the service's peak grows < the bound."""
-    _post(served.url, _encode(Image.fromarray(HOPPER_RGB), "JPEG"))  # warm: models loaded
+    _post(served.url, _encode(Image.fromarray(TRAINING_FACE_RGB), "JPEG"))  # warm: models loaded
     before = served.vm_kib()
     hostile = [
         (jpeg_claiming(6324, 6324), (415,)),
         (jpeg_claiming(6324, 6324, keep=None), (422,)),  # decoded at 1/4 scale: a grey square
         (_encode(Image.new("RGB", (9000, 9000)), "PNG", compress_level=9), (413,)),
-        (_encode(Image.fromarray(HOPPER_RGB), "PNG")[:4000], (415,)),
+        (_encode(Image.fromarray(TRAINING_FACE_RGB), "PNG")[:4000], (415,)),
     ]
     for data, statuses in hostile:
         start = time.monotonic()
@@ -358,7 +359,7 @@ def test_malformed_bodies_are_counted_and_docs_are_off(served: Served) -> None:
 
 def test_a_burst_gets_503_at_once_while_healthz_answers(served: Served) -> None:
     """1 worker, 2 waiting: of 16 simultaneous searches most get 503 with Retry-After, fast."""
-    photo = _encode(Image.fromarray(HOPPER_RGB), "JPEG")
+    photo = _encode(Image.fromarray(TRAINING_FACE_RGB), "JPEG")
     before = served.metric("overloaded")
     health_ms: list[float] = []
 
@@ -396,7 +397,7 @@ def test_the_reload_loop_survives_a_garbage_current_and_picks_up_the_next_good_o
             time.sleep(0.1)
         assert health.status_code == 200 and health.json()["index_version"] == 1
         assert "'../v1'" in health.json()["reason"] and "still serving v1" in health.json()["reason"]
-        assert _post(s.url, _encode(Image.fromarray(HOPPER_RGB), "JPEG")).status_code in (200, 422)
+        assert _post(s.url, _encode(Image.fromarray(TRAINING_FACE_RGB), "JPEG")).status_code in (200, 422)
         _put_current(store, b"\x00garbage")  # another bad one: still alive
         time.sleep(1)
         assert httpx.get(f"{s.url}/healthz").json()["status"] == "degraded"
@@ -411,7 +412,7 @@ def test_the_reload_loop_survives_a_garbage_current_and_picks_up_the_next_good_o
 # --- an untidy store (issue 30, item 5) ----------------------------------------------------------
 def _search_json(store: LocalStore, tmp_path: Path, capsys) -> tuple[int, dict]:
     photo = tmp_path / "hopper.jpg"
-    photo.write_bytes(HOPPER)
+    photo.write_bytes(TRAINING_FACE)
     code = main(["search", str(photo), "--json", "--store", store.uri])
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) >= 1
@@ -449,13 +450,13 @@ def _middle_overwritten(data: bytes) -> bytes:
 def test_an_untidy_store_is_one_json_line_naming_the_file(
     store: LocalStore, tmp_path: Path, capsys, case: str
 ) -> None:
-    catalogue = store.root / CATALOG_MANIFEST_KEY
+    catalog = store.root / CATALOG_MANIFEST_KEY
     if case == "catalogue-middle":
-        catalogue.write_bytes(_middle_overwritten(catalogue.read_bytes()))
+        catalog.write_bytes(_middle_overwritten(catalog.read_bytes()))
         named = CATALOG_MANIFEST_KEY
     elif case == "catalogue-junk-in-parquet":
-        data = catalogue.read_bytes()
-        catalogue.write_bytes(data[:4] + os.urandom(len(data) - 8) + data[-4:])
+        data = catalog.read_bytes()
+        catalog.write_bytes(data[:4] + os.urandom(len(data) - 8) + data[-4:])
         named = CATALOG_MANIFEST_KEY
     elif case == "current-path":
         _put_current(store, json.dumps({"version": "../v1"}).encode())

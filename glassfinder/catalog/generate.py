@@ -23,7 +23,7 @@ import numpy as np
 from glassfinder.catalog.build import build_frame, export_glb
 from glassfinder.catalog.design import FAMILIES, sample_colourways, sample_design
 from glassfinder.catalog.manifest import write_manifest
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.store.base import ObjectStore
 from glassfinder.workers import exit_with_parent
 
@@ -134,7 +134,7 @@ def generate_catalog(
 ) -> GenerateReport:
     """Write `count` products and `manifest.parquet` to `store`."""
     if count < 1:
-        raise GlassFinderError(f"catalogue --count must be >= 1, got {count}")
+        raise BadInputError(f"catalogue --count must be >= 1, got {count}")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     size = 0

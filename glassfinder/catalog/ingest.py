@@ -36,8 +36,9 @@ from glassfinder.catalog.sources import AssetRoots, max_asset_bytes_from_env, ro
 from glassfinder.errors import (
     AssetError,
     AssetSourceError,
+    BadInputError,
     CatalogShrinkError,
-    GlassFinderError,
+    FaultError,
     ObjectExistsError,
     ObjectNotFoundError,
     StaleWriteError,
@@ -163,7 +164,7 @@ def ingest_manifest(
         shrinks it past the limit; recorded under `catalog/overrides/`.
     """
     if max_triangles < 1:
-        raise GlassFinderError(f"max_triangles must be a positive number of triangles, got {max_triangles}")
+        raise BadInputError(f"max_triangles must be a positive number of triangles, got {max_triangles}")
     shrink_limit = _shrink_fraction(max_shrink_fraction)
     start = time.perf_counter()
     current_rows, start_etag = read_catalog(dest) if dest is not None and update_catalog else ([], None)
@@ -347,11 +348,9 @@ def _shrink_fraction(value: float | None) -> float:
         try:
             value = float(raw) if raw else DEFAULT_MAX_SHRINK_FRACTION
         except ValueError:
-            raise GlassFinderError(
-                f"{MAX_SHRINK_ENV} must be a fraction between 0 and 1, got {raw!r}"
-            ) from None
+            raise BadInputError(f"{MAX_SHRINK_ENV} must be a fraction between 0 and 1, got {raw!r}") from None
     if not 0.0 <= value <= 1.0:
-        raise GlassFinderError(f"max_shrink_fraction must be between 0 and 1, got {value}")
+        raise BadInputError(f"max_shrink_fraction must be between 0 and 1, got {value}")
     return value
 
 
@@ -453,9 +452,7 @@ def catalog_assets(store: ObjectStore, limit: int = 64) -> list[tuple[str, bytes
     frames to put on faces when rendering training data for the face models."""
     rows, _ = read_catalog(store)
     if not rows:
-        raise GlassFinderError(
-            f"{store.uri}/{CATALOG_MANIFEST_KEY} lists no products: ingest a catalogue first"
-        )
+        raise FaultError(f"{store.uri}/{CATALOG_MANIFEST_KEY} lists no products: ingest a catalogue first")
     picked = rows[:: max(1, len(rows) // limit)][:limit]
     return [(r["asset_sha256"], store.get(catalog_asset_key(r["asset_sha256"]))) for r in picked]
 

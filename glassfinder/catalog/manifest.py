@@ -45,9 +45,12 @@ def read_manifest_rows(store: ObjectStore, key: str) -> list[dict[str, Any]]:
     Text that is not UTF-8 is decoded with surrogate escapes, so a bad byte spoils only the cells
     it sits in (their columns' rules refuse them) instead of the whole export.
     """
-    data = store.get(key)
-    where = f"{store.uri}/{key}"
-    suffix = key.rsplit(".", 1)[-1].lower()
+    return parse_manifest(store.get(key), where=f"{store.uri}/{key}")
+
+
+def parse_manifest(data: bytes, *, where: str) -> list[dict[str, Any]]:
+    """Rows of manifest bytes; `where` (a URI or path) names the file and its suffix the format."""
+    suffix = where.rsplit(".", 1)[-1].lower()
     try:
         if suffix == "parquet":
             rows = pq.read_table(io.BytesIO(data)).to_pylist()

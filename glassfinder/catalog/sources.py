@@ -31,7 +31,7 @@ from glassfinder import settings
 from glassfinder.errors import (
     AssetSourceError,
     BadInputError,
-    GlassFinderError,
+    FaultError,
     InvalidKeyError,
     ObjectNotFoundError,
     StoreError,
@@ -272,4 +272,4 @@ def _home_root(store: ObjectStore, folder: str) -> str | _S3Root:
         return os.path.realpath(store.root / folder) if folder else os.path.realpath(store.root)
     if isinstance(store, S3Store):
         return _S3Root(store, folder)
-    raise GlassFinderError(f"cannot read assets from a {type(store).__name__}, expected a local or S3 store")
+    raise FaultError(f"cannot read assets from a {type(store).__name__}, expected a local or S3 store")

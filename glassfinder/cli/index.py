@@ -37,24 +37,22 @@ def _print_eval(evaluation: dict | None) -> None:
 def _build(args: argparse.Namespace, *, publish: bool) -> int:
     # faiss: imported on use, keeping --help fast
     from glassfinder.index.build import IndexParams
-    from glassfinder.index.pipeline import build_and_publish
+    from glassfinder.index.pipeline import PublishRequest, build_and_publish
 
     store = open_args_store(args)
     gate, reason = _gate(args)
     params = IndexParams(exact_max_vectors=args.exact_max_vectors, recall_target=args.recall_target)
-    built, info, result, features = build_and_publish(
-        store,
-        args.name,
+    request = PublishRequest(
+        name=args.name,
         manifest_uri=args.manifest,
         model_ref=args.model,
         spec_hash=args.spec,
         query_spec=args.query_spec,
-        params=params,
         gate=gate,
         force_reason=reason,
-        publish=publish,
         device=args.device,
     )
+    built, info, result, features = build_and_publish(store, request, params=params, publish=publish)
     print(
         f"index {args.name}: {len(built)} vectors of {info['model']}@{info['model_sha']} spec "
         f"{info['spec_hash']}, {built.factory} {built.search_params or ''} built in "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,11 @@ class CropGeometry:
 def _check_eyes(eyes_xy: np.ndarray) -> np.ndarray:
     eyes = np.asarray(eyes_xy, dtype=np.float64)
     if eyes.shape != (2, 2):
-        raise GlassFinderError(f"eyes must have shape (2, 2) [left eye, right eye], got {eyes.shape}")
+        raise FaultError(f"eyes must have shape (2, 2) [left eye, right eye], got {eyes.shape}")
     if not np.isfinite(eyes).all():
-        raise GlassFinderError(f"eye positions must be finite, got {eyes.tolist()}")
+        raise FaultError(f"eye positions must be finite, got {eyes.tolist()}")
     if np.linalg.norm(eyes[0] - eyes[1]) < 2.0:
-        raise GlassFinderError(f"eyes are less than 2 px apart ({eyes.tolist()}): cannot align")
+        raise FaultError(f"eyes are less than 2 px apart ({eyes.tolist()}): cannot align")
     return eyes
 
 
@@ -84,7 +84,7 @@ def align_crop(image: np.ndarray, eyes_xy: np.ndarray, geometry: CropGeometry) -
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise GlassFinderError(f"image must be (h, w, 3) uint8, got {img.shape} {img.dtype}")
+        raise FaultError(f"image must be (h, w, 3) uint8, got {img.shape} {img.dtype}")
     eyes = _check_eyes(eyes_xy)
     matrix = align_matrix(eyes, geometry)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
-from glassfinder.errors import GlassFinderError, ShardCorruptError
+from glassfinder.errors import BadInputError, NotFoundError, ShardCorruptError
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
 
@@ -138,9 +138,7 @@ def load_views(
     """Every view of one render spec (optionally only some splits) as aligned crops in memory."""
     keys = shard_keys(store, spec_hash)
     if not keys:
-        raise GlassFinderError(
-            f"no image shards under {store.uri}/renders/{spec_hash}/: render that spec first"
-        )
+        raise NotFoundError(f"no image shards under {store.uri}/renders/{spec_hash}/: render that spec first")
     bar = None
     if progress:
         bar = tqdm(total=len(keys), unit="shard", desc=f"loading renders/{spec_hash}")
@@ -155,7 +153,7 @@ def load_views(
     if bar is not None:
         bar.close()
     if not crops:
-        raise GlassFinderError(
+        raise BadInputError(
             f"render spec {spec_hash} has no views in split(s) {list(splits or [])} under {store.uri}"
         )
     log.info("loaded %d views of %d shards from renders/%s", sum(len(c) for c in crops), len(keys), spec_hash)

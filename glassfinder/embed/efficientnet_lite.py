@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.nets.mobilenet import strict_subset
 
 Triple = tuple[float, float, float]
@@ -136,7 +136,7 @@ class EfficientNetLiteTrunk(nn.Module):
         """given_mean/std: the per-channel normalisation the caller has already applied."""
         super().__init__()
         if not 2 <= depth <= FULL_DEPTH:
-            raise GlassFinderError(f"EfficientNet-Lite0 depth must be 2..{FULL_DEPTH}, got {depth}")
+            raise BadInputError(f"EfficientNet-Lite0 depth must be 2..{FULL_DEPTH}, got {depth}")
         self.depth = depth
         # x_given = (rgb - given_mean) / given_std  ->  x_wanted = (rgb - INPUT_MEAN) / INPUT_STD
         scale = torch.tensor(given_std) / torch.tensor(INPUT_STD)

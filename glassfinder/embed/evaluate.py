@@ -30,7 +30,7 @@ from glassfinder.embed.data import ViewSet, load_views
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import build_model
 from glassfinder.embed.registry import load_model
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 
@@ -70,7 +70,7 @@ def load_eval_sets(
     )
     missing = sorted(set(queries.product_ids.tolist()) - set(split_of))
     if missing:
-        raise GlassFinderError(
+        raise BadInputError(
             f"{len(missing)} query products are not in the gallery spec {gallery_spec} (e.g. {missing[:3]}): "
             "render the same manifest under both specs"
         )
@@ -93,7 +93,7 @@ def product_scores(
         counts = np.diff(np.append(starts, len(order)))
         scores = np.add.reduceat(sorted_sims, starts, axis=1) / counts
     else:
-        raise GlassFinderError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        raise BadInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     return scores, products
 
 

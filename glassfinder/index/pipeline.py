@@ -26,8 +26,15 @@ import numpy as np
 import pyarrow as pa
 
 from glassfinder import layout
-from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.errors import GlassFinderError, IndexStoreError, ObjectNotFoundError
+from glassfinder.catalog.snapshot import read_catalog_rows
+from glassfinder.errors import (
+    BadInputError,
+    FaultError,
+    GlassFinderError,
+    IndexBuildError,
+    IndexRequestError,
+    RetryableError,
+)
 from glassfinder.index.build import ID_SCHEMA, BuiltIndex, IndexParams, apply_search_params, build_index
 from glassfinder.index.search import AGGREGATIONS, ProductSearcher, evaluate_searcher
 from glassfinder.index.versions import (
@@ -41,7 +48,6 @@ from glassfinder.index.versions import (
     read_manifest,
 )
 from glassfinder.quarantine import QuarantineRecord, records_json
-from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import embeddings_of, read_shard
 
@@ -58,6 +64,32 @@ class FeatureSet:
     vectors: np.ndarray
     meta: pa.Table
     missing: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One publish, as the CLI, the benches and the pipeline's tasks ask for it.
+
+    manifest_uri: the catalogue the index covers (a run passes its pinned snapshot).
+    model_ref: NAME@SHA (or NAME: its CURRENT) whose feature shards are indexed; None for a
+        child of CURRENT, which keeps its parent's model and spec.
+    query_spec: the render spec of the held-out evaluation queries (None: not evaluated).
+    """
+
+    name: str
+    manifest_uri: str
+    model_ref: str | None = None
+    spec_hash: str | None = None
+    query_spec: str | None = None
+    gate: GateConfig | None = None
+    force_reason: str | None = None
+    device: str | None = None
+
+    def target(self) -> tuple[str, str]:
+        """(model ref, spec hash); a full build needs both."""
+        if self.model_ref is None or self.spec_hash is None:
+            raise BadInputError(f"index {self.name}: a full build needs a model and a spec, got none")
+        return self.model_ref, self.spec_hash
 
 
 @dataclass
@@ -101,10 +133,9 @@ def pairs_of(ids: pa.Table) -> set[tuple[str, str]]:
 
 
 def catalog_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:
-    """(manifest rows, sha256 of the manifest's bytes: the catalogue digest)."""
-    mstore, mkey = open_object(manifest_uri)
-    digest = hashlib.sha256(mstore.get(mkey)).hexdigest()
-    return read_manifest_rows(mstore, mkey), digest
+    """(manifest rows, sha256 of the manifest's bytes: the catalogue digest), from one read:
+    rows and digest always describe the same bytes, even if the manifest moves meanwhile."""
+    return read_catalog_rows(manifest_uri)
 
 
 def featured_pairs(
@@ -164,7 +195,9 @@ def collect_features(
             table = read_shard(
                 store, key, "feature", columns=["view_key", "product_id", "asset_sha256", "embedding"]
             )
-        except (ObjectNotFoundError, GlassFinderError) as exc:
+        except RetryableError:
+            raise  # an outage fails the task, to be retried; it is not the product's fault
+        except GlassFinderError as exc:  # no shard, or one that cannot be read
             missing.append(_not_indexed(row, type(exc).__name__, str(exc)))
             continue
         if table.num_rows == 0:
@@ -177,7 +210,7 @@ def collect_features(
         vectors.append(embeddings_of(table))
         metas.append(table.select(["view_key", "product_id", "asset_sha256"]))
     if not vectors:
-        raise IndexStoreError(
+        raise IndexBuildError(
             f"no feature shards under {store.uri}/features/{model_sha}/{spec_hash}/ for this catalogue: "
             "run `glassfinder embed` first"
         )
@@ -238,7 +271,7 @@ def _model_sha(store: ObjectStore, model_ref: str) -> str:
     if sha is None:
         sha, _ = current_sha(store, name)
     if sha is None:
-        raise IndexStoreError(f"no model named {name!r} is published in {store.uri}: run `glassfinder train`")
+        raise IndexBuildError(f"no model named {name!r} is published in {store.uri}: run `glassfinder train`")
     return sha
 
 
@@ -251,53 +284,23 @@ def _embedder(store: ObjectStore, model_ref: str, device: str | None) -> Embedde
 
 
 def build_and_publish(
-    store: ObjectStore,
-    name: str,
-    *,
-    manifest_uri: str,
-    model_ref: str,
-    spec_hash: str,
-    query_spec: str | None,
-    params: IndexParams | None = None,
-    gate: GateConfig | None = None,
-    force_reason: str | None = None,
-    publish: bool = True,
-    device: str | None = None,
+    store: ObjectStore, request: PublishRequest, *, params: IndexParams | None = None, publish: bool = True
 ) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
     """A full rebuild from the catalogue's feature shards, evaluated, published through the gate."""
-    return _build_full(
-        store,
-        name,
-        catalog_rows(manifest_uri),
-        manifest_uri=manifest_uri,
-        model_ref=model_ref,
-        spec_hash=spec_hash,
-        query_spec=query_spec,
-        params=params,
-        gate=gate,
-        force_reason=force_reason,
-        publish=publish,
-        device=device,
-    )
+    return _build_full(store, request, catalog_rows(request.manifest_uri), params=params, publish=publish)
 
 
 def _build_full(
     store: ObjectStore,
-    name: str,
+    request: PublishRequest,
     catalog: tuple[list[dict[str, Any]], str],
     *,
-    manifest_uri: str,
-    model_ref: str,
-    spec_hash: str,
-    query_spec: str | None,
     params: IndexParams | None,
-    gate: GateConfig | None,
-    force_reason: str | None,
     publish: bool,
-    device: str | None,
 ) -> tuple[BuiltIndex, dict[str, Any], PublishResult | None, FeatureSet]:
-    """build_and_publish from the catalogue (rows, digest) already read from `manifest_uri`."""
+    """build_and_publish from the catalogue (rows, digest) already read from the request's manifest."""
     rows, digest = catalog
+    name, (model_ref, spec_hash), query_spec = request.name, request.target(), request.query_spec
     model_sha = _model_sha(store, model_ref)
     features = collect_features(store, rows, model_sha, spec_hash)
     for m in features.missing:
@@ -305,13 +308,13 @@ def _build_full(
     built = build_index(features.vectors, id_table(features.meta), params)
     evaluation = None
     if query_spec:
-        embedder = _embedder(store, f"{model_ref.partition('@')[0]}@{model_sha}", device)
+        embedder = _embedder(store, f"{model_ref.partition('@')[0]}@{model_sha}", request.device)
         evaluation = evaluate_built(built, evaluation_queries(store, query_spec, embedder))
     info = {
         "model": model_ref.partition("@")[0],
         "model_sha": model_sha,
         "spec_hash": spec_hash,
-        "catalog_manifest": manifest_uri,
+        "catalog_manifest": request.manifest_uri,
         "catalog_digest": digest,
         "aggregation": evaluation["aggregation"] if evaluation else "max",
         "kind": "full",
@@ -322,28 +325,21 @@ def _build_full(
     if publish:
         write_not_indexed(store, name, features.missing)
         result = publish_version(
-            store, name, built, info, evaluation=evaluation, gate=gate, force_reason=force_reason
+            store,
+            name,
+            built,
+            info,
+            evaluation=evaluation,
+            gate=request.gate,
+            force_reason=request.force_reason,
         )
     return built, info | {"evaluation": evaluation}, result, features
 
 
-def publish_if_changed(
-    store: ObjectStore,
-    name: str,
-    *,
-    manifest_uri: str,
-    model_ref: str,
-    spec_hash: str,
-    query_spec: str | None,
-    gate: GateConfig | None = None,
-    force_reason: str | None = None,
-    device: str | None = None,
-) -> PublishOutcome:
-    """A full rebuild published through the gate, unless CURRENT already holds the same content.
-
-    model_ref: NAME@SHA, the model whose feature shards are indexed.
-    """
-    catalog = catalog_rows(manifest_uri)
+def publish_if_changed(store: ObjectStore, request: PublishRequest) -> PublishOutcome:
+    """A full rebuild published through the gate, unless CURRENT already holds the same content."""
+    name, (model_ref, spec_hash) = request.name, request.target()
+    catalog = catalog_rows(request.manifest_uri)
     model_sha = _model_sha(store, model_ref)
     expected = content_digest(featured_pairs(store, catalog[0], model_sha, spec_hash), model_sha, spec_hash)
     current = current_manifest(store, name)
@@ -361,20 +357,7 @@ def publish_if_changed(
             current["version"],
             {"products": current["counts"]["products"], "evaluation": summary_of(current.get("evaluation"))},
         )
-    _, _, result, features = _build_full(
-        store,
-        name,
-        catalog,
-        manifest_uri=manifest_uri,
-        model_ref=model_ref,
-        spec_hash=spec_hash,
-        query_spec=query_spec,
-        params=None,
-        gate=gate,
-        force_reason=force_reason,
-        publish=True,
-        device=device,
-    )
+    _, _, result, features = _build_full(store, request, catalog, params=None, publish=True)
     assert result is not None  # publish=True
     return PublishOutcome(result, report={"not_indexed": features.missing})
 
@@ -449,7 +432,7 @@ def _derive_child(
     products = np.asarray(built.ids.column("product_id").to_pylist(), dtype=object)
     unknown = sorted(set(remove_products or []) - set(products.tolist()))
     if unknown:
-        raise IndexStoreError(f"cannot remove products not in index {name} v{version}: {unknown[:5]}")
+        raise IndexRequestError(f"cannot remove products not in index {name} v{version}: {unknown[:5]}")
     drop = np.array([p in replace for p in products], dtype=bool)
     ids = np.asarray(built.ids.column("id"), dtype=np.int64)
     index = built.index
@@ -488,43 +471,22 @@ def _derive_child(
 
 
 def publish_changes(
-    store: ObjectStore,
-    name: str,
-    *,
-    manifest_uri: str,
-    changed: list[str],
-    removed: list[str],
-    model_ref: str | None,
-    spec_hash: str | None,
-    query_spec: str | None,
-    gate: GateConfig | None = None,
-    force_reason: str | None = None,
-    device: str | None = None,
+    store: ObjectStore, request: PublishRequest, *, changed: list[str], removed: list[str]
 ) -> PublishOutcome:
     """Publish a child of CURRENT with the changed products added and the removed ones gone.
 
-    model_ref, spec_hash: what the changed products were embedded with (NAME@SHA); it must be
-    what CURRENT was built with. A changed product without a feature shard is not indexed, and
-    loses any vectors CURRENT had for it. Without a CURRENT version there is nothing to derive
-    from: a full build is published instead (evaluated on `query_spec`; a child keeps its
-    parent's evaluation queries).
+    The request's model_ref and spec_hash: what the changed products were embedded with
+    (NAME@SHA); it must be what CURRENT was built with. A changed product without a feature
+    shard is not indexed, and loses any vectors CURRENT had for it. Without a CURRENT version
+    there is nothing to derive from: a full build is published instead (evaluated on the
+    request's `query_spec`; a child keeps its parent's evaluation queries).
     """
+    name = request.name
     current = current_manifest(store, name)
     if current is None:
-        return _publish_first_version(
-            store,
-            name,
-            manifest_uri=manifest_uri,
-            anything_changed=bool(changed or removed),
-            model_ref=model_ref,
-            spec_hash=spec_hash,
-            query_spec=query_spec,
-            gate=gate,
-            force_reason=force_reason,
-            device=device,
-        )
-    model_sha, current_spec = _check_planned_target(name, current, model_ref, spec_hash)
-    catalog = catalog_rows(manifest_uri)
+        return _publish_first_version(store, request, anything_changed=bool(changed or removed))
+    model_sha, current_spec = _check_planned_target(name, current, request.model_ref, request.spec_hash)
+    catalog = catalog_rows(request.manifest_uri)
     wanted = set(changed)
     featured = {
         pid
@@ -545,9 +507,9 @@ def publish_changes(
         only_products=sorted(featured),
         remove_products=gone,
         query_spec=None,
-        gate=gate,
-        force_reason=force_reason,
-        device=device,
+        gate=request.gate,
+        force_reason=request.force_reason,
+        device=request.device,
     )
     return PublishOutcome(
         result,
@@ -556,38 +518,18 @@ def publish_changes(
 
 
 def _publish_first_version(
-    store: ObjectStore,
-    name: str,
-    *,
-    manifest_uri: str,
-    anything_changed: bool,
-    model_ref: str | None,
-    spec_hash: str | None,
-    query_spec: str | None,
-    gate: GateConfig | None,
-    force_reason: str | None,
-    device: str | None,
+    store: ObjectStore, request: PublishRequest, *, anything_changed: bool
 ) -> PublishOutcome:
     """publish_changes without a CURRENT version: a full build, as there is no parent to derive from."""
     if not anything_changed:
         # Nothing changed and nothing to derive from (say the export watcher fired while the
         # first re-index is still embedding): the re-index publishes the first version.
-        log.info("index %s has no CURRENT version and nothing changed: nothing to publish", name)
+        log.info("index %s has no CURRENT version and nothing changed: nothing to publish", request.name)
         return PublishOutcome(None, "no changes", None)
-    log.info("index %s has no CURRENT version: publishing a full build instead of a child", name)
-    if model_ref is None or spec_hash is None:
-        raise IndexStoreError(f"index {name} has no CURRENT version and no model to build one with")
-    return publish_if_changed(
-        store,
-        name,
-        manifest_uri=manifest_uri,
-        model_ref=model_ref,
-        spec_hash=spec_hash,
-        query_spec=query_spec,
-        gate=gate,
-        force_reason=force_reason,
-        device=device,
-    )
+    log.info("index %s has no CURRENT version: publishing a full build instead of a child", request.name)
+    if request.model_ref is None or request.spec_hash is None:
+        raise IndexRequestError(f"index {request.name} has no CURRENT version and no model to build one with")
+    return publish_if_changed(store, request)
 
 
 def _check_planned_target(
@@ -598,7 +540,8 @@ def _check_planned_target(
     model_sha, current_spec = str(current["model_sha"]), str(current["spec_hash"])
     planned = {"model": model_ref, "spec_hash": spec_hash} if model_ref is not None else None
     if planned != {"model": f"{current['model']}@{model_sha}", "spec_hash": current_spec}:
-        raise GlassFinderError(
+        # Not retryable: a retry of this task reuses the same plan; a fresh run plans anew.
+        raise FaultError(
             f"onboarding planned for {planned} but index {name} CURRENT v{current['version']} "
             f"uses {current['model']}@{model_sha} spec {current_spec}: "
             "CURRENT moved during the run; run again"

@@ -1,20 +1,19 @@
-"""The serving side's view of an index: CURRENT resolved once, verified, hot-reloaded when it moves.
+"""The serving side's view of one index version: CURRENT resolved once, verified, never changed.
 
 A reader never serves a version whose manifest does not match the sha256 CURRENT records (and,
-with a signing key, its HMAC), or whose files do not match their manifest; if CURRENT moves to a
-corrupted version, `maybe_reload` raises and the reader keeps serving the version it had.
+with a signing key, its HMAC), or whose files do not match their manifest. It does not reload
+itself: the one reload path is the search service's (glassfinder.search.query.QueryEngine.refresh),
+which builds a new reader when CURRENT moves and keeps the old one serving if that fails.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from glassfinder import layout
 from glassfinder.index.build import apply_search_params
 from glassfinder.index.search import ProductHit, ProductSearcher
 from glassfinder.index.versions import fetch_current_verified, fetch_verified, load_files
@@ -32,13 +31,12 @@ class LoadedVersion:
 
 
 class IndexReader:
-    """Search the CURRENT version of one index; safe to share between threads."""
+    """Search one version of an index (CURRENT's when it was opened); safe to share between threads."""
 
     def __init__(self, store: ObjectStore, name: str, *, version: int | None = None) -> None:
         self.store = store
         self.name = name
         self._pinned = version
-        self._lock = threading.Lock()
         self._loaded = self._load()
 
     def _load(self) -> LoadedVersion:
@@ -68,23 +66,7 @@ class IndexReader:
         return self._loaded.manifest
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[ProductHit]]:
-        loaded = self._loaded  # one version for the whole call, even if a reload lands meanwhile
-        return loaded.searcher.search(queries, k)
+        return self._loaded.searcher.search(queries, k)
 
     def views_of(self, product_id: str) -> list[str]:
         return self._loaded.searcher.views_of(product_id)
-
-    def maybe_reload(self) -> bool:
-        """Load CURRENT again if it moved; True when the served version changed."""
-        if self._pinned is not None:
-            return False
-        info = self.store.head(layout.index_current_key(self.name))
-        if info.etag == self._loaded.etag:
-            return False
-        with self._lock:
-            if info.etag == self._loaded.etag:
-                return False
-            fresh = self._load()  # raises on a corrupted version: keep serving the old one
-            changed = fresh.version != self._loaded.version
-            self._loaded = fresh
-            return changed

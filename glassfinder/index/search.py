@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError, FaultError
 
 AGGREGATIONS = ("max", "mean")
 
@@ -33,7 +33,7 @@ class ProductSearcher:
 
     def __init__(self, index: object, ids: pa.Table, vectors: np.ndarray, aggregation: str = "max") -> None:
         if aggregation not in AGGREGATIONS:
-            raise GlassFinderError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+            raise BadInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.index = index
         self.aggregation = aggregation
         self.vectors = vectors
@@ -63,7 +63,7 @@ class ProductSearcher:
         """The top-k products of each query. queries: (q, d) float32 unit vectors."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.vectors.shape[1]:
-            raise GlassFinderError(f"queries must have shape (q, {self.vectors.shape[1]}), got {q.shape}")
+            raise FaultError(f"queries must have shape (q, {self.vectors.shape[1]}), got {q.shape}")
         fetch = min(int(self.index.ntotal), max(k * self.max_views, 10))  # type: ignore[attr-defined]
         scores, ids = self.index.search(q, fetch)  # type: ignore[attr-defined]
         out: list[list[ProductHit]] = []
@@ -95,7 +95,7 @@ def evaluate_searcher(
     indexed = set(searcher._rows_of_product)
     keep = np.array([str(p) in indexed for p in query_products])
     if not keep.any():
-        raise GlassFinderError("no evaluation query belongs to an indexed product")
+        raise BadInputError("no evaluation query belongs to an indexed product")
     results = searcher.search(queries[keep], k)
     ranks = []
     for hits, truth in zip(results, query_products[keep], strict=True):

@@ -30,11 +30,13 @@ import pyarrow.parquet as pq
 
 from glassfinder import layout
 from glassfinder.errors import (
+    BadInputError,
     CorruptIndexFileError,
     GateRefusedError,
     GlassFinderError,
+    IndexBuildError,
     IndexCorruptError,
-    IndexStoreError,
+    IndexRequestError,
     ObjectExistsError,
     ObjectNotFoundError,
     PublishConflictError,
@@ -75,11 +77,11 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if not (self.noise_confidence == 0 or 0.5 <= self.noise_confidence < 1):
-            raise GlassFinderError(
+            raise BadInputError(
                 f"gate noise_confidence must be 0 (no margin) or in [0.5, 1), got {self.noise_confidence}"
             )
         if self.bootstrap_resamples < 100:
-            raise GlassFinderError(f"gate bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
+            raise BadInputError(f"gate bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
 
 
 @dataclass
@@ -230,11 +232,11 @@ def fetch_verified(
 def fetch_current_verified(
     store: ObjectStore, name: str
 ) -> tuple[dict[str, Any], str | None, dict[str, Any], dict[str, bytes]]:
-    """(CURRENT, its etag, manifest, files), verified from the pointer down; IndexStoreError when
+    """(CURRENT, its etag, manifest, files), verified from the pointer down; IndexBuildError when
     there is no CURRENT yet."""
     current, etag = read_current(store, name)
     if current is None:
-        raise IndexStoreError(
+        raise IndexBuildError(
             f"index {name} has no CURRENT version in {store.uri}: publish one first "
             "(`glassfinder demo`, or the glassfinder_catalog_reindex DAG)"
         )
@@ -711,10 +713,10 @@ def rollback(store: ObjectStore, name: str, *, to: int | None = None, reason: st
     """Move CURRENT back to `to` (default: CURRENT's parent). No gate: this is the way back."""
     current, etag = read_current(store, name)
     if current is None:
-        raise IndexStoreError(f"index {name} has no CURRENT version to roll back in {store.uri}")
+        raise IndexRequestError(f"index {name} has no CURRENT version to roll back in {store.uri}")
     target = to if to is not None else read_manifest(store, name, int(current["version"])).get("parent")
     if target is None:
-        raise IndexStoreError(
+        raise IndexRequestError(
             f"index {name} v{current['version']} has no parent: name the version to roll back to"
         )
     _, _, raw_sha = _fetch(store, name, int(target), None)
@@ -738,7 +740,7 @@ def gc(store: ObjectStore, name: str, *, keep: int, dry_run: bool = False) -> li
     and go too. Returns the versions deleted.
     """
     if keep < 1:
-        raise GlassFinderError(f"gc keep must be >= 1, got {keep}")
+        raise BadInputError(f"gc keep must be >= 1, got {keep}")
     versions = list_versions(store, name)
     current, _ = read_current(store, name)
     protected = {int(current["version"])} if current else set()

@@ -8,7 +8,7 @@ from itertools import pairwise
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError
 
 
 def _fold_sequential(seq: nn.Sequential) -> None:
@@ -42,7 +42,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     The copy's state dict has other keys: it is for running, never for saving or training.
     """
     if model.training:
-        raise GlassFinderError("fold_batchnorm needs an eval-mode model (it folds running statistics)")
+        raise FaultError("fold_batchnorm needs an eval-mode model (it folds running statistics)")
     folded = copy.deepcopy(model)
     for module in list(folded.modules()):
         if isinstance(module, nn.Sequential):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from glassfinder.errors import GlassFinderError, PretrainedWeightsError
+from glassfinder.errors import BadInputError, PretrainedWeightsError
 
 #: torchvision's inverted-residual settings: (expansion t, channels c, repeats n, first stride s).
 INVERTED_RESIDUAL_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -67,7 +67,7 @@ def mobilenet_v2_features(depth: int = FULL_DEPTH) -> tuple[nn.Sequential, int]:
     depth 17 stops after the 160-channel stage (stride 32); 19 is the whole trunk (1280 channels).
     """
     if not 2 <= depth <= FULL_DEPTH:
-        raise GlassFinderError(f"MobileNetV2 depth must be 2..{FULL_DEPTH}, got {depth}")
+        raise BadInputError(f"MobileNetV2 depth must be 2..{FULL_DEPTH}, got {depth}")
     layers: list[nn.Module] = [_conv_bn_relu(3, 32, 3, 2)]
     cin = 32
     for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:

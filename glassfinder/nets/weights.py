@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError, GlassFinderError
 
 
 def model_sha(weights: bytes) -> str:
@@ -22,7 +22,7 @@ def model_sha(weights: bytes) -> str:
     return hashlib.sha256(weights).hexdigest()[:16]
 
 
-def read_weights(data: bytes, where: str, what: str, error: type[GlassFinderError] = GlassFinderError) -> Any:
+def read_weights(data: bytes, where: str, what: str, error: type[GlassFinderError] = FaultError) -> Any:
     """The tensors and plain data of a weights file; `what` names it in errors ("model weights")."""
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -35,11 +35,11 @@ def load_into(
 ) -> None:
     """Load `state` into `net`, strictly; weights named `allow_missing_prefix`... may be missing."""
     if not isinstance(state, dict):
-        raise GlassFinderError(f"{what} {where}: expected a state dict, got {type(state).__name__}")
+        raise FaultError(f"{what} {where}: expected a state dict, got {type(state).__name__}")
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except Exception as exc:  # a tensor of the wrong shape
-        raise GlassFinderError(f"{what} {where} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+        raise FaultError(f"{what} {where} cannot be loaded ({type(exc).__name__}: {exc})") from exc
     wrong = list(unexpected) + [k for k in missing if not k.startswith(allow_missing_prefix or "\0")]
     if wrong:
-        raise GlassFinderError(f"{what} {where} do not fit this network: {wrong[:5]}")
+        raise FaultError(f"{what} {where} do not fit this network: {wrong[:5]}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from glassfinder.errors import GlassFinderError, ObjectNotFoundError
+from glassfinder.errors import BadInputError, CorruptStoreFileError, FaultError, ObjectNotFoundError
 from glassfinder.layout import render_spec_key as spec_key
+from glassfinder.pipeline.artefacts import Batch
 from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.packshot import load_packshot_spec
 from glassfinder.render.spec import RenderSpec
@@ -28,30 +29,28 @@ def load_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec:
     try:
         text = store.get(spec_key(spec_hash)).decode()
     except ObjectNotFoundError:
-        raise GlassFinderError(
-            f"render spec {spec_hash} is not in {store.uri}/{spec_key(spec_hash)}"
-        ) from None
+        raise FaultError(f"render spec {spec_hash} is not in {store.uri}/{spec_key(spec_hash)}") from None
     spec = RenderSpec.from_json(text, where=f"{store.uri}/{spec_key(spec_hash)}")
     if spec.spec_hash != spec_hash:
-        raise GlassFinderError(
+        raise CorruptStoreFileError(
             f"{store.uri}/{spec_key(spec_hash)} holds spec {spec.spec_hash}, not {spec_hash}"
         )
     return spec
 
 
-def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
+def render_batch(batch: Batch) -> dict[str, Any]:
     """Render the batch's assets under every spec of the plan; returns the batch with the figures."""
-    store = open_store(batch["store"])
+    store = open_store(batch.store)
     figures: dict[str, Any] = {"rendered": 0, "views": 0, "skipped": 0, "seconds": 0.0, "quarantined": []}
     figures |= {"packshots": 0, "packshot_seconds": 0.0}
     pids: set[int] = set()
-    packshot = batch.get("packshot_spec")
+    packshot = batch.packshot_spec
     reports = render_catalog_specs(
-        batch["manifest"],
-        [load_saved_spec(store, h) for h in batch["render_specs"]],
+        batch.catalog.uri,
+        [load_saved_spec(store, h) for h in batch.render_specs],
         store,
-        workers=batch.get("render_workers"),
-        assets=batch["assets"],
+        workers=batch.render_workers,
+        assets=batch.assets,
         packshot=load_packshot_spec(store, packshot) if packshot else None,
     )
     for report in reports:
@@ -70,8 +69,8 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
     log.info(
         "batch %d: %d assets, %d renders made (%d views), %d packshots, %d already there, %d quarantined "
         "in %.1f s by %d process(es)",
-        batch["batch"],
-        len(batch["assets"]),
+        batch.index,
+        len(batch.assets),
         figures["rendered"],
         figures["views"],
         figures["packshots"],
@@ -80,27 +79,28 @@ def render_batch(batch: dict[str, Any]) -> dict[str, Any]:
         figures["seconds"],
         figures["worker_processes"],
     )
-    return {**batch, "render": figures}
+    return {**batch.to_json(), "render": figures}
 
 
-def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """Embed the batch's rendered assets with the plan's pinned model; returns the figures."""
+def embed_batch(batch: Batch, render: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Embed the batch's rendered assets with the plan's pinned model; returns the figures
+    (with `render`, the figures of the task that rendered the batch, for the run's record)."""
     # embed.infer, embed.job, embed.registry pull torch: kept off the DAG-parse path
     from glassfinder.embed.infer import Embedder
     from glassfinder.embed.job import embed_catalog
     from glassfinder.embed.registry import load_model
 
-    if not batch.get("embed"):
-        raise GlassFinderError(f"batch {batch.get('batch')} has no model to embed with (a render-only plan)")
-    store = open_store(batch["store"])
-    loaded = load_model(store, batch["embed"]["model"])
-    embedder = Embedder(loaded.model, device=batch.get("device"))
+    if batch.embed is None:
+        raise BadInputError(f"batch {batch.index} has no model to embed with (a render-only plan)")
+    store = open_store(batch.store)
+    loaded = load_model(store, batch.embed.ref)
+    embedder = Embedder(loaded.model, device=batch.device)
     report = embed_catalog(
-        store, batch["embed"]["spec_hash"], embedder, loaded.sha, assets=batch["assets"], decode_workers=None
+        store, batch.embed.spec_hash, embedder, loaded.sha, assets=list(batch.assets), decode_workers=None
     )
     log.info(
         "batch %d: %d feature shards written (%d views), %d already there, %d unreadable in %.1f s on %s",
-        batch["batch"],
+        batch.index,
         report.embedded,
         report.views,
         report.skipped,
@@ -109,13 +109,13 @@ def embed_batch(batch: dict[str, Any]) -> dict[str, Any]:
         embedder.device,
     )
     return {
-        "batch": batch["batch"],
-        "assets": len(batch["assets"]),
+        "batch": batch.index,
+        "assets": len(batch.assets),
         "embedded": report.embedded,
         "views": report.views,
         "skipped": report.skipped,
         "quarantined": report.quarantined,
         "seconds": report.seconds,
         "device": str(embedder.device),
-        "render": batch.get("render"),
+        "render": render,
     }

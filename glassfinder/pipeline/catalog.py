@@ -25,8 +25,9 @@ from glassfinder.catalog.ingest import (
     read_catalog,
     write_catalog_manifest,
 )
+from glassfinder.catalog.snapshot import pin_rows
 from glassfinder.catalog.sources import roots_from_env
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import ParamError
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -59,8 +60,10 @@ def _result(
     changed: list[str],
     removed: list[str],
 ) -> dict[str, Any]:
+    """The stage's result; `snapshot` pins the rows just written for the rest of the run."""
     return {
         "manifest": f"{store.uri}/{CATALOG_MANIFEST_KEY}",
+        "snapshot": pin_rows(store, rows).to_json(),
         "products": len(rows),
         "changed": changed,
         "removed": removed,
@@ -97,9 +100,7 @@ def _delta_uri(store: ObjectStore, products: list[dict[str, Any]]) -> str:
     rows = []
     for i, row in enumerate(products):
         if not isinstance(row, dict):
-            raise GlassFinderError(
-                f"products[{i}] must be an object with product_id and asset_uri, got {row!r}"
-            )
+            raise ParamError(f"products[{i}] must be an object with product_id and asset_uri, got {row!r}")
         asset = str(row.get("asset_uri") or "")
         if asset and "://" not in asset and not asset.startswith("/"):
             asset = f"{store.uri}/{asset}"

@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from glassfinder import layout, settings
-from glassfinder.errors import GlassFinderError, ParamError
+from glassfinder.errors import BadInputError, GlassFinderError, ParamError, RetryableError
 from glassfinder.index.versions import GateConfig
 from glassfinder.render.spec import RenderSpec, load_spec
 
@@ -356,7 +356,7 @@ def param_specs(dag: str) -> dict[str, dict[str, Any]]:
     if dag == "training":
         keep = ("store", "model", "device", "assets_per_batch", "max_batches", "render_workers")
         return {**_training_params(), **{k: common[k] for k in keep}}
-    raise GlassFinderError(f"unknown DAG kind {dag!r}: expected reindex, onboarding or training")
+    raise BadInputError(f"unknown DAG kind {dag!r}: expected reindex, onboarding or training")
 
 
 def _get(params: Mapping[str, Any], specs: dict[str, dict[str, Any]], name: str) -> Any:
@@ -366,6 +366,8 @@ def _get(params: Mapping[str, Any], specs: dict[str, dict[str, Any]], name: str)
 def _spec(name: str, value: Any) -> RenderSpec:
     try:
         return load_spec(value if isinstance(value, str) else json.dumps(value))
+    except RetryableError:
+        raise
     except GlassFinderError as exc:
         raise ParamError(f"param {name!r}: {exc}") from exc
 

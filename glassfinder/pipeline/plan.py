@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glassfinder import layout
-from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.errors import GlassFinderError, ObjectExistsError
+from glassfinder.catalog.snapshot import CatalogSnapshot, read_catalog_rows
+from glassfinder.errors import ObjectExistsError, ParamError
+from glassfinder.pipeline.artefacts import Batch, EmbedTarget, RunPlan
 from glassfinder.render.job import known_quarantine
 from glassfinder.render.packshot import PackshotSpec, missing_packshots, save_packshot_spec
 from glassfinder.render.spec import RenderSpec
-from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def batch_size_for(count: int, assets_per_batch: int, max_batches: int) -> int:
     """Assets per batch: at least `assets_per_batch`, and few enough batches to stay within `max_batches`."""
     if assets_per_batch < 1 or max_batches < 1:
-        raise GlassFinderError(
+        raise ParamError(
             f"assets_per_batch and max_batches must be >= 1, got {assets_per_batch} and {max_batches}"
         )
     return max(assets_per_batch, math.ceil(count / max_batches)) if count else assets_per_batch
@@ -75,10 +75,10 @@ class _Work:
 
 def plan_work(
     store: ObjectStore,
-    manifest_uri: str,
+    catalog: CatalogSnapshot,
     render_specs: Sequence[RenderSpec],
     *,
-    embed: tuple[str, str, str] | None = None,
+    embed: EmbedTarget | None = None,
     product_ids: Sequence[str] | None = None,
     limit: int | None = None,
     assets_per_batch: int,
@@ -86,59 +86,59 @@ def plan_work(
     render_workers: int | None = None,
     device: str | None = None,
     packshot: PackshotSpec | None = None,
-) -> dict[str, Any]:
+) -> RunPlan:
     """The plan of a run: counts, and the batches of assets with something to do.
 
-    embed: (model name, model sha, spec hash) whose feature shards the run must have, or None
-        when the run only renders (training data).
+    catalog: the run's pinned catalogue (read here once; the batches name the same snapshot).
+    embed: the model and spec whose feature shards the run must have, or None when the run only
+        renders (training data).
     product_ids: only these products (onboarding); default every row of the manifest.
     packshot: the packshot spec every asset must have packshots under (None: the run makes none,
         as the training-data run); an asset whose try-on render failed for good gets none.
     """
-    rows = _manifest_rows(manifest_uri, product_ids, limit)
+    rows = _manifest_rows(catalog, product_ids, limit)
     spec_hashes = [save_spec(store, s) for s in render_specs]
     assets = _assets_of(rows)
     existing = _existing(store, spec_hashes, list(assets), embed, packshot)
     todo = _work_to_do(assets, spec_hashes, existing, embed)
     size = batch_size_for(len(todo.work), assets_per_batch, max_batches)
-    shared = {
-        "store": store.uri,
-        "manifest": manifest_uri,
-        "render_specs": spec_hashes,
-        "embed": {"model": f"{embed[0]}@{embed[1]}", "spec_hash": embed[2]} if embed else None,
-        "render_workers": render_workers,
-        "device": device,
-        "packshot_spec": packshot.spec_hash if packshot else None,
-    }
-    batches = [
-        {**shared, "batch": i, "assets": todo.work[start : start + size]}
+    batches = tuple(
+        Batch(
+            index=i,
+            store=store.uri,
+            catalog=catalog,
+            render_specs=tuple(spec_hashes),
+            embed=embed,
+            render_workers=render_workers,
+            device=device,
+            packshot_spec=packshot.spec_hash if packshot else None,
+            assets=tuple(todo.work[start : start + size]),
+        )
         for i, start in enumerate(range(0, len(todo.work), size))
-    ]
-    plan = {
-        "manifest": manifest_uri,
-        "products": len(rows),
-        "assets": len(assets),
-        "reused": len(assets)
-        - len(todo.work)
-        - len({q["asset_sha256"] for q in todo.known} - set(todo.work)),
-        "to_render": todo.to_render,
-        "to_embed": todo.to_embed,
-        "to_packshot": todo.to_packshot,
-        "known_quarantined": todo.known,
-        "render_specs": spec_hashes,
-        "embed": shared["embed"],
-        "assets_per_batch": size,
-        "batches": batches,
-    }
-    _log_plan(plan, len(rows), len(assets), todo)
+    )
+    plan = RunPlan(
+        catalog=catalog,
+        products=len(rows),
+        assets=len(assets),
+        reused=len(assets) - len(todo.work) - len({q["asset_sha256"] for q in todo.known} - set(todo.work)),
+        to_render=todo.to_render,
+        to_embed=todo.to_embed,
+        to_packshot=todo.to_packshot,
+        known_quarantined=todo.known,
+        render_specs=tuple(spec_hashes),
+        embed=embed,
+        assets_per_batch=size,
+        batches=batches,
+    )
+    _log_plan(plan, todo)
     return plan
 
 
 def _manifest_rows(
-    manifest_uri: str, product_ids: Sequence[str] | None, limit: int | None
+    catalog: CatalogSnapshot, product_ids: Sequence[str] | None, limit: int | None
 ) -> list[dict[str, Any]]:
-    """The manifest's rows the run covers: the first `limit`, then only `product_ids` if given."""
-    rows = read_manifest_rows(*open_object(manifest_uri))[:limit]
+    """The catalogue's rows the run covers: the first `limit`, then only `product_ids` if given."""
+    rows = read_catalog_rows(catalog.uri)[0][:limit]
     if product_ids is not None:
         wanted = set(product_ids)
         rows = [r for r in rows if str(r.get("product_id")) in wanted]
@@ -159,14 +159,14 @@ def _existing(
     store: ObjectStore,
     spec_hashes: list[str],
     assets: list[str],
-    embed: tuple[str, str, str] | None,
+    embed: EmbedTarget | None,
     packshot: PackshotSpec | None,
 ) -> _Existing:
     """List what is already done; also stores the packshot spec, so the batches can name it."""
     existing = _Existing(
         rendered={h: _listed(store, layout.render_prefix(h)) for h in spec_hashes},
         final={h: known_quarantine(store, h) for h in spec_hashes},
-        featured=_listed(store, layout.feature_prefix(embed[1], embed[2])) if embed else set(),
+        featured=_listed(store, layout.feature_prefix(embed.sha, embed.spec_hash)) if embed else set(),
         lacking=set(missing_packshots(store, packshot, assets)) if packshot else set(),
     )
     if packshot:
@@ -178,7 +178,7 @@ def _work_to_do(
     assets: dict[str, list[str]],
     spec_hashes: list[str],
     existing: _Existing,
-    embed: tuple[str, str, str] | None,
+    embed: EmbedTarget | None,
 ) -> _Work:
     """Per asset: the renders, features and packshots it lacks; an asset whose failure under a
     spec is final is reported (known), not retried, and gets no features or packshots."""
@@ -192,11 +192,11 @@ def _work_to_do(
             elif layout.render_shard_key(h, sha) not in existing.rendered[h]:
                 todo.to_render[h] += 1
                 needs = True
-        broken = embed is not None and sha in final.get(embed[2], {})
+        broken = embed is not None and sha in final.get(embed.spec_hash, {})
         if (
             embed
             and not broken
-            and layout.feature_shard_key(embed[1], embed[2], sha) not in existing.featured
+            and layout.feature_shard_key(embed.sha, embed.spec_hash, sha) not in existing.featured
         ):
             todo.to_embed += 1
             needs = True
@@ -208,17 +208,17 @@ def _work_to_do(
     return todo
 
 
-def _log_plan(plan: dict[str, Any], products: int, assets: int, todo: _Work) -> None:
+def _log_plan(plan: RunPlan, todo: _Work) -> None:
     log.info(
         "plan: %d products, %d assets: %d reused, %s to render, %d to embed, %d to packshot, "
         "%d known broken; %d batches of up to %d assets",
-        products,
-        assets,
-        plan["reused"],
+        plan.products,
+        plan.assets,
+        plan.reused,
         todo.to_render,
         todo.to_embed,
         todo.to_packshot,
         len(todo.known),
-        len(plan["batches"]),
-        plan["assets_per_batch"],
+        len(plan.batches),
+        plan.assets_per_batch,
     )

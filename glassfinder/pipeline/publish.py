@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from glassfinder.errors import BadInputError
 from glassfinder.index.pipeline import (
     PublishOutcome,
+    PublishRequest,
     current_embed_target,
     current_manifest,
     publish_changes,
@@ -18,6 +20,7 @@ from glassfinder.index.pipeline import (
     summary_of,
 )
 from glassfinder.index.versions import PublishResult
+from glassfinder.pipeline.artefacts import EmbedTarget, RunPlan
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.store import open_store
 from glassfinder.store.base import ObjectStore
@@ -49,49 +52,48 @@ def _task_result(outcome: PublishOutcome) -> dict[str, Any]:
     return _published(outcome.result, outcome.report)
 
 
-def _query_spec(cfg: PipelineConfig) -> str | None:
-    return cfg.query_spec.spec_hash if cfg.query_spec else None
-
-
-def publish_full(cfg: PipelineConfig, plan: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild the index from every catalogue product's features and publish it, unless unchanged."""
-    embed = plan["embed"]
-    outcome = publish_if_changed(
-        open_store(cfg.store),
-        cfg.index,
-        manifest_uri=plan["manifest"],
-        model_ref=embed["model"],
-        spec_hash=embed["spec_hash"],
-        query_spec=_query_spec(cfg),
+def _request(cfg: PipelineConfig, plan: RunPlan, embed: EmbedTarget | None) -> PublishRequest:
+    """The run's params and plan as one publish: the pinned catalogue, the plan's pinned model."""
+    return PublishRequest(
+        name=cfg.index,
+        manifest_uri=plan.catalog.uri,
+        model_ref=embed.ref if embed else None,
+        spec_hash=embed.spec_hash if embed else None,
+        query_spec=cfg.query_spec.spec_hash if cfg.query_spec else None,
         gate=cfg.gate,
         force_reason=cfg.force_reason,
         device=cfg.device,
     )
+
+
+def _target(plan: RunPlan) -> EmbedTarget:
+    if plan.embed is None:
+        raise BadInputError("the plan has no embedding target (a render-only plan cannot publish an index)")
+    return plan.embed
+
+
+def publish_full(cfg: PipelineConfig, plan: RunPlan) -> dict[str, Any]:
+    """Rebuild the index from the run's pinned catalogue and publish it, unless unchanged."""
+    embed = _target(plan)
+    outcome = publish_if_changed(open_store(cfg.store), _request(cfg, plan, embed))
     return _task_result(outcome)
 
 
-def index_embed_target(store: ObjectStore, cfg: PipelineConfig) -> tuple[str, str, str] | None:
-    """(model name, model sha, spec hash) CURRENT's index was built with, or None without CURRENT."""
-    return current_embed_target(store, cfg.index)
+def index_embed_target(store: ObjectStore, cfg: PipelineConfig) -> EmbedTarget | None:
+    """The model and spec CURRENT's index was built with, or None without CURRENT."""
+    found = current_embed_target(store, cfg.index)
+    return EmbedTarget(*found) if found else None
 
 
-def publish_incremental(cfg: PipelineConfig, plan: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def publish_incremental(cfg: PipelineConfig, plan: RunPlan, changes: dict[str, Any]) -> dict[str, Any]:
     """Publish a child of CURRENT with the changed products added and the removed ones gone.
 
     Without a CURRENT version there is nothing to derive from: a full build is published instead.
     """
-    embed = plan["embed"]
     outcome = publish_changes(
         open_store(cfg.store),
-        cfg.index,
-        manifest_uri=plan["manifest"],
+        _request(cfg, plan, plan.embed),
         changed=list(changes["changed"]),
         removed=list(changes["removed"]),
-        model_ref=embed["model"] if embed else None,
-        spec_hash=embed["spec_hash"] if embed else None,
-        query_spec=_query_spec(cfg),
-        gate=cfg.gate,
-        force_reason=cfg.force_reason,
-        device=cfg.device,
     )
     return _task_result(outcome)

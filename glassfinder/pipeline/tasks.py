@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
-from glassfinder.errors import GlassFinderError, NoModelError, RetryableError
+from glassfinder.catalog.snapshot import CatalogSnapshot, pin_live
+from glassfinder.errors import BadInputError, GlassFinderError, NoModelError, RetryableError
 from glassfinder.pipeline import catalog as catalog_stage
 from glassfinder.pipeline import publish as publish_stage
+from glassfinder.pipeline.artefacts import Batch, EmbedTarget, RunPlan
 from glassfinder.pipeline.batches import embed_batch, load_saved_spec, render_batch
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.pipeline.plan import plan_work
@@ -45,27 +47,30 @@ def _fail_fast(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _waiting_for_a_model(
-    cfg: PipelineConfig, catalog: Mapping[str, Any], exc: NoModelError
-) -> dict[str, Any]:
+def _snapshot(catalog: Mapping[str, Any]) -> CatalogSnapshot:
+    """The catalogue the upstream catalogue task pinned for this run."""
+    return CatalogSnapshot.from_json(catalog.get("snapshot"), where="catalogue result.snapshot")
+
+
+def _waiting_for_a_model(cfg: PipelineConfig, catalog: CatalogSnapshot, exc: NoModelError) -> dict[str, Any]:
     """An empty plan that says why: nothing can be indexed before a model is published."""
     log.warning("%s", exc)
     empty = plan_work(
         open_store(cfg.store),
-        catalog["manifest"],
+        catalog,
         [],
         product_ids=[],
         assets_per_batch=cfg.assets_per_batch,
         max_batches=cfg.max_batches,
     )
-    return {**empty, "no_model": str(exc)}
+    return empty.waiting_for_a_model(str(exc)).to_json()
 
 
-def _no_model_result(plan: Mapping[str, Any]) -> dict[str, Any]:
-    return {"published": False, "reason": "no model yet", "version": None, "message": plan["no_model"]}
+def _no_model_result(plan: RunPlan) -> dict[str, Any]:
+    return {"published": False, "reason": "no model yet", "version": None, "message": plan.no_model}
 
 
-def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
+def _model_target(cfg: PipelineConfig) -> EmbedTarget:
     from glassfinder.embed.registry import current_sha  # pulls torch: kept off the DAG-parse path
 
     sha, _ = current_sha(open_store(cfg.store), cfg.model)
@@ -74,7 +79,7 @@ def _model_target(cfg: PipelineConfig) -> tuple[str, str, str]:
             f"no model named {cfg.model!r} is published in {cfg.store}: run the glassfinder_training_data "
             "DAG with train=true (or `glassfinder train`) first"
         )
-    return cfg.model, sha, cfg.catalog_spec.spec_hash
+    return EmbedTarget(cfg.model, sha, cfg.catalog_spec.spec_hash)
 
 
 # --- catalogue ----------------------------------------------------------------------------------
@@ -102,13 +107,14 @@ def plan_reindex(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[
     empty and says why, so the run records "no model yet" instead of failing.
     """
     cfg = PipelineConfig.from_params(params)
+    pinned = _snapshot(catalog)
     try:
         target = _model_target(cfg)
     except NoModelError as exc:
-        return _waiting_for_a_model(cfg, catalog, exc)
+        return _waiting_for_a_model(cfg, pinned, exc)
     return plan_work(
         open_store(cfg.store),
-        catalog["manifest"],
+        pinned,
         cfg.specs,
         embed=target,
         assets_per_batch=cfg.assets_per_batch,
@@ -116,7 +122,7 @@ def plan_reindex(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> dict[
         render_workers=cfg.render_workers,
         device=cfg.device,
         packshot=PACKSHOT_SPEC,
-    )
+    ).to_json()
 
 
 @_fail_fast
@@ -124,18 +130,18 @@ def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> di
     """Only the changed products, embedded exactly as the CURRENT index's own vectors were."""
     cfg = PipelineConfig.from_params(params)
     store = open_store(cfg.store)
+    pinned = _snapshot(catalog)
     try:
         target = publish_stage.index_embed_target(store, cfg) or _model_target(cfg)
     except NoModelError as exc:
-        return _waiting_for_a_model(cfg, catalog, exc)
-    specs = [
-        load_saved_spec(store, target[2]) if target[2] != cfg.catalog_spec.spec_hash else cfg.catalog_spec
-    ]
+        return _waiting_for_a_model(cfg, pinned, exc)
+    same = target.spec_hash == cfg.catalog_spec.spec_hash
+    specs = [cfg.catalog_spec if same else load_saved_spec(store, target.spec_hash)]
     if cfg.query_spec:
         specs.append(cfg.query_spec)
     return plan_work(
         store,
-        catalog["manifest"],
+        pinned,
         specs,
         embed=target,
         product_ids=list(catalog["changed"]),
@@ -144,7 +150,7 @@ def plan_onboarding(params: Mapping[str, Any], catalog: Mapping[str, Any]) -> di
         render_workers=cfg.render_workers,
         device=cfg.device,
         packshot=PACKSHOT_SPEC,
-    )
+    ).to_json()
 
 
 @_fail_fast
@@ -154,52 +160,56 @@ def plan_training(params: Mapping[str, Any]) -> dict[str, Any]:
     cfg = PipelineConfig.from_params(params)
     store = open_store(cfg.store)
     if not store.exists(CATALOG_MANIFEST_KEY):
-        raise GlassFinderError(
+        raise BadInputError(
             f"no catalogue in {store.uri} ({CATALOG_MANIFEST_KEY}): run glassfinder_catalog_reindex "
             "or `glassfinder catalog ingest` first"
         )
     return plan_work(
         store,
-        f"{store.uri}/{CATALOG_MANIFEST_KEY}",
+        pin_live(store),
         [spec],
         limit=params.get("limit_products"),
         assets_per_batch=cfg.assets_per_batch,
         max_batches=cfg.max_batches,
         render_workers=cfg.render_workers,
-    )
+    ).to_json()
 
 
+@_fail_fast
 def batches_of(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The batches to map the render and embed tasks over."""
-    return list(plan["batches"])
+    return [b.to_json() for b in RunPlan.from_json(dict(plan)).batches]
 
 
 # --- mapped stages ------------------------------------------------------------------------------
 @_fail_fast
 def render(batch: dict[str, Any]) -> dict[str, Any]:
-    return render_batch(batch)
+    return render_batch(Batch.from_json(batch))
 
 
 @_fail_fast
 def embed(batch: dict[str, Any]) -> dict[str, Any]:
-    return embed_batch(batch)
+    """`batch` is the render task's result: the batch, plus its render figures."""
+    return embed_batch(Batch.from_json(batch), render=batch.get("render"))
 
 
 # --- publishing and training --------------------------------------------------------------------
 @_fail_fast
 def publish_reindex(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
-    if plan.get("no_model"):
-        return _no_model_result(plan)
-    return publish_stage.publish_full(PipelineConfig.from_params(params), dict(plan))
+    planned = RunPlan.from_json(dict(plan))
+    if planned.no_model:
+        return _no_model_result(planned)
+    return publish_stage.publish_full(PipelineConfig.from_params(params), planned)
 
 
 @_fail_fast
 def publish_onboarding(
     params: Mapping[str, Any], plan: Mapping[str, Any], catalog: Mapping[str, Any]
 ) -> dict[str, Any]:
-    if plan.get("no_model"):
-        return _no_model_result(plan)
-    return publish_stage.publish_incremental(PipelineConfig.from_params(params), dict(plan), dict(catalog))
+    planned = RunPlan.from_json(dict(plan))
+    if planned.no_model:
+        return _no_model_result(planned)
+    return publish_stage.publish_incremental(PipelineConfig.from_params(params), planned, dict(catalog))
 
 
 def should_train(params: Mapping[str, Any]) -> bool:
@@ -208,7 +218,7 @@ def should_train(params: Mapping[str, Any]) -> bool:
 
 @_fail_fast
 def train(params: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
-    return train_and_register(PipelineConfig.from_params(params), params, dict(plan))
+    return train_and_register(PipelineConfig.from_params(params), params, RunPlan.from_json(dict(plan)))
 
 
 # --- summary ------------------------------------------------------------------------------------

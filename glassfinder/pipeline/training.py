@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from glassfinder.errors import GlassFinderError, ParamError
+from glassfinder.errors import GlassFinderError, ParamError, RetryableError
+from glassfinder.pipeline.artefacts import RunPlan
 from glassfinder.pipeline.config import PipelineConfig, check_params, param_specs, work_dir
 from glassfinder.render.spec import RenderSpec, load_spec
 from glassfinder.store import open_store
@@ -79,18 +80,18 @@ def train_config(params: Mapping[str, Any], spec_hash: str, store: ObjectStore) 
             model=model,
             init_from=init_from,
         )
+    except RetryableError:
+        raise  # a store outage while resolving the starting model: Airflow's retries are for it
     except GlassFinderError as exc:
         raise ParamError(f"training params: {exc.speak('dag')}") from exc
 
 
-def train_and_register(
-    cfg: PipelineConfig, params: Mapping[str, Any], plan: dict[str, Any]
-) -> dict[str, Any]:
+def train_and_register(cfg: PipelineConfig, params: Mapping[str, Any], plan: RunPlan) -> dict[str, Any]:
     """Train on the plan's training shards, publish the model as cfg.model and move its CURRENT."""
     from glassfinder.embed.train import train_and_publish  # torch: kept off the DAG-parse path
 
     store, name = open_store(cfg.store), cfg.model
-    (spec_hash,) = plan["render_specs"]
+    (spec_hash,) = plan.render_specs
     config = train_config(params, spec_hash, store)
     # Checkpoints per (spec, config): a retried task resumes where the failed attempt stopped.
     run_key = hashlib.sha256(config.to_json().encode()).hexdigest()[:12]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from glassfinder import settings
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError, FaultError
 
 PLATFORMS = ("egl", "osmesa")
 
@@ -18,10 +18,10 @@ def select_platform() -> str:
     """Set PYOPENGL_PLATFORM once, before any OpenGL import, and return it."""
     wanted = settings.env(settings.GL_PLATFORM_ENV) or settings.env("PYOPENGL_PLATFORM") or "egl"
     if wanted not in PLATFORMS:
-        raise GlassFinderError(f"GLASSFINDER_GL_PLATFORM must be one of {PLATFORMS}, got {wanted!r}")
+        raise BadInputError(f"GLASSFINDER_GL_PLATFORM must be one of {PLATFORMS}, got {wanted!r}")
     current = settings.env("PYOPENGL_PLATFORM") or None
     if "OpenGL" in sys.modules and current != wanted:
-        raise GlassFinderError(
+        raise FaultError(
             f"OpenGL was imported with platform {current!r} before GlassFinder could select {wanted!r}; "
             "import glassfinder.render first"
         )

@@ -34,10 +34,12 @@ import pyarrow as pa
 from glassfinder import layout, settings
 from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.loader import import_glb
-from glassfinder.catalog.manifest import read_manifest_rows
+from glassfinder.catalog.snapshot import read_catalog_rows
 from glassfinder.errors import (
     AssetUnavailableError,
     BadAssetError,
+    BadInputError,
+    FaultError,
     GlassFinderError,
     ObjectExistsError,
     RenderWorkerError,
@@ -334,8 +336,8 @@ def _render_one(task: AssetTask) -> dict[str, Any]:
             crop_store=out,
             photo_renderer=_WORKER["photo_renderer"],
         )
-    except StoreError:
-        raise  # an outage or a permission problem: the task fails and Airflow retries it
+    except (StoreError, FaultError):
+        raise  # an outage, a permission problem or our own fault: the task fails (and is retried)
     except GlassFinderError as exc:
         # The asset's fault (bad bytes, a frame that cannot be fitted): quarantined, for good
         # unless it could not be fetched. Anything else (a bug, a GL failure) fails the task.
@@ -416,7 +418,12 @@ def run_tasks(
             for task in tasks:
                 yield _checked(_render_task(task))
         finally:
+            renderer = _WORKER.get("renderer")
             _WORKER.clear()
+            if renderer is not None:
+                # Now, not whenever a traceback holding it is collected: the EGL display is
+                # shared, and a late delete terminates the next in-process renderer's display.
+                renderer.close()
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
@@ -480,7 +487,7 @@ def _photo_bank(spec: RenderSpec, out: ObjectStore, report: RenderReport) -> lis
         for b in bad_photos
     )
     if not photos:
-        raise GlassFinderError(f"photo bank {bank} has no usable face photo")
+        raise BadInputError(f"photo bank {bank} has no usable face photo")
     return photos
 
 
@@ -585,7 +592,7 @@ def render_catalog_specs(
     start = time.perf_counter()
     reports = {s.spec_hash: RenderReport(spec_hash=s.spec_hash) for s in specs}
     mstore, mkey = open_object(manifest_uri)
-    rows = read_manifest_rows(mstore, mkey)[:limit]
+    rows = read_catalog_rows(manifest_uri)[0][:limit]
     if assets is not None:
         wanted = set(assets)
         rows = [r for r in rows if r.get("asset_sha256") in wanted]

@@ -21,7 +21,14 @@ from PIL import Image, ImageFilter
 
 from glassfinder import layout
 from glassfinder.catalog.loader import import_glb
-from glassfinder.errors import BadInputError, GlassFinderError, ObjectExistsError, ObjectNotFoundError
+from glassfinder.errors import (
+    BadAssetError,
+    BadInputError,
+    CorruptStoreFileError,
+    FaultError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+)
 from glassfinder.render.spec import ContentAddressed
 from glassfinder.store.base import ObjectStore
 
@@ -97,9 +104,11 @@ def load_packshot_spec(store: ObjectStore, spec_hash: str) -> PackshotSpec:
     try:
         spec = PackshotSpec.from_json(store.get(key).decode(), where=f"{store.uri}/{key}")
     except ObjectNotFoundError:
-        raise GlassFinderError(f"packshot spec {spec_hash} is not in {store.uri}/{key}") from None
+        raise FaultError(f"packshot spec {spec_hash} is not in {store.uri}/{key}") from None
     if spec.spec_hash != spec_hash:
-        raise GlassFinderError(f"{store.uri}/{key} holds packshot spec {spec.spec_hash}, not {spec_hash}")
+        raise CorruptStoreFileError(
+            f"{store.uri}/{key} holds packshot spec {spec.spec_hash}, not {spec_hash}"
+        )
     return spec
 
 
@@ -250,7 +259,7 @@ def packshot_asset(
     try:
         asset = AssetMeshes(import_glb(data))
     except Exception as exc:  # any parser error: these bytes will never load
-        raise GlassFinderError(f"asset {where} cannot be loaded for its packshots: {exc}") from exc
+        raise BadAssetError(f"asset {where} cannot be loaded for its packshots: {exc}") from exc
     images = render_packshots(asset, renderer, spec, fixed_lens=fixed_lens)
     encoded = {name: encode_png(rgb) for name, rgb in images.items()}
     return encoded, time.perf_counter() - start

@@ -92,8 +92,8 @@ class PreviewRenderer:
                 pyrender.DirectionalLight(intensity=intensity),
                 pose=_look_at(np.asarray(direction), np.zeros(3)),
             )
-        color, _ = self._renderer.render(ps)
-        return np.asarray(color[..., :3])
+        colour, _ = self._renderer.render(ps)
+        return np.asarray(colour[..., :3])
 
     def close(self) -> None:
         self._renderer.delete()

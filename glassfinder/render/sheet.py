@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from glassfinder.catalog.ingest import resolve_asset
 from glassfinder.catalog.loader import import_glb
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import NotFoundError
 from glassfinder.heads.procedural import head
 from glassfinder.render.spec import RenderSpec, plan_view
 from glassfinder.render.tryon import AssetMeshes, TryOnRenderer
@@ -22,7 +22,7 @@ def tryon_sheet(
     rows = {str(r["product_id"]): r for r in read_manifest_rows(mstore, mkey)}
     row = rows.get(product_id)
     if row is None:
-        raise GlassFinderError(f"product {product_id!r} is not in {manifest_uri}")
+        raise NotFoundError(f"product {product_id!r} is not in {manifest_uri}")
     store, key = resolve_asset(mstore, mkey, str(row["asset_uri"]))
     asset = AssetMeshes(import_glb(store.get(key)))
     fixed = (str(row["lens_style"]), tuple(row["lens_rgba"])) if row.get("lens_policy") == "fixed" else None

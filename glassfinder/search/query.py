@@ -30,9 +30,9 @@ from glassfinder.embed.align import align_crop
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.registry import load_model
 from glassfinder.errors import (
+    BadInputError,
     CorruptIndexFileError,
     CorruptStoreFileError,
-    GlassFinderError,
     ImageRefusedError,
     ImageTooLargeError,
     IndexStoreError,
@@ -48,9 +48,9 @@ from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.face.net import (
     MAX_SHAPE_DISAGREEMENT,
     VERIFIED_DETECTION_THRESHOLD,
+    FaceAnalyser,
     FaceAnalysis,
-    FaceAnalyzer,
-    packaged_analyzer,
+    packaged_analyser,
 )
 from glassfinder.index.reader import IndexReader
 from glassfinder.index.versions import newest_verified_version
@@ -215,7 +215,7 @@ class Serving:
     embedder: Embedder
     model_sha: str
     face_model_sha: str
-    face: FaceAnalyzer
+    face: FaceAnalyser
     products: dict[str, dict[str, Any]]
 
 
@@ -300,7 +300,7 @@ class QueryEngine:
         manifest = reader.manifest
         sha = str(manifest["model_sha"])
         embedder = self._embedder(f"{manifest['model']}@{sha}", sha)
-        face_sha, face = packaged_analyzer()
+        face_sha, face = packaged_analyser()
         return Serving(reader, embedder, sha, face_sha, face, catalog_products(self.store))
 
     @property
@@ -375,7 +375,7 @@ class QueryEngine:
         budget: the decoder's pixel and memory budget (default: `max_pixels` and the decoder's
         defaults)."""
         if not 1 <= k <= MAX_TOP_K:
-            raise GlassFinderError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
+            raise BadInputError(f"top-k must be between 1 and {MAX_TOP_K}, got {k}")
         s = self._serving  # one (index, model) pair for the whole query
         t0 = time.perf_counter()
         rgb = decode_photo(data, name, max_pixels=max_pixels, budget=budget)

@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glassfinder.errors import (
     REFUSAL_MESSAGE,
-    GlassFinderError,
+    BadInputError,
     ImageTooLargeError,
     Overloaded,
     QueryRefusedError,
@@ -94,9 +94,7 @@ class ServiceLimits:
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
-                raise GlassFinderError(
-                    f"ServiceLimits.{name} must be between {lo:,} and {hi:,}, got {value:,}"
-                )
+                raise BadInputError(f"ServiceLimits.{name} must be between {lo:,} and {hi:,}, got {value:,}")
         # The parts' own checks (same message shape): fail at start-up, not at the first request.
         self.decode_budget()
         self.admission()

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from glassfinder.errors import ObjectExistsError, ObjectNotFoundError, StaleWriteError, StoreError
+from glassfinder.errors import ObjectExistsError, ObjectNotFoundError, StaleWriteError, StoreFaultError
 from glassfinder.store.base import ObjectStore
 
 CHECK_PREFIX = "tmp/store-check"
@@ -24,7 +24,7 @@ class StoreCheckReport:
 
 
 def check_store(store: ObjectStore) -> StoreCheckReport:
-    """Exercise every operation on a scratch key; raise StoreError on the first broken guarantee."""
+    """Exercise every operation on a scratch key; raise StoreFaultError on the first broken guarantee."""
     report = StoreCheckReport(uri=store.uri)
     key = f"{CHECK_PREFIX}/{uuid.uuid4().hex}"
 
@@ -37,7 +37,7 @@ def check_store(store: ObjectStore) -> StoreCheckReport:
     try:
         t = time.perf_counter()
         if store.get(key) != b"glassfinder store check v1" or store.head(key).size != first.size:
-            raise StoreError(f"store {store.uri} returned different bytes than were written to {key!r}")
+            raise StoreFaultError(f"store {store.uri} returned different bytes than were written to {key!r}")
         step("get and head return what was written", t)
 
         t = time.perf_counter()
@@ -46,7 +46,9 @@ def check_store(store: ObjectStore) -> StoreCheckReport:
         except ObjectExistsError:
             pass
         else:
-            raise StoreError(f"store {store.uri} ignored a create-only condition (If-None-Match) on {key!r}")
+            raise StoreFaultError(
+                f"store {store.uri} ignored a create-only condition (If-None-Match) on {key!r}"
+            )
         step("create-only put of an existing key is refused", t)
 
         t = time.perf_counter()
@@ -56,14 +58,14 @@ def check_store(store: ObjectStore) -> StoreCheckReport:
         except StaleWriteError:
             pass
         else:
-            raise StoreError(f"store {store.uri} ignored a stale compare-and-swap (If-Match) on {key!r}")
+            raise StoreFaultError(f"store {store.uri} ignored a stale compare-and-swap (If-Match) on {key!r}")
         if store.get(key) != b"glassfinder store check v2" or second.etag == first.etag:
-            raise StoreError(f"compare-and-swap on {key!r} in {store.uri} did not replace the object")
+            raise StoreFaultError(f"compare-and-swap on {key!r} in {store.uri} did not replace the object")
         step("compare-and-swap: current etag wins, stale etag refused", t)
 
         t = time.perf_counter()
         if [info.key for info in store.list(key)] != [key]:
-            raise StoreError(f"listing prefix {key!r} in {store.uri} did not return exactly that key")
+            raise StoreFaultError(f"listing prefix {key!r} in {store.uri} did not return exactly that key")
         step("list by prefix", t)
     finally:
         store.delete(key)
@@ -73,6 +75,6 @@ def check_store(store: ObjectStore) -> StoreCheckReport:
     except ObjectNotFoundError:
         pass
     else:
-        raise StoreError(f"deleted key {key!r} is still visible in {store.uri}")
+        raise StoreFaultError(f"deleted key {key!r} is still visible in {store.uri}")
     step("delete", t)
     return report

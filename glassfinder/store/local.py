@@ -32,7 +32,7 @@ from glassfinder.errors import (
     ObjectNotFoundError,
     StaleWriteError,
     StoreAuthError,
-    StoreError,
+    StoreFaultError,
 )
 from glassfinder.store.base import (
     COPY_CHUNK_BYTES,
@@ -93,7 +93,7 @@ class LocalStore(ObjectStore):
             raise StoreAuthError(f"permission denied {action} {key!r} in {self.uri}: {exc}") from exc
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreError(f"no space left {action} {key!r} in {self.uri}") from exc
+                raise StoreFaultError(f"no space left {action} {key!r} in {self.uri}") from exc
             raise
 
     def _commit(self, tmp: Path, key: str, *, create_only: bool, if_match: str | None) -> ObjectInfo:
@@ -169,6 +169,25 @@ class LocalStore(ObjectStore):
                     yield fh
                     fh.flush()
                     os.fsync(fh.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._commit(tmp, key, create_only=create_only, if_match=if_match)
+
+    @contextlib.contextmanager
+    def writer_path(
+        self, key: str, *, create_only: bool = False, if_match: str | None = None
+    ) -> Iterator[Path]:
+        validate_key(key)
+        with self._os_errors(key, "writing"):
+            tmp = self._tmp_path()
+            try:
+                yield tmp
+                fd = os.open(tmp, os.O_RDONLY)  # the writer closed its own handle: fsync by another
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise

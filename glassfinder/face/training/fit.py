@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from glassfinder.face.crop import INPUT_PX
 from glassfinder.face.detect import _dlib
 from glassfinder.face.landmarks import FACE_LANDMARKS
-from glassfinder.face.net import STRIDE, FaceAnalyzer, FaceNet, neighbour_table, save_weights
+from glassfinder.face.net import STRIDE, FaceAnalyser, FaceNet, neighbour_table, save_weights
 from glassfinder.face.training.data import (
     LENS_CODES,
     VAL_EVERY,
@@ -206,13 +206,13 @@ def adapt_to_photos(net: FaceNet, data: FaceData, photos: FaceData, work: Path, 
     return spent
 
 
-def predict(analyzer: FaceAnalyzer, data: FaceData) -> dict[str, np.ndarray]:
+def predict(analyser: FaceAnalyser, data: FaceData) -> dict[str, np.ndarray]:
     """Landmarks (image pixels of the render) and presence for every sample, through the query
-    path's own `FaceAnalyzer.analyse` on dlib's box (or the proxy where dlib found none)."""
+    path's own `FaceAnalyser.analyse` on dlib's box (or the proxy where dlib found none)."""
     found = []
     for i in range(len(data.worn)):
         box = data.det_box[i] if data.det_box[i, 0] >= 0 else proxy_box(data.landmarks[i])
-        found.append(analyzer.analyse(data.rgb[i], box))
+        found.append(analyser.analyse(data.rgb[i], box))
     return {
         "landmarks": np.stack([a.landmarks_xy for a in found]),
         "p": np.asarray([a.glasses_probability for a in found]),
@@ -288,15 +288,15 @@ def choose_merge(net: FaceNet, calib: FaceData) -> list[bool]:
     """Per landmark: does averaging in the neighbours' votes lower its median error on the
     calibration identities? (See face.net.decode.)"""
     every = [True] * len(FACE_LANDMARKS)
-    merged = predict(FaceAnalyzer(net, 0.5, every), calib)["landmarks"]
-    own = predict(FaceAnalyzer(net, 0.5, [False] * len(FACE_LANDMARKS)), calib)["landmarks"]
+    merged = predict(FaceAnalyser(net, 0.5, every), calib)["landmarks"]
+    own = predict(FaceAnalyser(net, 0.5, [False] * len(FACE_LANDMARKS)), calib)["landmarks"]
     err = lambda pred: np.median(np.linalg.norm(pred - calib.landmarks, axis=2), axis=0)  # noqa: E731
     return [bool(m < o) for m, o in zip(err(merged), err(own), strict=True)]
 
 
-def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
+def evaluate(analyser: FaceAnalyser, held: FaceData) -> dict[str, Any]:
     """Calibrate on one half of the held-out identities and report on the other."""
-    pred = predict(analyzer, held)
+    pred = predict(analyser, held)
     calib = calibration_half(held)
     threshold = calibrate(pred["p"][calib & held.worn], pred["p"][calib & ~held.worn])
     test = ~calib
@@ -339,11 +339,11 @@ def evaluate(analyzer: FaceAnalyzer, held: FaceData) -> dict[str, Any]:
     }
 
 
-def render_presence(analyzer: FaceAnalyzer, held: FaceData, threshold: float) -> dict[str, float]:
+def render_presence(analyser: FaceAnalyser, held: FaceData, threshold: float) -> dict[str, float]:
     """Presence errors on the held-out renders' test half at `threshold` (a threshold set on real
     faces must still accept every render with glasses, sunglasses included)."""
     test = ~calibration_half(held)
-    p = predict(analyzer, held)["p"]
+    p = predict(analyser, held)["p"]
     dark = np.isin(held.lens, [LENS_CODES.index("tinted"), LENS_CODES.index("mirrored")]) & held.worn
     return {
         "false_refusal": round(float((p[test & held.worn] < threshold).mean()), 4),
@@ -388,10 +388,10 @@ def train_and_package(
     stage_seconds["presence"] = presence_report["seconds"]
     held = data.subset(data.held_out)
     merge = choose_merge(net, held.subset(calibration_half(held)))
-    report = evaluate(FaceAnalyzer(net, 0.5, merge), held)
+    report = evaluate(FaceAnalyser(net, 0.5, merge), held)
     report["merge_votes"] = dict(zip(FACE_LANDMARKS, merge, strict=True))
     if portraits:
-        _threshold_on_portraits(report, FaceAnalyzer(net, 0.5, merge), held, portraits, presence_cfg.seed)
+        _threshold_on_portraits(report, FaceAnalyser(net, 0.5, merge), held, portraits, presence_cfg.seed)
     presence_report["hopper_uploads"] = upload_check(net, report["threshold"], 60, presence_cfg.seed)
     report["presence_stage"] = presence_report
     meta = {
@@ -441,7 +441,7 @@ def _trunk(
 
 def _threshold_on_portraits(
     report: dict[str, Any],
-    analyzer: FaceAnalyzer,
+    analyser: FaceAnalyser,
     held: FaceData,
     portraits: dict[str, list[Portrait]],
     seed: int,
@@ -449,9 +449,9 @@ def _threshold_on_portraits(
     """Move the report's threshold to the one set on real portraits (the renders' stays beside it):
     real faces are where the presence errors are, renders keep a wide margin either side."""
     report["threshold_renders"] = report["threshold"]
-    calib = portrait_views(analyzer, portraits["calibrate"], PORTRAIT_DAMAGED_VIEWS, seed)
+    calib = portrait_views(analyser, portraits["calibrate"], PORTRAIT_DAMAGED_VIEWS, seed)
     report["threshold"] = round(calibrate_on_portraits(calib), 4)
-    report["presence_renders_at_threshold"] = render_presence(analyzer, held, report["threshold"])
+    report["presence_renders_at_threshold"] = render_presence(analyser, held, report["threshold"])
     report["portraits"] = {
         "split": split_record(portraits),
         "calibrate": portrait_figures(calib, report["threshold"], 0.0),

@@ -103,7 +103,7 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
     ys, xs = np.nonzero(training_photo_frame_mask(original.shape[:2]))
     own_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32) @ own_to_crop[:, :2].T
     rows.append(_sample(own_crop, own_to_crop, True, (own_box + own_to_crop[:, 2]).ravel(), "clear"))
-    for out, view in frames_on_hopper(assets, face, crop, worn, PHOTO_SEED_TAG, first_view=0):
+    for out, view in frames_on_training_photo(assets, face, crop, worn, PHOTO_SEED_TAG, first_view=0):
         box = window_to_pixel_index(out.glasses_box_xyxy)
         rows.append(_sample(out.rgb, to_crop, True, box, view.lens_style))
     missed = [r for r in rows if r["det_box"][0] < 0]
@@ -119,7 +119,7 @@ def render_photo_samples(assets: Sequence[tuple[str, bytes]], worn: int, bare_co
 PRESENCE_SEED_TAG = 8
 
 
-def frames_on_hopper(
+def frames_on_training_photo(
     assets: Sequence[tuple[str, bytes]],
     face: PhotoFace,
     crop: np.ndarray,
@@ -157,7 +157,7 @@ def training_photo_wearing(assets: Sequence[tuple[str, bytes]], count: int) -> l
     """`count` catalogue frames rendered onto bare Hopper, as whole face crops (CROP_PX): photos
     for the presence stage to damage like uploads."""
     face, crop, _ = _face_crop(training_photo_bare(), "grace_hopper.jpg (inpainted)")
-    frames = frames_on_hopper(assets, face, crop, count, PRESENCE_SEED_TAG, first_view=100_000)
+    frames = frames_on_training_photo(assets, face, crop, count, PRESENCE_SEED_TAG, first_view=100_000)
     return [out.rgb for out, _ in frames]
 
 

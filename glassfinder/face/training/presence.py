@@ -40,7 +40,7 @@ from glassfinder.embed.augment import phone_damage_mapped
 from glassfinder.errors import PhotoError
 from glassfinder.face.crop import crop_matrix, cut
 from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, find_query_face
-from glassfinder.face.net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyzer, FaceNet
+from glassfinder.face.net import VERIFIED_DETECTION_THRESHOLD, BandPresence, FaceAnalyser, FaceNet
 from glassfinder.face.training.data import FaceData, training_crop
 from glassfinder.face.training.photo_data import training_photo_wearing
 from glassfinder.heads.portraits import Portrait, colour_swap, colourise, greyscale, read_rgb
@@ -217,14 +217,14 @@ def build_band_set(
         [training_photo_bare()], cfg.bare_photos, rng, "grace_hopper.jpg (inpainted)", cfg.grey_p
     )
     worn_up = upload_crops(wearing, cfg.worn_photos, rng, "grace_hopper.jpg (wearing frames)", cfg.grey_p)
-    hopper = band_features(net, bare + worn_up)
-    log.info("presence data: %d Hopper uploads in %.0f s", len(hopper), time.perf_counter() - t0)
+    training_face = band_features(net, bare + worn_up)
+    log.info("presence data: %d Hopper uploads in %.0f s", len(training_face), time.perf_counter() - t0)
     p_crops, p_worn = portrait_crops(portraits, cfg.portrait_views, rng, cfg.colour_swap_p)
     real = band_features(net, p_crops) if p_crops else np.zeros((0, *renders.shape[1:]), renders.dtype)
     log.info("presence data: %d portrait crops in %.0f s", len(real), time.perf_counter() - t0)
-    source = np.repeat([0, 1, 2], [len(renders), len(hopper), len(real)])
+    source = np.repeat([0, 1, 2], [len(renders), len(training_face), len(real)])
     out = BandSet(
-        band=np.concatenate([renders, hopper, real]),
+        band=np.concatenate([renders, training_face, real]),
         worn=np.concatenate([worn, np.zeros(len(bare), bool), np.ones(len(worn_up), bool), p_worn]),
         real=source > 0,
         source=source,
@@ -337,7 +337,7 @@ class PortraitViews:
 
 
 def portrait_views(
-    analyzer: FaceAnalyzer, portraits: Sequence[Portrait], damaged: int, seed: int
+    analyser: FaceAnalyser, portraits: Sequence[Portrait], damaged: int, seed: int
 ) -> PortraitViews:
     """Each portrait as it is (grey), colourised, and `damaged` phone-damaged uploads (colourised
     half the time), detected at the query's thresholds and analysed (the verifier included)."""
@@ -363,7 +363,7 @@ def portrait_views(
             except PhotoError:
                 rows.append((portrait.worn, False, 0.0, 0.0, False, variant))
                 continue
-            a = analyzer.analyse(image, face.box_xyxy)
+            a = analyser.analyse(image, face.box_xyxy)
             rows.append(
                 (
                     portrait.worn,

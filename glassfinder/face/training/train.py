@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from glassfinder.face.net import load_trunk, packaged_analyzer
+from glassfinder.face.net import load_trunk, packaged_analyser
 from glassfinder.face.training.data import render_shard, shard_path, training_assets
 from glassfinder.face.training.fit import (
     PORTRAIT_DAMAGED_VIEWS,
@@ -159,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 def measure_test_split(test: list, models_dir: Path | None) -> dict[str, Any]:
     """The finished model (verifier and threshold included) on the portraits' test split; written
     into its card as `evaluation.portraits.test`."""
-    packaged_analyzer.cache_clear()
-    _, analyzer = packaged_analyzer(models_dir)
-    views = portrait_views(analyzer, test, PORTRAIT_DAMAGED_VIEWS, PresenceConfig().seed + 1)
+    packaged_analyser.cache_clear()
+    _, analyser = packaged_analyser(models_dir)
+    views = portrait_views(analyser, test, PORTRAIT_DAMAGED_VIEWS, PresenceConfig().seed + 1)
     figures = portrait_figures(
-        views, analyzer.threshold, analyzer.verifier.threshold if analyzer.verifier else 0.0
+        views, analyser.threshold, analyser.verifier.threshold if analyser.verifier else 0.0
     )
     path = card_path(MODEL_NAME, models_dir)
     card = json.loads(path.read_text())

@@ -37,7 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from glassfinder.embed.augment import QUERY_DAMAGE, photometric
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import FaultError
 from glassfinder.face.crop import crop_matrix, cut
 from glassfinder.face.detect import detect_boxes
 from glassfinder.face.net import (
@@ -131,7 +131,7 @@ def non_face_photos() -> list[tuple[str, np.ndarray]]:
     try:  # scikit-image: an optional extra (the test extra), only for these photos
         import skimage.data
     except ImportError as exc:
-        raise GlassFinderError(
+        raise FaultError(
             "the face verifier's non-face photos come from scikit-image: install the test extras "
             "(pip install -e '.[test]')"
         ) from exc
@@ -143,11 +143,9 @@ def non_face_photos() -> list[tuple[str, np.ndarray]]:
             # binary_blobs is drawn at random unless seeded: the fit must be reproducible.
             image = _uint8_rgb(loader(rng=VERIFIER_SEED) if name == "binary_blobs" else loader())
         except Exception as exc:
-            raise GlassFinderError(
-                f"face verifier: skimage.data.{name} cannot be read offline ({exc})"
-            ) from exc
+            raise FaultError(f"face verifier: skimage.data.{name} cannot be read offline ({exc})") from exc
         if image is None:
-            raise GlassFinderError(f"face verifier: skimage.data.{name} is not an RGB or grey image")
+            raise FaultError(f"face verifier: skimage.data.{name} is not an RGB or grey image")
         out.append((f"skimage:{name}", image))
     for name in MATPLOTLIB_NON_FACES:
         path = matplotlib.cbook.get_sample_data(name, asfileobj=False)
@@ -255,13 +253,13 @@ def rates(verifier: FaceVerifier, faces: np.ndarray, non_faces: np.ndarray) -> d
 def verifier_data(work: Path, shards: Sequence[int]) -> tuple[FaceData, FaceData]:
     """Face samples: procedural render shards (rendered into work/shards when missing, the face
     network's own training spec) and Hopper's photo samples."""
-    catalogue = training_assets(work)
+    catalog = training_assets(work)
     for shard in shards:
-        render_shard(work / "shards", shard, catalogue)
+        render_shard(work / "shards", shard, catalog)
     renders = load_shards(work / "shards", shards)
     # Its own folder: face.training.train's photo samples (same file name) hold many copies of one bare face.
     (work / "verifier").mkdir(parents=True, exist_ok=True)
-    photos = load_or_render_photo_samples(work / "verifier", catalogue, worn=60, bare_copies=1)
+    photos = load_or_render_photo_samples(work / "verifier", catalog, worn=60, bare_copies=1)
     return renders, concat(photos, photos)  # two jittered crops of every photo sample
 
 
@@ -308,7 +306,7 @@ def fit_and_package(
     verifier = fit_verifier(face_fit, non_faces[~non_held])
     held_rates = rates(verifier, face_held, non_faces[non_held])
     if held_rates["face_refusal"] > MAX_FACE_REFUSAL or held_rates["non_face_accept"] > MAX_NON_FACE_ACCEPT:
-        raise GlassFinderError(
+        raise FaultError(
             f"the fitted face verifier misses its bounds on held-out data ({held_rates}; expected face "
             f"refusal <= {MAX_FACE_REFUSAL}, non-face accept <= {MAX_NON_FACE_ACCEPT}): nothing written"
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from glassfinder.catalog.loader import import_glb
-from glassfinder.errors import GlassFinderError
+from glassfinder.errors import BadInputError
 from glassfinder.face.landmarks import FACE_LANDMARKS
 from glassfinder.heads.procedural import head
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, RenderSpec, plan_view
@@ -63,7 +63,7 @@ def render_face_samples(
     """Sample `i` of `indices`: a catalogue frame (or none) on a procedural head, all draws seeded
     by (spec.seed, i), so any subset of indices can be rendered by any process and resumed."""
     if not assets:
-        raise GlassFinderError("face renders need at least one catalogue asset, got none")
+        raise BadInputError("face renders need at least one catalogue asset, got none")
     renderer = TryOnRenderer(spec.image_px, head_cache=8)
     meshes: dict[str, AssetMeshes] = {}
     try:
