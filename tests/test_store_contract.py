@@ -110,6 +110,20 @@ def test_writer_commits_only_on_clean_exit(store: ObjectStore) -> None:
     assert [i.key for i in store.list()] == ["w/ok"]
 
 
+def test_writer_path_commits_only_on_clean_exit_and_honours_create_only(store: ObjectStore) -> None:
+    """Native writers (Arrow) write to a path: the same all-or-nothing as `writer`."""
+    with store.writer_path("p/ok") as path:
+        path.write_bytes(b"complete")
+    assert store.get("p/ok") == b"complete"
+    with pytest.raises(RuntimeError), store.writer_path("p/broken") as path:
+        path.write_bytes(b"half")
+        raise RuntimeError("writer crashed")
+    assert not store.exists("p/broken")
+    with pytest.raises(ObjectExistsError), store.writer_path("p/ok", create_only=True) as path:
+        path.write_bytes(b"another")
+    assert store.get("p/ok") == b"complete" and [i.key for i in store.list()] == ["p/ok"]
+
+
 def test_local_path_holds_object_bytes(store: ObjectStore) -> None:
     store.put("lp", b"payload")
     with store.local_path("lp") as path:

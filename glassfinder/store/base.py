@@ -137,6 +137,21 @@ class ObjectStore(ABC):
             spool.seek(0)
             self.put(key, spool, create_only=create_only, if_match=if_match)
 
+    @contextlib.contextmanager
+    def writer_path(
+        self, key: str, *, create_only: bool = False, if_match: str | None = None
+    ) -> Iterator[Path]:
+        """A local path to write the object's bytes to; it becomes `key` only if the block exits
+        cleanly. For native writers (Arrow) that hand big buffers straight to the OS: through a
+        Python file object each buffer is first copied into a bytes object (0.63x of numpy.save
+        for a 1 GiB feature shard, 0.78x through a native file). The default uploads the file.
+        """
+        validate_key(key)
+        with tempfile.TemporaryDirectory(prefix="glassfinder-") as tmp:
+            path = Path(tmp) / "object"
+            yield path
+            self.put_file(key, path, create_only=create_only, if_match=if_match)
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error (as on S3)."""

@@ -286,18 +286,22 @@ def write_shard(
         body = sink.getvalue()
         store.put(key, memoryview(body), create_only=create_only)
         return body.size
+    if kind == "feature":
+        # A native Arrow file: through a Python file object each buffer is copied into a bytes
+        # object first (0.63x numpy.save+fsync for 1,000,000 x 256 instead of 0.78x).
+        with store.writer_path(key, create_only=create_only) as path, pa.OSFile(str(path), "wb") as sink:
+            _write_ipc(sink, table)
+            size = sink.tell()
+        return size
     with store.writer(key, create_only=create_only) as fh:
-        if kind == "feature":
-            _write_ipc(fh, table)
-        else:
-            _write_parquet(fh, table)
+        _write_parquet(fh, table)
         size = fh.tell()
     return size
 
 
 def _write_ipc(sink: Any, table: pa.Table) -> None:
     """One record batch, no compression: the file is the Arrow buffers, written as they are."""
-    if any(pa.types.is_dictionary(f.type) for f in table.schema):
+    if any(pa.types.is_dictionary(f.type) and table.column(f.name).num_chunks > 1 for f in table.schema):
         table = table.unify_dictionaries()  # an IPC file holds one dictionary per column
     with ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
