@@ -10,6 +10,7 @@ anything above (which is also what keeps the subpackages free of import cycles).
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import glassfinder
@@ -164,22 +165,31 @@ def _names_the_base(node: ast.expr | None) -> bool:
     return getattr(node, "id", getattr(node, "attr", None)) == "GlassFinderError"
 
 
+def _offences(names: Callable[[ast.expr | None], bool], *, calls: bool) -> list[str]:
+    """Where a module under glassfinder/ raises what `names` matches, defaults a parameter to it,
+    and (calls=True) builds one."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Raise) and names(node.exc):
+                found.append(f"{where}: raise")
+            elif calls and isinstance(node, ast.Call) and names(node.func):
+                found.append(f"{where}: call")
+            elif isinstance(node, ast.arguments):
+                found += [
+                    f"{path.relative_to(ROOT)}:{d.lineno}: default"
+                    for d in [*node.defaults, *node.kw_defaults]
+                    if d is not None and names(d)
+                ]
+    return found
+
+
 def test_nothing_raises_the_bare_base_error() -> None:
     """docs/architecture.md: every raise names a class whose type says retry, quarantine, refuse,
     not found or fail; the bare base says none of them. A parameter defaulting to the base (the
     class a helper raises unless told otherwise) counts as a raise of it."""
-    bare = []
-    for path in sorted(ROOT.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Raise) and _names_the_base(node.exc):
-                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}: raise")
-            elif isinstance(node, ast.arguments):
-                bare += [
-                    f"{path.relative_to(ROOT)}:{d.lineno}: default"
-                    for d in [*node.defaults, *node.kw_defaults]
-                    if d is not None and _names_the_base(d)
-                ]
-    assert bare == []
+    assert _offences(_names_the_base, calls=False) == []
 
 
 def _names_a_category(node: ast.expr | None) -> bool:
@@ -194,21 +204,7 @@ def test_nothing_raises_or_makes_a_bare_category_error() -> None:
     every raise names a subclass whose other base is the verdict. Building one (`exc =
     StoreError(...)`, `return StoreError(...)`) counts, and so does a parameter defaulting to one;
     `except StoreError`, isinstance checks and annotations do not."""
-    bare = []
-    for path in sorted(ROOT.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
-            if isinstance(node, ast.Raise) and _names_a_category(node.exc):
-                bare.append(f"{where}: raise")
-            elif isinstance(node, ast.Call) and _names_a_category(node.func):
-                bare.append(f"{where}: call")
-            elif isinstance(node, ast.arguments):
-                bare += [
-                    f"{path.relative_to(ROOT)}:{d.lineno}: default"
-                    for d in [*node.defaults, *node.kw_defaults]
-                    if d is not None and _names_a_category(d)
-                ]
-    assert bare == []
+    assert _offences(_names_a_category, calls=True) == []
 
 
 def test_every_error_class_has_exactly_one_verdict() -> None:

@@ -46,20 +46,25 @@ class CatalogSnapshot:
         return cls(uri, sha, products)
 
 
-def pin_rows(store: ObjectStore, rows: list[dict[str, Any]]) -> CatalogSnapshot:
-    """Store `rows` as a snapshot beside the live manifest (create-only: same rows, same key)."""
-    data = manifest_bytes(rows)
+def _pin(store: ObjectStore, data: bytes, products: int) -> CatalogSnapshot:
+    """Store manifest bytes under their sha256 beside the live manifest (create-only)."""
     sha = hashlib.sha256(data).hexdigest()
     key = layout.catalog_snapshot_key(sha)
     with contextlib.suppress(ObjectExistsError):
         store.put(key, data, create_only=True)
-    return CatalogSnapshot(f"{store.uri}/{key}", sha, len(rows))
+    return CatalogSnapshot(f"{store.uri}/{key}", sha, products)
+
+
+def pin_rows(store: ObjectStore, rows: list[dict[str, Any]]) -> CatalogSnapshot:
+    """Snapshot `rows` (as the catalogue manifest stores them)."""
+    return _pin(store, manifest_bytes(rows), len(rows))
 
 
 def pin_live(store: ObjectStore) -> CatalogSnapshot:
-    """Snapshot the live manifest as it is now: one read of it for the whole run."""
-    rows, _ = read_catalog_rows(f"{store.uri}/{layout.CATALOG_MANIFEST_KEY}")
-    return pin_rows(store, rows)
+    """Snapshot the live manifest's own bytes as they are now: one read of it for the whole run."""
+    uri = f"{store.uri}/{layout.CATALOG_MANIFEST_KEY}"
+    data = store.get(layout.CATALOG_MANIFEST_KEY)
+    return _pin(store, data, len(parse_manifest(data, where=uri)))
 
 
 def read_catalog_rows(manifest_uri: str) -> tuple[list[dict[str, Any]], str]:

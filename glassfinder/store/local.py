@@ -161,18 +161,8 @@ class LocalStore(ObjectStore):
     def writer(
         self, key: str, *, create_only: bool = False, if_match: str | None = None
     ) -> Iterator[BinaryIO]:
-        validate_key(key)
-        with self._os_errors(key, "writing"):
-            tmp = self._tmp_path()
-            try:
-                with open(tmp, "wb") as fh:
-                    yield fh
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self._commit(tmp, key, create_only=create_only, if_match=if_match)
+        with self.writer_path(key, create_only=create_only, if_match=if_match) as tmp, open(tmp, "wb") as fh:
+            yield fh
 
     @contextlib.contextmanager
     def writer_path(
