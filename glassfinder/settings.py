@@ -102,6 +102,9 @@ DEFAULT_INDEX_NAME = "catalog"
 GPU_QUEUE = "gpu"
 #: Celery queue of every other task (catalogue, planning, rendering, publishing).
 DEFAULT_QUEUE = "default"
+#: Seconds before a failed task's first retry (Airflow's core.default_task_retry_delay, set by
+#: every deployment this package writes; later retries back off from it, glassfinder.pipeline.config).
+DEFAULT_TASK_RETRY_DELAY_S = 60
 #: Every GlassFinder DAG id starts with this (what the plugin's listeners look after).
 DAG_PREFIX = "glassfinder_"
 GPU_POOL = "gpu"

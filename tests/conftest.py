@@ -72,6 +72,23 @@ def small_part_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectSt
     )
 
 
+#: Files of a minute or more, started first: the test processes (pyproject's addopts) then
+#: finish together instead of one idling while another works through a long file last.
+LONGEST_FIRST = (
+    "test_cluster.py",
+    "test_deployment.py",
+    "test_cli.py",
+    "test_dags.py",
+    "test_search.py",
+    "test_embed.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Give the session its own Airflow home before anything imports airflow.
 

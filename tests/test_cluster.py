@@ -88,7 +88,7 @@ def cluster(seaweed: SeaweedServer, request: pytest.FixtureRequest) -> Iterator[
     airflow = home / "airflow"
     up = _cli(
         "airflow", "up", "--executor", "celery", "--home", str(airflow), "--port", str(port),
-        "--heartbeat-timeout", "30", "--wait", "400", "--no-schedules",
+        "--heartbeat-timeout", "30", "--retry-delay", "5", "--wait", "400", "--no-schedules",
         env=env,
     )  # fmt: skip
     try:

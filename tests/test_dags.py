@@ -98,6 +98,8 @@ def test_dagbag_has_the_three_dags_and_no_import_errors_or_warnings(
             assert param.schema.get("title") and param.description, name
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_exponential_backoff, t.task_id
+            # The first pause is the deployment's (core.default_task_retry_delay), not the DAG's.
+            assert t.retry_delay.total_seconds() == settings.DEFAULT_TASK_RETRY_DELAY_S, t.task_id
         gpu = {t.task_id for t in dag.tasks if t.queue == settings.GPU_QUEUE}
         assert gpu == {t.task_id for t in dag.tasks if t.pool == settings.GPU_POOL}
         assert gpu == ({"train"} if dag_id == "glassfinder_training_data" else {"embed"})

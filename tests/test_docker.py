@@ -153,6 +153,8 @@ def test_compose_wires_a_celery_cluster_with_cpu_and_gpu_workers(compose: dict[s
         assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
         assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs:8333"
+        # The first retry's pause, as `glassfinder airflow up` writes it (the DAGs leave it to Airflow).
+        assert env["AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY"] == str(settings.DEFAULT_TASK_RETRY_DELAY_S)
         assert svc["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
         assert "healthcheck" in svc, name
         assert svc["build"]["target"] == ("gpu-worker" if name == "airflow-gpu-worker" else "airflow")

@@ -171,6 +171,7 @@ def test_rank_products_ranks_by_best_view_and_counts_ties_against() -> None:
 
 
 # --- training ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # 30 epochs: what a model learns is the benches' job; the loop's mechanics stay below
 def test_tiny_training_beats_the_untrained_baseline(rendered: LocalStore, tmp_path: Path) -> None:
     config = tiny_config()
     result = train_model(rendered, config, work_dir=tmp_path / "work")

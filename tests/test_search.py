@@ -3,7 +3,8 @@
 Only two public-domain face photos ship on this machine (scikit-image's astronaut, matplotlib's
 grace_hopper, who wears glasses herself). The gallery is rendered onto both (a photo-bank render
 spec, as the reference system rendered frames onto real faces), the queries are the same photos
-with a product's glasses rendered under other lens, light and fit draws. Eyes and glasses
+with a product's glasses rendered under other lens, light and fit draws; both are embedded by the
+packaged glasses model, as a fresh shop's store is (no training step). Eyes and glasses
 presence come from the packaged face-analysis model, which never saw the astronaut (her bare
 photo must be refused) and trained on Hopper's photo (wearing her own glasses, she must be
 accepted).
@@ -34,10 +35,9 @@ from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
 from glassfinder.cli import REFUSED_EXIT, main
-from glassfinder.embed.augment import BASIC_AUGMENT
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.job import embed_catalog
-from glassfinder.embed.train import TrainConfig, train_and_publish
+from glassfinder.embed.registry import load_model
 from glassfinder.errors import REFUSAL_MESSAGE, QueryRefusedError
 from glassfinder.heads.photos import CROP_PX, analyse_photo
 from glassfinder.index.pipeline import PublishRequest, build_and_publish
@@ -77,18 +77,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     spec = RenderSpec(image_px=192, views_per_asset=6, face_source=f"photos:{faces.uri}", fit_jitter=0.5)
     render_catalog(manifest_uri, spec, store, workers=1)
     render_catalog_specs(manifest_uri, [], store, workers=1, packshot=PACKSHOT_SPEC)  # what results show
-    trained, sha = train_and_publish(
-        store,
-        # The basic damage only: this world tests the query path with a model that learnt these
-        # 8 products in 25 epochs; the appearance draws slow a run this small (a Hopper photo
-        # fell to rank 4 with them) and are measured where they matter, in the cross-look bench.
-        TrainConfig(spec_hashes=(spec.spec_hash,), epochs=25, batch_size=16, lr=5e-3, augment=BASIC_AUGMENT),
-        name="glasses",
-        work_dir=root / "train",
-    )
-    model = trained.model
-    assert sha is not None
-    embed_catalog(store, spec.spec_hash, Embedder(model, batch_size=16), sha)
+    # The packaged model, as a fresh shop's store searches: no training step in this world.
+    loaded = load_model(store, "glasses")
+    embed_catalog(store, spec.spec_hash, Embedder(loaded.model, batch_size=16), loaded.sha)
     build_and_publish(
         store, PublishRequest("catalog", manifest_uri, model_ref="glasses", spec_hash=spec.spec_hash)
     )

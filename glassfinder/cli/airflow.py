@@ -23,6 +23,7 @@ def cmd_airflow_up(args: argparse.Namespace) -> int:
         executor=args.executor,
         workers=cluster.parse_workers(args.workers),
         heartbeat_timeout_s=args.heartbeat_timeout,
+        retry_delay_s=args.retry_delay,
         schedules=not args.no_schedules,
     )
     state = deployment.up(cfg, wait_s=args.wait)
@@ -139,6 +140,12 @@ def register(sub: SubParsers) -> None:
         type=int_between(30, 86400),
         default=300,
         help="seconds without a task heartbeat before its worker is taken for dead (task retried)",
+    )
+    up_args.add_argument(
+        "--retry-delay",
+        type=int_between(1, 86400),
+        default=settings.DEFAULT_TASK_RETRY_DELAY_S,
+        help="seconds before a failed task's first retry (later ones back off from it)",
     )
     up_args.add_argument(
         "--no-schedules",

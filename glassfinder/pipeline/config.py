@@ -30,11 +30,12 @@ DEFAULT_MAX_BATCHES = 256
 
 
 #: Retries of every task: a store outage or a lost worker is retried with growing pauses; errors
-#: another attempt cannot fix fail at once (glassfinder.pipeline.tasks).
+#: another attempt cannot fix fail at once (glassfinder.pipeline.tasks). The first pause is the
+#: deployment's own setting (core.default_task_retry_delay, settings.DEFAULT_TASK_RETRY_DELAY_S),
+#: so an operator tunes it in airflow.cfg without touching the DAGs.
 TASK_DEFAULTS: dict[str, Any] = {
     "owner": "glassfinder",
     "retries": 2,
-    "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": 4.0,
     "max_retry_delay": timedelta(minutes=30),
 }
