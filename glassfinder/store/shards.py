@@ -269,7 +269,9 @@ def image_table(views: ViewColumns, images: ImageColumns) -> pa.Table:
 def write_shard(
     store: ObjectStore, key: str, table: pa.Table, kind: ShardKind, *, create_only: bool = False
 ) -> int:
-    """Validate `table` and write it as one Parquet object, all or nothing. Returns its size.
+    """Validate `table` and write it as one object, all or nothing. Returns its size.
+
+    Feature shards are an Arrow IPC file (read back without decoding); every other kind is Parquet.
 
     create_only=True makes concurrent or retried writers of the same content-addressed key safe:
     exactly one write lands and the others get ObjectExistsError.
