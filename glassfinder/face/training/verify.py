@@ -58,9 +58,10 @@ from glassfinder.face.training.data import (
 )
 from glassfinder.face.training.photo_data import load_or_render_photo_samples
 from glassfinder.face.training.presence import portrait_crops
-from glassfinder.heads.portraits import Portrait
+from glassfinder.heads.portraits import Portrait, load_portraits, split_portraits
 from glassfinder.nets.packaged import card_path, read_packaged, weights_path
 from glassfinder.nets.weights import model_sha
+from glassfinder.settings import portraits_dir
 
 log = logging.getLogger(__name__)
 
@@ -346,10 +347,20 @@ def main(argv: list[str] | None = None) -> int:
         help=f"render shards of faces (default {DEFAULT_SHARDS})",
     )
     parser.add_argument("--models-dir", type=Path, default=None, help="default: the package's models")
+    parser.add_argument(
+        "--portraits",
+        type=Path,
+        default=None,
+        help="labelled real portraits (labels.csv + images/; default $GLASSFINDER_PORTRAITS_DIR or "
+        "../shared/faces/portraits beside the checkout)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
-    print(json.dumps(fit_and_package(args.work, args.shards, args.models_dir), indent=2))
+    # The packaged verifier was fitted with the portraits (face.training.train passes them): a
+    # refit without them would silently fit another verifier than its card describes.
+    portraits = split_portraits(load_portraits(args.portraits or portraits_dir()))
+    print(json.dumps(fit_and_package(args.work, args.shards, args.models_dir, portraits), indent=2))
     return 0
 
 
