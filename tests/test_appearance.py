@@ -7,17 +7,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from glassfinder.embed.align import CropGeometry
 from glassfinder.embed.augment import (
+    CAMERA_AUGMENT,
     QUERY_DAMAGE,
     AugmentConfig,
     augment_crop,
     lens_glare,
+    motion_blur,
     photometric,
     resolution_loss,
     tone_curve,
+    vignette,
 )
 from glassfinder.embed.default_model import (
     PORTRAIT_BANK,
@@ -72,6 +76,40 @@ def test_the_eval_damage_draws_none_of_the_training_looks() -> None:
     other = replace(QUERY_DAMAGE, gamma=(0.1, 0.2), downscale=(0.1, 0.2))
     b = photometric(image, np.random.default_rng(5), other)
     assert np.array_equal(a, b)
+
+
+def test_motion_blur_smears_along_its_direction_only() -> None:
+    x = np.zeros((41, 41, 3), np.float32)
+    x[20, 20] = 1.0
+    across = motion_blur(x, 9.0, 0.0)  # a horizontal shake
+    assert abs(float(across.sum()) - 3.0) < 1e-4  # nothing gained or lost
+    assert np.count_nonzero(across[20, :, 0]) >= 9 and np.count_nonzero(across[:, 20, 0]) == 1
+    down = motion_blur(x, 9.0, np.pi / 2)
+    assert np.count_nonzero(down[:, 20, 0]) >= 9 and np.count_nonzero(down[20, :, 0]) == 1
+
+
+def test_vignette_darkens_away_from_its_centre_and_never_brightens() -> None:
+    x = np.full((128, 256, 3), 0.5, np.float32)
+    y = vignette(x, 0.4, np.random.default_rng(2))
+    assert y.shape == x.shape and float(y.max()) <= 0.5 + 1e-6
+    assert float(y.min()) == pytest.approx(0.5 * 0.6, abs=1e-3)  # the farthest corner
+
+
+def test_the_camera_draws_are_off_by_default_and_change_the_crop_when_on() -> None:
+    """Adding draws must not change what the default training saw (same generator use), and the
+    camera preset must actually damage: same seed, other pixels; repeated from the seed."""
+    default = AugmentConfig()
+    assert default.motion_p == default.vignette_p == default.sharpen_p == default.double_jpeg_p == 0
+    image = _scene(6)
+    off = replace(CAMERA_AUGMENT, motion_p=0.0, vignette_p=0.0, sharpen_p=0.0, double_jpeg_p=0.0)
+    changed = 0
+    for seed in range(8):
+        plain = photometric(image, np.random.default_rng(seed), default)
+        assert np.array_equal(plain, photometric(image, np.random.default_rng(seed), off))
+        camera = photometric(image, np.random.default_rng(seed), CAMERA_AUGMENT)
+        assert np.array_equal(camera, photometric(image, np.random.default_rng(seed), CAMERA_AUGMENT))
+        changed += not np.array_equal(plain, camera)
+    assert changed >= 4
 
 
 def test_training_crops_vary_in_look_and_repeat_from_their_seed() -> None:

@@ -11,6 +11,10 @@ The appearance draws (tone curve, resolution loss, lens glare) teach that a came
 of the same frame is the same frame: another renderer's tone curve, a phone's small face, a
 reflection in the lens. Each is drawn only where its probability is above zero, so a config
 without them (QUERY_DAMAGE) consumes the generator exactly as before and eval queries stay the same.
+
+The camera draws (CAMERA_AUGMENT: motion blur, vignetting, sharpening halos, a second JPEG) add
+what a phone does to a photo that the draws above do not: a shaken hand, a lens's fall-off, a
+phone's edge enhancement, an image saved twice. Off by default, drawn the same way.
 """
 
 from __future__ import annotations
@@ -47,10 +51,19 @@ class AugmentConfig:
     downscale: tuple[float, float] = (0.3, 0.8)  # fraction of the crop's size, then back up
     glare_p: float = 0.3
     glare_alpha: tuple[float, float] = (0.08, 0.35)
+    motion_p: float = 0.0
+    motion_px: tuple[float, float] = (3.0, 9.0)  # length of the shake, crop pixels
+    vignette_p: float = 0.0
+    vignette: tuple[float, float] = (0.15, 0.45)  # darkening at the far corner
+    sharpen_p: float = 0.0
+    sharpen: tuple[float, float] = (0.5, 1.5)  # unsharp-mask amount
+    double_jpeg_p: float = 0.0
 
 
 #: Training without the appearance draws (what models before them trained with; for comparisons).
 BASIC_AUGMENT = AugmentConfig(gamma_p=0.0, downscale_p=0.0, glare_p=0.0)
+#: The appearance draws and the camera draws (default_model --augment camera).
+CAMERA_AUGMENT = AugmentConfig(motion_p=0.25, vignette_p=0.3, sharpen_p=0.25, double_jpeg_p=0.25)
 
 #: What eval queries get: every damage at once, moderate, so eval measures the gap it aims at.
 QUERY_DAMAGE = AugmentConfig(
@@ -86,6 +99,10 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
         x = tone_curve(x, float(rng.uniform(*cfg.gamma)), float(rng.uniform(-0.3, 0.3)))
     if cfg.downscale_p > 0 and rng.random() < cfg.downscale_p:
         x = resolution_loss(x, float(rng.uniform(*cfg.downscale)))
+    if cfg.vignette_p > 0 and rng.random() < cfg.vignette_p:
+        x = vignette(x, float(rng.uniform(*cfg.vignette)), rng)
+    if cfg.motion_p > 0 and rng.random() < cfg.motion_p:
+        x = motion_blur(x, float(rng.uniform(*cfg.motion_px)), float(rng.uniform(0.0, np.pi)))
     h, w = x.shape[:2]
     if rng.random() < cfg.occlude_p:
         area = rng.uniform(*cfg.occlude_area) * h * w
@@ -96,16 +113,43 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
         x[y0 : y0 + oh, x0 : x0 + ow] = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
     if rng.random() < cfg.blur_p:
         x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(*cfg.blur_sigma)))
+    if cfg.sharpen_p > 0 and rng.random() < cfg.sharpen_p:
+        x = x + float(rng.uniform(*cfg.sharpen)) * (x - cv2.GaussianBlur(x, (0, 0), 1.5))
     if rng.random() < cfg.noise_p:
         x = x + rng.normal(0.0, rng.uniform(*cfg.noise_sigma), size=x.shape).astype(np.float32)
     out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if rng.random() < cfg.jpeg_p:
-        quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-        ok, buf = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
-        if decoded is not None:
-            out = decoded[:, :, ::-1]
+        out = _jpeg(out, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+        if cfg.double_jpeg_p > 0 and rng.random() < cfg.double_jpeg_p:
+            out = _jpeg(out, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
     return np.ascontiguousarray(out)
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    return rgb if decoded is None else np.ascontiguousarray(decoded[:, :, ::-1])
+
+
+def vignette(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A lens's fall-off: darker away from a centre near the middle, by `strength` at the farthest
+    corner. The crop is a band of a larger photo, so the centre moves and the fall-off is uneven."""
+    h, w = x.shape[:2]
+    cy, cx = h * rng.uniform(0.2, 0.8), w * rng.uniform(0.2, 0.8)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    gain = 1.0 - strength * r2 / float(r2.max())
+    return (x * gain[:, :, None]).astype(np.float32)
+
+
+def motion_blur(x: np.ndarray, length_px: float, angle: float) -> np.ndarray:
+    """A shaken hand: the crop smeared along a line `length_px` long at `angle` (radians)."""
+    size = int(np.ceil(length_px)) | 1  # odd, so the line is centred
+    kernel = np.zeros((size, size), np.float32)
+    c = size // 2
+    dx, dy = np.cos(angle) * length_px / 2, np.sin(angle) * length_px / 2
+    cv2.line(kernel, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1.0, 1)
+    return cv2.filter2D(x, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT_101)
 
 
 def tone_curve(x: np.ndarray, gamma: float, s_strength: float) -> np.ndarray:

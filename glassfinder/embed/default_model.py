@@ -38,7 +38,7 @@ from PIL import Image
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
 from glassfinder.catalog.manifest import read_manifest_rows
-from glassfinder.embed.augment import BASIC_AUGMENT, AugmentConfig
+from glassfinder.embed.augment import BASIC_AUGMENT, CAMERA_AUGMENT, AugmentConfig
 from glassfinder.embed.data import ViewSet
 from glassfinder.embed.model import mobilenet_config, weights_bytes
 from glassfinder.embed.train import (
@@ -75,6 +75,9 @@ PORTRAIT_BANK = "portrait-bank"
 #: grey face keeps the frame's colour as the only colour in the crop, which is worth seeing too.
 PORTRAIT_COLOUR_P = 0.75
 
+
+#: --augment: the training crops' damage (embed/augment.py says what each draws).
+AUGMENTS = {"appearance": AugmentConfig(), "basic": BASIC_AUGMENT, "camera": CAMERA_AUGMENT}
 
 #: --materials: the assets' own materials, or every view's frame and lens materials drawn anew,
 #: in full or mildly (0.4: colour read through a gamma of 0.83-1.48 and a gain of 0.86-1.10, where
@@ -270,10 +273,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--augment",
-        choices=("appearance", "basic"),
+        choices=tuple(AUGMENTS),
         default="appearance",
         help="training augmentation: 'appearance' (the default: tone curve, resolution loss and "
-        "lens glare besides the basic damage) or 'basic' (without them, for comparison)",
+        "lens glare besides the basic damage), 'basic' (without them, for comparison) or 'camera' "
+        "(appearance plus motion blur, vignetting, sharpening halos and a second JPEG)",
     )
     parser.add_argument(
         "--materials",
@@ -375,7 +379,7 @@ def _base_config(store: LocalStore, specs: list[RenderSpec], opts: RetrainOption
         epochs=opts.epochs,
         model=model_config if init_from else mobilenet_config(),
         init_from=init_from,
-        augment=AugmentConfig() if opts.augment == "appearance" else BASIC_AUGMENT,
+        augment=AUGMENTS[opts.augment],
     )
     return base, init_from
 
