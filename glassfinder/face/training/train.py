@@ -51,10 +51,13 @@ from glassfinder.face.training.fit import (
 from glassfinder.face.training.photo_data import load_or_render_photo_samples
 from glassfinder.face.training.presence import portrait_figures, portrait_views
 from glassfinder.face.training.verify import DEFAULT_SHARDS as VERIFIER_SHARDS
-from glassfinder.face.training.verify import fit_and_package, non_face_photos
-from glassfinder.heads.portraits import load_portraits, split_portraits
+from glassfinder.face.training.verify import (
+    add_portraits_argument,
+    fit_and_package,
+    non_face_photos,
+    split_portraits_from,
+)
 from glassfinder.nets.packaged import card_path, read_packaged
-from glassfinder.settings import portraits_dir
 from glassfinder.workers import exit_with_parent
 
 DEFAULT_SHARDS = 30
@@ -124,17 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         help="imagenet: all stages from ImageNet; packaged: keep the packaged model's trunk "
         "(stages 1-2) and refit only the presence decision (stage 3)",
     )
-    parser.add_argument(
-        "--portraits",
-        type=Path,
-        default=None,
-        help="labelled real portraits (labels.csv + images/; default $GLASSFINDER_PORTRAITS_DIR or "
-        "../shared/faces/portraits beside the checkout)",
-    )
+    add_portraits_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     non_face_photos()  # the last step needs scikit-image: fail now, not after an hour of training
-    portraits = split_portraits(load_portraits(args.portraits or portraits_dir()))
+    portraits = split_portraits_from(args.portraits)
     render_all(args.work, args.shards, args.workers)
     if args.stage == "render":
         return 0

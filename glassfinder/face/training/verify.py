@@ -337,6 +337,22 @@ def fit_and_package(
     return report
 
 
+def add_portraits_argument(parser: argparse.ArgumentParser) -> None:
+    """--portraits, as the face-analysis training and the verifier's refit both take it."""
+    parser.add_argument(
+        "--portraits",
+        type=Path,
+        default=None,
+        help="labelled real portraits (labels.csv + images/; default $GLASSFINDER_PORTRAITS_DIR or "
+        "../shared/faces/portraits beside the checkout)",
+    )
+
+
+def split_portraits_from(root: Path | None) -> dict[str, list[Portrait]]:
+    """The labelled portraits under `root` (None: the configured folder), split train/calibrate/test."""
+    return split_portraits(load_portraits(root or portraits_dir()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glassfinder.face.training.verify", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="resumable work folder")
@@ -347,19 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"render shards of faces (default {DEFAULT_SHARDS})",
     )
     parser.add_argument("--models-dir", type=Path, default=None, help="default: the package's models")
-    parser.add_argument(
-        "--portraits",
-        type=Path,
-        default=None,
-        help="labelled real portraits (labels.csv + images/; default $GLASSFINDER_PORTRAITS_DIR or "
-        "../shared/faces/portraits beside the checkout)",
-    )
+    add_portraits_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
     # The packaged verifier was fitted with the portraits (face.training.train passes them): a
     # refit without them would silently fit another verifier than its card describes.
-    portraits = split_portraits(load_portraits(args.portraits or portraits_dir()))
+    portraits = split_portraits_from(args.portraits)
     print(json.dumps(fit_and_package(args.work, args.shards, args.models_dir, portraits), indent=2))
     return 0
 
