@@ -142,9 +142,8 @@ class ObjectStore(ABC):
         self, key: str, *, create_only: bool = False, if_match: str | None = None
     ) -> Iterator[Path]:
         """A local path to write the object's bytes to; it becomes `key` only if the block exits
-        cleanly. For native writers (Arrow) that hand big buffers straight to the OS: through a
-        Python file object each buffer is first copied into a bytes object (0.63x of numpy.save
-        for a 1 GiB feature shard, 0.78x through a native file). The default uploads the file.
+        cleanly. For writers that need a real file (the feature shard reserves its blocks before
+        writing, as numpy.save does). The default uploads the file.
         """
         validate_key(key)
         with tempfile.TemporaryDirectory(prefix="glassfinder-") as tmp:
