@@ -317,7 +317,7 @@ def _write_ipc_file(path: Path, table: pa.Table) -> int:
     """
     with open(path, "wb") as fh:
         if hasattr(os, "posix_fallocate"):
-            with contextlib.suppress(OSError):  # a file system without it just writes slower
+            with contextlib.suppress(OSError):  # without it (or where glibc emulates it) slower, not wrong
                 os.posix_fallocate(fh.fileno(), 0, _ipc_size_estimate(table))
         _write_ipc(fh, table)
         size = fh.tell()
