@@ -138,10 +138,10 @@ def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) 
         got.clear()  # hold the last read only: numpy.load's results are dropped too
         got.append(embeddings_of(read_shard(store, key, "feature", dim=dim, columns=columns)))
 
-    shard_read = timed(read, 3, best=True)
-    assert np.array_equal(got[-1], emb)
     raw = ""
-    if not isinstance(store, LocalStore):
+    if isinstance(store, LocalStore):
+        shard_read = timed(read, 3, best=True)
+    else:
         # As many bytes as the shard, each put to a new name as the shard's are: what the
         # server itself costs, which numpy on a local disk does not pay. Random, as vectors are:
         # the server stores and serves a run of equal bytes faster than the shard's.
@@ -156,8 +156,8 @@ def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) 
             held.clear()  # held like the shard read's result, so both pay for a second copy alike
             held.append(np.frombuffer(store.get("bench/raw"), np.uint8))
 
-        # Alternating with the shard's reads, which are timed again here, as many times: the
-        # server's speed drifts by 1.5x within a run (slower just after the writes above).
+        # The shard's reads alternate with the plain gets, as many of each: the server's speed
+        # drifts by 1.5x within a run (slower just after the writes above).
         get_times, read_times = [], []
         for _ in range(3):
             get_times.append(timed(get_raw, 1))
@@ -169,6 +169,7 @@ def bench_shard(store: ObjectStore, name: str, n: int, dim: int, workdir: Path) 
             f"\n             vs a plain put/get of the shard's byte count ({shard_mib / put_s:.1f} / "
             f"{shard_mib / get_s:.1f} MiB/s): write {put_s / shard_write:.2f}, read {get_s / shard_read:.2f}"
         )
+    assert np.array_equal(got[-1], emb)
     print(
         f"  {name:<10} {n:,} x {dim} float32 ({vec_mib:.0f} MiB of vectors, shard {size / MIB:.0f} MiB)\n"
         f"             write: shard {vec_mib / shard_write:8.1f} MiB/s"

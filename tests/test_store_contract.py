@@ -138,7 +138,7 @@ def test_invalid_keys_are_refused(store: ObjectStore, bad: str) -> None:
         store.put(bad, b"x")
 
 
-@pytest.mark.parametrize("wrap", ["stream", "memoryview", "bytearray", "float32 array view"])
+@pytest.mark.parametrize("wrap", ["stream", "memoryview", "bytearray", "float32 array view", "strided view"])
 def test_large_object_goes_up_in_parts_and_round_trips(small_part_store: ObjectStore, wrap: str) -> None:
     """A shard built in memory is put as a memoryview over its buffer: every byte must arrive."""
     store = small_part_store
@@ -148,6 +148,7 @@ def test_large_object_goes_up_in_parts_and_round_trips(small_part_store: ObjectS
         "memoryview": lambda: memoryview(data),
         "bytearray": lambda: bytearray(data),
         "float32 array view": lambda: np.frombuffer(data, np.float32).data,
+        "strided view": lambda: np.repeat(np.frombuffer(data, np.uint8), 2)[::2].data,
     }[wrap]()
     info = store.put("big/object.bin", payload)
     assert info.size == len(data)

@@ -85,7 +85,10 @@ def as_stream(data: Payload) -> BinaryIO:
     if isinstance(data, bytes):
         return io.BytesIO(data)  # shares the bytes, no copy
     if isinstance(data, (bytearray, memoryview)):
-        return cast(BinaryIO, _ViewReader(memoryview(data)))
+        view = memoryview(data)
+        if not view.c_contiguous:  # a strided view has no flat bytes to read in place
+            return io.BytesIO(view.tobytes())
+        return cast(BinaryIO, _ViewReader(view))
     return data
 
 
@@ -98,7 +101,7 @@ class _ViewReader(io.RawIOBase):
 
     def __init__(self, view: memoryview) -> None:
         super().__init__()
-        self._view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self._view = view.cast("B")  # flat bytes, whatever the item type and shape
         self._pos = 0
 
     def readable(self) -> bool:
@@ -111,9 +114,11 @@ class _ViewReader(io.RawIOBase):
         return chunk
 
     def readinto(self, buffer: Any) -> int:
-        chunk = self.read(len(memoryview(buffer).cast("B")))
-        memoryview(buffer).cast("B")[: len(chunk)] = chunk
-        return len(chunk)
+        target = memoryview(buffer).cast("B")
+        n = min(len(target), len(self._view) - self._pos)
+        target[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
 
 class ObjectStore(ABC):
