@@ -172,3 +172,16 @@ def test_the_cards_retrain_line_keeps_the_recipe_and_drops_this_machines_folders
     ]
     assert _portable_args(argv) == ["--epochs", "5", "--portraits", "none", "--init", "default"]
     assert _portable_args(["--portraits", "/data/p", "--augment", "basic"]) == ["--augment", "basic"]
+
+
+def test_the_prior_keeping_flags_reach_the_training_config(tmp_path: Path) -> None:
+    from glassfinder.embed.default_model import _base_config, _options, _parser
+    from glassfinder.store.local import LocalStore
+
+    def config_of(argv: list[str]) -> tuple[float, float]:
+        opts = _options(_parser().parse_args(["--portraits", "none", *argv]), argv)
+        base, _ = _base_config(LocalStore(tmp_path / "store"), [training_spec()], opts)
+        return base.trunk_lr_scale, base.distill_weight
+
+    assert config_of([]) == (1.0, 0.0)  # off unless asked for: the packaged recipe is unchanged
+    assert config_of(["--trunk-lr-scale", "0.2", "--distill", "1.5"]) == (0.2, 1.5)

@@ -288,6 +288,18 @@ def _parser() -> argparse.ArgumentParser:
         "mildly or in full",
     )
     parser.add_argument(
+        "--trunk-lr-scale",
+        type=float,
+        default=1.0,
+        help="the backbone's learning rate as a share of the head's (1: the same; 0: frozen)",
+    )
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="weight of the term that holds the backbone's features close to ImageNet's (0: off)",
+    )
+    parser.add_argument(
         "--run-name", default=None, help="training folder under WORK/train (default: the model's name)"
     )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
@@ -312,6 +324,8 @@ class RetrainOptions:
     stage: str
     augment: str
     materials: str
+    trunk_lr_scale: float
+    distill: float
     run_name: str | None
     device: str | None
     #: The command line minus this machine's folders, for the card's `retrain`.
@@ -336,6 +350,8 @@ def _options(args: argparse.Namespace, argv: list[str] | None) -> RetrainOptions
         stage=args.stage,
         augment=args.augment,
         materials=args.materials,
+        trunk_lr_scale=args.trunk_lr_scale,
+        distill=args.distill,
         run_name=args.run_name,
         device=args.device,
         portable_args=_portable_args(argv),
@@ -380,6 +396,8 @@ def _base_config(store: LocalStore, specs: list[RenderSpec], opts: RetrainOption
         model=model_config if init_from else mobilenet_config(),
         init_from=init_from,
         augment=AUGMENTS[opts.augment],
+        trunk_lr_scale=opts.trunk_lr_scale,
+        distill_weight=opts.distill,
     )
     return base, init_from
 

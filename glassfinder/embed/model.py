@@ -32,6 +32,8 @@ ARCHITECTURE = "glassfinder-resnet-v1"
 MOBILENET = "mobilenetv2-imagenet"
 EFFICIENTNET_LITE0 = "efficientnet-lite0-imagenet"
 ARCHITECTURES = (ARCHITECTURE, MOBILENET, EFFICIENTNET_LITE0)
+#: The backbones that start from ImageNet weights (and so have a prior to keep).
+IMAGENET_ARCHITECTURES = (MOBILENET, EFFICIENTNET_LITE0)
 POOLINGS = ("meanmax", "gem")
 #: The wide, sharp band the ImageNet backbone reads: 256x128, eyes 0.27 widths apart, so the
 #: outer rims and hinges stay inside at +-35 degrees of yaw (128x64 cut them off).
@@ -172,12 +174,27 @@ class EmbeddingNet(nn.Module):
         return self.body(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.backbone(x)
+        return self.embed_features(self.backbone(x))
+
+    def embed_features(self, y: torch.Tensor) -> torch.Tensor:
+        """The trunk's feature map -> unit embeddings (training reads the map too, to distil it)."""
         if self.config.pooling == "gem":
             pooled = self.gem(y).to(y.dtype)
         else:
             pooled = torch.cat([y.mean(dim=(2, 3)), y.amax(dim=(2, 3))], dim=1)
         return F.normalize(self.head_bn(self.head(pooled)).float(), dim=1)
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """The backbone's parameters (ImageNet's, where it came from there), not the pooling's or head's."""
+        return [p for name, p in self.named_parameters() if name.split(".", 1)[0] in _TRUNK_MODULES]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything `trunk_parameters` leaves out: pooling and the embedding head."""
+        return [p for name, p in self.named_parameters() if name.split(".", 1)[0] not in _TRUNK_MODULES]
+
+
+#: Attribute names of the backbones' modules in EmbeddingNet (one per architecture family).
+_TRUNK_MODULES = frozenset({"features", "effnet", "stem", "body"})
 
 
 def build_model(config: ModelConfig, *, seed: int, pretrained: bool = True) -> EmbeddingNet:

@@ -35,6 +35,7 @@ from glassfinder.embed.augment import AugmentConfig, augment_crop
 from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import (
+    IMAGENET_ARCHITECTURES,
     EmbeddingNet,
     ModelConfig,
     build_model,
@@ -80,6 +81,12 @@ class TrainConfig:
     #: '' starts from ImageNet (MobileNetV2) or the seed (the small CNN); 'NAME@SHA' fine-tunes a
     #: published or packaged model, whose config must equal `model`.
     init_from: str = ""
+    # Keeping the ImageNet prior (#33), both off by default: the trunk's learning rate as a share
+    # of `lr` (0 freezes its weights), and the weight of a distillation term that holds the trunk's
+    # feature map close to the frozen ImageNet trunk's (1 - cosine per location, averaged), so
+    # fine-tuning on renders cannot forget what photos of real things look like.
+    trunk_lr_scale: float = 1.0
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -92,9 +99,28 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise BadInputError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.trunk_lr_scale <= 1.0:
+            raise BadInputError(f"trunk_lr_scale must be in [0, 1], got {self.trunk_lr_scale}")
+        if self.distill_weight < 0.0:
+            raise BadInputError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.distill_weight and self.model.architecture not in IMAGENET_ARCHITECTURES:
+            raise BadInputError(
+                f"distill_weight needs an ImageNet backbone ({IMAGENET_ARCHITECTURES}) to distil from, "
+                f"got {self.model.architecture!r}"
+            )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config as recorded in checkpoints, cards and pipeline run keys. Fields added after
+        runs were recorded are left out at their defaults, so those records still match."""
+        raw = asdict(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if raw[name] == default:
+                del raw[name]
+        return json.dumps(raw, sort_keys=True)
+
+
+#: TrainConfig fields that came after runs were recorded, with the default that leaves them out.
+_LATER_DEFAULTS: dict[str, Any] = {"trunk_lr_scale": 1.0, "distill_weight": 0.0}
 
 
 @dataclass
@@ -277,13 +303,16 @@ def _check_batch_fits(products: int, config: TrainConfig) -> None:
 
 @dataclass
 class _TrainingParts:
-    """What a training step updates; all but the scaler are saved in every checkpoint."""
+    """What a training step updates; all but the scaler and the teacher are saved in every
+    checkpoint (the teacher is ImageNet's trunk, frozen, rebuilt the same every time)."""
 
     model: EmbeddingNet
     loss_fn: torch.nn.Module
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.OneCycleLR
     scaler: torch.amp.GradScaler
+    teacher: EmbeddingNet | None = None
+    distill_weight: float = 0.0
 
 
 def _training_parts(
@@ -297,17 +326,34 @@ def _training_parts(
     model = initial_model(store, config).to(dev)
     loss_fn = make_loss(config.loss, classes, config.model.dim, margin=config.margin, scale=config.scale)
     loss_fn = loss_fn.to(dev)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.parameters(), "lr": config.lr, "weight_decay": config.weight_decay},
-            {"params": loss_fn.parameters(), "lr": config.loss_lr, "weight_decay": 0.0},
-        ]
-    )
+    groups, max_lr = _parameter_groups(model, loss_fn, config)
+    optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[config.lr, config.loss_lr], total_steps=config.epochs * steps, pct_start=0.15
+        optimizer, max_lr=max_lr, total_steps=config.epochs * steps, pct_start=0.15
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=config.amp and dev.type == "cuda")
-    return _TrainingParts(model, loss_fn, optimizer, scheduler, scaler)
+    teacher = None
+    if config.distill_weight:
+        teacher = build_model(config.model, seed=config.seed).to(dev).eval().requires_grad_(False)
+    return _TrainingParts(model, loss_fn, optimizer, scheduler, scaler, teacher, config.distill_weight)
+
+
+def _parameter_groups(
+    model: EmbeddingNet, loss_fn: torch.nn.Module, config: TrainConfig
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The optimiser's groups and their peak learning rates. The trunk gets its own group only when
+    its rate differs, so checkpoints of runs made before the option still resume."""
+    net: list[dict[str, Any]] = [{"params": model.parameters(), "lr": config.lr}]
+    if config.trunk_lr_scale != 1.0:
+        trunk_lr = config.lr * config.trunk_lr_scale
+        net = [
+            {"params": model.trunk_parameters(), "lr": trunk_lr},
+            {"params": model.head_parameters(), "lr": config.lr},
+        ]
+    for group in net:
+        group["weight_decay"] = config.weight_decay
+    groups = [*net, {"params": loss_fn.parameters(), "lr": config.loss_lr, "weight_decay": 0.0}]
+    return groups, [float(g["lr"]) for g in groups]
 
 
 @dataclass
@@ -359,33 +405,55 @@ def _train_epoch(
     """One pass over the epoch's batches; its history row (loss and speed)."""
     parts.model.train()
     t0 = time.perf_counter()
-    total = 0.0
+    total = distill = 0.0
     batches = _batches(views, labels, config, epoch, steps)
     if progress:
         batches = tqdm(batches, total=steps, unit="batch", desc=f"epoch {epoch}/{config.epochs}", leave=False)
     for x, y in batches:
-        total += _train_step(parts, x, y, dev)
+        metric_loss, distill_loss = _train_step(parts, x, y, dev)
+        total += metric_loss
+        distill += distill_loss
     seconds = time.perf_counter() - t0
-    return {
+    row = {
         "epoch": epoch,
         "loss": round(total / steps, 4),
         "train_img_per_s": round(steps * config.batch_size / seconds, 1),
         "seconds": round(seconds, 1),
     }
+    if parts.teacher is not None:
+        row["distill_loss"] = round(distill / steps, 4)
+    return row
 
 
-def _train_step(parts: _TrainingParts, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> float:
-    """One optimiser step on a batch (the forward pass in float16 where AMP is on); its loss."""
+def _train_step(
+    parts: _TrainingParts, x: torch.Tensor, y: torch.Tensor, dev: torch.device
+) -> tuple[float, float]:
+    """One optimiser step on a batch (the forward pass in float16 where AMP is on); its metric loss
+    and its distillation loss (0 without a teacher)."""
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
     with torch.autocast(dev.type, dtype=torch.float16, enabled=parts.scaler.is_enabled()):
-        emb = parts.model(x)
-    loss = parts.loss_fn(emb.float(), y)
+        features = parts.model.backbone(x)
+        emb = parts.model.embed_features(features)
+    metric_loss = parts.loss_fn(emb.float(), y)
+    loss, distill_loss = metric_loss, torch.zeros(())
+    if parts.teacher is not None:
+        amp = parts.scaler.is_enabled()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            target = parts.teacher.backbone(x)
+        distill_loss = feature_distance(features, target)
+        loss = metric_loss + parts.distill_weight * distill_loss
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.scheduler.step()
-    return float(loss.detach())
+    return float(metric_loss.detach()), float(distill_loss.detach())
+
+
+def feature_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between two (n, c, h, w) feature maps at each location, averaged: 0 where the
+    student's trunk still sees what ImageNet's does, whatever the scale of its activations."""
+    return (1.0 - torch.nn.functional.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
 
 
 def _validate(
