@@ -207,7 +207,10 @@ def test_one_worker_renders_in_process(catalog, tmp_path: Path) -> None:
     report = render_catalog(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", SPEC, LocalStore(tmp_path / "two"), workers=2, limit=2
     )
-    assert report.rendered == 2 and len(report.worker_pids) == 2 and os.getpid() not in report.worker_pids
+    # Rendered in the pool, not here. Which of the two workers takes each asset is the pool's
+    # choice: on a loaded machine one can take both before the other has started.
+    assert report.rendered == 2 and 1 <= len(report.worker_pids) <= 2
+    assert os.getpid() not in report.worker_pids
 
 
 def test_a_store_outage_fails_the_render_and_quarantines_nothing_then_a_retry_completes(
