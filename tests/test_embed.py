@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,59 @@ def test_keeping_the_imagenet_prior_holds_the_trunk_near_imagenet(
     train_model(rendered, config, work_dir=tmp_path / "b", views=views, stop_after_epochs=1)
     resumed = train_model(rendered, config, work_dir=tmp_path / "b", views=views, resume=True)
     assert weights_bytes(resumed.model) == weights_bytes(straight.model)
+
+
+def _hopper_bank(root: Path) -> LocalStore:
+    """A photo bank of three faces: Hopper's photo, mirrored, and darker (the training face)."""
+    import io
+
+    import matplotlib.cbook
+    from PIL import Image
+
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    bank = LocalStore(root)
+    for name, img in (("a", rgb), ("b", rgb[:, ::-1]), ("c", (rgb * 0.7).astype(np.uint8))):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
+        bank.put(f"{name}.png", buf.getvalue())
+    return bank
+
+
+def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalStore, tmp_path: Path) -> None:
+    """Layer views train beside whole renders, in the train split only, each drawn onto one of
+    its bank's faces by the step's generator: the glasses stay, the face changes, and a resumed
+    run still ends on the same weights."""
+    bank = _hopper_bank(tmp_path / "bank")
+    layer_spec = replace(
+        GALLERY_SPEC, face_source=f"photos:{bank.uri}", glasses_layer=True, views_per_asset=2
+    )
+    manifest = f"{rendered.uri}/{CATALOG_MANIFEST_KEY}"
+    assert render_catalog(manifest, layer_spec, rendered, workers=1).rendered == 24
+    config = tiny_config(epochs=2, layer_specs=(layer_spec.spec_hash,))
+    train, val = load_training_views(rendered, config)
+    assert train.layer_index is not None and train.layers is not None and val.layers is None
+    layer_rows = np.flatnonzero(train.layer_index >= 0)
+    assert len(layer_rows) == 2 * len(set(train.product_ids[layer_rows])) > 0
+    assert set(train.product_ids[layer_rows]) <= set(train.product_ids[train.layer_index < 0])
+    assert len(train.layers.faces) == 3
+
+    row = int(layer_rows[0])
+    draws = [train.view(row, np.random.default_rng(s)) for s in range(8)]
+    glasses = train.layers.alpha[train.layer_index[row]] == 255
+    assert glasses.any() and all(np.array_equal(d[glasses], draws[0][glasses]) for d in draws)
+    assert len({d.tobytes() for d in draws}) > 1  # another face (or its mirror) behind them
+    whole = int(np.flatnonzero(train.layer_index < 0)[0])
+    rng = np.random.default_rng(0)  # a whole render comes back as stored, drawing nothing
+    assert np.array_equal(train.view(whole, rng), train.crops[whole])
+    assert rng.random() == np.random.default_rng(0).random()
+
+    straight = train_model(rendered, config, work_dir=tmp_path / "a", views=(train, val))
+    train_model(rendered, config, work_dir=tmp_path / "b", views=(train, val), stop_after_epochs=1)
+    resumed = train_model(rendered, config, work_dir=tmp_path / "b", views=(train, val), resume=True)
+    assert weights_bytes(resumed.model) == weights_bytes(straight.model)
+    with pytest.raises(GlassFinderError, match="is not a glasses-layer spec"):
+        load_training_views(rendered, tiny_config(layer_specs=(GALLERY_SPEC.spec_hash,)))
 
 
 def test_prior_options_leave_recorded_configs_unchanged_and_refuse_bad_values() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from glassfinder import layout
 from glassfinder.catalog.generate import generate_catalog
 from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY, ingest_manifest
-from glassfinder.errors import PhotoError
+from glassfinder.errors import GlassFinderError, PhotoError
 from glassfinder.heads import photos as photos_mod
 from glassfinder.heads.photos import PhotoBank, analyse_photo
 from glassfinder.layout import render_quarantine_report_key as quarantine_key
@@ -143,3 +143,38 @@ def test_render_job_on_a_photo_bank(bank_store: LocalStore, tmp_path: Path) -> N
     table = read_shard(out, shard_keys[0], "image")
     assert all(f.startswith("photo-") for f in table.column("face_id").to_pylist())
     assert layout.render_shard_key(spec.spec_hash, table.column("asset_sha256")[0].as_py()) == shard_keys[0]
+
+
+def test_a_glasses_layer_over_its_own_face_is_the_render(bank_store: LocalStore, tmp_path: Path) -> None:
+    """A glasses-layer spec stores the glasses alone (premultiplied RGB + alpha); put back over
+    the face it was fitted to, with the renderer's own over-operator, it gives the composited
+    render of the same view, so training that swaps the face changes nothing else."""
+    from glassfinder.embed.composite import over
+    from glassfinder.embed.data import decode_image, decode_layer
+
+    generate_catalog(LocalStore(tmp_path / "sample"), 1, seed=5, workers=1)
+    out = LocalStore(tmp_path / "pipeline")
+    ingest_manifest(str(tmp_path / "sample" / "manifest.parquet"), dest=out)
+    whole = RenderSpec(image_px=96, views_per_asset=3, face_source=f"photos:{bank_store.uri}")
+    layer = dataclasses.replace(whole, glasses_layer=True)
+    assert whole.spec_hash != layer.spec_hash and "glasses_layer" not in whole.canonical_json()
+    tables = []
+    for spec in (whole, layer):
+        render_catalog(f"{out.uri}/{CATALOG_MANIFEST_KEY}", spec, out, workers=1)
+        (key,) = [i.key for i in out.list(f"renders/{spec.spec_hash}/") if i.key.endswith(".parquet")]
+        tables.append(read_shard(out, key, "image"))
+    faces = {
+        face.face_id: PhotoBank(out, "", out).crop(k) for face, k in PhotoBank(bank_store, "", out).scan()[0]
+    }
+    rows = zip(
+        *(t.column("image").to_pylist() for t in tables), tables[1].column("face_id").to_pylist(), strict=True
+    )
+    for rendered, layered, face_id in rows:
+        rgba = decode_layer(layered, "layer")
+        assert 0.005 < (rgba[..., 3] > 0).mean() < 0.5  # the glasses, not the face or nothing
+        assert not rgba[..., :3][rgba[..., 3] == 0].any()  # premultiplied: no colour where no cover
+        face = np.asarray(Image.fromarray(faces[face_id]).resize((96, 96), Image.Resampling.LANCZOS))
+        again = over(rgba[..., :3], rgba[..., 3], face).astype(int)
+        assert np.abs(again - decode_image(rendered, "render").astype(int)).max() <= 2
+    with pytest.raises(GlassFinderError, match="glasses_layer needs face_source"):
+        RenderSpec(glasses_layer=True)

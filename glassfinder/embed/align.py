@@ -77,14 +77,14 @@ def align_matrix(eyes_xy: np.ndarray, geometry: CropGeometry) -> np.ndarray:
 
 
 def align_crop(image: np.ndarray, eyes_xy: np.ndarray, geometry: CropGeometry) -> np.ndarray:
-    """(height, width, 3) uint8: the aligned eye band of an RGB image.
+    """(height, width, c) uint8: the aligned eye band of an RGB (or RGBA) image.
 
-    image: (h, w, 3) uint8. Large photos are halved (Gaussian pyramid) until at most 2x the
+    image: (h, w, 3) or (h, w, 4) uint8. Large photos are halved (Gaussian pyramid) until at most 2x the
     crop's scale first, so a 4000 px upload does not alias into the crop.
     """
     img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise FaultError(f"image must be (h, w, 3) uint8, got {img.shape} {img.dtype}")
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+        raise FaultError(f"image must be (h, w, 3) or (h, w, 4) uint8, got {img.shape} {img.dtype}")
     eyes = _check_eyes(eyes_xy)
     matrix = align_matrix(eyes, geometry)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))

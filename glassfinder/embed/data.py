@@ -10,7 +10,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from glassfinder import layout
 from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
+from glassfinder.embed.composite import LayerViews
 from glassfinder.errors import BadInputError, NotFoundError, ShardCorruptError
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
@@ -50,6 +51,15 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         raise ShardCorruptError(f"{where}: image cannot be decoded ({exc})") from exc
 
 
+def decode_layer(data: bytes, where: str) -> np.ndarray:
+    """(h, w, 4) uint8 premultiplied RGB + alpha from a glasses layer's PNG (RenderSpec.glasses_layer)."""
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if decoded is None or decoded.ndim != 3 or decoded.shape[2] != 4:
+        shape = None if decoded is None else decoded.shape
+        raise ShardCorruptError(f"{where}: expected a glasses layer (an RGBA PNG), got {shape}")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
+
+
 def eyes_of(table: pa.Table) -> np.ndarray:
     """(n, 2, 2) float32 [left eye, right eye] pixels from an image shard's eye columns."""
     left = np.asarray(table.column("eye_left_xy").combine_chunks().flatten(), dtype=np.float32)
@@ -70,12 +80,15 @@ def iter_shard_crops(
     splits: Sequence[str] | None = None,
     damage: AugmentConfig | None = None,
     seed: int = 0,
+    layers: bool = False,
 ) -> Iterator[tuple[str, pa.Table, np.ndarray]]:
     """(key, metadata table, (n, h, w, 3) uint8 aligned crops) per shard, in key order.
 
     damage: photometric damage and eye-detector noise applied to each whole image before
     alignment, drawn from (seed, view key): how evaluation turns clean renders into queries.
+    layers: the shards hold glasses layers; the crops are (n, h, w, 4) premultiplied RGB + alpha.
     """
+    decode = decode_layer if layers else decode_image
     for key in keys:
         table = read_shard(store, key, "image", columns=_READ_COLUMNS)
         if splits is not None:
@@ -88,7 +101,7 @@ def iter_shard_crops(
         view_keys = table.column("view_key").to_pylist()
         crops = []
         for i, img in enumerate(images):
-            pixels, view_eyes = decode_image(img, f"{store.uri}/{key} row {i}"), eyes[i]
+            pixels, view_eyes = decode(img, f"{store.uri}/{key} row {i}"), eyes[i]
             if damage is not None:
                 rng = np.random.default_rng([seed, *hashlib.sha256(view_keys[i].encode()).digest()[:8]])
                 view_eyes = jitter_eyes(view_eyes, rng, damage.eye_sigma_frac)
@@ -102,11 +115,15 @@ class ViewSet:
     """Aligned crops of many views with their metadata, held in memory.
 
     crops: (n, h, w, 3) uint8 aligned with `geometry`; meta: one row per crop (META_COLUMNS).
+    layer_index: (n,) int, for training sets holding glasses layers: the row's index into
+    `layers.alpha` (its crop is then the layer's premultiplied colour), or -1 for a whole view.
     """
 
     crops: np.ndarray
     meta: pa.Table
     geometry: CropGeometry
+    layer_index: np.ndarray | None = None
+    layers: LayerViews | None = None
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -122,7 +139,27 @@ class ViewSet:
         return np.array([index[p] for p in self.product_ids], dtype=np.int64), classes
 
     def subset(self, mask: np.ndarray) -> ViewSet:
-        return ViewSet(self.crops[mask], self.meta.filter(pa.array(mask)), self.geometry)
+        index = None if self.layer_index is None else self.layer_index[mask]
+        return replace(self, crops=self.crops[mask], meta=self.meta.filter(pa.array(mask)), layer_index=index)
+
+    def view(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Row i's loose crop; a glasses layer's is composited onto a face drawn from `rng`."""
+        if self.layers is None or self.layer_index is None or self.layer_index[i] < 0:
+            return self.crops[i]
+        return self.layers.onto_face(self.crops[i], int(self.layer_index[i]), rng)
+
+    def with_layers(self, layers: ViewSet, faces: np.ndarray) -> ViewSet:
+        """These views followed by a glasses-layer set's (RGBA crops), drawn onto `faces`."""
+        if self.layers is not None or layers.crops.shape[-1] != 4:
+            raise BadInputError("with_layers joins a set of whole views with one of RGBA glasses layers")
+        index = np.concatenate([np.full(len(self), -1), np.arange(len(layers))])
+        return ViewSet(
+            np.concatenate([self.crops, layers.crops[..., :3]]),
+            pa.concat_tables([self.meta, layers.meta]),
+            self.geometry,
+            layer_index=index,
+            layers=LayerViews(alpha=np.ascontiguousarray(layers.crops[..., 3]), faces=faces),
+        )
 
 
 def load_views(
@@ -134,8 +171,10 @@ def load_views(
     progress: bool = False,
     damage: AugmentConfig | None = None,
     seed: int = 0,
+    layers: bool = False,
 ) -> ViewSet:
-    """Every view of one render spec (optionally only some splits) as aligned crops in memory."""
+    """Every view of one render spec (optionally only some splits) as aligned crops in memory
+    (layers: RGBA crops of a glasses-layer spec; see iter_shard_crops)."""
     keys = shard_keys(store, spec_hash)
     if not keys:
         raise NotFoundError(f"no image shards under {store.uri}/renders/{spec_hash}/: render that spec first")
@@ -144,7 +183,7 @@ def load_views(
         bar = tqdm(total=len(keys), unit="shard", desc=f"loading renders/{spec_hash}")
     crops, metas = [], []
     for _, meta, shard_crops in iter_shard_crops(
-        store, keys, geometry, splits=splits, damage=damage, seed=seed
+        store, keys, geometry, splits=splits, damage=damage, seed=seed, layers=layers
     ):
         crops.append(shard_crops)
         metas.append(meta)

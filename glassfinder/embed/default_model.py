@@ -168,14 +168,16 @@ def prepare(
     render_limit: int | None = None,
     portraits_root: Path | None = None,
     material_jitter: float = 0.0,
+    layers: bool = False,
 ) -> tuple[LocalStore, list[RenderSpec]]:
     """Generate, ingest and render the training catalogue under each spec (skipping what exists):
-    procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None."""
+    procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None
+    (layers: the portraits' glasses as layers alone, for training to put onto a new face each time)."""
     store = prepare_catalog(work, products)
     specs = [training_spec(material_jitter), photo_training_spec(prepare_photo_bank(work), material_jitter)]
     if portraits_root is not None:
         bank = prepare_portrait_bank(work, portraits_root)
-        specs.append(portrait_training_spec(bank, material_jitter))
+        specs.append(replace(portrait_training_spec(bank, material_jitter), glasses_layer=layers))
     reports = render_catalog_specs(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit
     )
@@ -288,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
         "mildly or in full",
     )
     parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="render the portraits' glasses as layers alone and put each onto a new portrait every "
+        "time training draws it (the same glasses as the portrait renders, never the same face)",
+    )
+    parser.add_argument(
         "--trunk-lr-scale",
         type=float,
         default=1.0,
@@ -324,6 +332,7 @@ class RetrainOptions:
     stage: str
     augment: str
     materials: str
+    layers: bool
     trunk_lr_scale: float
     distill: float
     run_name: str | None
@@ -350,6 +359,7 @@ def _options(args: argparse.Namespace, argv: list[str] | None) -> RetrainOptions
         stage=args.stage,
         augment=args.augment,
         materials=args.materials,
+        layers=args.layers,
         trunk_lr_scale=args.trunk_lr_scale,
         distill=args.distill,
         run_name=args.run_name,
@@ -361,7 +371,7 @@ def _options(args: argparse.Namespace, argv: list[str] | None) -> RetrainOptions
 def retrain_default_model(opts: RetrainOptions) -> int:
     """Render, compare, train and package (each step resuming from what the work folder holds)."""
     store, specs = prepare(
-        opts.work, opts.products, opts.render_limit, opts.portraits, MATERIALS[opts.materials]
+        opts.work, opts.products, opts.render_limit, opts.portraits, MATERIALS[opts.materials], opts.layers
     )
     if opts.stage == "render":
         return 0
@@ -391,7 +401,8 @@ def _base_config(store: LocalStore, specs: list[RenderSpec], opts: RetrainOption
     """The training config before a backbone is chosen, and the model it fine-tunes ('' for none)."""
     model_config, init_from = resolve_init(store, opts.init, None)
     base = TrainConfig(
-        spec_hashes=tuple(s.spec_hash for s in specs),
+        spec_hashes=tuple(s.spec_hash for s in specs if not s.glasses_layer),
+        layer_specs=tuple(s.spec_hash for s in specs if s.glasses_layer),
         epochs=opts.epochs,
         model=model_config if init_from else mobilenet_config(),
         init_from=init_from,

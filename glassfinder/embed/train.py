@@ -32,6 +32,7 @@ from tqdm import tqdm
 from glassfinder import layout, settings
 from glassfinder.embed.align import CropGeometry, align_matrix
 from glassfinder.embed.augment import AugmentConfig, augment_crop
+from glassfinder.embed.composite import bank_faces
 from glassfinder.embed.data import LOOSE_FACTOR, ViewSet, load_views
 from glassfinder.embed.infer import Embedder
 from glassfinder.embed.model import (
@@ -46,6 +47,7 @@ from glassfinder.embed.model import (
 from glassfinder.embed.registry import load_model, publish_model
 from glassfinder.errors import BadInputError
 from glassfinder.nets.packaged import read_packaged
+from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class TrainConfig:
     # fine-tuning on renders cannot forget what photos of real things look like.
     trunk_lr_scale: float = 1.0
     distill_weight: float = 0.0
+    #: Glasses-layer render specs (RenderSpec.glasses_layer) whose train views join the training
+    #: set, each put onto a face of its photo bank drawn anew every time (embed/composite.py).
+    layer_specs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -120,7 +125,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that came after runs were recorded, with the default that leaves them out.
-_LATER_DEFAULTS: dict[str, Any] = {"trunk_lr_scale": 1.0, "distill_weight": 0.0}
+_LATER_DEFAULTS: dict[str, Any] = {"trunk_lr_scale": 1.0, "distill_weight": 0.0, "layer_specs": ()}
 
 
 @dataclass
@@ -215,7 +220,7 @@ def _batches(
         idx = order[step * config.batch_size : (step + 1) * config.batch_size]
         rng = np.random.default_rng([config.seed, epoch, step])
         crops = np.stack(
-            [augment_crop(views.crops[i], views.geometry, geometry, rng, config.augment) for i in idx]
+            [augment_crop(views.view(i, rng), views.geometry, geometry, rng, config.augment) for i in idx]
         )
         return to_input(crops), torch.from_numpy(labels[idx])
 
@@ -565,7 +570,27 @@ def load_training_views(
     train, val = views.subset(split == "train"), views.subset(split == "val")
     if not len(train):
         raise BadInputError(f"render specs {list(config.spec_hashes)} have no 'train' split views")
+    if config.layer_specs:
+        train = _with_layers(store, train, config.layer_specs, progress)
     return train, val
+
+
+def _with_layers(store: ObjectStore, train: ViewSet, layer_specs: Sequence[str], progress: bool) -> ViewSet:
+    """The train views plus the glasses layers of `layer_specs` (train split; validation stays
+    whole renders), with the faces of each layer spec's photo bank to draw them onto."""
+    loose = train.geometry
+    sets, faces = [], []
+    for spec_hash in layer_specs:
+        key = layout.render_spec_key(spec_hash)
+        if not store.exists(key):
+            raise BadInputError(f"layer_specs: no render spec {spec_hash} under {store.uri}: render it first")
+        spec = RenderSpec.from_json(store.get(key).decode(), f"{store.uri}/{key}")
+        if not spec.glasses_layer:
+            raise BadInputError(f"layer_specs: render spec {spec_hash} is not a glasses-layer spec")
+        sets.append(load_views(store, spec_hash, loose, splits=("train",), progress=progress, layers=True))
+        faces.append(bank_faces(store, spec.face_source, loose))
+    layers = ViewSet(np.concatenate([s.crops for s in sets]), pa.concat_tables([s.meta for s in sets]), loose)
+    return train.with_layers(layers, np.concatenate(faces))
 
 
 def parse_specs(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -186,7 +186,9 @@ def render_asset_views(
             face, crop_key = photos[view.face_index % len(photos)]
             if crop_key not in crops:
                 crops[crop_key] = PhotoBank(crop_store, "", crop_store).crop(crop_key)
-            out = photo_renderer.render(asset, face, crops[crop_key], view)
+            # A glasses layer is composited onto black: what is left is the premultiplied layer.
+            backdrop = np.zeros_like(crops[crop_key]) if spec.glasses_layer else crops[crop_key]
+            out = photo_renderer.render(asset, face, backdrop, view)
             rendered.add(spec, view, out, face.face_id, (face.yaw_deg, face.pitch_deg, face.roll_deg))
         else:
             out = renderer.render(asset, head(view.face_index), view)
@@ -251,7 +253,7 @@ class _AssetViews:
     ) -> None:
         self.face_ids.append(face_id)
         self.poses.append(pose)
-        self.images.append(out.encode(spec.image_format, spec.jpeg_quality))
+        self.images.append(out.encode(spec.image_format, spec.jpeg_quality, with_alpha=spec.glasses_layer))
         self.eyes.append(out.eyes_xy)
         self.landmarks.append(out.landmarks_xy)
         self.boxes.append(out.glasses_box_xyxy)

@@ -108,6 +108,10 @@ class RenderSpec(ContentAddressed):
     backgrounds: tuple[str, ...] = BACKGROUNDS
     fit_jitter: float = 0.0  # 0: textbook fit; 1: up to 6 mm down the nose and 4 degrees of tilt
     material_jitter: float = 0.0  # 0: the asset's own materials; 1: full draws (see MaterialDraw)
+    #: Photo faces only: store the glasses layer alone (premultiplied RGB + alpha, PNG), fitted
+    #: and lit for the photo's face but not composited onto it, so training can put it onto a
+    #: new face each time it draws the view (embed/composite.py).
+    glasses_layer: bool = False
     image_format: str = "png"
     jpeg_quality: int = 92
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -115,7 +119,7 @@ class RenderSpec(ContentAddressed):
     version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    DIGEST_OMITS_AT_DEFAULT = ("material_jitter",)
+    DIGEST_OMITS_AT_DEFAULT = ("material_jitter", "glasses_layer")
 
     def __post_init__(self) -> None:
         if self.image_px < 32 or self.image_px > 2048:
@@ -145,6 +149,11 @@ class RenderSpec(ContentAddressed):
         if not 0.0 <= self.material_jitter <= 1.0:
             raise BadInputError(
                 f"render spec material_jitter must be within 0..1, got {self.material_jitter}"
+            )
+        if self.glasses_layer and (self.face_source == "procedural" or self.image_format != "png"):
+            raise BadInputError(
+                "render spec glasses_layer needs face_source 'photos:<store URI>' and image_format "
+                f"'png', got {self.face_source!r} and {self.image_format!r}"
             )
 
     @classmethod
