@@ -136,3 +136,22 @@ def test_harsh_damage_maps_a_marked_point_to_where_it_lands(look) -> None:
         weights = out[ys, xs]
         found = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
         assert np.linalg.norm(found - expected) < 2.5 * max(1.0, m[0, 0]), (seed, found, expected)
+
+
+def test_the_cross_look_bench_tells_a_gain_from_the_photos_noise() -> None:
+    """Rows are compared photo by photo: a gain on every photo is outside the interval's zero,
+    a swap of two hits for two misses is not a gain, and identical rows gain nothing."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from cross_look_bench import paired_gain
+    finally:
+        sys.path.remove(str(BENCH))
+    old = [1, 0, 3, 12, 1, 0, 2, 1] * 10  # ranks: 1 a top-1 hit, 0 refused or beyond the top 10
+    assert paired_gain(old, old, 1) == {"gain": 0.0, "low": 0.0, "high": 0.0}
+    better = [1] * len(old)
+    gain = paired_gain(better, old, 1)
+    assert gain["gain"] == 0.625 and 0.0 < gain["low"] <= gain["gain"] <= gain["high"]
+    swapped = [0, 1, 3, 12, 0, 1, 2, 1] * 10  # as many top-1 hits, on other photos
+    noise = paired_gain(swapped, old, 1)
+    assert noise["gain"] == 0.0 and noise["low"] < 0.0 < noise["high"]
+    assert paired_gain(old, better, 10)["gain"] == -0.375  # 12 and 0 are top-10 misses
