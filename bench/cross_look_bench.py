@@ -348,6 +348,8 @@ def main() -> None:
     work = Path(args.work)
     t0 = time.perf_counter()
     store, spec_hash, rows = prepare(work, args.products, args.seed, args.gallery_views)
+    wanted = [m.split("=", 1) if "=" in m else [m, m] for m in (args.model or ["packaged"])]
+    refs = model_refs(store, [ref for _, ref in wanted])
     chosen = chosen_rows(rows, args.photos_per_face, args.seed)
     looks: dict[str, list[dict[str, Any]]] = {"own/procedural": procedural_photos(work, store, rows)}
     looks |= own_photos(work, store, chosen)
@@ -359,8 +361,6 @@ def main() -> None:
     for look in LOOKS[1:]:
         contact_sheet(looks[look], work / "sheets" / f"{look.replace('/', '-')}.jpg")
     family = {str(r["product_id"]): str(r.get("family_id")) for r in rows}
-    wanted = [m.split("=", 1) if "=" in m else [m, m] for m in (args.model or ["packaged"])]
-    refs = model_refs(store, [ref for _, ref in wanted])
     report: dict[str, Any] = {
         "products": len(rows),
         "catalogue_seed": args.seed,

@@ -108,7 +108,7 @@ def make_photos(work: Path, store: Any, rows: list[dict[str, Any]], per_face: in
 def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
     """label -> NAME@SHA published in the store (the ImageNet baseline is published on demand)."""
     from glassfinder.embed.model import ModelConfig, build_model
-    from glassfinder.embed.registry import publish_model
+    from glassfinder.embed.registry import load_model, publish_model
     from glassfinder.nets.packaged import read_packaged
 
     refs = {}
@@ -123,8 +123,9 @@ def model_refs(store: Any, wanted: list[str]) -> dict[str, str]:
                 store, "imagenet-baseline", model, {"note": "ImageNet-initialised, untrained"}
             )
             refs[label] = f"imagenet-baseline@{sha}"
-        else:
-            refs[label] = label
+        else:  # loaded now, so a mistyped reference fails before the queries are made, not after
+            loaded = load_model(store, label)
+            refs[label] = f"{loaded.name}@{loaded.sha}"
     return refs
 
 
