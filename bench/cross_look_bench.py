@@ -282,13 +282,15 @@ def paired_gain(new: list[int], old: list[int], k: int, seed: int = 0) -> dict[s
     95% interval: with 50-150 photos a face, a gain whose interval holds 0 is the photos' noise."""
     from scipy.stats import bootstrap
 
+    if len(new) != len(old):
+        raise ValueError(f"paired rows need the same photos: {len(new)} ranks against {len(old)}")
     hit_new, hit_old = ((np.array(r) >= 1) & (np.array(r) <= k) for r in (new, old))
     diff = hit_new.astype(float) - hit_old.astype(float)
     if np.ptp(diff) == 0:  # every photo moved alike: no spread to resample
         low = high = float(diff[0])
     else:
         ci = bootstrap(
-            (diff,), np.mean, n_resamples=2000, method="percentile", random_state=np.random.default_rng(seed)
+            (diff,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(seed)
         ).confidence_interval
         low, high = float(ci.low), float(ci.high)
     return {"gain": round(float(diff.mean()), 3), "low": round(low, 3), "high": round(high, 3)}

@@ -185,3 +185,17 @@ def test_the_prior_keeping_flags_reach_the_training_config(tmp_path: Path) -> No
 
     assert config_of([]) == (1.0, 0.0)  # off unless asked for: the packaged recipe is unchanged
     assert config_of(["--trunk-lr-scale", "0.2", "--distill", "1.5"]) == (0.2, 1.5)
+
+
+def test_layers_train_the_portraits_glasses_on_new_faces_and_need_the_portraits(tmp_path: Path) -> None:
+    from glassfinder.embed.default_model import _base_config, _options, _parser, main
+    from glassfinder.store.local import LocalStore
+
+    bank = tmp_path / "bank"
+    specs = [training_spec(), replace(portrait_training_spec(bank), glasses_layer=True)]
+    argv = ["--layers", "--portraits", str(tmp_path)]
+    base, _ = _base_config(LocalStore(tmp_path / "store"), specs, _options(_parser().parse_args(argv), argv))
+    assert base.spec_hashes == (specs[0].spec_hash,) and base.layer_specs == (specs[1].spec_hash,)
+    with pytest.raises(SystemExit):  # argparse's one-line error, before anything is rendered
+        main(["--layers", "--portraits", "none", "--work", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()

@@ -338,12 +338,17 @@ def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalSto
     assert weights_bytes(resumed.model) == weights_bytes(straight.model)
     with pytest.raises(GlassFinderError, match="is not a glasses-layer spec"):
         load_training_views(rendered, tiny_config(layer_specs=(GALLERY_SPEC.spec_hash,)))
+    other_split = replace(layer_spec, seed=3)  # another seed splits the products otherwise
+    render_catalog(manifest, other_split, rendered, workers=1)
+    with pytest.raises(GlassFinderError, match="splits products otherwise"):
+        load_training_views(rendered, tiny_config(layer_specs=(other_split.spec_hash,)))
 
 
 def test_prior_options_leave_recorded_configs_unchanged_and_refuse_bad_values() -> None:
     """Runs recorded before the options existed keep their keys (pipeline run keys, resumes)."""
     plain = json.loads(tiny_config().to_json())
-    assert "trunk_lr_scale" not in plain and "distill_weight" not in plain
+    assert not {"trunk_lr_scale", "distill_weight", "layer_specs"} & set(plain)
+    assert tiny_config(layer_specs=[]).to_json() == tiny_config().to_json()  # a list, as from JSON
     assert json.loads(tiny_config(trunk_lr_scale=0.1).to_json())["trunk_lr_scale"] == 0.1
     with pytest.raises(GlassFinderError, match="trunk_lr_scale must be in"):
         tiny_config(trunk_lr_scale=1.5)

@@ -88,6 +88,8 @@ def iter_shard_crops(
     alignment, drawn from (seed, view key): how evaluation turns clean renders into queries.
     layers: the shards hold glasses layers; the crops are (n, h, w, 4) premultiplied RGB + alpha.
     """
+    if layers and damage is not None:
+        raise BadInputError("glasses layers are damaged after compositing, not as stored: pass no damage")
     decode = decode_layer if layers else decode_image
     for key in keys:
         table = read_shard(store, key, "image", columns=_READ_COLUMNS)
@@ -151,7 +153,10 @@ class ViewSet:
     def with_layers(self, layers: ViewSet, faces: np.ndarray) -> ViewSet:
         """These views followed by a glasses-layer set's (RGBA crops), drawn onto `faces`."""
         if self.layers is not None or layers.crops.shape[-1] != 4:
-            raise BadInputError("with_layers joins a set of whole views with one of RGBA glasses layers")
+            raise BadInputError(
+                "with_layers joins a set of whole views with one of RGBA glasses layers, got a set "
+                f"{'with' if self.layers is not None else 'without'} layers and crops of {layers.crops.shape}"
+            )
         index = np.concatenate([np.full(len(self), -1), np.arange(len(layers))])
         return ViewSet(
             np.concatenate([self.crops, layers.crops[..., :3]]),

@@ -241,7 +241,10 @@ def _portable_args(argv: list[str] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.layers and args.portraits == "none":
+        parser.error("--layers renders the portraits' glasses as layers: it needs --portraits, got none")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("PML").setLevel(logging.WARNING)
     return retrain_default_model(_options(args, argv))

@@ -84,9 +84,10 @@ class TrainConfig:
     #: published or packaged model, whose config must equal `model`.
     init_from: str = ""
     # Keeping the ImageNet prior (#33), both off by default: the trunk's learning rate as a share
-    # of `lr` (0 freezes its weights), and the weight of a distillation term that holds the trunk's
-    # feature map close to the frozen ImageNet trunk's (1 - cosine per location, averaged), so
-    # fine-tuning on renders cannot forget what photos of real things look like.
+    # of `lr` (0 freezes its weights; its batch norms' statistics still follow the data), and the
+    # weight of a distillation term that holds the trunk's feature map close to the frozen
+    # ImageNet trunk's (1 - cosine per location, averaged), so fine-tuning on renders cannot
+    # forget what photos of real things look like.
     trunk_lr_scale: float = 1.0
     distill_weight: float = 0.0
     #: Glasses-layer render specs (RenderSpec.glasses_layer) whose train views join the training
@@ -104,6 +105,7 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise BadInputError(f"epochs must be >= 1, got {self.epochs}")
+        object.__setattr__(self, "layer_specs", tuple(self.layer_specs))  # a list records as ()'s twin
         if not 0.0 <= self.trunk_lr_scale <= 1.0:
             raise BadInputError(f"trunk_lr_scale must be in [0, 1], got {self.trunk_lr_scale}")
         if self.distill_weight < 0.0:
@@ -563,21 +565,24 @@ def load_training_views(
     sets = [
         load_views(store, h, loose, splits=("train", "val"), progress=progress) for h in config.spec_hashes
     ]
-    crops = np.concatenate([s.crops for s in sets])
     meta = pa.concat_tables([s.meta for s in sets])
-    views = ViewSet(crops, meta, loose)
+    views = ViewSet(np.concatenate([s.crops for s in sets]), meta, loose)
+    del sets  # the crops live once in `views`, then once in the splits: not three times over
     split = np.asarray(meta.column("split").to_pylist())
     train, val = views.subset(split == "train"), views.subset(split == "val")
+    del views
     if not len(train):
         raise BadInputError(f"render specs {list(config.spec_hashes)} have no 'train' split views")
     if config.layer_specs:
-        train = _with_layers(store, train, config.layer_specs, progress)
+        train = _with_layers(store, train, set(val.product_ids.tolist()), config.layer_specs, progress)
     return train, val
 
 
-def _with_layers(store: ObjectStore, train: ViewSet, layer_specs: Sequence[str], progress: bool) -> ViewSet:
+def _with_layers(
+    store: ObjectStore, train: ViewSet, val_products: set[str], layer_specs: Sequence[str], progress: bool
+) -> ViewSet:
     """The train views plus the glasses layers of `layer_specs` (train split; validation stays
-    whole renders), with the faces of each layer spec's photo bank to draw them onto."""
+    whole renders), with the faces of the layer specs' photo banks to draw them onto."""
     loose = train.geometry
     sets, faces = [], []
     for spec_hash in layer_specs:
@@ -587,7 +592,14 @@ def _with_layers(store: ObjectStore, train: ViewSet, layer_specs: Sequence[str],
         spec = RenderSpec.from_json(store.get(key).decode(), f"{store.uri}/{key}")
         if not spec.glasses_layer:
             raise BadInputError(f"layer_specs: render spec {spec_hash} is not a glasses-layer spec")
-        sets.append(load_views(store, spec_hash, loose, splits=("train",), progress=progress, layers=True))
+        layer_set = load_views(store, spec_hash, loose, splits=("train",), progress=progress, layers=True)
+        leaked = val_products & set(layer_set.product_ids.tolist())
+        if leaked:
+            raise BadInputError(
+                f"layer_specs: render spec {spec_hash} splits products otherwise ({len(leaked)} of its train "
+                "products are validation products of spec_hashes): give it their seed and split_fractions"
+            )
+        sets.append(layer_set)
         faces.append(bank_faces(store, spec.face_source, loose))
     layers = ViewSet(np.concatenate([s.crops for s in sets]), pa.concat_tables([s.meta for s in sets]), loose)
     return train.with_layers(layers, np.concatenate(faces))
