@@ -338,6 +338,8 @@ def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalSto
     assert weights_bytes(resumed.model) == weights_bytes(straight.model)
     with pytest.raises(GlassFinderError, match="is not a glasses-layer spec"):
         load_training_views(rendered, tiny_config(layer_specs=(GALLERY_SPEC.spec_hash,)))
+    with pytest.raises(GlassFinderError, match="holds glasses layers"):  # not glasses on black
+        load_training_views(rendered, tiny_config(spec_hashes=(layer_spec.spec_hash,)))
     other_split = replace(layer_spec, seed=3)  # another seed splits the products otherwise
     render_catalog(manifest, other_split, rendered, workers=1)
     with pytest.raises(GlassFinderError, match="splits products otherwise"):

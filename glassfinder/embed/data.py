@@ -24,6 +24,7 @@ from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
 from glassfinder.embed.composite import LayerViews
 from glassfinder.errors import BadInputError, NotFoundError, ShardCorruptError
+from glassfinder.render.spec import RenderSpec
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
 
@@ -183,6 +184,11 @@ def load_views(
     keys = shard_keys(store, spec_hash)
     if not keys:
         raise NotFoundError(f"no image shards under {store.uri}/renders/{spec_hash}/: render that spec first")
+    if not layers and holds_glasses_layers(store, spec_hash):
+        raise BadInputError(
+            f"render spec {spec_hash} holds glasses layers (glasses alone, no face), not whole renders: "
+            "train on it through layer_specs, never as a spec of views"
+        )
     bar = None
     if progress:
         bar = tqdm(total=len(keys), unit="shard", desc=f"loading renders/{spec_hash}")
@@ -202,6 +208,14 @@ def load_views(
         )
     log.info("loaded %d views of %d shards from renders/%s", sum(len(c) for c in crops), len(keys), spec_hash)
     return ViewSet(np.concatenate(crops), pa.concat_tables(metas), geometry)
+
+
+def holds_glasses_layers(store: ObjectStore, spec_hash: str) -> bool:
+    """Whether a stored render spec keeps glasses layers (decoded as RGB they are glasses on black)."""
+    key = layout.render_spec_key(spec_hash)
+    if not store.exists(key):
+        return False
+    return RenderSpec.from_json(store.get(key).decode(), f"{store.uri}/{key}").glasses_layer
 
 
 def view_columns(meta: pa.Table) -> ViewColumns:
