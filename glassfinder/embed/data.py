@@ -24,7 +24,7 @@ from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
 from glassfinder.embed.composite import LayerViews
 from glassfinder.errors import BadInputError, NotFoundError, ShardCorruptError
-from glassfinder.render.spec import RenderSpec
+from glassfinder.render.spec import load_saved_spec
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
 
@@ -212,10 +212,7 @@ def load_views(
 
 def holds_glasses_layers(store: ObjectStore, spec_hash: str) -> bool:
     """Whether a stored render spec keeps glasses layers (decoded as RGB they are glasses on black)."""
-    key = layout.render_spec_key(spec_hash)
-    if not store.exists(key):
-        return False
-    return RenderSpec.from_json(store.get(key).decode(), f"{store.uri}/{key}").glasses_layer
+    return store.exists(layout.render_spec_key(spec_hash)) and load_saved_spec(store, spec_hash).glasses_layer
 
 
 def view_columns(meta: pa.Table) -> ViewColumns:

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from glassfinder.embed.model import (
 from glassfinder.embed.registry import load_model, publish_model
 from glassfinder.errors import BadInputError
 from glassfinder.nets.packaged import read_packaged
-from glassfinder.render.spec import RenderSpec
+from glassfinder.render.spec import load_saved_spec
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,15 @@ class TrainConfig:
         """The config as recorded in checkpoints, cards and pipeline run keys. Fields added after
         runs were recorded are left out at their defaults, so those records still match."""
         raw = asdict(self)
-        for name, default in _LATER_DEFAULTS.items():
-            if raw[name] == default:
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in _LATER_FIELDS:
+            if raw[name] == defaults[name]:
                 del raw[name]
         return json.dumps(raw, sort_keys=True)
 
 
-#: TrainConfig fields that came after runs were recorded, with the default that leaves them out.
-_LATER_DEFAULTS: dict[str, Any] = {"trunk_lr_scale": 1.0, "distill_weight": 0.0, "layer_specs": ()}
+#: TrainConfig fields that came after runs were recorded: left out while at their defaults.
+_LATER_FIELDS = ("trunk_lr_scale", "distill_weight", "layer_specs")
 
 
 @dataclass
@@ -586,10 +587,9 @@ def _with_layers(
     loose = train.geometry
     sets, faces = [], []
     for spec_hash in layer_specs:
-        key = layout.render_spec_key(spec_hash)
-        if not store.exists(key):
+        if not store.exists(layout.render_spec_key(spec_hash)):
             raise BadInputError(f"layer_specs: no render spec {spec_hash} under {store.uri}: render it first")
-        spec = RenderSpec.from_json(store.get(key).decode(), f"{store.uri}/{key}")
+        spec = load_saved_spec(store, spec_hash)
         if not spec.glasses_layer:
             raise BadInputError(f"layer_specs: render spec {spec_hash} is not a glasses-layer spec")
         layer_set = load_views(store, spec_hash, loose, splits=("train",), progress=progress, layers=True)

@@ -12,30 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from glassfinder.errors import BadInputError, CorruptStoreFileError, FaultError, ObjectNotFoundError
-from glassfinder.layout import render_spec_key as spec_key
+from glassfinder.errors import BadInputError
 from glassfinder.pipeline.artefacts import Batch
 from glassfinder.render.job import render_catalog_specs
 from glassfinder.render.packshot import load_packshot_spec
-from glassfinder.render.spec import RenderSpec
+from glassfinder.render.spec import load_saved_spec
 from glassfinder.store import open_store
-from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
-
-
-def load_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec:
-    """The spec a plan saved under its hash; checked against the hash it is stored under."""
-    try:
-        text = store.get(spec_key(spec_hash)).decode()
-    except ObjectNotFoundError:
-        raise FaultError(f"render spec {spec_hash} is not in {store.uri}/{spec_key(spec_hash)}") from None
-    spec = RenderSpec.from_json(text, where=f"{store.uri}/{spec_key(spec_hash)}")
-    if spec.spec_hash != spec_hash:
-        raise CorruptStoreFileError(
-            f"{store.uri}/{spec_key(spec_hash)} holds spec {spec.spec_hash}, not {spec_hash}"
-        )
-    return spec
 
 
 def render_batch(batch: Batch) -> dict[str, Any]:

@@ -18,12 +18,13 @@ from glassfinder.errors import BadInputError, GlassFinderError, NoModelError, Re
 from glassfinder.pipeline import catalog as catalog_stage
 from glassfinder.pipeline import publish as publish_stage
 from glassfinder.pipeline.artefacts import Batch, EmbedTarget, RunPlan
-from glassfinder.pipeline.batches import embed_batch, load_saved_spec, render_batch
+from glassfinder.pipeline.batches import embed_batch, render_batch
 from glassfinder.pipeline.config import PipelineConfig
 from glassfinder.pipeline.plan import plan_work
 from glassfinder.pipeline.summary import summarise
 from glassfinder.pipeline.training import train_and_register, training_spec
 from glassfinder.render.packshot import PACKSHOT_SPEC
+from glassfinder.render.spec import load_saved_spec
 from glassfinder.store import open_store
 
 log = logging.getLogger(__name__)

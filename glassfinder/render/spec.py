@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from glassfinder.errors import BadInputError
+from glassfinder.errors import BadInputError, CorruptStoreFileError, FaultError, ObjectNotFoundError
+from glassfinder.layout import render_spec_key
 from glassfinder.store import open_object
+from glassfinder.store.base import ObjectStore
 
 SPEC_VERSION = 1
 BACKGROUNDS = ("gradient", "noise", "texture")
@@ -317,6 +319,19 @@ PRESETS: dict[str, RenderSpec] = {
         lens_palette=OPTICAL_LENS_PALETTE,
     ),
 }
+
+
+def load_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec:
+    """The spec saved under its hash (by a plan or a render job); checked against that hash."""
+    key = render_spec_key(spec_hash)
+    try:
+        text = store.get(key).decode()
+    except ObjectNotFoundError:
+        raise FaultError(f"render spec {spec_hash} is not in {store.uri}/{key}") from None
+    spec = RenderSpec.from_json(text, where=f"{store.uri}/{key}")
+    if spec.spec_hash != spec_hash:
+        raise CorruptStoreFileError(f"{store.uri}/{key} holds spec {spec.spec_hash}, not {spec_hash}")
+    return spec
 
 
 def load_spec(arg: str) -> RenderSpec:

@@ -86,11 +86,10 @@ class RenderedView:
     def encode(self, fmt: str = "png", quality: int = 92, *, with_alpha: bool = False) -> bytes:
         """PNG or JPEG bytes; with_alpha: a PNG whose fourth channel is `alpha` (a glasses layer)."""
         buf = io.BytesIO()
-        img = Image.fromarray(self.rgb)
+        pixels = self.rgb
         if with_alpha:
-            img = Image.fromarray(
-                np.dstack([self.rgb, np.clip(self.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)])
-            )
+            pixels = np.dstack([self.rgb, np.clip(self.alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)])
+        img = Image.fromarray(pixels)
         if fmt == "png":
             img.save(buf, format="PNG", optimize=False, compress_level=1)  # 4x faster than 6, ~15% larger
         else:
