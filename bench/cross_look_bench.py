@@ -23,6 +23,7 @@ render's projected pupils, or the photos' hand-marked pupils carried through eve
 
     .venv/bin/python bench/cross_look_bench.py --products 300 --photos-per-face 50
     .venv/bin/python bench/cross_look_bench.py --model retrained=glasses@SHA  # a second row
+    .venv/bin/python bench/cross_look_bench.py --decompose  # which ingredient carries the gap
 
 Contact sheets of the photo looks land in WORK/sheets/. Rows: `--model LABEL=REF` (repeatable;
 REF: packaged, imagenet or NAME@SHA published in the work store; default packaged). Everything
@@ -48,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LOOKS = ("own/procedural", "own/astronaut", "own/hopper", "second/astronaut", "second/hopper")
 FACES = ("astronaut", "hopper")
+#: --decompose: looks that swap one ingredient between the own and the second look.
+DECOMPOSED = ("own-drawn+harsh-damage", "second-drawn+own-damage", "second+linear-colour")
 #: The packaged models' train look (what their cards describe).
 PACKAGED_TRAIN_LOOK = "own renders (procedural heads + Hopper's photo)"
 
@@ -69,6 +72,7 @@ def record_in_card(path: Path, report: dict[str, Any], label: str, args: argpars
         "looks": {
             look: {k: v for k, v in cell.items() if k not in ("refusals", "ranks")}
             for look, cell in row["looks"].items()
+            if look in LOOKS  # the decomposition's looks are a diagnosis, not the model's figures
         },
     }
     path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -137,9 +141,17 @@ def own_photos(
 
 
 def second_photos(
-    work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
+    work: Path,
+    store: Any,
+    chosen: dict[str, list[dict[str, Any]]],
+    *,
+    look: str = "second",
+    damage: Any = None,
+    colour_as_srgb: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
-    """bench/second_look.py on the two photos (its own compositing and damage)."""
+    """bench/second_look.py on the two photos (its own compositing and damage). `damage` and
+    `colour_as_srgb` swap one ingredient for the gap decomposition (`look` names the result);
+    the generator's seeds are the second look's, so each swap changes that ingredient alone."""
     from photo_bench import face_photos
     from PIL import Image
     from second_look import LayerRenderer, wear
@@ -152,7 +164,7 @@ def second_photos(
     out: dict[str, list[dict[str, Any]]] = {}
     try:
         for face, rows in chosen.items():
-            folder = work / "looks" / "second" / face
+            folder = work / "looks" / look / face
             folder.mkdir(parents=True, exist_ok=True)
             rgb = np.asarray(Image.open(io.BytesIO(faces[face])).convert("RGB"))
             nose = detect_face(rgb, face).landmarks5_xy[4]  # yaw from dlib's 5 points
@@ -163,16 +175,71 @@ def second_photos(
                 renderer = renderer or LayerRenderer()
                 glb = store.get(catalog_asset_key(str(row["asset_sha256"])))
                 rng = np.random.default_rng([i, 43, FACES.index(face)])
-                data, eyes, record = wear(rgb, pupils_of(face), nose, glb, row, renderer, rng)
+                data, eyes, record = wear(
+                    rgb, pupils_of(face), nose, glb, row, renderer, rng,
+                    damage=damage, colour_as_srgb=colour_as_srgb,
+                )  # fmt: skip
                 return data, {"product_id": str(row["product_id"]), "eyes": eyes.tolist(), "drawn": record}
 
-            out[f"second/{face}"] = [
+            out[f"{look}/{face}"] = [
                 _cached(folder / f"{i:03d}-{row['product_id']}.jpg", lambda i=i, row=row: make(i, row))
                 for i, row in enumerate(rows)
             ]
     finally:
         if renderer is not None:
             renderer.close()
+    return out
+
+
+def own_drawn_harsh_damage(
+    work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The own look's photos (same renders, same products) damaged by the second look's set."""
+    from photo_bench import face_photos
+    from second_look import harsh_phone_damage
+
+    from glassfinder.heads.photos import analyse_photo, crop_mapping
+    from glassfinder.search.samples import photo_wearing
+
+    faces = face_photos()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for face, rows in chosen.items():
+        folder = work / "looks" / DECOMPOSED[0] / face
+        folder.mkdir(parents=True, exist_ok=True)
+        pupils = _apply(crop_mapping(analyse_photo(faces[face], f"{face}.png")[0].crop_box), pupils_of(face))
+
+        def make(
+            i: int, row: dict[str, Any], face: str = face, pupils: np.ndarray = pupils
+        ) -> tuple[bytes, dict]:
+            rgb = photo_wearing(store, row, faces[face], f"{face}.png", seed=3000 + i)
+            mid, ipd = pupils.mean(axis=0), float(np.linalg.norm(pupils[0] - pupils[1]))
+            h, w = rgb.shape[:2]
+            keep = (max(0.0, mid[0] - 1.6 * ipd), max(0.0, mid[1] - 1.4 * ipd),
+                    min(w - 1.0, mid[0] + 1.6 * ipd), min(h - 1.0, mid[1] + 2.2 * ipd))  # fmt: skip
+            data, m = harsh_phone_damage(rgb, keep, np.random.default_rng([i, 43, FACES.index(face)]))
+            return data, {"product_id": str(row["product_id"]), "eyes": _apply(m, pupils).tolist()}
+
+        out[f"{DECOMPOSED[0]}/{face}"] = [
+            _cached(folder / f"{i:03d}-{row['product_id']}.jpg", lambda i=i, row=row: make(i, row))
+            for i, row in enumerate(rows)
+        ]
+    return out
+
+
+def decomposed_photos(
+    work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The gap between the own and the second look, one ingredient at a time: the own renders
+    with the second look's damage, the second look's drawing with the own damage, and the second
+    look with base colours read as the assets mean them (linear) instead of as display sRGB."""
+    from glassfinder.embed.augment import phone_damage_mapped
+
+    def own_damage(rgb: np.ndarray, keep: Any, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+        return phone_damage_mapped(rgb, rng)
+
+    out = own_drawn_harsh_damage(work, store, chosen)
+    out |= second_photos(work, store, chosen, look=DECOMPOSED[1], damage=own_damage)
+    out |= second_photos(work, store, chosen, look=DECOMPOSED[2], colour_as_srgb=False)
     return out
 
 
@@ -336,6 +403,12 @@ def main() -> None:
         default=None,
         help="LABEL=PATH: record that row's figures in the model card at PATH (cross_look_bench)",
     )
+    parser.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also search looks that swap one ingredient between the own and the second look "
+        "(damage, drawing, colour reading), to see which part of the gap each carries",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -356,11 +429,13 @@ def main() -> None:
     looks: dict[str, list[dict[str, Any]]] = {"own/procedural": procedural_photos(work, store, rows)}
     looks |= own_photos(work, store, chosen)
     looks |= second_photos(work, store, chosen)
+    if args.decompose:
+        looks |= decomposed_photos(work, store, chosen)
     print(
         f"queries ready in {time.perf_counter() - t0:.0f} s: "
         + ", ".join(f"{k} {len(v)}" for k, v in looks.items())
     )
-    for look in LOOKS[1:]:
+    for look in list(looks)[1:]:
         contact_sheet(looks[look], work / "sheets" / f"{look.replace('/', '-')}.jpg")
     family = {str(r["product_id"]): str(r.get("family_id")) for r in rows}
     report: dict[str, Any] = {
@@ -376,7 +451,7 @@ def main() -> None:
         index = index_for(store, label, refs[ref], f"{store.uri}/{CATALOG_MANIFEST_KEY}", spec_hash)
         engine = QueryEngine(store, index)
         train_look = PACKAGED_TRAIN_LOOK if ref == "packaged" else "see the model's card"
-        cells = {look: search_look(engine, looks[look], family) for look in LOOKS}
+        cells = {look: search_look(engine, photos, family) for look, photos in looks.items()}
         report["rows"][label] = {"ref": refs[ref], "train_look": train_look, "looks": cells}
     print(
         f"\n{len(rows)} products x {args.gallery_views} gallery views; {args.photos_per_face} photos "

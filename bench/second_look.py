@@ -36,6 +36,7 @@ photo. Everything random comes from the generator passed in.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,9 @@ class Glasses:
     lens_centres: dict[str, np.ndarray]  # role -> (3,) metres, asset coordinates
 
     @classmethod
-    def from_glb(cls, data: bytes) -> Glasses:
+    def from_glb(cls, data: bytes, *, colour_as_srgb: bool = True) -> Glasses:
+        """colour_as_srgb=False reads base colours as the asset means them (linear): only the
+        gap decomposition uses it, to measure what this look's colour reading alone costs."""
         scene = trimesh.load_scene(io.BytesIO(data), file_type="glb")
         parts: list[tuple[str, trimesh.Trimesh, dict[str, Any]]] = []
         lens_pts: dict[str, list[np.ndarray]] = {}
@@ -92,7 +95,7 @@ class Glasses:
             )
             mesh.apply_transform(transform)
             role = _role(node)
-            parts.append((role, mesh, _own_material(mesh)))
+            parts.append((role, mesh, _own_material(mesh, colour_as_srgb)))
             if role.startswith("lens"):
                 lens_pts.setdefault(role, []).append(np.asarray(mesh.vertices))
         centres = {}
@@ -102,7 +105,7 @@ class Glasses:
         return cls(parts, centres)
 
 
-def _own_material(mesh: trimesh.Trimesh) -> dict[str, Any]:
+def _own_material(mesh: trimesh.Trimesh, colour_as_srgb: bool = True) -> dict[str, Any]:
     """This look's reading of a glTF material: colour as display sRGB (linearised for the
     renderer), plastics rougher than authored (photos rarely show mirror-sharp highlights),
     metals kept metallic, and the authored alpha turned into an opacity for the 2D composite."""
@@ -120,7 +123,9 @@ def _own_material(mesh: trimesh.Trimesh) -> dict[str, Any]:
         rough = float(getattr(mat, "roughnessFactor", None) or 0.5)
     rgba = rgba / 255.0 if rgba.max() > 1.0 else rgba
     srgb = np.clip(rgba[:3], 0, 1)
-    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    linear = srgb
+    if colour_as_srgb:
+        linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
     if metallic > 0.5:
         return {
             "rgb": linear,
@@ -523,6 +528,11 @@ def harsh_phone_damage(
     return buf.getvalue(), mapping
 
 
+#: (photo, face box to keep, rng) -> (JPEG bytes, 2x3 affine from the photo's pixels to the JPEG's).
+Box = tuple[float, float, float, float]
+Damage = Callable[[np.ndarray, Box, np.random.Generator], tuple[bytes, np.ndarray]]
+
+
 # --- one photo, end to end --------------------------------------------------------------------------
 def own_lens(
     row: dict[str, Any], rng: np.random.Generator
@@ -547,8 +557,14 @@ def wear(
     row: dict[str, Any],
     renderer: LayerRenderer,
     rng: np.random.Generator,
+    *,
+    damage: Damage | None = None,
+    colour_as_srgb: bool = True,
 ) -> tuple[bytes, np.ndarray, dict[str, Any]]:
     """(JPEG bytes, (2, 2) true pupils on it, record): the photo wearing the product, damaged.
+
+    damage (default harsh_phone_damage) and colour_as_srgb swap one ingredient of this look for
+    the gap decomposition (bench/cross_look_bench.py --decompose); the defaults are the look.
 
     A small face (the public-domain photos' pupils are ~45-85 px apart) is first brought to a
     phone photo's resolution (pupils 60-120 px apart, bicubic), so this look differs from the
@@ -564,12 +580,13 @@ def wear(
         pupils = (pupils + 0.5) * up - 0.5  # pixel centres at integers
         nose_xy = None if nose_xy is None else (np.asarray(nose_xy, float) + 0.5) * up - 0.5
     place = placement_from(pupils, nose_xy)
-    worn, record = composite(photo_rgb, Glasses.from_glb(glb), own_lens(row, rng), place, renderer, rng)
+    glasses = Glasses.from_glb(glb, colour_as_srgb=colour_as_srgb)
+    worn, record = composite(photo_rgb, glasses, own_lens(row, rng), place, renderer, rng)
     record["upscale"] = round(up, 3)
     mid, ipd = place.pupils.mean(axis=0), place.ipd_px
     keep = (mid[0] - 1.6 * ipd, mid[1] - 1.4 * ipd, mid[0] + 1.6 * ipd, mid[1] + 2.2 * ipd)
     h, w = worn.shape[:2]
     keep = (max(0.0, keep[0]), max(0.0, keep[1]), min(w - 1.0, keep[2]), min(h - 1.0, keep[3]))
-    data, m = harsh_phone_damage(worn, keep, rng)
+    data, m = (damage or harsh_phone_damage)(worn, keep, rng)
     eyes = pupils @ m[:, :2].T + m[:, 2]
     return data, eyes, record

@@ -155,3 +155,40 @@ def test_the_cross_look_bench_tells_a_gain_from_the_photos_noise() -> None:
     noise = paired_gain(swapped, old, 1)
     assert noise["gain"] == 0.0 and noise["low"] < 0.0 < noise["high"]
     assert paired_gain(old, better, 10)["gain"] == -0.375  # 12 and 0 are top-10 misses
+
+
+def test_the_decomposition_swaps_one_ingredient_at_a_time(look, product) -> None:
+    """--decompose reads colours as the asset means them, or damages with another set: each
+    swap must change that ingredient and leave the drawing's random draws as they were."""
+    import skimage.data
+
+    row, glb = product
+    as_srgb = look.Glasses.from_glb(glb)
+    as_authored = look.Glasses.from_glb(glb, colour_as_srgb=False)
+    frame_srgb = next(m["rgb"] for role, _, m in as_srgb.parts if role == "frame")
+    frame_linear = next(m["rgb"] for role, _, m in as_authored.parts if role == "frame")
+    assert np.all(frame_linear >= frame_srgb) and np.any(frame_linear > frame_srgb + 0.01)
+
+    seen: list[tuple[int, int]] = []
+
+    def lossless(rgb: np.ndarray, keep: tuple, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+        seen.append(rgb.shape[:2])
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return buf.getvalue(), np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+    photo = skimage.data.astronaut()
+    renderer = look.LayerRenderer()
+    try:
+        data, eyes, record = look.wear(
+            photo, UNSEEN_FACE_PUPILS, None, glb, row, renderer, np.random.default_rng(3), damage=lossless
+        )
+        _, _, harsh_record = look.wear(
+            photo, UNSEEN_FACE_PUPILS, None, glb, row, renderer, np.random.default_rng(3)
+        )
+    finally:
+        renderer.close()
+    assert len(seen) == 1 and Image.open(io.BytesIO(data)).size == seen[0][::-1]
+    assert record == harsh_record, "the same placement, lens and pose: only the damage differs"
+    up = record["upscale"]
+    assert np.allclose(eyes, (UNSEEN_FACE_PUPILS + 0.5) * up - 0.5, atol=0.2)  # upscale is rounded
