@@ -262,6 +262,34 @@ def test_material_jitter_keeps_old_spec_hashes_and_every_draw_but_the_material()
         RenderSpec(material_jitter=1.5)
 
 
+def test_srgb_reading_darkens_the_share_of_views_asked_for_and_keeps_every_other_draw() -> None:
+    """Another pipeline may read a glTF base colour as display sRGB: a spec can train on both
+    readings, without re-rendering old catalogues or moving any other draw of a view."""
+    plain = RenderSpec(seed=4)
+    assert "srgb_reading_p" not in plain.canonical_json()
+    both = dataclasses.replace(plain, srgb_reading_p=0.5)
+    assert both.spec_hash != plain.spec_hash
+    assert RenderSpec.from_json(both.canonical_json()) == both
+    read = 0
+    for i in range(200):
+        a = plan_view(plain, "cd" * 32, i, fixed_lens=None)
+        b = plan_view(both, "cd" * 32, i, fixed_lens=None)
+        assert dataclasses.replace(b, material=None) == a
+        if b.material is not None:
+            read += 1
+            assert b.material.colour_gamma == 2.2 and b.material.colour_gain == 1.0
+            assert b.material.roughness is None and b.material.metallic_add == 0.0
+    assert 70 < read < 130  # about half of 200
+    jittered = dataclasses.replace(plain, material_jitter=1.0)
+    for i in range(20):  # on top of material draws: the same draw, read darker
+        a = plan_view(jittered, "cd" * 32, i, fixed_lens=None)
+        b = plan_view(dataclasses.replace(jittered, srgb_reading_p=1.0), "cd" * 32, i, fixed_lens=None)
+        assert a.material is not None and b.material is not None
+        assert b.material == dataclasses.replace(a.material, colour_gamma=a.material.colour_gamma * 2.2)
+    with pytest.raises(Exception, match="srgb_reading_p"):
+        RenderSpec(srgb_reading_p=-0.1)
+
+
 def test_drawn_materials_change_the_frame_and_a_plain_view_restores_its_own(
     renderer: TryOnRenderer, glb: bytes
 ) -> None:

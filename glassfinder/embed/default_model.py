@@ -79,26 +79,42 @@ PORTRAIT_COLOUR_P = 0.75
 #: --augment: the training crops' damage (embed/augment.py says what each draws).
 AUGMENTS = {"appearance": AugmentConfig(), "basic": BASIC_AUGMENT, "camera": CAMERA_AUGMENT}
 
-#: --materials: the assets' own materials, or every view's frame and lens materials drawn anew,
-#: in full or mildly (0.4: colour read through a gamma of 0.83-1.48 and a gain of 0.86-1.10, where
-#: the full draws' 0.67-2.2 and 0.65-1.25 made one colourway read as another).
-MATERIALS = {"own": 0.0, "mild": 0.4, "random": 1.0}
+
+@dataclass(frozen=True)
+class Materials:
+    """How the training renders draw the frames' materials (the render spec's two knobs)."""
+
+    material_jitter: float = 0.0  # RenderSpec.material_jitter
+    srgb_reading_p: float = 0.0  # RenderSpec.srgb_reading_p
 
 
-def training_spec(material_jitter: float = 0.0) -> RenderSpec:
+#: --materials: the assets' own materials; every view's frame and lens materials drawn anew, in
+#: full or mildly (0.4: colour read through a gamma of 0.83-1.48 and a gain of 0.86-1.10, where
+#: the full draws' 0.67-2.2 and 0.65-1.25 made one colourway read as another); or only the colour
+#: reading, half the views' frame colours read as display sRGB.
+MATERIALS = {
+    "own": Materials(),
+    "mild": Materials(material_jitter=0.4),
+    "random": Materials(material_jitter=1.0),
+    "readings": Materials(srgb_reading_p=0.5),
+}
+
+
+def training_spec(materials: Materials = MATERIALS["own"]) -> RenderSpec:
     """The render spec of the packaged model's training views (the 'catalog' preset's look)."""
     return replace(
         PRESETS["catalog"],
         views_per_asset=6,
         seed=TRAINING_SEED,
         split_fractions=(0.9, 0.1, 0.0),
-        material_jitter=material_jitter,
+        material_jitter=materials.material_jitter,
+        srgb_reading_p=materials.srgb_reading_p,
     )
 
 
-def photo_training_spec(bank: Path, material_jitter: float = 0.0) -> RenderSpec:
+def photo_training_spec(bank: Path, materials: Materials = MATERIALS["own"]) -> RenderSpec:
     """The training spec's look on the photos in `bank` (a folder; relative keeps the hash portable)."""
-    return replace(training_spec(material_jitter), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
+    return replace(training_spec(materials), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
 
 
 def prepare_photo_bank(work: Path) -> Path:
@@ -113,11 +129,9 @@ def prepare_photo_bank(work: Path) -> Path:
     return bank
 
 
-def portrait_training_spec(bank: Path, material_jitter: float = 0.0) -> RenderSpec:
+def portrait_training_spec(bank: Path, materials: Materials = MATERIALS["own"]) -> RenderSpec:
     """The training spec's look on the bare real portraits in `bank` (prepare_portrait_bank)."""
-    return replace(
-        training_spec(material_jitter), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS
-    )
+    return replace(training_spec(materials), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS)
 
 
 def prepare_portrait_bank(work: Path, portraits_root: Path) -> Path:
@@ -167,17 +181,17 @@ def prepare(
     products: int,
     render_limit: int | None = None,
     portraits_root: Path | None = None,
-    material_jitter: float = 0.0,
+    materials: Materials = MATERIALS["own"],
     layers: bool = False,
 ) -> tuple[LocalStore, list[RenderSpec]]:
     """Generate, ingest and render the training catalogue under each spec (skipping what exists):
     procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None
     (layers: the portraits' glasses as layers alone, for training to put onto a new face each time)."""
     store = prepare_catalog(work, products)
-    specs = [training_spec(material_jitter), photo_training_spec(prepare_photo_bank(work), material_jitter)]
+    specs = [training_spec(materials), photo_training_spec(prepare_photo_bank(work), materials)]
     if portraits_root is not None:
         bank = prepare_portrait_bank(work, portraits_root)
-        specs.append(replace(portrait_training_spec(bank, material_jitter), glasses_layer=layers))
+        specs.append(replace(portrait_training_spec(bank, materials), glasses_layer=layers))
     reports = render_catalog_specs(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit
     )
@@ -289,8 +303,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=tuple(MATERIALS),
         default="own",
         help="the frames' and lenses' materials in the training renders: the assets' own (the "
-        "default), or drawn anew per view (gloss, metalness, colour reading, lens tint and reflection), "
-        "mildly or in full",
+        "default), drawn anew per view (gloss, metalness, colour reading, lens tint and reflection) "
+        "mildly or in full, or 'readings': half the views' frame colours read as display sRGB",
     )
     parser.add_argument(
         "--layers",

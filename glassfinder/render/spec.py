@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,9 @@ class RenderSpec(ContentAddressed):
     backgrounds: tuple[str, ...] = BACKGROUNDS
     fit_jitter: float = 0.0  # 0: textbook fit; 1: up to 6 mm down the nose and 4 degrees of tilt
     material_jitter: float = 0.0  # 0: the asset's own materials; 1: full draws (see MaterialDraw)
+    #: Share of views whose frame colours are read as display sRGB (gamma 2.2, darker), as another
+    #: pipeline (or an asset exported the other way) reads a glTF base colour; the rest as authored.
+    srgb_reading_p: float = 0.0
     #: Photo faces only: store the glasses layer alone (premultiplied RGB + alpha, PNG), fitted
     #: and lit for the photo's face but not composited onto it, so training can put it onto a
     #: new face each time it draws the view (embed/composite.py).
@@ -121,7 +124,7 @@ class RenderSpec(ContentAddressed):
     version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    DIGEST_OMITS_AT_DEFAULT = ("material_jitter", "glasses_layer")
+    DIGEST_OMITS_AT_DEFAULT = ("material_jitter", "glasses_layer", "srgb_reading_p")
 
     def __post_init__(self) -> None:
         if self.image_px < 32 or self.image_px > 2048:
@@ -152,6 +155,8 @@ class RenderSpec(ContentAddressed):
             raise BadInputError(
                 f"render spec material_jitter must be within 0..1, got {self.material_jitter}"
             )
+        if not 0.0 <= self.srgb_reading_p <= 1.0:
+            raise BadInputError(f"render spec srgb_reading_p must be within 0..1, got {self.srgb_reading_p}")
         if self.glasses_layer and (self.face_source == "procedural" or self.image_format != "png"):
             raise BadInputError(
                 "render spec glasses_layer needs face_source 'photos:<store URI>' and image_format "
@@ -199,6 +204,17 @@ def draw_material(rng: np.random.Generator, jitter: float) -> MaterialDraw:
         lens_opacity_scale=float(rng.uniform(1 - 0.6 * j, 1 + 0.4 * j)),
         lens_reflect=float(rng.uniform(0, 0.5 * j)),
     )
+
+
+#: The display gamma an sRGB reading of a linear base colour amounts to (MaterialDraw.colour_gamma).
+SRGB_READING_GAMMA = 2.2
+
+
+def read_as_srgb(draw: MaterialDraw | None) -> MaterialDraw:
+    """`draw` (or the asset's own materials) with the frame colours read as display sRGB."""
+    if draw is None:
+        return MaterialDraw(SRGB_READING_GAMMA, 1.0, None, 0.0, 1.0, 0.0)
+    return replace(draw, colour_gamma=draw.colour_gamma * SRGB_READING_GAMMA)
 
 
 @dataclass(frozen=True)
@@ -260,7 +276,7 @@ def plan_view(
         float(np.sin(np.radians(key_el))),
         float(np.cos(np.radians(key_az)) * np.cos(np.radians(key_el))),
     )
-    return ViewParams(
+    view = ViewParams(
         view_index=view_index,
         face_index=face_index,
         yaw_deg=float(yaw),
@@ -283,6 +299,10 @@ def plan_view(
         # Drawn last, and only when asked for: a spec without material jitter keeps every view.
         material=draw_material(rng, spec.material_jitter) if spec.material_jitter > 0 else None,
     )
+    # After every other draw, and only when asked for, so other specs keep every view.
+    if spec.srgb_reading_p > 0 and rng.random() < spec.srgb_reading_p:
+        view = replace(view, material=read_as_srgb(view.material))
+    return view
 
 
 def split_of(spec: RenderSpec, product_id: str) -> str:
