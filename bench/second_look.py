@@ -528,8 +528,9 @@ def harsh_phone_damage(
     return buf.getvalue(), mapping
 
 
-#: (photo, face box to keep, rng) -> (JPEG bytes, 2x3 affine from the photo's pixels to the JPEG's).
+#: A face box (x0, y0, x1, y1) that the damage's reframing must keep in the picture.
 Box = tuple[float, float, float, float]
+#: (photo, face box to keep, rng) -> (JPEG bytes, 2x3 affine from the photo's pixels to the JPEG's).
 Damage = Callable[[np.ndarray, Box, np.random.Generator], tuple[bytes, np.ndarray]]
 
 
