@@ -40,6 +40,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,32 +109,46 @@ def _cached(path: Path, make: Any) -> dict[str, Any]:
     return {**json.loads(meta.read_text()), "path": str(path)}
 
 
+#: (photo, true pupils on it, photo number, face number) -> (JPEG bytes, 2x3 affine to the JPEG).
+OwnDamage = Callable[[np.ndarray, np.ndarray, int, int], tuple[bytes, np.ndarray]]
+
+
+def _usual_damage(rgb: np.ndarray, pupils: np.ndarray, i: int, f: int) -> tuple[bytes, np.ndarray]:
+    from glassfinder.embed.augment import phone_damage_mapped
+
+    return phone_damage_mapped(rgb, np.random.default_rng([i, 41, f]))
+
+
 def own_photos(
-    work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
+    work: Path,
+    store: Any,
+    chosen: dict[str, list[dict[str, Any]]],
+    *,
+    look: str = "own",
+    damage: OwnDamage = _usual_damage,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The product's renderer on the two photos, damaged by phone_damage_mapped (eyes tracked)."""
+    """The product's renderer on the two photos, damaged by phone_damage_mapped (eyes tracked).
+    `damage` swaps the damage for the gap decomposition (`look` names the result)."""
     from photo_bench import face_photos
 
-    from glassfinder.embed.augment import phone_damage_mapped
     from glassfinder.heads.photos import analyse_photo, crop_mapping
     from glassfinder.search.samples import photo_wearing
 
     faces = face_photos()
     out: dict[str, list[dict[str, Any]]] = {}
     for face, rows in chosen.items():
-        folder = work / "looks" / "own" / face
+        folder = work / "looks" / look / face
         folder.mkdir(parents=True, exist_ok=True)
-        to_crop = crop_mapping(analyse_photo(faces[face], f"{face}.png")[0].crop_box)
+        pupils = _apply(crop_mapping(analyse_photo(faces[face], f"{face}.png")[0].crop_box), pupils_of(face))
 
         def make(
-            i: int, row: dict[str, Any], face: str = face, to_crop: np.ndarray = to_crop
+            i: int, row: dict[str, Any], face: str = face, pupils: np.ndarray = pupils
         ) -> tuple[bytes, dict]:
             rgb = photo_wearing(store, row, faces[face], f"{face}.png", seed=3000 + i)
-            data, m = phone_damage_mapped(rgb, np.random.default_rng([i, 41, FACES.index(face)]))
-            eyes = _apply(m, _apply(to_crop, pupils_of(face)))
-            return data, {"product_id": str(row["product_id"]), "eyes": eyes.tolist()}
+            data, m = damage(rgb, pupils, i, FACES.index(face))
+            return data, {"product_id": str(row["product_id"]), "eyes": _apply(m, pupils).tolist()}
 
-        out[f"own/{face}"] = [
+        out[f"{look}/{face}"] = [
             _cached(folder / f"{i:03d}-{row['product_id']}.jpg", lambda i=i, row=row: make(i, row))
             for i, row in enumerate(rows)
         ]
@@ -191,53 +206,23 @@ def second_photos(
     return out
 
 
-def own_drawn_harsh_damage(
-    work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
-) -> dict[str, list[dict[str, Any]]]:
-    """The own look's photos (same renders, same products) damaged by the second look's set."""
-    from photo_bench import face_photos
-    from second_look import harsh_phone_damage
-
-    from glassfinder.heads.photos import analyse_photo, crop_mapping
-    from glassfinder.search.samples import photo_wearing
-
-    faces = face_photos()
-    out: dict[str, list[dict[str, Any]]] = {}
-    for face, rows in chosen.items():
-        folder = work / "looks" / DECOMPOSED[0] / face
-        folder.mkdir(parents=True, exist_ok=True)
-        pupils = _apply(crop_mapping(analyse_photo(faces[face], f"{face}.png")[0].crop_box), pupils_of(face))
-
-        def make(
-            i: int, row: dict[str, Any], face: str = face, pupils: np.ndarray = pupils
-        ) -> tuple[bytes, dict]:
-            rgb = photo_wearing(store, row, faces[face], f"{face}.png", seed=3000 + i)
-            mid, ipd = pupils.mean(axis=0), float(np.linalg.norm(pupils[0] - pupils[1]))
-            h, w = rgb.shape[:2]
-            keep = (max(0.0, mid[0] - 1.6 * ipd), max(0.0, mid[1] - 1.4 * ipd),
-                    min(w - 1.0, mid[0] + 1.6 * ipd), min(h - 1.0, mid[1] + 2.2 * ipd))  # fmt: skip
-            data, m = harsh_phone_damage(rgb, keep, np.random.default_rng([i, 43, FACES.index(face)]))
-            return data, {"product_id": str(row["product_id"]), "eyes": _apply(m, pupils).tolist()}
-
-        out[f"{DECOMPOSED[0]}/{face}"] = [
-            _cached(folder / f"{i:03d}-{row['product_id']}.jpg", lambda i=i, row=row: make(i, row))
-            for i, row in enumerate(rows)
-        ]
-    return out
-
-
 def decomposed_photos(
     work: Path, store: Any, chosen: dict[str, list[dict[str, Any]]]
 ) -> dict[str, list[dict[str, Any]]]:
     """The gap between the own and the second look, one ingredient at a time: the own renders
     with the second look's damage, the second look's drawing with the own damage, and the second
     look with base colours read as the assets mean them (linear) instead of as display sRGB."""
+    from second_look import face_box, harsh_phone_damage
+
     from glassfinder.embed.augment import phone_damage_mapped
+
+    def harsh(rgb: np.ndarray, pupils: np.ndarray, i: int, f: int) -> tuple[bytes, np.ndarray]:
+        return harsh_phone_damage(rgb, face_box(pupils, rgb.shape[:2]), np.random.default_rng([i, 43, f]))
 
     def own_damage(rgb: np.ndarray, keep: Any, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
         return phone_damage_mapped(rgb, rng)
 
-    out = own_drawn_harsh_damage(work, store, chosen)
+    out = own_photos(work, store, chosen, look=DECOMPOSED[0], damage=harsh)
     out |= second_photos(work, store, chosen, look=DECOMPOSED[1], damage=own_damage)
     out |= second_photos(work, store, chosen, look=DECOMPOSED[2], colour_as_srgb=False)
     return out

@@ -534,6 +534,19 @@ Box = tuple[float, float, float, float]
 Damage = Callable[[np.ndarray, Box, np.random.Generator], tuple[bytes, np.ndarray]]
 
 
+def face_box(pupils: np.ndarray, shape: tuple[int, ...]) -> Box:
+    """The face around two pupils that the damage's reframing keeps, inside an (h, w) picture."""
+    left, right = np.asarray(pupils, float)
+    mid, ipd = (left + right) / 2, float(np.hypot(*(left - right)))  # as placement_from measures it
+    h, w = shape[:2]
+    return (
+        max(0.0, mid[0] - 1.6 * ipd),
+        max(0.0, mid[1] - 1.4 * ipd),
+        min(w - 1.0, mid[0] + 1.6 * ipd),
+        min(h - 1.0, mid[1] + 2.2 * ipd),
+    )
+
+
 # --- one photo, end to end --------------------------------------------------------------------------
 def own_lens(
     row: dict[str, Any], rng: np.random.Generator
@@ -584,10 +597,6 @@ def wear(
     glasses = Glasses.from_glb(glb, colour_as_srgb=colour_as_srgb)
     worn, record = composite(photo_rgb, glasses, own_lens(row, rng), place, renderer, rng)
     record["upscale"] = round(up, 3)
-    mid, ipd = place.pupils.mean(axis=0), place.ipd_px
-    keep = (mid[0] - 1.6 * ipd, mid[1] - 1.4 * ipd, mid[0] + 1.6 * ipd, mid[1] + 2.2 * ipd)
-    h, w = worn.shape[:2]
-    keep = (max(0.0, keep[0]), max(0.0, keep[1]), min(w - 1.0, keep[2]), min(h - 1.0, keep[3]))
-    data, m = (damage or harsh_phone_damage)(worn, keep, rng)
+    data, m = (damage or harsh_phone_damage)(worn, face_box(place.pupils, worn.shape[:2]), rng)
     eyes = pupils @ m[:, :2].T + m[:, 2]
     return data, eyes, record
