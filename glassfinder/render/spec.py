@@ -213,7 +213,14 @@ SRGB_READING_GAMMA = 2.2
 def read_as_srgb(draw: MaterialDraw | None) -> MaterialDraw:
     """`draw` (or the asset's own materials) with the frame colours read as display sRGB."""
     if draw is None:
-        return MaterialDraw(SRGB_READING_GAMMA, 1.0, None, 0.0, 1.0, 0.0)
+        return MaterialDraw(
+            colour_gamma=SRGB_READING_GAMMA,
+            colour_gain=1.0,
+            roughness=None,
+            metallic_add=0.0,
+            lens_opacity_scale=1.0,
+            lens_reflect=0.0,
+        )
     return replace(draw, colour_gamma=draw.colour_gamma * SRGB_READING_GAMMA)
 
 
