@@ -42,11 +42,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+if TYPE_CHECKING:
+    from second_look import Damage
 
 LOOKS = ("own/procedural", "own/astronaut", "own/hopper", "second/astronaut", "second/hopper")
 FACES = ("astronaut", "hopper")
@@ -161,7 +164,7 @@ def second_photos(
     chosen: dict[str, list[dict[str, Any]]],
     *,
     look: str = "second",
-    damage: Any = None,
+    damage: Damage | None = None,
     colour_as_srgb: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """bench/second_look.py on the two photos (its own compositing and damage). `damage` and

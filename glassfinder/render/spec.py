@@ -206,22 +206,23 @@ def draw_material(rng: np.random.Generator, jitter: float) -> MaterialDraw:
     )
 
 
+#: The asset's own materials as a draw that changes nothing (what a view without one renders).
+AS_AUTHORED = MaterialDraw(
+    colour_gamma=1.0,
+    colour_gain=1.0,
+    roughness=None,
+    metallic_add=0.0,
+    lens_opacity_scale=1.0,
+    lens_reflect=0.0,
+)
 #: The display gamma an sRGB reading of a linear base colour amounts to (MaterialDraw.colour_gamma).
 SRGB_READING_GAMMA = 2.2
 
 
 def read_as_srgb(draw: MaterialDraw | None) -> MaterialDraw:
     """`draw` (or the asset's own materials) with the frame colours read as display sRGB."""
-    if draw is None:
-        return MaterialDraw(
-            colour_gamma=SRGB_READING_GAMMA,
-            colour_gain=1.0,
-            roughness=None,
-            metallic_add=0.0,
-            lens_opacity_scale=1.0,
-            lens_reflect=0.0,
-        )
-    return replace(draw, colour_gamma=draw.colour_gamma * SRGB_READING_GAMMA)
+    base = draw or AS_AUTHORED
+    return replace(base, colour_gamma=base.colour_gamma * SRGB_READING_GAMMA)
 
 
 @dataclass(frozen=True)

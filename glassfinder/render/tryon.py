@@ -24,7 +24,7 @@ from glassfinder.render.backgrounds import background
 from glassfinder.render.fit import Fit, fit_frame, part_vertices
 from glassfinder.render.preview import _look_at, asset_meshes
 from glassfinder.render.pyrender_fixes import GL, pyrender
-from glassfinder.render.spec import MaterialDraw, ViewParams
+from glassfinder.render.spec import AS_AUTHORED, MaterialDraw, ViewParams
 
 
 class _OrderedSet(dict):
@@ -121,13 +121,12 @@ class AssetMeshes:
         self, rgba: tuple[float, float, float, float], style: str, material: MaterialDraw | None = None
     ) -> None:
         """The lenses' colour and style, and the frame's materials: its own, or `material`'s draw."""
-        opacity_scale = material.lens_opacity_scale if material else 1.0
-        reflect = material.lens_reflect if material else 0.0
+        lens = material or AS_AUTHORED
         lens_rgba = np.asarray(rgba, float)
-        lens_rgba[3] = float(np.clip(lens_rgba[3] * opacity_scale, 0.02, 0.97))
+        lens_rgba[3] = float(np.clip(lens_rgba[3] * lens.lens_opacity_scale, 0.02, 0.97))
         for mat in self.lens_materials:
             mat.baseColorFactor = lens_rgba
-            mat.metallicFactor = 0.85 if style == "mirrored" else reflect
+            mat.metallicFactor = 0.85 if style == "mirrored" else lens.lens_reflect
             mat.roughnessFactor = 0.08 if style == "mirrored" else 0.04
         for mat, own in self.frame_materials:
             own.apply(mat, material)
