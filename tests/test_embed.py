@@ -23,7 +23,7 @@ from glassfinder.embed.job import embed_catalog
 from glassfinder.embed.model import EmbeddingNet, ModelConfig, build_model, weights_bytes
 from glassfinder.embed.registry import WEIGHTS_FILE, current_sha, load_model, publish_model, set_current
 from glassfinder.embed.train import TrainConfig, load_training_views, train_model
-from glassfinder.errors import GlassFinderError, RetryableError, StoreUnavailableError
+from glassfinder.errors import BadInputError, GlassFinderError, RetryableError, StoreUnavailableError
 from glassfinder.nets.weights import model_sha
 from glassfinder.render.job import render_catalog
 from glassfinder.render.spec import RenderSpec
@@ -316,18 +316,20 @@ def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalSto
     assert render_catalog(manifest, layer_spec, rendered, workers=1).rendered == 24
     config = tiny_config(epochs=2, layer_specs=(layer_spec.spec_hash,))
     train, val = load_training_views(rendered, config)
-    assert train.layer_index is not None and train.layers is not None and val.layers is None
-    layer_rows = np.flatnonzero(train.layer_index >= 0)
+    assert train.layers is not None and val.layers is None
+    row_layer = train.layers.row_layer
+    assert len(row_layer) == len(train)
+    layer_rows = np.flatnonzero(row_layer >= 0)
     assert len(layer_rows) == 2 * len(set(train.product_ids[layer_rows])) > 0
-    assert set(train.product_ids[layer_rows]) <= set(train.product_ids[train.layer_index < 0])
+    assert set(train.product_ids[layer_rows]) <= set(train.product_ids[row_layer < 0])
     assert len(train.layers.faces) == 3
 
     row = int(layer_rows[0])
     draws = [train.view(row, np.random.default_rng(s)) for s in range(8)]
-    glasses = train.layers.alpha[train.layer_index[row]] == 255
+    glasses = train.layers.alpha[row_layer[row]] == 255
     assert glasses.any() and all(np.array_equal(d[glasses], draws[0][glasses]) for d in draws)
     assert len({d.tobytes() for d in draws}) > 1  # another face (or its mirror) behind them
-    whole = int(np.flatnonzero(train.layer_index < 0)[0])
+    whole = int(np.flatnonzero(row_layer < 0)[0])
     rng = np.random.default_rng(0)  # a whole render comes back as stored, drawing nothing
     assert np.array_equal(train.view(whole, rng), train.crops[whole])
     assert rng.random() == np.random.default_rng(0).random()
@@ -336,6 +338,11 @@ def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalSto
     train_model(rendered, config, work_dir=tmp_path / "b", views=(train, val), stop_after_epochs=1)
     resumed = train_model(rendered, config, work_dir=tmp_path / "b", views=(train, val), resume=True)
     assert weights_bytes(resumed.model) == weights_bytes(straight.model)
+    kept = train.subset(row_layer >= 0)  # a subset keeps which rows are layers, and their alphas
+    assert kept.layers is not None and (kept.layers.row_layer >= 0).all()
+    assert np.array_equal(kept.view(0, np.random.default_rng(1)), train.view(row, np.random.default_rng(1)))
+    with pytest.raises(BadInputError, match="layer_specs: no render spec 0123456789abcdef"):
+        load_training_views(rendered, tiny_config(layer_specs=("0123456789abcdef",)))
     with pytest.raises(GlassFinderError, match="is not a glasses-layer spec"):
         load_training_views(rendered, tiny_config(layer_specs=(GALLERY_SPEC.spec_hash,)))
     with pytest.raises(GlassFinderError, match="holds glasses layers"):  # not glasses on black

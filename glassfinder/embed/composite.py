@@ -10,7 +10,7 @@ Faces are aligned on their eyes like the views, so the layer lands where its own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,19 +24,30 @@ from glassfinder.store.base import ObjectStore
 class LayerViews:
     """What compositing needs besides a view's premultiplied colour (kept in `ViewSet.crops`).
 
-    alpha: (m, h, w) uint8 coverage of each layer view, indexed by `ViewSet.layer_index`;
+    row_layer: (n,) int, one per row of the ViewSet that holds this: the row's index into
+    `alpha` (its crop is then the layer's premultiplied colour), or -1 for a whole view;
+    alpha: (m, h, w) uint8 coverage of each layer view;
     faces: (k, h, w, 3) uint8 bare faces aligned like the views, drawn from per step.
     """
 
+    row_layer: np.ndarray
     alpha: np.ndarray
     faces: np.ndarray
 
-    def onto_face(self, premult: np.ndarray, layer: int, rng: np.random.Generator) -> np.ndarray:
-        """The layer over a face drawn from `rng` (mirrored half the time), as a uint8 view."""
+    def subset(self, mask: np.ndarray) -> LayerViews:
+        """The same layers for the rows `mask` keeps (the alphas they index stay as they are)."""
+        return replace(self, row_layer=self.row_layer[mask])
+
+    def view(self, crop: np.ndarray, row: int, rng: np.random.Generator) -> np.ndarray:
+        """Row `row`'s crop as training sees it: a whole view as stored (drawing nothing), a
+        layer over a face drawn from `rng` (mirrored half the time)."""
+        layer = int(self.row_layer[row])
+        if layer < 0:
+            return crop
         face = self.faces[int(rng.integers(len(self.faces)))]
         if rng.random() < 0.5:
             face = face[:, ::-1]  # the canonical eyes are mirror-symmetric about the centre
-        return over(premult, self.alpha[layer], face)
+        return over(crop, self.alpha[layer], face)
 
 
 def over(premult: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from glassfinder.embed.align import CropGeometry, align_crop, jitter_eyes
 from glassfinder.embed.augment import AugmentConfig, photometric
 from glassfinder.embed.composite import LayerViews
 from glassfinder.errors import BadInputError, NotFoundError, ShardCorruptError
-from glassfinder.render.spec import load_saved_spec
+from glassfinder.render.spec import find_saved_spec
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import VIEW_FIELDS, ViewColumns, read_shard
 
@@ -118,14 +118,13 @@ class ViewSet:
     """Aligned crops of many views with their metadata, held in memory.
 
     crops: (n, h, w, 3) uint8 aligned with `geometry`; meta: one row per crop (META_COLUMNS).
-    layer_index: (n,) int, for training sets holding glasses layers: the row's index into
-    `layers.alpha` (its crop is then the layer's premultiplied colour), or -1 for a whole view.
+    layers: for training sets holding glasses layers, which rows are layers and what composites
+    them (see LayerViews).
     """
 
     crops: np.ndarray
     meta: pa.Table
     geometry: CropGeometry
-    layer_index: np.ndarray | None = None
     layers: LayerViews | None = None
 
     def __len__(self) -> int:
@@ -142,14 +141,12 @@ class ViewSet:
         return np.array([index[p] for p in self.product_ids], dtype=np.int64), classes
 
     def subset(self, mask: np.ndarray) -> ViewSet:
-        index = None if self.layer_index is None else self.layer_index[mask]
-        return replace(self, crops=self.crops[mask], meta=self.meta.filter(pa.array(mask)), layer_index=index)
+        layers = None if self.layers is None else self.layers.subset(mask)
+        return replace(self, crops=self.crops[mask], meta=self.meta.filter(pa.array(mask)), layers=layers)
 
     def view(self, i: int, rng: np.random.Generator) -> np.ndarray:
         """Row i's loose crop; a glasses layer's is composited onto a face drawn from `rng`."""
-        if self.layers is None or self.layer_index is None or self.layer_index[i] < 0:
-            return self.crops[i]
-        return self.layers.onto_face(self.crops[i], int(self.layer_index[i]), rng)
+        return self.crops[i] if self.layers is None else self.layers.view(self.crops[i], i, rng)
 
     def with_layers(self, layers: ViewSet, faces: np.ndarray) -> ViewSet:
         """These views followed by a glasses-layer set's (RGBA crops), drawn onto `faces`."""
@@ -163,8 +160,7 @@ class ViewSet:
             np.concatenate([self.crops, layers.crops[..., :3]]),
             pa.concat_tables([self.meta, layers.meta]),
             self.geometry,
-            layer_index=index,
-            layers=LayerViews(alpha=np.ascontiguousarray(layers.crops[..., 3]), faces=faces),
+            layers=LayerViews(index, alpha=np.ascontiguousarray(layers.crops[..., 3]), faces=faces),
         )
 
 
@@ -212,7 +208,8 @@ def load_views(
 
 def holds_glasses_layers(store: ObjectStore, spec_hash: str) -> bool:
     """Whether a stored render spec keeps glasses layers (decoded as RGB they are glasses on black)."""
-    return store.exists(layout.render_spec_key(spec_hash)) and load_saved_spec(store, spec_hash).glasses_layer
+    spec = find_saved_spec(store, spec_hash)
+    return spec is not None and spec.glasses_layer
 
 
 def view_columns(meta: pa.Table) -> ViewColumns:

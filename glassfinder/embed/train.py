@@ -47,7 +47,7 @@ from glassfinder.embed.model import (
 from glassfinder.embed.registry import load_model, publish_model
 from glassfinder.errors import BadInputError
 from glassfinder.nets.packaged import read_packaged
-from glassfinder.render.spec import load_saved_spec
+from glassfinder.render.spec import find_saved_spec
 from glassfinder.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -587,9 +587,9 @@ def _with_layers(
     loose = train.geometry
     sets, faces = [], []
     for spec_hash in layer_specs:
-        if not store.exists(layout.render_spec_key(spec_hash)):
+        spec = find_saved_spec(store, spec_hash)
+        if spec is None:
             raise BadInputError(f"layer_specs: no render spec {spec_hash} under {store.uri}: render it first")
-        spec = load_saved_spec(store, spec_hash)
         if not spec.glasses_layer:
             raise BadInputError(f"layer_specs: render spec {spec_hash} is not a glasses-layer spec")
         layer_set = load_views(store, spec_hash, loose, splits=("train",), progress=progress, layers=True)

@@ -351,11 +351,20 @@ PRESETS: dict[str, RenderSpec] = {
 
 def load_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec:
     """The spec saved under its hash (by a plan or a render job); checked against that hash."""
+    spec = find_saved_spec(store, spec_hash)
+    if spec is None:
+        raise FaultError(f"render spec {spec_hash} is not in {store.uri}/{render_spec_key(spec_hash)}")
+    return spec
+
+
+def find_saved_spec(store: ObjectStore, spec_hash: str) -> RenderSpec | None:
+    """The spec saved under its hash, or None where none was saved: for callers to whom a
+    missing spec is the user's input (a spec named in params), not the store's fault."""
     key = render_spec_key(spec_hash)
     try:
         text = store.get(key).decode()
     except ObjectNotFoundError:
-        raise FaultError(f"render spec {spec_hash} is not in {store.uri}/{key}") from None
+        return None
     spec = RenderSpec.from_json(text, where=f"{store.uri}/{key}")
     if spec.spec_hash != spec_hash:
         raise CorruptStoreFileError(f"{store.uri}/{key} holds spec {spec.spec_hash}, not {spec_hash}")
