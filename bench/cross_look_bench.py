@@ -361,6 +361,8 @@ def paired_gain(new: list[int], old: list[int], k: int, seed: int = 0) -> dict[s
 
 def print_paired_gains(report: dict[str, Any]) -> None:
     """Each later row against the first, photo by photo (recorded in the report as `vs_first`)."""
+    from glassfinder.search.query import MAX_TOP_K
+
     labels = list(report["rows"])
     if len(labels) < 2:
         return
@@ -370,7 +372,7 @@ def print_paired_gains(report: dict[str, Any]) -> None:
         entry = report["rows"][label]
         entry["vs_first"] = {}
         for look, c in entry["looks"].items():
-            gains = {f"top{k}": paired_gain(c["ranks"], first[look]["ranks"], k) for k in (1, 10, 100)}
+            gains = {f"top{k}": paired_gain(c["ranks"], first[look]["ranks"], k) for k in (1, 10, MAX_TOP_K)}
             entry["vs_first"][look] = gains
             cells = "  ".join(
                 f"{f} {g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for f, g in gains.items()
@@ -414,7 +416,7 @@ def main() -> None:
 
     from glassfinder.catalog.ingest import CATALOG_MANIFEST_KEY
     from glassfinder.face.net import packaged_analyser
-    from glassfinder.search.query import QueryEngine
+    from glassfinder.search.query import MAX_TOP_K, QueryEngine
 
     work = Path(args.work)
     t0 = time.perf_counter()
@@ -453,7 +455,17 @@ def main() -> None:
         f"\n{len(rows)} products x {args.gallery_views} gallery views; {args.photos_per_face} photos "
         f"per face per look; {len(looks['own/procedural'])} procedural queries"
     )
-    head = ("model", "test look", "top1", "top10", "top100", "med rank", "refused", "colourway", "eye err")
+    head = (
+        "model",
+        "test look",
+        "top1",
+        "top10",
+        f"top{MAX_TOP_K}",
+        "med rank",
+        "refused",
+        "colourway",
+        "eye err",
+    )
     print("{:<34} {:<20} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9} {:>8}".format(*head))
     for label, entry in report["rows"].items():
         for look, c in entry["looks"].items():
@@ -462,7 +474,7 @@ def main() -> None:
             colourway = c["top1_misses_same_shape_other_colourway"]
             print(
                 f"{label:<34.34} {look + seen:<20} {c['top1']:>6.3f} {c['top10']:>6.3f} "
-                f"{c['top100']:>6.3f} {c['median_rank_searched']!s:>8} {refused:>8} "
+                f"{c[f'top{MAX_TOP_K}']:>6.3f} {c['median_rank_searched']!s:>8} {refused:>8} "
                 f"{colourway:>9} {c['eye_error_median']!s:>8}"
             )
     print_paired_gains(report)
