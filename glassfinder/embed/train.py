@@ -45,7 +45,7 @@ from glassfinder.embed.model import (
     to_input,
 )
 from glassfinder.embed.registry import load_model, publish_model
-from glassfinder.errors import BadInputError
+from glassfinder.errors import BadInputError, ObjectNotFoundError
 from glassfinder.nets.packaged import read_packaged
 from glassfinder.render.spec import find_saved_spec
 from glassfinder.store.base import ObjectStore
@@ -629,7 +629,9 @@ def train_and_publish(
     card = result.card()
     card["render_specs"] = {}
     for spec_hash in config.spec_hashes:
-        if store.exists(layout.render_spec_key(spec_hash)):
+        try:  # the spec's saved text as it is (one store call; a spec never saved is left out)
             card["render_specs"][spec_hash] = json.loads(store.get(layout.render_spec_key(spec_hash)))
+        except ObjectNotFoundError:
+            continue
     sha = publish_model(store, name, result.model, card)
     return result, sha
