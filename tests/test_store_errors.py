@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +19,11 @@ from glassfinder.errors import (
     ObjectExistsError,
     StaleWriteError,
     StoreAuthError,
+    StoreFaultError,
     StoreUnavailableError,
 )
 from glassfinder.store import LocalStore, S3Store, open_store, parse_store_uri, split_object_uri
-from glassfinder.store.seaweed import SeaweedServer, free_ports
+from glassfinder.store.seaweed import SeaweedServer, free_ports, new_server
 from tests.conftest import new_bucket_store, s3_config
 from tests.flaky_proxy import flaky_proxy
 
@@ -71,6 +73,35 @@ def test_missing_bucket_is_named(seaweed: SeaweedServer) -> None:
     ):
         with pytest.raises(BucketNotFoundError, match="'gf-no-such-bucket' does not exist"):
             op()
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_its_own_ports(
+    seaweed: SeaweedServer, tmp_path: Path
+) -> None:
+    """Free ports are only free when chosen: if another server binds one first, `weed` exits, and
+    a start that then found the other server answering would send every request (and every
+    pause) to the wrong process. A first start draws new ports; a restart keeps its address and
+    says why it cannot."""
+    server = new_server(tmp_path / "weed", access_key="gf-clash", secret_key="gf-clash-secret")
+    server.ports["s3.port"] = seaweed.ports["s3.port"]
+    server.start()
+    try:
+        assert server.endpoint_url != seaweed.endpoint_url
+        store = new_bucket_store(server)  # its own credentials: the other server does not know them
+        store.put("k", b"mine")
+        server.pause()
+        try:
+            stalled = S3Store(store.bucket, config=s3_config(server, deadline_s=1.0, read_timeout_s=0.3))
+            with pytest.raises(StoreUnavailableError, match=re.escape(server.endpoint_url)):
+                stalled.get("k")  # the paused process is the one that serves it
+        finally:
+            server.resume()
+        server.stop()
+        server.ports["s3.port"] = seaweed.ports["s3.port"]
+        with pytest.raises(StoreFaultError, match=r"could not bind its ports .*not available"):
+            server.start(timeout_s=20)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("field", ["secret_access_key", "access_key_id"])

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from glassfinder.errors import StoreFaultError
 
 #: Port flags of `weed mini` that open a listener; each gets its own free loopback port.
@@ -58,6 +60,24 @@ def find_weed_binary() -> str:
     return found
 
 
+class _PortTaken(Exception):
+    """`weed` exited because a chosen port was taken meanwhile (the log's line says which)."""
+
+
+def _port_clash(log_path: Path, offset: int) -> str:
+    """The log line of this start (from `offset`) that says a port was not available, if any."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if "Port allocation failed" in line or "address already in use" in line:
+            return line.strip()[-200:]
+    return ""
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     socks = []
@@ -82,6 +102,7 @@ class SeaweedServer:
     ports: dict[str, int]
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _started_before: bool = field(default=False, repr=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -96,8 +117,26 @@ class SeaweedServer:
             "AWS_REGION": "us-east-1",
         }
 
-    def start(self, *, timeout_s: float = 60.0) -> None:
-        """Start `weed mini` and wait until its S3 API answers."""
+    def start(self, *, timeout_s: float = 60.0, port_tries: int = 3) -> None:
+        """Start `weed mini` and wait until its own S3 listener answers.
+
+        A free port can be taken by another process between choosing it and `weed` binding it;
+        `weed` then exits. A first start draws fresh ports and tries again; a restart keeps its
+        ports (its clients hold the address) and fails with the reason.
+        """
+        for attempt in range(1, port_tries + 1):
+            try:
+                self._start_once(timeout_s)
+                return
+            except _PortTaken as taken:
+                if self._started_before or attempt == port_tries:
+                    raise StoreFaultError(
+                        f"SeaweedFS could not bind its ports ({taken}) after {attempt} attempt(s); "
+                        f"see {self.log_path}"
+                    ) from None
+                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+
+    def _start_once(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3-identities.json"
         config.write_text(
@@ -130,6 +169,7 @@ class SeaweedServer:
             "-s3.autoCreateBucket=false",  # a typo in a bucket name must fail, not create one
         ] + [f"-{flag}={port}" for flag, port in self.ports.items()]
         (self.data_dir / "data").mkdir(exist_ok=True)
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
         self.process = subprocess.Popen(
             args,
@@ -143,17 +183,31 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                clash = _port_clash(self.log_path, log_offset)
+                if clash:
+                    raise _PortTaken(clash)
                 raise StoreFaultError(
                     f"SeaweedFS exited with code {self.process.returncode} while starting; "
                     f"see {self.log_path}"
                 )
-            if self._s3_answers():
+            if self._own_s3_listener() and self._s3_answers():
+                self._started_before = True
                 return
             time.sleep(0.2)
         self.stop()
         raise StoreFaultError(
             f"SeaweedFS S3 API did not answer within {timeout_s:.0f} s; see {self.log_path}"
         )
+
+    def _own_s3_listener(self) -> bool:
+        """Whether this server's process (not another one on a clashing port) listens for S3."""
+        if self.process is None:
+            return False
+        try:
+            conns = psutil.Process(self.process.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.ports["s3.port"] for c in conns)
 
     def _s3_answers(self) -> bool:
         try:
