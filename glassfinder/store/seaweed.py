@@ -92,6 +92,11 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _fresh_ports() -> dict[str, int]:
+    """A free loopback port for each of `weed mini`'s listeners."""
+    return dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+
+
 @dataclass
 class SeaweedServer:
     """A running SeaweedFS; `endpoint_url` is its S3 API."""
@@ -134,7 +139,7 @@ class SeaweedServer:
                         f"SeaweedFS could not bind its ports ({taken}) after {attempt} attempt(s); "
                         f"see {self.log_path}"
                     ) from None
-                self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+                self.ports = _fresh_ports()
 
     def _start_once(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -169,8 +174,8 @@ class SeaweedServer:
             "-s3.autoCreateBucket=false",  # a typo in a bucket name must fail, not create one
         ] + [f"-{flag}={port}" for flag, port in self.ports.items()]
         (self.data_dir / "data").mkdir(exist_ok=True)
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
+        log_offset = log.tell()  # where this start's lines begin
         self.process = subprocess.Popen(
             args,
             stdout=log,
@@ -253,7 +258,7 @@ class SeaweedServer:
 
 def new_server(data_dir: Path, *, access_key: str, secret_key: str) -> SeaweedServer:
     """A SeaweedServer description with fresh free loopback ports (not started)."""
-    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = _fresh_ports()
     return SeaweedServer(
         data_dir=data_dir,
         access_key=access_key,
