@@ -185,6 +185,15 @@ def portrait_bank_key(portrait_id: str) -> str:
     return f"{PORTRAIT_BANK_PREFIX}{_name('portrait_id', portrait_id.lower())}.jpg"
 
 
+#: The packaged embedding model's training photo banks, kept in its work store beside the renders
+#: (render specs name them with render.spec.OUTPUT_STORE_BANK, so no machine path enters a hash).
+TRAINING_BANK_PREFIX = "faces/training/"
+
+
+def training_bank_prefix(bank: str) -> str:
+    return f"{TRAINING_BANK_PREFIX}{_name('bank', bank)}/"
+
+
 def source_watch_key(source_uri: str) -> str:
     """Where the export watcher keeps the last etag it announced for one source manifest."""
     return f"catalog/watch/{hashlib.sha256(source_uri.encode()).hexdigest()[:16]}.json"

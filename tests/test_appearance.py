@@ -3,6 +3,7 @@ rendering is not the frame, and the real portraits the frames are rendered onto.
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,11 +26,15 @@ from glassfinder.embed.augment import (
 )
 from glassfinder.embed.default_model import (
     PORTRAIT_BANK,
+    TRAINING_PHOTO_BARE_NAME,
+    photo_training_spec,
     portrait_training_spec,
     prepare_portrait_bank,
     training_spec,
 )
 from glassfinder.heads.portraits import is_grey, load_portraits, split_portraits
+from glassfinder.layout import training_bank_prefix
+from glassfinder.render.spec import OUTPUT_STORE_BANK
 
 GEOMETRY = CropGeometry(width=256, height=128, eye_distance_frac=0.272, eye_y_frac=0.46)
 
@@ -139,21 +144,49 @@ def _portrait_folder(tmp_path: Path, n: int = 40) -> Path:
 
 
 def test_the_portrait_bank_holds_only_bare_train_portraits_mostly_in_colour(tmp_path: Path) -> None:
+    from glassfinder.store.local import LocalStore
+
     root = _portrait_folder(tmp_path / "portraits")
-    bank = prepare_portrait_bank(tmp_path / "work", root)
-    assert bank == tmp_path / "work" / PORTRAIT_BANK
+    store = LocalStore(tmp_path / "work" / "store")
+    bank = prepare_portrait_bank(store, root)
+    assert bank == training_bank_prefix(PORTRAIT_BANK)
+
+    def bank_photos() -> dict[str, bytes]:
+        return {i.key.removeprefix(bank): store.get(i.key) for i in store.list(bank)}
+
     split = split_portraits(load_portraits(root, corrections=None))
     bare_train = {p.id for p in split["train"] if p.glasses == "no"}
-    written = {p.stem for p in bank.glob("*.png")}
-    assert written == bare_train
-    coloured = [not is_grey(np.asarray(Image.open(p).convert("RGB"))) for p in sorted(bank.glob("*.png"))]
+    written = bank_photos()
+    assert {name.removesuffix(".png") for name in written} == bare_train
+    coloured = [not is_grey(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))) for b in written.values()]
     assert 0.4 < np.mean(coloured) < 1.0  # most colourised, some left grey
-    before = {p.name: p.read_bytes() for p in bank.glob("*.png")}
-    prepare_portrait_bank(tmp_path / "work", root)  # a rerun keeps what is there, byte for byte
-    assert {p.name: p.read_bytes() for p in bank.glob("*.png")} == before
+    prepare_portrait_bank(store, root)  # a rerun keeps what is there, byte for byte
+    assert bank_photos() == written
     spec = portrait_training_spec(bank)
-    assert spec.face_source == f"photos:{bank}" and spec.seed == training_spec().seed
+    assert spec.face_source == f"{OUTPUT_STORE_BANK}{bank}" and spec.seed == training_spec().seed
     assert spec.spec_hash != training_spec().spec_hash
+
+
+def test_the_training_specs_name_no_work_folder_so_their_hashes_recur_anywhere(tmp_path: Path) -> None:
+    """An absolute --work once wrote this machine's path into the specs, their hashes and the
+    model card; the banks now live in the work store, named by key prefix."""
+    from glassfinder.embed.default_model import prepare_photo_bank
+    from glassfinder.render.spec import photo_bank_location
+    from glassfinder.store.local import LocalStore
+
+    root = _portrait_folder(tmp_path / "portraits")
+    hashes = []
+    for work in (tmp_path / "one", tmp_path / "elsewhere" / "two"):
+        store = LocalStore(work / "store")
+        specs = [
+            photo_training_spec(prepare_photo_bank(store)),
+            portrait_training_spec(prepare_portrait_bank(store, root)),
+        ]
+        assert not any(str(tmp_path) in s.canonical_json() for s in specs)
+        hashes.append([s.spec_hash for s in specs])
+        bank_store, prefix = photo_bank_location(specs[0].face_source, store)
+        assert [i.key for i in bank_store.list(prefix)] == [f"{prefix}{TRAINING_PHOTO_BARE_NAME}"]
+    assert hashes[0] == hashes[1]
 
 
 def test_the_cards_retrain_line_keeps_the_recipe_and_drops_this_machines_folders() -> None:
@@ -191,8 +224,10 @@ def test_layers_train_the_portraits_glasses_on_new_faces_and_need_the_portraits(
     from glassfinder.embed.default_model import _base_config, _options, _parser, main
     from glassfinder.store.local import LocalStore
 
-    bank = tmp_path / "bank"
-    specs = [training_spec(), replace(portrait_training_spec(bank), glasses_layer=True)]
+    specs = [
+        training_spec(),
+        replace(portrait_training_spec(training_bank_prefix(PORTRAIT_BANK)), glasses_layer=True),
+    ]
     argv = ["--layers", "--portraits", str(tmp_path)]
     base, _ = _base_config(LocalStore(tmp_path / "store"), specs, _options(_parser().parse_args(argv), argv))
     assert base.spec_hashes == (specs[0].spec_hash,) and base.layer_specs == (specs[1].spec_hash,)

@@ -145,6 +145,36 @@ def test_render_job_on_a_photo_bank(bank_store: LocalStore, tmp_path: Path) -> N
     assert layout.render_shard_key(spec.spec_hash, table.column("asset_sha256")[0].as_py()) == shard_keys[0]
 
 
+def test_a_bank_kept_in_the_output_store_renders_as_the_same_bank_elsewhere(
+    bank_store: LocalStore, tmp_path: Path
+) -> None:
+    """A spec may name its bank by key prefix in the store it renders into: the same photos give
+    the same pixels as when named by the bank store's URI, and no folder of this machine enters
+    the spec (so its hash is the same in any work folder)."""
+    from glassfinder.render.spec import OUTPUT_STORE_BANK
+
+    generate_catalog(LocalStore(tmp_path / "sample"), 1, seed=5, workers=1)
+    out = LocalStore(tmp_path / "pipeline")
+    ingest_manifest(str(tmp_path / "sample" / "manifest.parquet"), dest=out)
+    for info in bank_store.list(""):
+        out.put(f"banks/mine/{info.key}", bank_store.get(info.key))
+    by_uri = RenderSpec(image_px=96, views_per_asset=2, face_source=f"photos:{bank_store.uri}")
+    in_out = dataclasses.replace(by_uri, face_source=f"{OUTPUT_STORE_BANK}banks/mine/")
+    assert bank_store.uri in by_uri.canonical_json()
+    assert not any(where in in_out.canonical_json() for where in (bank_store.uri, str(tmp_path), "/tmp"))
+    images = []
+    for spec in (by_uri, in_out):
+        report = render_catalog(f"{out.uri}/{CATALOG_MANIFEST_KEY}", spec, out, workers=1)
+        assert (report.rendered, report.views) == (1, 2)
+        assert len(report.quarantined) == 4  # the bank's unusable photos, named, in both forms
+        (key,) = [i.key for i in out.list(f"renders/{spec.spec_hash}/") if i.key.endswith(".parquet")]
+        images.append(read_shard(out, key, "image").column("image").to_pylist())
+    assert images[0] == images[1]
+    for bad in ("", "/abs/", "banks/../../etc/"):
+        with pytest.raises(GlassFinderError, match="key prefix inside the output store"):
+            dataclasses.replace(by_uri, face_source=f"{OUTPUT_STORE_BANK}{bad}")
+
+
 def test_a_glasses_layer_over_its_own_face_is_the_render(bank_store: LocalStore, tmp_path: Path) -> None:
     """A glasses-layer spec stores the glasses alone (premultiplied RGB + alpha); put back over
     the face it was fitted to, with the renderer's own over-operator, it gives the composited

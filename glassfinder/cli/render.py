@@ -50,6 +50,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_photo_bank(args: argparse.Namespace) -> int:
     # PIL and numpy: imported on use, keeping --help fast
     from glassfinder.heads.portraits import load_portraits, split_portraits, write_photo_bank
+    from glassfinder.render.spec import OUTPUT_STORE_BANK
 
     store = open_store(args.out)
     train = split_portraits(load_portraits(args.portraits or portraits_dir()))["train"]
@@ -58,7 +59,8 @@ def cmd_photo_bank(args: argparse.Namespace) -> int:
     print(
         f"photo bank {store.uri}/{PORTRAIT_BANK_PREFIX}: {len(written)} bare portraits written, "
         f"{bare - len(written)} already there (the train split only); render onto it with a spec "
-        f'holding "face_source": "photos:{store.uri}/{PORTRAIT_BANK_PREFIX}"'
+        f'holding "face_source": "{OUTPUT_STORE_BANK}{PORTRAIT_BANK_PREFIX}" when it renders into this '
+        f'store, else "photos:{store.uri}/{PORTRAIT_BANK_PREFIX}"'
     )
     return 0
 

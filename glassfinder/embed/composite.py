@@ -16,7 +16,7 @@ import numpy as np
 
 from glassfinder.embed.align import CropGeometry, align_crop
 from glassfinder.heads.photos import PhotoBank
-from glassfinder.store import open_store
+from glassfinder.render.spec import photo_bank_location
 from glassfinder.store.base import ObjectStore
 
 
@@ -63,8 +63,8 @@ def bank_faces(store: ObjectStore, face_source: str, geometry: CropGeometry) -> 
     store: where the bank's analyses and crops are cached (the store the layers were rendered
     into, which cached them while rendering).
     """
-    bank = face_source.removeprefix("photos:")
-    photos, _ = PhotoBank(open_store(bank), "", store).scan()
+    bank_store, prefix = photo_bank_location(face_source, store)
+    photos, _ = PhotoBank(bank_store, prefix, store).scan()
     crops = PhotoBank(store, "", store)
     return np.stack(
         [

@@ -52,12 +52,14 @@ from glassfinder.embed.train import (
 )
 from glassfinder.heads.portraits import colourise, load_portraits, split_portraits
 from glassfinder.heads.training_photo import training_photo_bare
+from glassfinder.layout import training_bank_prefix
 from glassfinder.nets.imagenet import SOURCE
 from glassfinder.nets.packaged import MODELS_DIR, card_path, weights_path
 from glassfinder.nets.weights import model_sha
 from glassfinder.render.job import render_catalog_specs
-from glassfinder.render.spec import PRESETS, RenderSpec
+from glassfinder.render.spec import OUTPUT_STORE_BANK, PRESETS, RenderSpec
 from glassfinder.settings import portraits_dir
+from glassfinder.store.base import ObjectStore
 from glassfinder.store.local import LocalStore
 
 #: Catalogue seed of the packaged model's training data (benchmarks use 0, 5, 7, 11, 99).
@@ -112,36 +114,40 @@ def training_spec(materials: Materials = MATERIALS["own"]) -> RenderSpec:
     )
 
 
-def photo_training_spec(bank: Path, materials: Materials = MATERIALS["own"]) -> RenderSpec:
-    """The training spec's look on the photos in `bank` (a folder; relative keeps the hash portable)."""
-    return replace(training_spec(materials), face_source=f"photos:{bank}", views_per_asset=PHOTO_VIEWS)
+def photo_training_spec(bank: str, materials: Materials = MATERIALS["own"]) -> RenderSpec:
+    """The training spec's look on the photos under key prefix `bank` of the store it renders into."""
+    return replace(
+        training_spec(materials), face_source=f"{OUTPUT_STORE_BANK}{bank}", views_per_asset=PHOTO_VIEWS
+    )
 
 
-def prepare_photo_bank(work: Path) -> Path:
-    """work/hopper-bank holding Hopper's photo with her frames inpainted away (written once)."""
-    bank = work / TRAINING_PHOTO_BANK
-    path = bank / TRAINING_PHOTO_BARE_NAME
-    if not path.exists():
-        bank.mkdir(parents=True, exist_ok=True)
+def prepare_photo_bank(store: ObjectStore) -> str:
+    """The store's Hopper bank: her photo with her frames inpainted away (written once); its prefix."""
+    bank = training_bank_prefix(TRAINING_PHOTO_BANK)
+    key = bank + TRAINING_PHOTO_BARE_NAME
+    if not store.exists(key):
         buf = io.BytesIO()
         Image.fromarray(training_photo_bare()).save(buf, format="PNG")
-        path.write_bytes(buf.getvalue())
+        store.put(key, buf.getvalue())
     return bank
 
 
-def portrait_training_spec(bank: Path, materials: Materials = MATERIALS["own"]) -> RenderSpec:
-    """The training spec's look on the bare real portraits in `bank` (prepare_portrait_bank)."""
-    return replace(training_spec(materials), face_source=f"photos:{bank}", views_per_asset=PORTRAIT_VIEWS)
+def portrait_training_spec(bank: str, materials: Materials = MATERIALS["own"]) -> RenderSpec:
+    """The training spec's look on the bare real portraits under key prefix `bank`
+    (prepare_portrait_bank) of the store it renders into."""
+    return replace(
+        training_spec(materials), face_source=f"{OUTPUT_STORE_BANK}{bank}", views_per_asset=PORTRAIT_VIEWS
+    )
 
 
-def prepare_portrait_bank(work: Path, portraits_root: Path) -> Path:
-    """work/portrait-bank: the train split's bare portraits (never the calibrate or test split,
-    never the astronaut), most colourised, each by a generator seeded from its id, written once."""
-    bank = work / PORTRAIT_BANK
-    bank.mkdir(parents=True, exist_ok=True)
+def prepare_portrait_bank(store: ObjectStore, portraits_root: Path) -> str:
+    """The store's portrait bank: the train split's bare portraits (never the calibrate or test
+    split, never the astronaut), most colourised, each by a generator seeded from its id, written
+    once; its prefix."""
+    bank = training_bank_prefix(PORTRAIT_BANK)
     for portrait in split_portraits(load_portraits(portraits_root))["train"]:
-        path = bank / f"{portrait.id}.png"
-        if portrait.glasses != "no" or path.exists():
+        key = f"{bank}{portrait.id}.png"
+        if portrait.glasses != "no" or store.exists(key):
             continue
         digest = hashlib.sha256(portrait.id.encode()).digest()
         rng = np.random.default_rng([TRAINING_SEED, int.from_bytes(digest[:8], "big")])
@@ -149,7 +155,7 @@ def prepare_portrait_bank(work: Path, portraits_root: Path) -> Path:
         rgb = colourise(rgb, rng) if rng.random() < PORTRAIT_COLOUR_P else rgb
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
-        path.write_bytes(buf.getvalue())
+        store.put(key, buf.getvalue())
     return bank
 
 
@@ -188,9 +194,9 @@ def prepare(
     procedural heads, Hopper's photo, and the real portraits unless `portraits_root` is None
     (layers: the portraits' glasses as layers alone, for training to put onto a new face each time)."""
     store = prepare_catalog(work, products)
-    specs = [training_spec(materials), photo_training_spec(prepare_photo_bank(work), materials)]
+    specs = [training_spec(materials), photo_training_spec(prepare_photo_bank(store), materials)]
     if portraits_root is not None:
-        bank = prepare_portrait_bank(work, portraits_root)
+        bank = prepare_portrait_bank(store, portraits_root)
         specs.append(replace(portrait_training_spec(bank, materials), glasses_layer=layers))
     reports = render_catalog_specs(
         f"{store.uri}/{CATALOG_MANIFEST_KEY}", specs, store, progress=True, limit=render_limit

@@ -56,8 +56,8 @@ from glassfinder.render.packshot import (
     save_packshot_spec,
     write_packshots,
 )
-from glassfinder.render.spec import RenderSpec, ViewParams, plan_view, split_of
-from glassfinder.store import open_object, open_store
+from glassfinder.render.spec import RenderSpec, ViewParams, photo_bank_location, plan_view, split_of
+from glassfinder.store import open_object
 from glassfinder.store.base import ObjectStore
 from glassfinder.store.shards import ImageColumns, ViewColumns, image_table, write_shard
 from glassfinder.workers import exit_with_parent
@@ -480,8 +480,8 @@ def _photo_bank(spec: RenderSpec, out: ObjectStore, report: RenderReport) -> lis
     if not spec.face_source.startswith("photos:"):
         return None
     # Analysed once per photo and cached in the output store; the crops travel by key.
-    bank = spec.face_source.removeprefix("photos:")
-    photos, bad_photos = PhotoBank(open_store(bank), "", out).scan()
+    bank_store, prefix = photo_bank_location(spec.face_source, out)
+    photos, bad_photos = PhotoBank(bank_store, prefix, out).scan()
     report.quarantined.extend(
         QuarantineRecord(
             "render", str(b.get("reason")), str(b.get("message")), source=b.get("photo")
@@ -489,7 +489,7 @@ def _photo_bank(spec: RenderSpec, out: ObjectStore, report: RenderReport) -> lis
         for b in bad_photos
     )
     if not photos:
-        raise BadInputError(f"photo bank {bank} has no usable face photo")
+        raise BadInputError(f"photo bank {spec.face_source} has no usable face photo")
     return photos
 
 

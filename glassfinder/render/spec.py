@@ -17,11 +17,17 @@ import numpy as np
 
 from glassfinder.errors import BadInputError, CorruptStoreFileError, FaultError, ObjectNotFoundError
 from glassfinder.layout import render_spec_key
-from glassfinder.store import open_object
+from glassfinder.store import open_object, open_store
 from glassfinder.store.base import ObjectStore
 
 SPEC_VERSION = 1
 BACKGROUNDS = ("gradient", "noise", "texture")
+
+#: face_source naming a photo bank by its key prefix in the store the renders are written to.
+#: 'photos:<store URI>' names where a store lives (a local folder is this machine's path), and
+#: the spec hash covers it; this form names none, so the same bank gives the same hash, and the
+#: same renders, in any work folder on any machine.
+OUTPUT_STORE_BANK = "photos:output-store:"
 
 #: Lens colours for optical frames whose lenses the renderer chooses (linear RGB + opacity).
 #: Gradient and patterned lenses come from the asset's own lens material, not from here.
@@ -135,9 +141,11 @@ class RenderSpec(ContentAddressed):
             self.face_source.startswith("photos:") and len(self.face_source) > len("photos:")
         ):
             raise BadInputError(
-                "render spec face_source must be 'procedural' or 'photos:<store URI>', "
-                f"got {self.face_source!r}"
+                "render spec face_source must be 'procedural', 'photos:<store URI>' or "
+                f"'{OUTPUT_STORE_BANK}<key prefix>', got {self.face_source!r}"
             )
+        if self.face_source.startswith(OUTPUT_STORE_BANK):
+            _bank_prefix(self.face_source)
         bad = [b for b in self.backgrounds if b not in BACKGROUNDS]
         if bad or not self.backgrounds:
             raise BadInputError(
@@ -167,6 +175,28 @@ class RenderSpec(ContentAddressed):
     def from_json(cls, text: str, where: str = "render spec") -> RenderSpec:
         spec: RenderSpec = super().from_json(text, where)
         return spec
+
+
+def _bank_prefix(face_source: str) -> str:
+    """The key prefix of an OUTPUT_STORE_BANK face_source: relative, inside the store, a folder."""
+    prefix = face_source.removeprefix(OUTPUT_STORE_BANK)
+    parts = prefix.rstrip("/").split("/")
+    if not prefix or prefix.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BadInputError(
+            f"render spec face_source {face_source!r}: after '{OUTPUT_STORE_BANK}' expected a key "
+            "prefix inside the output store such as 'faces/portraits/' (no leading '/', no '..')"
+        )
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def photo_bank_location(face_source: str, out: ObjectStore) -> tuple[ObjectStore, str]:
+    """(store, key prefix) of the photo bank a spec's face_source names; `out` is the store its
+    renders are written to, which an OUTPUT_STORE_BANK bank lives in."""
+    if face_source.startswith(OUTPUT_STORE_BANK):
+        return out, _bank_prefix(face_source)
+    if not face_source.startswith("photos:"):
+        raise BadInputError(f"face_source {face_source!r} names no photo bank")
+    return open_store(face_source.removeprefix("photos:")), ""
 
 
 def _tuples(value: Any) -> Any:
