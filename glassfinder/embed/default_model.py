@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import sys
@@ -57,6 +56,7 @@ from glassfinder.nets.imagenet import SOURCE
 from glassfinder.nets.packaged import MODELS_DIR, card_path, weights_path
 from glassfinder.nets.weights import model_sha
 from glassfinder.render.job import render_catalog_specs
+from glassfinder.render.packshot import encode_png
 from glassfinder.render.spec import OUTPUT_STORE_BANK, PRESETS, RenderSpec
 from glassfinder.settings import portraits_dir
 from glassfinder.store.base import ObjectStore
@@ -126,9 +126,7 @@ def prepare_photo_bank(store: ObjectStore) -> str:
     bank = training_bank_prefix(TRAINING_PHOTO_BANK)
     key = bank + TRAINING_PHOTO_BARE_NAME
     if not store.exists(key):
-        buf = io.BytesIO()
-        Image.fromarray(training_photo_bare()).save(buf, format="PNG")
-        store.put(key, buf.getvalue())
+        store.put(key, encode_png(training_photo_bare()))
     return bank
 
 
@@ -153,9 +151,7 @@ def prepare_portrait_bank(store: ObjectStore, portraits_root: Path) -> str:
         rng = np.random.default_rng([TRAINING_SEED, int.from_bytes(digest[:8], "big")])
         rgb = np.asarray(Image.open(portrait.path).convert("RGB"))
         rgb = colourise(rgb, rng) if rng.random() < PORTRAIT_COLOUR_P else rgb
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        store.put(key, buf.getvalue())
+        store.put(key, encode_png(rgb))
     return bank
 
 
