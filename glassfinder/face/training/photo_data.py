@@ -11,7 +11,6 @@ the other landmarks are NaN and teach nothing (see face.training.fit.loss_of).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from glassfinder.catalog.loader import import_glb
 from glassfinder.face.detect import QUERY_DETECTION_THRESHOLD, detect_boxes
@@ -33,6 +31,7 @@ from glassfinder.heads.training_photo import (
     training_photo_bare,
     training_photo_frame_mask,
 )
+from glassfinder.render.packshot import encode_png
 from glassfinder.render.spec import DEFAULT_LENS_PALETTE, ViewParams, plan_view
 from glassfinder.render.tryon import (
     AssetMeshes,
@@ -55,15 +54,9 @@ PHOTO_SEED_TAG = 7
 CLEAR_LENSES = tuple(entry for entry in DEFAULT_LENS_PALETTE if entry[0] == "clear")
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _face_crop(rgb: np.ndarray, name: str) -> tuple[PhotoFace, np.ndarray, np.ndarray]:
     """The photo bank's square face crop of a photo, and the 2x3 map from photo to crop pixels."""
-    face, crop = analyse_photo(_png(rgb), name)
+    face, crop = analyse_photo(encode_png(rgb), name)
     return face, crop, crop_mapping(face.crop_box)
 
 
