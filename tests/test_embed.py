@@ -247,6 +247,47 @@ def test_fine_tuning_from_the_packaged_model_resumes_exactly(
         resolve_init(rendered, "default", 64)
 
 
+def test_imprinted_proxies_start_a_fine_tune_where_the_model_already_is(
+    rendered: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each product's proxy points at its views' mean embedding under the starting model (its
+    length kept), so the first epoch's loss is lower than with random proxies; a resumed run takes
+    the proxies from its checkpoint and ends on the same weights."""
+    from glassfinder.embed.train import (
+        _training_parts,
+        canonical_crops,
+        imprint_proxies,
+        proxy_matrix,
+        resolve_init,
+    )
+
+    small = _package_small_mobilenet(tmp_path / "models", monkeypatch)
+    _, init_from = resolve_init(rendered, "default", None)
+    config = tiny_config(model=small, init_from=init_from, epochs=2, lr=1e-3, imprint=True)
+    train_views, val_views = load_training_views(rendered, config)
+    labels, classes = train_views.labels()
+
+    torch.manual_seed(config.seed)
+    parts = _training_parts(rendered, config, len(classes), 4, torch.device("cpu"))
+    lengths = proxy_matrix(parts.loss_fn).norm(dim=1).clone()
+    imprint_proxies(parts, train_views, labels, config, torch.device("cpu"))
+    proxies = proxy_matrix(parts.loss_fn)
+    embedded = Embedder(load_model(rendered, init_from).model, device="cpu").embed(
+        canonical_crops(train_views, small.crop)
+    )
+    for c in range(len(classes)):
+        mean = embedded[labels == c].mean(axis=0)
+        assert np.allclose(proxies[c].numpy(), mean / np.linalg.norm(mean) * lengths[c].item(), atol=1e-5)
+
+    views = (train_views, val_views)
+    imprinted = train_model(rendered, config, work_dir=tmp_path / "a", views=views)
+    plain = train_model(rendered, replace(config, imprint=False), work_dir=tmp_path / "p", views=views)
+    assert imprinted.history[0]["loss"] < plain.history[0]["loss"], (imprinted.history, plain.history)
+    train_model(rendered, config, work_dir=tmp_path / "b", views=views, stop_after_epochs=1)
+    resumed = train_model(rendered, config, work_dir=tmp_path / "b", views=views, resume=True)
+    assert weights_bytes(resumed.model) == weights_bytes(imprinted.model)
+
+
 def test_keeping_the_imagenet_prior_holds_the_trunk_near_imagenet(
     rendered: LocalStore, tmp_path: Path
 ) -> None:
@@ -356,7 +397,10 @@ def test_glasses_layers_join_training_on_a_new_face_each_draw(rendered: LocalSto
 def test_prior_options_leave_recorded_configs_unchanged_and_refuse_bad_values() -> None:
     """Runs recorded before the options existed keep their keys (pipeline run keys, resumes)."""
     plain = json.loads(tiny_config().to_json())
-    assert not {"trunk_lr_scale", "distill_weight", "layer_specs"} & set(plain)
+    assert not {"trunk_lr_scale", "distill_weight", "layer_specs", "imprint"} & set(plain)
+    assert json.loads(tiny_config(imprint=True).to_json())["imprint"] is True
+    with pytest.raises(GlassFinderError, match="one proxy per product"):
+        tiny_config(imprint=True, loss="subcenter")
     assert tiny_config(layer_specs=[]).to_json() == tiny_config().to_json()  # a list, as from JSON
     assert json.loads(tiny_config(trunk_lr_scale=0.1).to_json())["trunk_lr_scale"] == 0.1
     with pytest.raises(GlassFinderError, match="trunk_lr_scale must be in"):

@@ -26,6 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         model=model_config,
         init_from=init_from,
+        imprint=args.imprint,
     )
     result, sha = train_and_publish(
         store,
@@ -119,6 +120,11 @@ def register(sub: SubParsers) -> None:
         "--dim", type=int, default=None, help="embedding dimension of a new network (imagenet/scratch; 128)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--imprint",
+        action="store_true",
+        help="start each product's proxy at its mean embedding under the --init model, not at random",
+    )
     p.add_argument("--work-dir", default=".glassfinder/train", help="local folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")

@@ -327,6 +327,12 @@ def _parser() -> argparse.ArgumentParser:
         help="weight of the term that holds the backbone's features close to ImageNet's (0: off)",
     )
     parser.add_argument(
+        "--imprint",
+        action="store_true",
+        help="start the loss's product proxies at the initial model's mean embedding of each "
+        "product's views instead of at random (for fine-tunes: no first steps spent undoing them)",
+    )
+    parser.add_argument(
         "--run-name", default=None, help="training folder under WORK/train (default: the model's name)"
     )
     parser.add_argument("--out-dir", default=None, help="default: the package's glassfinder/models/")
@@ -354,6 +360,7 @@ class RetrainOptions:
     layers: bool
     trunk_lr_scale: float
     distill: float
+    imprint: bool
     run_name: str | None
     device: str | None
     #: The command line minus this machine's folders, for the card's `retrain`.
@@ -381,6 +388,7 @@ def _options(args: argparse.Namespace, argv: list[str] | None) -> RetrainOptions
         layers=args.layers,
         trunk_lr_scale=args.trunk_lr_scale,
         distill=args.distill,
+        imprint=args.imprint,
         run_name=args.run_name,
         device=args.device,
         portable_args=_portable_args(argv),
@@ -428,6 +436,7 @@ def _base_config(store: LocalStore, specs: list[RenderSpec], opts: RetrainOption
         augment=AUGMENTS[opts.augment],
         trunk_lr_scale=opts.trunk_lr_scale,
         distill_weight=opts.distill,
+        imprint=opts.imprint,
     )
     return base, init_from
 

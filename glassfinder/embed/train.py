@@ -53,6 +53,8 @@ from glassfinder.store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 LOSSES = ("arcface", "subcenter", "proxyanchor")
+#: Losses with exactly one proxy per class (sub-centre ArcFace has several).
+IMPRINTABLE_LOSSES = ("arcface", "proxyanchor")
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
 
@@ -93,6 +95,9 @@ class TrainConfig:
     #: Glasses-layer render specs (RenderSpec.glasses_layer) whose train views join the training
     #: set, each put onto a face of its photo bank drawn anew every time (embed/composite.py).
     layer_specs: tuple[str, ...] = ()
+    #: Start the loss's class proxies at each training product's mean embedding under the initial
+    #: model (weight imprinting) instead of at random: see `imprint_proxies`.
+    imprint: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -108,6 +113,11 @@ class TrainConfig:
         object.__setattr__(self, "layer_specs", tuple(self.layer_specs))  # a list records as ()'s twin
         if not 0.0 <= self.trunk_lr_scale <= 1.0:
             raise BadInputError(f"trunk_lr_scale must be in [0, 1], got {self.trunk_lr_scale}")
+        if self.imprint and self.loss not in IMPRINTABLE_LOSSES:
+            raise BadInputError(
+                f"imprint needs one proxy per product, which {self.loss!r} does not have: use one of "
+                f"{IMPRINTABLE_LOSSES}"
+            )
         if self.distill_weight < 0.0:
             raise BadInputError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.distill_weight and self.model.architecture not in IMAGENET_ARCHITECTURES:
@@ -128,7 +138,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that came after runs were recorded: left out while at their defaults.
-_LATER_FIELDS = ("trunk_lr_scale", "distill_weight", "layer_specs")
+_LATER_FIELDS = ("trunk_lr_scale", "distill_weight", "layer_specs", "imprint")
 
 
 @dataclass
@@ -274,7 +284,12 @@ def train_model(
     _check_batch_fits(len(classes), config)
     steps = max(1, len(train_views) // config.batch_size)
     parts = _training_parts(store, config, len(classes), steps, dev)
-    run = _resume(ckpt_path, parts, config, dev) if ckpt_path.exists() else _RunState()
+    if ckpt_path.exists():
+        run = _resume(ckpt_path, parts, config, dev)
+    else:
+        run = _RunState()
+        if config.imprint:
+            imprint_proxies(parts, train_views, labels, config, dev, progress)
     val = _validation_set(val_views, config.model.crop)
     last_epoch = config.epochs
     if stop_after_epochs is not None:
@@ -390,6 +405,61 @@ def _resume(ckpt_path: Path, parts: _TrainingParts, config: TrainConfig, dev: to
     )
     log.info("resuming %s at epoch %d of %d", ckpt_path, run.first_epoch, config.epochs)
     return run
+
+
+def imprint_proxies(
+    parts: _TrainingParts,
+    views: ViewSet,
+    labels: np.ndarray,
+    config: TrainConfig,
+    dev: torch.device,
+    progress: bool = False,
+) -> None:
+    """Set each product's proxy to the direction of its views' mean embedding under the model
+    training starts from, keeping the proxy's length (the optimiser's step scale).
+
+    A fine-tune's new loss starts with random proxies, and its first steps pull the network
+    towards them: fine-tuning the shipped model again cost validation MAP@R 0.930 -> 0.876 in its
+    first epoch, and more epochs only won it back. Imprinted proxies start where the model
+    already is, so its steps go to what the new data teaches. Glasses layers are left out: they
+    need a face drawn, and the whole views already give every product a mean.
+    """
+    weight = proxy_matrix(parts.loss_fn)
+    rows = np.arange(len(views)) if views.layers is None else np.flatnonzero(views.layers.row_layer < 0)
+    geometry = config.model.crop
+    matrix = align_matrix(views.geometry.eyes(), geometry)
+    embedder = Embedder(parts.model, device=str(dev), amp=config.amp)
+    sums = np.zeros((weight.shape[0], config.model.dim), dtype=np.float64)
+    chunks = range(0, len(rows), embedder.batch_size)
+    for start in tqdm(chunks, unit="batch", desc="imprinting proxies", leave=False, disable=not progress):
+        idx = rows[start : start + embedder.batch_size]
+        crops = np.stack(
+            [
+                cv2.warpAffine(
+                    views.crops[i], matrix, (geometry.width, geometry.height), flags=cv2.INTER_LINEAR
+                )
+                for i in idx
+            ]
+        )
+        np.add.at(sums, labels[idx], embedder.embed(crops))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    seen = norms[:, 0] > 0  # a product with only layer views keeps its random proxy
+    with torch.no_grad():
+        keep = torch.from_numpy(seen).to(weight.device)
+        means = torch.from_numpy((sums[seen] / norms[seen]).astype(np.float32)).to(weight.device)
+        weight[keep] = means * weight[keep].norm(dim=1, keepdim=True)
+    log.info("imprinted %d of %d proxies from %d views", int(seen.sum()), len(seen), len(rows))
+
+
+def proxy_matrix(loss_fn: torch.nn.Module) -> torch.Tensor:
+    """The loss's proxies as a (classes, dim) view that writes through to its parameter."""
+    if isinstance(loss_fn, losses.SubCenterArcFaceLoss):
+        raise BadInputError("imprint: sub-centre ArcFace has several proxies per class")
+    if isinstance(loss_fn, losses.ArcFaceLoss):
+        return loss_fn.W.data.t()  # the library keeps them as (dim, classes) columns
+    if isinstance(loss_fn, losses.ProxyAnchorLoss):
+        return loss_fn.proxies.data
+    raise BadInputError(f"imprint: {type(loss_fn).__name__} has no one-proxy-per-class matrix")
 
 
 def _validation_set(val_views: ViewSet, geometry: CropGeometry) -> tuple[np.ndarray, np.ndarray] | None:
