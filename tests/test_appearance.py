@@ -211,13 +211,13 @@ def test_the_prior_keeping_flags_reach_the_training_config(tmp_path: Path) -> No
     from glassfinder.embed.default_model import _base_config, _options, _parser
     from glassfinder.store.local import LocalStore
 
-    def config_of(argv: list[str]) -> tuple[float, float]:
+    def config_of(argv: list[str]) -> tuple[float, float, bool]:
         opts = _options(_parser().parse_args(["--portraits", "none", *argv]), argv)
         base, _ = _base_config(LocalStore(tmp_path / "store"), [training_spec()], opts)
-        return base.trunk_lr_scale, base.distill_weight
+        return base.trunk_lr_scale, base.distill_weight, base.imprint
 
-    assert config_of([]) == (1.0, 0.0)  # off unless asked for: the packaged recipe is unchanged
-    assert config_of(["--trunk-lr-scale", "0.2", "--distill", "1.5"]) == (0.2, 1.5)
+    assert config_of([]) == (1.0, 0.0, False)  # off unless asked for: the packaged recipe is unchanged
+    assert config_of(["--trunk-lr-scale", "0.2", "--distill", "1.5", "--imprint"]) == (0.2, 1.5, True)
 
 
 def test_layers_train_the_portraits_glasses_on_new_faces_and_need_the_portraits(tmp_path: Path) -> None:
