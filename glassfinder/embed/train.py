@@ -191,14 +191,13 @@ def make_loss(
     raise BadInputError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
-def canonical_crops(views: ViewSet, geometry: CropGeometry) -> np.ndarray:
-    """The un-jittered model-input crops of loosely aligned views."""
+def canonical_crops(views: ViewSet, geometry: CropGeometry, rows: np.ndarray | None = None) -> np.ndarray:
+    """The un-jittered model-input crops of loosely aligned views (of `rows` only, if given: a
+    large set is then warped a batch at a time instead of all at once)."""
     matrix = align_matrix(views.geometry.eyes(), geometry)
+    crops = views.crops if rows is None else views.crops[rows]
     return np.stack(
-        [
-            cv2.warpAffine(c, matrix, (geometry.width, geometry.height), flags=cv2.INTER_LINEAR)
-            for c in views.crops
-        ]
+        [cv2.warpAffine(c, matrix, (geometry.width, geometry.height), flags=cv2.INTER_LINEAR) for c in crops]
     )
 
 
@@ -426,22 +425,12 @@ def imprint_proxies(
     """
     weight = proxy_matrix(parts.loss_fn)
     rows = np.arange(len(views)) if views.layers is None else np.flatnonzero(views.layers.row_layer < 0)
-    geometry = config.model.crop
-    matrix = align_matrix(views.geometry.eyes(), geometry)
     embedder = Embedder(parts.model, device=str(dev), amp=config.amp)
     sums = np.zeros((weight.shape[0], config.model.dim), dtype=np.float64)
     chunks = range(0, len(rows), embedder.batch_size)
     for start in tqdm(chunks, unit="batch", desc="imprinting proxies", leave=False, disable=not progress):
         idx = rows[start : start + embedder.batch_size]
-        crops = np.stack(
-            [
-                cv2.warpAffine(
-                    views.crops[i], matrix, (geometry.width, geometry.height), flags=cv2.INTER_LINEAR
-                )
-                for i in idx
-            ]
-        )
-        np.add.at(sums, labels[idx], embedder.embed(crops))
+        np.add.at(sums, labels[idx], embedder.embed(canonical_crops(views, config.model.crop, idx)))
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     seen = norms[:, 0] > 0  # a product with only layer views keeps its random proxy
     with torch.no_grad():
