@@ -234,6 +234,8 @@ def test_training_params_default_to_the_training_recipe_and_fine_tune_the_packag
     config = train_config({}, "0" * 16, LocalStore(tmp_path))
     assert config.init_from.startswith("glasses@") and config.model == recipe.model
     assert train_config({"init": "imagenet"}, "0" * 16, LocalStore(tmp_path)).init_from == ""
+    assert specs["imprint"]["default"] is recipe.imprint is config.imprint is False
+    assert train_config({"imprint": True}, "0" * 16, LocalStore(tmp_path)).imprint is True
 
 
 def test_onboarding_with_nothing_changed_before_the_first_index_publishes_nothing(tmp_path: Path) -> None:

@@ -341,6 +341,13 @@ def _fit_params() -> dict[str, dict[str, Any]]:
             "title": "Training seed",
             "description": "Seeds initialisation, sampling and augmentation.",
         },
+        "imprint": {
+            "default": False,
+            "type": "boolean",
+            "title": "Imprint proxies",
+            "description": "Start each product's loss proxy at its views' mean embedding under the "
+            "starting model instead of at random (for fine-tunes).",
+        },
     }
 
 

@@ -79,6 +79,7 @@ def train_config(params: Mapping[str, Any], spec_hash: str, store: ObjectStore) 
             seed=int(get("train_seed")),
             model=model,
             init_from=init_from,
+            imprint=bool(get("imprint")),
         )
     except RetryableError:
         raise  # a store outage while resolving the starting model: Airflow's retries are for it
